@@ -1,0 +1,7 @@
+# One image holding every service's venv; docker-compose.yml picks the process per service.
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        make redis-tools ffmpeg libgl1 libglib2.0-0 && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY . /app
+RUN make setup

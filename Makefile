@@ -1,0 +1,89 @@
+# JayAvatar: `make demo` makes out/demo.mp4; `make test` runs every test. Both set up what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+SERVICES := orchestrator audio visual compositor
+VENVS := .venvs
+DATA_DIR ?= data
+PORT ?= 8000
+REDIS_PORT ?= 6390
+STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.installed)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup setup-neural system-deps test-deps run demo test lint typecheck bench drill quality clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+system-deps: ## apt-get install redis-server, ffmpeg, libgl1 where missing
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	ldconfig -p | grep -q 'libGL.so.1' || missing="$$missing libgl1"; \
+	ldconfig -p | grep -q 'libgthread-2.0' || missing="$$missing libglib2.0-0"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENVS)/%/.installed: requirements/%.txt pyproject.toml
+	@echo "setting up $(VENVS)/$* ..."
+	@rm -rf $(VENVS)/$*
+	$(PY) -m venv $(VENVS)/$*
+	$(VENVS)/$*/bin/pip install -q --disable-pip-version-check -r requirements/$*.txt
+	$(VENVS)/$*/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+models/piper/.prepared: $(VENVS)/audio/.installed
+	$(VENVS)/audio/bin/python -m services.audio.engines.piper --prepare models
+	@touch $@
+
+setup: system-deps $(STAMPS) models/piper/.prepared ## system packages + one venv per service + patched voice
+
+# Neural engines (XTTS v2 in the audio venv, Wav2Lip/SadTalker in the visual venv): the weights are
+# the user's to supply (scripts/download_models.sh); these are only the libraries (~8 GB).
+$(VENVS)/audio/.neural: $(VENVS)/audio/.installed requirements/audio-neural.txt
+	$(VENVS)/audio/bin/pip install -q --disable-pip-version-check -r requirements/audio.txt -r requirements/audio-neural.txt
+	@touch $@
+
+$(VENVS)/visual/.neural: $(VENVS)/visual/.installed requirements/visual-neural.txt
+	$(VENVS)/visual/bin/pip install -q --disable-pip-version-check -r requirements/visual.txt -r requirements/visual-neural.txt
+	@touch $@
+
+setup-neural: setup $(VENVS)/audio/.neural $(VENVS)/visual/.neural ## add the neural engines' libraries (torch, coqui-tts)
+
+test-deps: ## headless Chromium for the web-page test
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+run: setup ## start Redis, the API on http://127.0.0.1:$(PORT) and one worker per stage (Ctrl-C stops)
+	$(VENVS)/orchestrator/bin/python scripts/stack.py --data-dir $(DATA_DIR) --port $(PORT) --redis-port $(REDIS_PORT)
+
+demo: setup ## make out/demo.mp4 from the sample portrait (starts and stops the cluster itself)
+	$(VENVS)/orchestrator/bin/python scripts/demo.py --data-dir $(DATA_DIR)/demo --output out/demo.mp4
+
+test: setup-neural test-deps ## every test: each service's suite in its own venv, then the end-to-end suite
+	$(VENVS)/compositor/bin/python -m pytest -p no:cacheprovider -q tests/shared tests/services/compositor
+	$(VENVS)/audio/bin/python -m pytest -p no:cacheprovider -q tests/services/audio
+	$(VENVS)/visual/bin/python -m pytest -p no:cacheprovider -q tests/services/visual
+	$(VENVS)/orchestrator/bin/python -m pytest -p no:cacheprovider -q tests/orchestrator tests/e2e
+
+lint: setup ## ruff
+	$(VENVS)/orchestrator/bin/python -m ruff check .
+
+typecheck: setup ## mypy
+	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator
+
+bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; visual fps; Wav2Lip fps
+	$(VENVS)/orchestrator/bin/python scripts/bench.py --report out/bench.json
+	$(VENVS)/visual/bin/python scripts/bench_visual.py --sizes 256 512 1024 --seconds 10 300 --out out/bench_visual.json
+	$(VENVS)/visual/bin/python scripts/bench_wav2lip.py --device cpu --batch 64
+
+quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
+	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
+
+drill: setup ## crash-recovery drill: jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis; fails if a job is lost
+	$(VENVS)/orchestrator/bin/python scripts/crash_drill.py --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json
+
+clean: ## remove venvs, data and outputs
+	rm -rf $(VENVS) $(DATA_DIR) out models/piper

@@ -1,0 +1,70 @@
+"""Every API error is JSON `{error, message}`: never a stack trace, never a 5xx for bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _body(code: str, message: str) -> dict[str, str]:
+    return {"error": code, "message": message}
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+    kind = err.get("type", "")
+    if kind == "missing":
+        return f"'{loc}' is required"
+    if kind == "extra_forbidden":
+        return f"'{loc}' is not a known field"
+    if kind == "json_invalid":
+        return "the body is not valid JSON (send UTF-8 JSON with Content-Type: application/json)"
+    return f"'{loc}': {err.get('msg', 'invalid value')}"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc.code, exc.message), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(_describe(e) for e in exc.errors()[:5])
+        return JSONResponse(_body("invalid_request", f"invalid request: {problems}"),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = ("the request body could not be parsed; send UTF-8 JSON with "
+                       "Content-Type: application/json, or multipart/form-data for uploads")
+        return JSONResponse(_body("bad_body" if exc.status_code == 400 else "http_error",
+                                  message), status_code=exc.status_code)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        logger.warning("Redis unavailable: %s", exc)
+        return JSONResponse(_body("queue_unavailable",
+                                  "the job queue (Redis) is unreachable or restarting; nothing "
+                                  "was accepted, retry in a few seconds"),
+                            status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(_body("internal_error", "the server hit an unexpected error; "
+                                  "it is logged, and retrying may help"), status_code=500)

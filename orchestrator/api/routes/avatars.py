@@ -1,0 +1,58 @@
+"""/v1/avatars: upload a portrait (+ voice sample) once, reuse it for many jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from orchestrator.api.deps import AppState, state
+from orchestrator.api.errors import ApiError
+from orchestrator.schemas import AvatarPublic
+from shared.models import AvatarRecord
+
+router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
+
+
+def _get(st: AppState, avatar_id: str) -> AvatarRecord:
+    rec = st.avatars.get(avatar_id) if re.fullmatch(r"[0-9a-f]{1,64}", avatar_id) else None
+    if rec is None:
+        raise ApiError(404, "avatar_not_found", f"no avatar with id {avatar_id[:64]!r}")
+    return rec
+
+
+@router.post("", status_code=201, response_model=AvatarPublic)
+def create_avatar(
+    st: Annotated[AppState, Depends(state)],
+    portrait: Annotated[UploadFile, File(description="a PNG, JPEG, WebP or BMP photo")],
+    voice_sample: Annotated[UploadFile | None, File(description="3-30 s of speech")] = None,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> AvatarPublic:
+    record, notes = st.avatars.create(portrait, voice_sample, name)
+    return AvatarPublic(**record.model_dump(), notes=notes)
+
+
+@router.get("", response_model=list[AvatarRecord])
+def list_avatars(st: Annotated[AppState, Depends(state)]) -> list[AvatarRecord]:
+    return st.avatars.list()
+
+
+@router.get("/{avatar_id}", response_model=AvatarRecord)
+def get_avatar(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> AvatarRecord:
+    return _get(st, avatar_id)
+
+
+@router.get("/{avatar_id}/portrait")
+def get_portrait(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
+    _get(st, avatar_id)
+    return FileResponse(st.settings.data_dir / "avatars" / avatar_id / "portrait.png",
+                        media_type="image/png")
+
+
+@router.delete("/{avatar_id}", status_code=204)
+def delete_avatar(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Response:
+    _get(st, avatar_id)
+    st.avatars.delete(avatar_id)
+    return Response(status_code=204)

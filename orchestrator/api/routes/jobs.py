@@ -1,0 +1,100 @@
+"""/v1/jobs: submit, inspect, list, cancel, download."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import FileResponse
+
+from orchestrator import engines
+from orchestrator.api.deps import AppState, state
+from orchestrator.api.errors import ApiError
+from orchestrator.schemas import JobAccepted, JobCreate, JobPublic
+from shared.checkpoint import load_manifest
+from shared.models import JobOptions, JobRecord
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_IDEM = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+def _get(st: AppState, job_id: str) -> JobRecord:
+    rec = st.store.get(job_id) if re.fullmatch(r"[0-9a-f]{1,64}", job_id) else None
+    if rec is None:
+        raise ApiError(404, "job_not_found", f"no job with id {job_id[:64]!r}")
+    return rec
+
+
+@router.post("", status_code=202, response_model=JobAccepted)
+def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depends(state)],
+               idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
+    if idempotency_key is not None and not _IDEM.match(idempotency_key):
+        raise ApiError(400, "bad_idempotency_key",
+                       "the Idempotency-Key header must be 1-128 characters of letters, digits, "
+                       "'_', '.', ':' or '-'")
+    text = body.text.strip()
+    if not text:
+        raise ApiError(422, "empty_text", "the text is empty; send the words to speak")
+    limit = st.settings.max_text_chars
+    if len(text) > limit:
+        raise ApiError(422, "text_too_long",
+                       f"the text has {len(text)} characters; the limit is {limit} "
+                       "(split it into several jobs)")
+    if not any(ch.isalnum() for ch in text):
+        raise ApiError(422, "nothing_to_say", "the text has no letters or digits to speak")
+    avatar = st.avatars.get(body.avatar_id)
+    if avatar is None:
+        raise ApiError(404, "avatar_not_found",
+                       f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
+    chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
+    options = JobOptions(voice=body.voice, renderer=body.renderer, fps=body.fps,
+                         size=body.size, seed=body.seed, speed=body.speed)
+    rec = JobRecord(id=uuid.uuid4().hex, avatar_id=body.avatar_id, text=text, options=options,
+                    idempotency_key=idempotency_key, engines=chosen, notes=notes)
+    rec, created = st.store.create(rec)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{rec.id}"
+    return JobAccepted(id=rec.id, status=rec.status, status_url=f"/v1/jobs/{rec.id}")
+
+
+@router.get("", response_model=list[JobPublic])
+def list_jobs(st: Annotated[AppState, Depends(state)], status: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobPublic]:
+    if status is not None and status not in STATUSES:
+        raise ApiError(422, "bad_status",
+                       f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}")
+    return [JobPublic.of(r) for r in st.store.list(status, limit)]
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, st: Annotated[AppState, Depends(state)]) -> JobPublic:
+    return JobPublic.of(_get(st, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, st: Annotated[AppState, Depends(state)]) -> JobPublic:
+    rec = _get(st, job_id)
+    if rec.status in ("succeeded", "failed"):
+        raise ApiError(409, "job_finished", f"job {job_id} already {rec.status}; nothing to cancel")
+    rec = st.store.cancel(job_id) or rec
+    return JobPublic.of(rec)
+
+
+@router.get("/{job_id}/result")
+def job_result(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
+    rec = _get(st, job_id)
+    if rec.status != "succeeded":
+        reason = f": {rec.error}" if rec.error else ""
+        raise ApiError(409, "not_ready", f"job {job_id} is {rec.status}{reason}; the result "
+                       "exists only once the job has succeeded")
+    folder = st.store.job_dir(job_id) / "compose"
+    if load_manifest(folder, verify=False) is None:
+        raise ApiError(410, "result_missing",
+                       f"job {job_id} succeeded but its result is no longer on disk")
+    return FileResponse(folder / "result.mp4", media_type="video/mp4",
+                        filename=f"jayavatar-{job_id[:8]}.mp4")

@@ -1,0 +1,67 @@
+"""The orchestrator's FastAPI app: REST API, job records, and the reconciler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI
+
+from orchestrator.api import errors
+from orchestrator.api.deps import AppState
+from orchestrator.api.routes import avatars, events, health, jobs, metrics, web
+from orchestrator.avatars import AvatarService
+from orchestrator.reconciler import Reconciler
+from orchestrator.settings import OrchestratorSettings
+from shared.jobs import JobStore
+from shared.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or OrchestratorSettings.load()
+        configure_logging(s.log_level)
+        conn = redis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10,
+                                    retry_on_timeout=True)
+        store = JobStore(conn, s.data_dir, lease_ttl_s=s.lease_ttl_s,
+                         max_attempts=s.max_attempts, retry_backoff_s=s.retry_backoff_s)
+        (s.data_dir / "avatars").mkdir(parents=True, exist_ok=True)
+        (s.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s))
+        reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
+        if s.run_reconciler:
+            reconciler.start()
+        logger.info("orchestrator ready: redis %s, data %s", s.redis_url, s.data_dir)
+        try:
+            yield
+        finally:
+            reconciler.stop()
+            conn.close()
+
+    app = FastAPI(title="JayAvatar", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(avatars.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.include_router(events.router)
+    app.include_router(metrics.router)
+    app.include_router(web.router)
+    return app
+
+
+def main() -> None:
+    """`python -m orchestrator.app`: serve the API with uvicorn."""
+    import uvicorn
+
+    settings = OrchestratorSettings.load()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower())
+
+
+if __name__ == "__main__":
+    main()

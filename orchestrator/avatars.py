@@ -1,0 +1,138 @@
+"""Avatars: a validated portrait (+ optional voice sample) with its face found once and cached.
+
+The orchestrator holds no vision libraries, so face analysis is an rq job on the `avatar` queue
+that the visual workers serve; creation waits for its answer. Files are assembled in a staging
+directory and renamed into `avatars/<id>/` only when everything checked out, so a rejected
+upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from fastapi import UploadFile
+from rq import Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from orchestrator.api.errors import ApiError
+from orchestrator.settings import OrchestratorSettings
+from orchestrator.uploads import check_file_name, check_voice_sample, decode_portrait, read_limited
+from shared import keys
+from shared.models import AvatarRecord
+from shared.storage import atomic_write_json, fsync_dir, sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+class AvatarService:
+    def __init__(self, conn: redis.Redis, settings: OrchestratorSettings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.root = settings.data_dir / "avatars"
+
+    def get(self, avatar_id: str) -> AvatarRecord | None:
+        raw = self.conn.get(keys.avatar(avatar_id))
+        return AvatarRecord.model_validate_json(raw) if raw else None
+
+    def list(self) -> list[AvatarRecord]:
+        out = []
+        for raw_id in self.conn.zrevrange(keys.AVATARS, 0, 999):
+            rec = self.get(raw_id.decode())
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def delete(self, avatar_id: str) -> bool:
+        if not self.conn.delete(keys.avatar(avatar_id)):
+            return False
+        self.conn.zrem(keys.AVATARS, avatar_id)
+        folder = self.root / avatar_id
+        if folder.exists():
+            trash = self.root / f".deleted-{avatar_id}-{time.time_ns()}"
+            os.rename(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def create(self, portrait: UploadFile, voice: UploadFile | None,
+               name: str | None) -> tuple[AvatarRecord, list[str]]:
+        s = self.settings
+        if name is not None and len(name) > 200:
+            raise ApiError(422, "bad_name", "the avatar name may be at most 200 characters")
+        check_file_name(portrait, "portrait")
+        if voice is not None:
+            check_file_name(voice, "voice_sample")
+        image = decode_portrait(read_limited(portrait, "portrait", s.max_upload_bytes),
+                                min_side=s.min_image_side, max_side=s.max_image_side)
+        voice_data = read_limited(voice, "voice_sample", s.max_upload_bytes) if voice else None
+
+        avatar_id = uuid.uuid4().hex[:16]
+        staging = self.root / f".staging-{avatar_id}"
+        staging.mkdir(parents=True)
+        try:
+            image.image.save(staging / "portrait.png", format="PNG")
+            seconds = None
+            if voice_data is not None:
+                original = staging / "voice_original"
+                original.write_bytes(voice_data)
+                seconds = check_voice_sample(original, staging / "voice.wav")
+                original.unlink()
+            found = self._analyze(staging)
+            if found["faces"] == 0:
+                raise ApiError(422, "no_face",
+                               "no face was found in the portrait; send a photo in which one "
+                               "face is clearly visible and turned towards the camera")
+            notes = []
+            if found["faces"] > 1:
+                notes.append(f"{found['faces']} faces were found; the largest one is animated")
+            record = AvatarRecord(
+                id=avatar_id, name=name, width=image.width, height=image.height,
+                face_box=tuple(found["boxes"][0]), faces_found=found["faces"],
+                has_voice_sample=seconds is not None, voice_sample_seconds=seconds,
+                portrait_sha256=sha256_file(staging / "portrait.png"),
+                voice_sha256=sha256_file(staging / "voice.wav") if seconds else None)
+            atomic_write_json(staging / "avatar.json", record.model_dump(mode="json"))
+            for f in staging.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.rename(staging, self.root / avatar_id)
+            fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        with self.conn.pipeline() as pipe:
+            pipe.set(keys.avatar(avatar_id), record.model_dump_json())
+            pipe.zadd(keys.AVATARS, {avatar_id: record.created_at})
+            pipe.execute()
+        logger.info("avatar %s created (%d face(s))", avatar_id, record.faces_found)
+        return record, notes
+
+    def _analyze(self, folder: Path) -> dict:
+        queue = Queue(keys.AVATAR_QUEUE, connection=self.conn, serializer=JSONSerializer)
+        job = queue.enqueue_call(func=keys.ANALYZE_FUNC,
+                                 kwargs={"avatar_dir": str(folder.resolve())},
+                                 timeout=120, result_ttl=60, failure_ttl=600,
+                                 ttl=int(self.settings.analyze_timeout_s) + 5)
+        deadline = time.monotonic() + self.settings.analyze_timeout_s
+        delay = 0.02
+        while time.monotonic() < deadline:
+            status = job.get_status(refresh=True)
+            if status == JobStatus.FINISHED:
+                return job.return_value(refresh=True)
+            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                raise ApiError(422, "unreadable_portrait",
+                               "the portrait could not be analysed for a face; send a "
+                               "different photo (PNG or JPEG)")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        job.cancel()
+        raise ApiError(503, "no_visual_worker",
+                       f"no visual worker analysed the portrait within "
+                       f"{self.settings.analyze_timeout_s:.0f} s; start one with "
+                       "'jayavatar-worker visual' (make run starts it) and retry")

@@ -1,0 +1,241 @@
+"""`jayavatar`: submit a job from a photo and text, watch it, fetch the MP4.
+
+    jayavatar submit --avatar me.jpg --text "Hello!" --wait -o hello.mp4
+    jayavatar status JOB | watch JOB | result JOB -o out.mp4 | cancel JOB | avatars
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class CliError(Exception):
+    pass
+
+
+def _check(resp: httpx.Response) -> Any:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("message", resp.text)
+        except ValueError:
+            message = resp.text
+        raise CliError(f"{resp.status_code}: {message}")
+    return resp.json() if resp.headers.get("content-type", "").startswith("application/json") \
+        else None
+
+
+def create_avatar(client: httpx.Client, photo: Path, voice: Path | None) -> dict:
+    files = {"portrait": (photo.name, photo.read_bytes())}
+    if voice is not None:
+        files["voice_sample"] = (voice.name, voice.read_bytes())
+    return _check(client.post("/v1/avatars", files=files))
+
+
+def _sse(resp: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event name, data) for each server-sent event of a streaming response."""
+    name, data = "message", []
+    for line in resp.iter_lines():
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+
+
+def _follow(client: httpx.Client, job_id: str,
+            show: Callable[[str, str, float], None]) -> bool:
+    """Show the job's events until a terminal one; False if the stream was refused or cut."""
+    with client.stream("GET", f"/v1/jobs/{job_id}/events",
+                       headers={"Accept": "text/event-stream"}) as resp:
+        if resp.status_code != 200:
+            return False
+        status, stage = "queued", "audio"
+        for _, event in _sse(resp):
+            status, stage = event.get("status", status), event.get("stage", stage)
+            show(status, stage, event.get("progress", 0.0))
+            if event.get("type") != "progress" and status in TERMINAL:
+                return True
+    return False
+
+
+def watch(client: httpx.Client, job_id: str, quiet: bool = False) -> dict:
+    """Show the stage and a progress bar with ETA until the job ends; returns the final record.
+
+    Follows the job's event stream; polls GET /v1/jobs/{id} instead if the stream breaks.
+    """
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, disable=quiet) as bar:
+        task = bar.add_task("queued", total=1.0)
+
+        def show(status: str, stage: str, progress: float) -> None:
+            label = status if status in TERMINAL else f"{stage} ({status})"
+            bar.update(task, completed=progress, description=f"{label:<22}")
+
+        try:
+            if _follow(client, job_id, show):
+                return _check(client.get(f"/v1/jobs/{job_id}"))
+        except (httpx.TransportError, ValueError) as exc:
+            if not quiet:
+                bar.console.print(f"[yellow]event stream broke ({exc}); polling instead[/yellow]")
+        while True:
+            job = _check(client.get(f"/v1/jobs/{job_id}"))
+            show(job["status"], job["stage"], job["progress"])
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(0.5)
+
+
+def download(client: httpx.Client, job_id: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    with client.stream("GET", f"/v1/jobs/{job_id}/result") as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            _check(resp)
+        with open(tmp, "wb") as fh:
+            for block in resp.iter_bytes():
+                fh.write(block)
+    os.replace(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jayavatar", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", help="the API's URL (default: $JAYAVATAR_URL or "
+                        "http://127.0.0.1:8000)",
+                        default=os.environ.get("JAYAVATAR_URL", "http://127.0.0.1:8000"))
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("submit", help="make a video of a photo saying a text")
+    p.add_argument("--avatar", required=True, help="a portrait photo, or an existing avatar id")
+    p.add_argument("--voice", type=Path, help="a 3-30 s voice sample (for cloning engines)")
+    p.add_argument("--text", required=True)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait", action="store_true", help="wait, showing progress")
+    p.add_argument("-o", "--output", type=Path, help="where to save the MP4 (implies --wait)")
+    for name in ("status", "watch", "cancel"):
+        sub.add_parser(name).add_argument("job")
+    p = sub.add_parser("result")
+    p.add_argument("job")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    sub.add_parser("avatars")
+    p = sub.add_parser("recover", help="rebuild Redis from the job.json files in DATA_DIR")
+    p.add_argument("--from-disk", action="store_true", required=True)
+    args = parser.parse_args(argv)
+    if args.cmd == "recover":
+        return _recover()
+
+    try:
+        with httpx.Client(base_url=args.server, timeout=120) as client:
+            return _run(client, args)
+    except CliError as exc:
+        console.print(f"[red]error[/red] {exc}")
+        return 1
+    except httpx.TransportError as exc:
+        console.print(f"[red]error[/red] cannot reach JayAvatar at {args.server} ({exc}); "
+                      "is it running (make run)?")
+        return 1
+
+
+def _recover() -> int:
+    import redis
+
+    from orchestrator.recovery import recover_from_disk
+    from orchestrator.settings import OrchestratorSettings
+    from shared.jobs import JobStore
+
+    settings = OrchestratorSettings.load()
+    conn = redis.Redis.from_url(settings.redis_url)
+    store = JobStore(conn, settings.data_dir, lease_ttl_s=settings.lease_ttl_s,
+                     max_attempts=settings.max_attempts)
+    try:
+        report = recover_from_disk(conn, store, settings.data_dir)
+    except redis.RedisError as exc:
+        console.print(f"[red]error[/red] Redis at {settings.redis_url} is unreachable: {exc}")
+        return 1
+    print(f"jobs restored {report.jobs_restored} (re-enqueued {report.jobs_requeued}), "
+          f"already present {report.jobs_present}, avatars restored {report.avatars_restored}, "
+          f"unreadable files {report.unreadable}")
+    return 0
+
+
+def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
+    photo = Path(args.avatar)
+    if photo.exists():
+        avatar = create_avatar(client, photo, args.voice)
+        avatar_id = avatar["id"]
+        console.print(f"avatar {avatar_id}: face at {avatar['face_box']}")
+    else:
+        avatar_id = args.avatar
+    body = {"avatar_id": avatar_id, "text": args.text, "fps": args.fps, "size": args.size,
+            "seed": args.seed}
+    job = _check(client.post("/v1/jobs", json=body))
+    print(job["id"])
+    if not (args.wait or args.output):
+        return 0
+    final = watch(client, job["id"])
+    if final["status"] != "succeeded":
+        raise CliError(f"job {final['status']}: {final.get('error')}")
+    if args.output:
+        download(client, job["id"], args.output)
+        console.print(f"saved {args.output}")
+    return 0
+
+
+def _status(client: httpx.Client, args: argparse.Namespace) -> int:
+    job = _check(client.get(f"/v1/jobs/{args.job}"))
+    print(f"{job['id']} {job['status']} stage={job['stage']} progress={job['progress']:.0%}"
+          + (f" error={job['error']}" if job.get("error") else ""))
+    return 0
+
+
+def _cancel(client: httpx.Client, args: argparse.Namespace) -> int:
+    job = _check(client.post(f"/v1/jobs/{args.job}/cancel"))
+    print(f"{job['id']} {job['status']}")
+    return 0
+
+
+def _result(client: httpx.Client, args: argparse.Namespace) -> int:
+    download(client, args.job, args.output)
+    console.print(f"saved {args.output}")
+    return 0
+
+
+def _avatars(client: httpx.Client, args: argparse.Namespace) -> int:
+    for a in _check(client.get("/v1/avatars")):
+        print(f"{a['id']} {a.get('name') or '-'} {a['width']}x{a['height']} "
+              f"face={a['face_box']} voice={'yes' if a['has_voice_sample'] else 'no'}")
+    return 0
+
+
+COMMANDS = {
+    "submit": _submit, "status": _status, "cancel": _cancel, "result": _result,
+    "avatars": _avatars,
+    "watch": lambda client, args: 0 if watch(client, args.job)["status"] == "succeeded" else 1,
+}
+
+
+def _run(client: httpx.Client, args: argparse.Namespace) -> int:
+    return COMMANDS[args.cmd](client, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

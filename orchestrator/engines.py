@@ -1,0 +1,88 @@
+"""Which engine runs each stage of a job: chosen and validated at submission.
+
+The orchestrator imports no engine code; it only knows each engine's name and the model files it
+needs under MODELS_DIR. `auto` picks the first engine in AUTO_ORDER whose files (and voice sample,
+for cloning voices) are present, and says why in the job's notes; a named engine never falls
+back: if its files are missing, the submission is refused with the list of missing files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.api.errors import ApiError
+from shared.models import AvatarRecord
+
+DOWNLOAD_HINT = "run scripts/download_models.sh (it needs internet) or copy the files there"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    stage: str
+    files: tuple[str, ...] = ()  # relative to MODELS_DIR
+    needs_voice_sample: bool = False
+
+    def missing(self, models_dir: Path) -> list[str]:
+        return [f for f in self.files if not (models_dir / f).is_file()]
+
+
+VOICES: dict[str, EngineSpec] = {
+    "piper": EngineSpec("piper", "audio"),
+    "xtts": EngineSpec("xtts", "audio",
+                       ("xtts_v2/config.json", "xtts_v2/model.pth", "xtts_v2/vocab.json"),
+                       needs_voice_sample=True),
+}
+RENDERERS: dict[str, EngineSpec] = {
+    "portrait": EngineSpec("portrait", "visual"),
+    "wav2lip": EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",)),
+    # the SadTalker installation (or a link to it) at MODELS_DIR/sadtalker; the list mirrors
+    # services/visual/engines/sadtalker.py REQUIRED
+    "sadtalker": EngineSpec("sadtalker", "visual", tuple(f"sadtalker/{f}" for f in (
+        "inference.py", "src/config/facerender_still.yaml",
+        "checkpoints/SadTalker_V0.0.2_256.safetensors", "checkpoints/mapping_00109-model.pth.tar",
+        "gfpgan/weights/alignment_WFLW_4HG.pth", "gfpgan/weights/detection_Resnet50_Final.pth",
+    ))),
+}
+AUTO_ORDER = {"audio": ["xtts", "piper"], "visual": ["portrait"]}
+
+
+def _pick(kind: str, table: dict[str, EngineSpec], stage: str, requested: str,
+          models_dir: Path, avatar: AvatarRecord) -> tuple[str, str | None]:
+    if requested != "auto":
+        spec = table.get(requested)
+        if spec is None:
+            names = ", ".join(["auto", *table])
+            raise ApiError(422, f"unknown_{kind}",
+                           f"unknown {kind} {requested!r}; expected one of: {names}")
+        missing = spec.missing(models_dir)
+        if missing:
+            raise ApiError(422, "missing_weights",
+                           f"the {kind} {requested!r} needs these files in {models_dir}: "
+                           f"{', '.join(missing)}; {DOWNLOAD_HINT}")
+        if spec.needs_voice_sample and not avatar.has_voice_sample:
+            raise ApiError(422, "no_voice_sample",
+                           f"the {kind} {requested!r} clones a voice, and avatar {avatar.id} has "
+                           "no voice sample; create the avatar with a 3-30 s voice_sample")
+        return requested, None
+    skipped = []
+    for name in AUTO_ORDER[stage]:
+        spec = table[name]
+        missing = spec.missing(models_dir)
+        if missing:
+            skipped.append(f"{name} (missing {', '.join(missing)})")
+        elif spec.needs_voice_sample and not avatar.has_voice_sample:
+            skipped.append(f"{name} (the avatar has no voice sample)")
+        else:
+            note = f"{kind} 'auto' chose {name}"
+            return name, note + (f"; skipped {'; '.join(skipped)}" if skipped else "")
+    raise ApiError(422, f"no_{kind}", f"no {kind} is usable: {'; '.join(skipped)}")
+
+
+def choose(voice: str, renderer: str, models_dir: Path,
+           avatar: AvatarRecord) -> tuple[dict[str, str], list[str]]:
+    """Stage -> engine, plus notes explaining every automatic choice."""
+    audio, n1 = _pick("voice", VOICES, "audio", voice, models_dir, avatar)
+    visual, n2 = _pick("renderer", RENDERERS, "visual", renderer, models_dir, avatar)
+    return {"audio": audio, "visual": visual, "compose": "ffmpeg"}, [n for n in (n1, n2) if n]

@@ -1,0 +1,131 @@
+"""Checking uploaded portraits and voice samples before anything is stored.
+
+Every rejection raises `InvalidInput`-style `ApiError`s with a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import UploadFile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from orchestrator.api.errors import ApiError
+
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
+MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
+_SAFE_NAME = re.compile(r"^[\w\-. ()]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Portrait:
+    image: Image.Image  # RGB, EXIF orientation applied
+    width: int
+    height: int
+
+
+def check_file_name(upload: UploadFile, field: str) -> None:
+    name = upload.filename or ""
+    if not name:
+        return
+    if "/" in name or "\\" in name or ".." in name or "\x00" in name or not _SAFE_NAME.match(name):
+        raise ApiError(400, "bad_file_name",
+                       f"the {field} file name {name[:80]!r} looks like a path; send a plain file "
+                       "name such as 'me.jpg' (letters, digits, spaces, '-', '_', '.')")
+
+
+def read_limited(upload: UploadFile, field: str, limit: int) -> bytes:
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large",
+                       f"the {field} upload is larger than {limit // (1024 * 1024)} MB; "
+                       "send a smaller file")
+    if not data:
+        raise ApiError(422, "empty_file", f"the {field} upload is empty")
+    return data
+
+
+def decode_portrait(data: bytes, *, min_side: int, max_side: int) -> Portrait:
+    accepted = "a PNG, JPEG, WebP or BMP photo"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_side * max_side
+            probe = Image.open(io.BytesIO(data))
+            fmt = probe.format
+            if fmt not in IMAGE_FORMATS:
+                raise ApiError(415, "unsupported_image",
+                               f"the portrait is a {fmt} image; send {accepted}")
+            w, h = probe.size
+            if max(w, h) > max_side:
+                raise ApiError(413, "image_too_large",
+                               f"the portrait is {w}x{h} pixels; the largest side may be "
+                               f"{max_side} pixels")
+            if min(w, h) < min_side:
+                raise ApiError(422, "image_too_small",
+                               f"the portrait is {w}x{h} pixels; it must be at least "
+                               f"{min_side}x{min_side} (a face needs pixels to animate)")
+            if getattr(probe, "n_frames", 1) > 1:
+                raise ApiError(422, "animated_image",
+                               "the portrait is animated; send a still photo "
+                               f"({accepted})")
+            probe.verify()
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, "image_too_large",
+                       f"the portrait has too many pixels to decode safely; the largest side "
+                       f"may be {max_side} pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise ApiError(415, "not_an_image",
+                       f"the portrait could not be read as an image ({exc.__class__.__name__}); "
+                       f"send {accepted}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(422, "corrupt_image",
+                       f"the portrait file is damaged or truncated; send {accepted}") from exc
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    return Portrait(image, image.width, image.height)
+
+
+def check_voice_sample(original: Path, out_wav: Path) -> float:
+    """Validate a voice sample with ffprobe and convert it to mono 22.05 kHz WAV; its seconds."""
+    accepted = f"a WAV, MP3, FLAC or OGG recording of {MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds"
+    proc = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=codec_type:format=duration", "-of", "json", str(original)],
+        capture_output=True, text=True, timeout=30)
+    try:
+        info = json.loads(proc.stdout or "{}")
+        has_audio = bool(info.get("streams"))
+        duration = float(info.get("format", {}).get("duration", "nan"))
+    except (ValueError, TypeError):
+        has_audio, duration = False, float("nan")
+    if proc.returncode != 0 or not has_audio or duration != duration:
+        raise ApiError(415, "not_audio",
+                       f"the voice sample could not be read as audio; send {accepted}")
+    if not MIN_VOICE_S <= duration <= MAX_VOICE_S:
+        raise ApiError(422, "voice_duration",
+                       f"the voice sample lasts {duration:.1f} s; send {accepted}")
+    proc = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
+         "-ac", "1", "-ar", "22050", "-c:a", "pcm_s16le",
+         str(out_wav)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise ApiError(422, "bad_audio", f"the voice sample could not be decoded; send {accepted}")
+    level = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(out_wav), "-af", "volumedetect",
+         "-f", "null", "-"], capture_output=True, text=True, timeout=60).stderr
+    match = re.search(r"max_volume: (-?[\d.]+|-inf) dB", level)
+    if match is None or match.group(1) == "-inf" or float(match.group(1)) < -45.0:
+        raise ApiError(422, "silent_audio",
+                       "the voice sample is silent; record yourself speaking for "
+                       f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds")
+    return duration

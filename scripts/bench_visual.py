@@ -1,0 +1,253 @@
+"""Speed and memory of the visual stage alone: prepare + render + encode, as the worker runs it.
+
+For each size (256/512/1024) and clip length (10 s and 5 min by default) a fresh Python process
+prepares the `portrait` engine on tests/data/portrait.png with speech-like audio (a voiced buzz
+with syllable-rate modulation and pauses), renders through `render_chunks` into a temp dir and
+reports frames/s, the time spent drawing frames vs the rest (mostly waiting on the x264 pipe),
+and peak memory: the Python process's VmHWM and the largest ffmpeg child (RUSAGE_CHILDREN).
+`--explore` then splits the 512 px cost (render alone, encode alone per x264 preset/threads).
+Writes out/bench_visual.json. Run with .venvs/visual/bin/python; CPU-bound, so the machine's
+load average is printed next to every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SR, FPS = 16000, 25
+
+
+def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
+    """A 120 Hz buzz with harmonics, 4-5 syllables a second, a pause every few seconds."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    buzz = sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8))
+    syllables = 0.5 - 0.5 * np.cos(2 * np.pi * 4.5 * t + 2 * np.sin(2 * np.pi * 0.3 * t))
+    pauses = (np.sin(2 * np.pi * t / rng.uniform(3, 5)) > -0.8).astype(float)
+    return (0.25 * buzz * syllables * pauses).astype(np.float32)
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0]
+
+
+class _RssSampler(threading.Thread):
+    """Samples this process's VmRSS every 50 ms; keeps the peak and the value at the end."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_mb = 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak_mb = max(self.peak_mb, _status_mb("VmRSS"))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _Timed:
+    """A FrameSource that counts the seconds spent drawing frames."""
+
+    def __init__(self, anim) -> None:
+        self._anim, self.n_frames, self.seconds = anim, anim.n_frames, 0.0
+
+    def frame(self, i: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self._anim.frame(i)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def _setup(size: int, seconds: float):
+    import cv2
+
+    from services.visual.engines.portrait import PortraitEngine, RenderSpec
+    from services.visual.face import FaceAnalyzer
+
+    image = cv2.cvtColor(cv2.imread(str(ROOT / "tests/data/portrait.png")), cv2.COLOR_BGR2RGB)
+    with FaceAnalyzer() as analyzer:
+        face = analyzer.analyze(image)[0]
+    audio = speechlike(seconds)
+    t0 = time.perf_counter()
+    anim = PortraitEngine().prepare(image, face, audio, SR, None, RenderSpec(fps=FPS, size=size))
+    return anim, time.perf_counter() - t0
+
+
+def one(size: int, seconds: float, preset: str) -> dict:
+    """One measurement, in this (fresh) process: prepare + render_chunks + concat."""
+    from services.visual import chunks
+    from shared.media import FrameWriter, concat
+
+    if preset != "veryfast":
+        chunks.FrameWriter = functools.partial(FrameWriter, preset=preset)  # type: ignore
+    rss_before = _status_mb("VmRSS")
+    sampler = _RssSampler()
+    sampler.start()
+    load0 = load_avg()
+    anim, t_prepare = _setup(size, seconds)
+    source = _Timed(anim)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        segments, _ = chunks.render_chunks(
+            source, chunks.ChunkPlan(anim.n_frames, 50), Path(tmp) / "chunks", input_hash="bench",
+            size=size, fps=FPS, tag="bench", check=lambda: None, progress=lambda p: None)
+        t_chunks = time.perf_counter() - t0
+        concat(segments, Path(tmp) / "video.mp4")
+        t_total = time.perf_counter() - t0
+    sampler.stop()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = anim.n_frames
+    return {
+        "size": size, "seconds": seconds, "frames": n, "preset": preset,
+        "prepare_s": round(t_prepare, 2), "render_encode_s": round(t_total, 2),
+        "fps": round(n / (t_prepare + t_total), 1),
+        "fps_render_encode": round(n / t_chunks, 1),
+        "draw_s": round(source.seconds, 2), "draw_fps": round(n / source.seconds, 1),
+        "other_s": round(t_chunks - source.seconds, 2),  # pipe writes blocked on x264, fsync, ...
+        "ffmpeg_cpu_s": round(children.ru_utime + children.ru_stime, 2),
+        "rss_start_mb": round(rss_before, 1), "rss_peak_mb": round(sampler.peak_mb, 1),
+        "python_hwm_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ffmpeg_peak_mb": round(children.ru_maxrss / 1024, 1),
+        "load_avg": round((load0 + load_avg()) / 2, 2),
+    }
+
+
+def encode_only(size: int, frames: list[np.ndarray], n: int, extra: list[str]) -> dict:
+    """x264 alone, fed pre-rendered frames through a pipe as FrameWriter does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{size}x{size}", "-r", str(FPS), "-i", "pipe:0", "-an", "-c:v", "libx264",
+               "-crf", "18", "-pix_fmt", "yuv420p", "-g", "50", "-bf", "0", *extra,
+               str(Path(tmp) / "e.mp4")]
+        load0 = load_avg()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+        for i in range(n):
+            proc.stdin.write(frames[i % len(frames)].tobytes())
+        proc.stdin.close()
+        proc.wait()
+        dt = time.perf_counter() - t0
+        kb = (Path(tmp) / "e.mp4").stat().st_size / 1024
+    return {"x264": " ".join(extra), "fps": round(n / dt, 1), "kb_per_s": round(kb / (n / FPS), 1),
+            "load_avg": round((load0 + load_avg()) / 2, 2)}
+
+
+def explore(size: int = 512, seconds: float = 10.0) -> dict:
+    """Where the time goes at one size: drawing frames (and its parts) vs encoding."""
+    anim, _ = _setup(size, seconds)
+    n = anim.n_frames
+    t0 = time.perf_counter()
+    frames = [anim.frame(i) for i in range(n)]
+    draw_fps = n / (time.perf_counter() - t0)
+    parts = {}
+    tr = anim.tracks
+    base = anim._base
+    img = base.copy()
+    reps = 100
+    talk = int(np.argmax(tr.opening))
+    for name, fn in {
+        "copy base": lambda: base.copy(),
+        "mouth warp+paint": lambda: anim._mouth.apply(base, img, float(tr.opening[talk]),
+                                                      float(tr.lateral[talk])),
+        "eyes (blink)": lambda: [e.apply(base, img, 0.8) for e in anim._eyes],
+        "head pose warp": lambda: anim._pose.apply(img, 2.0, 1.0, 0.01, 1.0),
+    }.items():
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        parts[name] = round(1000 * (time.perf_counter() - t0) / reps, 3)
+    roi = anim._pose.roi
+    out = {"size": size, "draw_fps": round(draw_fps, 1), "ms_per_call": parts,
+           "pose_roi_px": [roi[2] - roi[0], roi[3] - roi[1]],
+           "mouth_roi_px": [anim._mouth.roi[2] - anim._mouth.roi[0],
+                            anim._mouth.roi[3] - anim._mouth.roi[1]],
+           "blink_frames_pct": round(100 * float(np.mean(tr.blink > 0.01)), 1),
+           "encode_only": []}
+    for extra in (["-preset", "veryfast"], ["-preset", "veryfast", "-threads", "1"],
+                  ["-preset", "superfast"], ["-preset", "ultrafast"],
+                  ["-preset", "veryfast", "-tune", "zerolatency"]):
+        out["encode_only"].append(encode_only(size, frames, n, extra))
+    return out
+
+
+def _child(args: list[str]) -> dict:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         cwd=ROOT)
+    if res.returncode:
+        raise SystemExit(f"bench child {args} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024])
+    parser.add_argument("--seconds", type=float, nargs="*", default=[10, 300])
+    parser.add_argument("--presets", nargs="*", default=["veryfast"],
+                        help="x264 presets to run every size/length with (FrameWriter's preset)")
+    parser.add_argument("--explore", action="store_true", help="also split the 512 px cost")
+    parser.add_argument("--out", type=Path, default=ROOT / "out/bench_visual.json")
+    parser.add_argument("--one", nargs=3, metavar=("SIZE", "SECONDS", "PRESET"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--explore-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(int(args.one[0]), float(args.one[1]), args.one[2])))
+        return 0
+    if args.explore_child:
+        print(json.dumps(explore()))
+        return 0
+    print(f"{os.cpu_count()} CPUs, load average {load_avg():.2f} at start")
+    head = (f"{'size':>5} {'clip s':>7} {'preset':>9} {'frames':>6} {'fps':>6} {'draw fps':>8} "
+            f"{'draw s':>7} {'other s':>7} {'ffmpeg cpu':>10} {'rss peak':>8} {'ffmpeg rss':>10} "
+            f"{'load':>5}")
+    print(head)
+    runs = []
+    for preset in args.presets:
+        for size in args.sizes:
+            for seconds in args.seconds:
+                r = _child(["--one", str(size), str(seconds), preset])
+                runs.append(r)
+                print(f"{r['size']:>5} {r['seconds']:>7.0f} {preset:>9} {r['frames']:>6} "
+                      f"{r['fps']:>6.1f} {r['draw_fps']:>8.1f} {r['draw_s']:>7.1f} "
+                      f"{r['other_s']:>7.1f} {r['ffmpeg_cpu_s']:>10.1f} "
+                      f"{r['rss_peak_mb']:>8.0f} {r['ffmpeg_peak_mb']:>10.0f} "
+                      f"{r['load_avg']:>5.2f}", flush=True)
+    report = {"cpus": os.cpu_count(), "fps": FPS, "runs": runs}
+    if args.explore:
+        report["explore_512"] = ex = _child(["--explore-child"])
+        print(f"512 px, frames drawn alone: {ex['draw_fps']} fps; ms per call: {ex['ms_per_call']}")
+        for e in ex["encode_only"]:
+            print(f"  encode only, x264 {e['x264']:<32} {e['fps']:>6.1f} fps "
+                  f"{e['kb_per_s']:>7.1f} kB/s (load {e['load_avg']})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""`make quality`: how good the default `portrait` renderer's videos look, measured on the MP4s.
+
+Renders real Piper speech onto tests/data/portrait.png and three variants of it (a small face in
+a big wide canvas, greyscale, rotated 15 degrees) through the real engine and `render_chunks`,
+decodes each MP4 with ffmpeg and runs the mediapipe face mesh on every decoded frame. From those
+landmarks alone it measures lip sync (mouth opening vs loudness, and the lag that fits best),
+closure in silence and on p/b/m, lip rounding, blink rate, identity (SSIM of the aligned face
+outside the mouth) and jitter in still stretches. Writes out/quality/report.json, report.md and
+contact_sheet.png. Run with .venvs/visual/bin/python; speech comes from .venvs/audio (cached).
+A benchmark, not a test: it prints figures and flags, it does not fail on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.visual.chunks import ChunkPlan, render_chunks  # noqa: E402
+from services.visual.engines.portrait import PortraitEngine, RenderSpec  # noqa: E402
+from services.visual.face import FaceAnalyzer  # noqa: E402
+from shared.media import concat  # noqa: E402
+
+TEXTS = [
+    "Peter Piper picked a peck of pickled peppers. Bob brought many bright blue balloons to the "
+    "big parade, and Mum made pumpkin pie for everybody on the membership committee.",
+    "Would you like to go for a walk down to the old boat house? Who knew the moon could look so "
+    "blue over the cool, smooth water, or that you and Ruth would both be there too.",
+    "Good morning, and welcome. This short message was generated on this machine, from one "
+    "photograph and a few lines of text, without sending anything to the cloud. Please remember "
+    "to breathe, relax, and smile. Maybe next time we can meet in person, but until then, "
+    "thank you very much for watching, and have a wonderful afternoon.",
+]
+TAIL_S = 2.0  # silence appended to every clip: the head comes to rest, giving still stretches
+FPS, SIZE = 25, 512
+LAGS = range(-5, 6)
+STABLE = [10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133, 263, 362, 70, 300, 105, 334, 234,
+          454, 127, 356, 107, 336, 46, 276]  # forehead, brows, nose, eye corners, temples
+LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
+BILABIAL, ROUND, SPREAD = set("pbm"), ("u", "oʊ", "w", "ɔ", "ʊ"), ("i", "ɪ", "e", "eɪ")
+SHUT = 0.02  # inner-lip gap within this (x inter-ocular distance) of the rest pose: closed
+VOWELS = set("aæɑɐɒɔəɜʌɛeiɪoʊuɚɝ")
+
+_SPEAK = """
+import json, sys
+from pathlib import Path
+from services.audio.engines.piper import PiperEngine
+engine = PiperEngine(Path(sys.argv[1]))
+for text, wav in json.loads(sys.argv[2]):
+    speech = engine.synthesize(text, Path(wav))
+    Path(wav).with_suffix(".json").write_text(json.dumps(speech.phonemes))
+"""
+
+
+def speech(out: Path) -> list[tuple[np.ndarray, int, list[dict]]]:
+    """(audio, rate, phonemes) per text, synthesized once by Piper in the audio venv."""
+    todo, paths = [], []
+    for text in TEXTS:
+        wav = out / "speech" / f"{hashlib.sha256(text.encode()).hexdigest()[:12]}.wav"
+        paths.append(wav)
+        if not wav.with_suffix(".json").is_file():
+            todo.append((text, str(wav)))
+    if todo:
+        (out / "speech").mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(ROOT / ".venvs/audio/bin/python"), "-c", _SPEAK, str(ROOT / "models"),
+                        json.dumps(todo)], cwd=ROOT, check=True)
+    clips = []
+    for wav in paths:
+        with wave.open(str(wav), "rb") as w:
+            rate = w.getframerate()
+            audio = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+        phonemes = json.loads(wav.with_suffix(".json").read_text())
+        end = len(audio) / rate
+        audio = np.concatenate([audio, np.zeros(int(TAIL_S * rate), np.float32)])
+        phonemes.append({"phoneme": "_", "start": end, "end": len(audio) / rate})
+        clips.append((audio, rate, phonemes))
+    return clips
+
+
+def portraits() -> dict[str, np.ndarray]:
+    base = cv2.cvtColor(cv2.imread(str(ROOT / "tests/data/portrait.png")), cv2.COLOR_BGR2RGB)
+    h, w = base.shape[:2]
+    canvas = np.full((1080, 1920, 3), base[5, 5], np.uint8)
+    canvas = cv2.GaussianBlur(canvas + np.random.default_rng(0).integers(0, 20, canvas.shape,
+                                                                           np.uint8), (0, 0), 4)
+    small = cv2.resize(base, (w * 2 // 5, h * 2 // 5), interpolation=cv2.INTER_AREA)
+    canvas[600:600 + small.shape[0], 1300:1300 + small.shape[1]] = small
+    grey = cv2.cvtColor(cv2.cvtColor(base, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 15, 1.0)
+    rotated = cv2.warpAffine(base, turn, (w, h), flags=cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_REFLECT)
+    return {"original": base, "small_face_wide": canvas, "greyscale": grey, "rotated_15": rotated}
+
+
+def render(engine, image, face, clip, video: Path):
+    audio, rate, phonemes = clip
+    anim = engine.prepare(image, face, audio, rate, phonemes, RenderSpec(fps=FPS, size=SIZE))
+    with tempfile.TemporaryDirectory(dir=video.parent) as tmp:
+        segments, _ = render_chunks(anim, ChunkPlan(anim.n_frames, 50), Path(tmp), input_hash="q",
+                                    size=SIZE, fps=FPS, tag="q", check=lambda: None,
+                                    progress=lambda p: None)
+        concat(segments, video)
+    return anim
+
+
+def decode(video: Path):
+    """Yield the MP4's frames as RGB arrays, in order."""
+    proc = subprocess.Popen(["ffmpeg", "-v", "error", "-i", str(video), "-f", "rawvideo",
+                             "-pix_fmt", "rgb24", "pipe:1"], stdout=subprocess.PIPE)
+    n = SIZE * SIZE * 3
+    while len(buf := proc.stdout.read(n)) == n:
+        yield np.frombuffer(buf, np.uint8).reshape(SIZE, SIZE, 3)
+    proc.wait()
+
+
+def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)  # noqa: E731
+    ma, mb = blur(a), blur(b)
+    va, vb, cov = blur(a * a) - ma * ma, blur(b * b) - mb * mb, blur(a * b) - ma * mb
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
+
+
+def _face_mask(lm: np.ndarray) -> np.ndarray:
+    """The face hull minus the whole lower face the jaw warp can move (nose base down)."""
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(lm.astype(np.int32)), 1)
+    mw = np.linalg.norm(lm[291] - lm[61])
+    cx = (lm[61, 0] + lm[291, 0]) / 2
+    x0, x1 = int(cx - 1.0 * mw), int(cx + 1.0 * mw)
+    mask[int(lm[2, 1]):, max(0, x0):x1] = 0
+    return mask.astype(bool)
+
+
+def measure(video: Path, mesh, anim) -> dict:
+    """Landmark tracks and identity figures of one decoded MP4."""
+    n, lms, ssim, first, ref_lm, mask, ref_grey = anim.n_frames, [], [], None, None, None, None
+    for i, frame in enumerate(decode(video)):
+        res = mesh.process(frame)
+        if not res.multi_face_landmarks:
+            lms.append(np.full((478, 2), np.nan))
+            ssim.append(np.nan)
+            continue
+        lm = np.array([(p.x, p.y) for p in res.multi_face_landmarks[0].landmark]) * SIZE
+        lms.append(lm)
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if first is None:
+            first, ref_lm, mask, ref_grey = i, lm, _face_mask(lm), grey
+            base = np.asarray(anim._base)  # the framed portrait: the renderer's rest pose
+            base_lm = np.array([(p.x, p.y) for p in mesh.process(base).multi_face_landmarks[0]
+                                .landmark]) * SIZE
+            m, _ = cv2.estimateAffinePartial2D(lm[STABLE], base_lm[STABLE], method=cv2.LMEDS)
+            aligned = cv2.warpAffine(grey, m, (SIZE, SIZE), borderMode=cv2.BORDER_REPLICATE)
+            base = cv2.cvtColor(base, cv2.COLOR_RGB2GRAY)
+            vs_portrait = float(_ssim_map(aligned, base)[_face_mask(base_lm)].mean())
+        m, _ = cv2.estimateAffinePartial2D(lm[STABLE], ref_lm[STABLE], method=cv2.LMEDS)
+        aligned = cv2.warpAffine(grey, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        ssim.append(float(_ssim_map(aligned, ref_grey)[mask].mean()))
+    lms = np.array(lms)
+    if len(lms) != n:
+        raise SystemExit(f"{video} decoded to {len(lms)} frames, expected {n}")
+    return {"lm": lms, "ssim": np.array(ssim), "ssim_first_vs_portrait": vs_portrait}
+
+
+def frame_rms(audio: np.ndarray, rate: int, n: int) -> np.ndarray:
+    edges = np.round(np.arange(n + 1) * rate / FPS).astype(int)
+    return np.array([np.sqrt(np.mean(audio[a:b] ** 2)) if b > a else 0.0
+                     for a, b in zip(edges[:-1], edges[1:], strict=True)])
+
+
+def features(lm: np.ndarray) -> dict[str, np.ndarray]:
+    dist = lambda a, b: np.linalg.norm(lm[:, a] - lm[:, b], axis=1)  # noqa: E731
+    iod = dist(33, 263)
+    ear = (dist(159, 145) / dist(33, 133) + dist(386, 374) / dist(263, 362)) / 2
+    return {"opening": dist(13, 14) / iod, "width": dist(61, 291) / iod, "ear": ear, "iod": iod}
+
+
+def _lagged(xs: list[np.ndarray], ys: list[np.ndarray], lag: int) -> float:
+    """Pearson r of x[t + lag] against y[t], pooled over clips (lag > 0: x comes later)."""
+    px, py = [], []
+    for x, y in zip(xs, ys, strict=True):
+        if lag >= 0:
+            px.append(x[lag:]), py.append(y[:len(y) - lag])
+        else:
+            px.append(x[:lag]), py.append(y[-lag:])
+    x, y = np.concatenate(px), np.concatenate(py)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2], strict=True))
+
+
+def _phoneme_frames(phonemes: list[dict], n: int, pick) -> list[np.ndarray]:
+    """For each phoneme that `pick` accepts: the frames whose centres fall inside it."""
+    out = []
+    for p in phonemes:
+        if pick(p["phoneme"]):
+            a, b = p["start"] * FPS - 0.5, p["end"] * FPS - 0.5
+            frames = np.arange(int(np.ceil(a)), int(np.floor(b)) + 1)
+            if not len(frames):
+                frames = np.array([int(round((a + b) / 2))])
+            out.append(frames[(frames >= 0) & (frames < n)])
+    return [f for f in out if len(f)]
+
+
+def summarize(name: str, clips: list[dict]) -> tuple[dict, dict]:
+    """The figures of one portrait over all its clips, and the frames for its contact sheet."""
+    opens = [c["f"]["opening"] for c in clips]
+    rmss = [c["rms"] for c in clips]
+    intended = [c["anim"].tracks.opening.astype(float) for c in clips]
+    r = {lag: _lagged(opens, rmss, lag) for lag in LAGS}
+    r_track = {lag: _lagged(opens, intended, lag) for lag in LAGS}
+    r_design = {lag: _lagged(intended, rmss, lag) for lag in LAGS}
+    best = max(r, key=r.get)
+    rest = np.nanmedian(np.concatenate([o[:3] for o in opens]))  # the 0.15 s lead-in is silent
+    above = [o - rest for o in opens]
+    cat = lambda xs: np.concatenate(xs)  # noqa: E731
+    silent = cat([c["rms"] < 0.005 for c in clips])
+    speaking = cat([c["rms"] > 0.05 for c in clips])
+    op = cat(above)
+    bil = [np.nanmin(a[f]) for a, c in zip(above, clips, strict=True)
+           for f in _phoneme_frames(c["phonemes"], len(a), lambda s: s[0] in BILABIAL)]
+    vow = [np.nanmax(a[f]) for a, c in zip(above, clips, strict=True)
+           for f in _phoneme_frames(c["phonemes"], len(a), lambda s: s[0] in VOWELS)]
+    widths = [c["f"]["width"] for c in clips]
+    rnd = [np.nanmin(w[f]) for w, c in zip(widths, clips, strict=True)
+           for f in _phoneme_frames(c["phonemes"], len(w), lambda s: s.startswith(ROUND))]
+    spr = [np.nanmax(w[f]) for w, c in zip(widths, clips, strict=True)
+           for f in _phoneme_frames(c["phonemes"], len(w), lambda s: s.startswith(SPREAD))]
+    rest_width = np.nanmedian(np.concatenate([w[:3] for w in widths]))
+
+    blinks, planned, seconds, jitter, ssim_open = 0, 0, 0.0, [], []
+    for c in clips:
+        ear = c["f"]["ear"]
+        shut = ear < 0.6 * np.nanmedian(ear)
+        merged = _runs(shut)
+        blinks += sum(1 for k, s in enumerate(merged) if k == 0 or s[0] - merged[k - 1][1] > 1)
+        closed = c["anim"].tracks.blink > 0.5
+        planned += int(np.count_nonzero(closed[1:] & ~closed[:-1]) + closed[0])
+        seconds += len(ear) / FPS
+        near_blink = np.convolve(shut | (c["anim"].tracks.blink > 0.01), np.ones(5), "same") > 0
+        speech_end = c["phonemes"][-1]["start"]
+        still = np.zeros(len(ear), bool)
+        still[int((speech_end + 0.8) * FPS):] = True  # motion is exactly 0 after ~0.6 s silence
+        still &= ~near_blink
+        motion = np.linalg.norm(np.diff(c["lm"], axis=0), axis=2).mean(axis=1)
+        jitter.append(motion[still[1:] & still[:-1]])
+        ssim_open.append(c["ssim"][~near_blink])
+    jitter_px, ssim_all = cat(jitter), cat([c["ssim"] for c in clips])
+    fig = {
+        "frames": int(sum(len(o) for o in opens)), "seconds": round(seconds, 2),
+        "face_found_pct": round(100 * float(np.mean(np.isfinite(cat(opens)))), 2),
+        "lipsync_r_lag0": round(r[0], 3), "lipsync_best_lag": int(best),
+        "lipsync_r_best": round(r[best], 3),
+        "lipsync_r_by_lag": {str(k): round(v, 3) for k, v in r.items()},
+        "design_r_lag0": round(r_design[0], 3),
+        "design_best_lag": int(max(r_design, key=r_design.get)),
+        "track_vs_video_best_lag": int(max(r_track, key=r_track.get)),
+        "track_vs_video_r": round(max(r_track.values()), 3),
+        "rest_opening": round(float(rest), 4),
+        "opening_silence": round(float(np.nanmean(op[silent])), 4),
+        "opening_speech": round(float(np.nanmean(op[speaking])), 4),
+        "opening_bilabial": round(float(np.nanmean(bil)), 4),
+        "opening_vowel": round(float(np.nanmean(vow)), 4),
+        "bilabial_closed_pct": round(100 * float(np.mean(np.array(bil) < SHUT)), 1),
+        "vowel_open_pct": round(100 * float(np.mean(np.array(vow) > SHUT)), 1),
+        "speech_below_rest_pct": round(100 * float(np.mean(op[speaking] < -SHUT)), 1),
+        "n_bilabial": len(bil), "n_vowel": len(vow),
+        "width_rest": round(float(rest_width), 4),
+        "width_rounded": round(float(np.nanmean(rnd)), 4),
+        "width_spread": round(float(np.nanmean(spr)), 4),
+        "blinks": blinks, "blinks_planned": planned,
+        "blinks_per_min": round(60 * blinks / seconds, 1),
+        "ssim_first_vs_portrait": round(float(np.mean([c["ssim0"] for c in clips])), 4),
+        "ssim_vs_first_mean": round(float(np.nanmean(cat(ssim_open))), 4),
+        "ssim_vs_first_min": round(float(np.nanmin(cat(ssim_open))), 4),
+        "ssim_vs_first_min_incl_blinks": round(float(np.nanmin(ssim_all)), 4),
+        "jitter_still_px_median": round(float(np.median(jitter_px)), 3),
+        "jitter_still_px_p95": round(float(np.percentile(jitter_px, 95)), 3),
+        "n_still_frames": len(jitter_px),
+    }
+    # contact-sheet picks (clip, frame): mid-speech p/b/m, widest open, a rounded vowel, a blink
+    def argbest(scores: list[tuple[float, int, int]]) -> tuple[int, int]:
+        return min(scores)[1:] if scores else (0, 0)
+    closed_pick = argbest([(float(np.nanmin(above[k][f])), k, int(f[np.nanargmin(above[k][f])]))
+                           for k, c in enumerate(clips)
+                           for f in _phoneme_frames(c["phonemes"], len(above[k]),
+                                                    lambda s: s[0] in BILABIAL) if f[0] > 10])
+    open_pick = argbest([(-float(np.nanmax(o)), k, int(np.nanargmax(o)))
+                         for k, o in enumerate(above)])
+    round_pick = argbest([(float(np.nanmin(widths[k][f])), k, int(f[np.nanargmin(widths[k][f])]))
+                          for k, c in enumerate(clips)
+                          for f in _phoneme_frames(c["phonemes"], len(widths[k]),
+                                                   lambda s: s.startswith(ROUND))])
+    blink_pick = argbest([(float(np.nanmin(c["f"]["ear"])), k, int(np.nanargmin(c["f"]["ear"])))
+                          for k, c in enumerate(clips)])
+    picks = {"closed (p/b/m)": closed_pick, "open": open_pick, "rounded": round_pick,
+             "blink": blink_pick}
+    return fig, picks
+
+
+def frames_at(video: Path, wanted: set[int]) -> dict[int, np.ndarray]:
+    return {i: f.copy() for i, f in enumerate(decode(video)) if i in wanted}
+
+
+def contact_sheet(rows: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]],
+                  path: Path) -> None:
+    """One row per portrait: four full frames, then zoomed crops of mouth (or eyes) of each."""
+    cell, zoom = 256, 192
+    lines = []
+    for name, frames, lms in rows:
+        fulls, crops = [], []
+        for label, frame in frames.items():
+            img = cv2.resize(frame, (cell, cell), interpolation=cv2.INTER_AREA)
+            cv2.putText(img, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 0), 2)
+            fulls.append(img)
+            lm = lms[label]
+            pts = lm[[33, 263]] if label == "blink" else lm[[61, 291, 13, 14]]
+            c = pts.mean(axis=0)
+            half = int(max(30, (0.6 if label == "blink" else 0.9) * np.ptp(pts[:, 0])))
+            x0, y0 = int(c[0]) - half, int(c[1]) - half
+            crop = np.pad(frame, ((half, half), (half, half), (0, 0)), mode="edge")[
+                y0 + half:y0 + 3 * half, x0 + half:x0 + 3 * half]
+            crops.append(cv2.resize(crop, (zoom, zoom), interpolation=cv2.INTER_CUBIC))
+        head = np.zeros((24, cell * 4 + zoom * 4, 3), np.uint8)
+        cv2.putText(head, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
+        crop_row = np.zeros((cell, zoom * 4, 3), np.uint8)
+        crop_row[:zoom] = np.hstack(crops)
+        lines += [head, np.hstack([*fulls, crop_row])]
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(lines), cv2.COLOR_RGB2BGR))
+
+
+def markdown(figures: dict[str, dict]) -> str:
+    cols = [("lip-sync r (lag 0)", "lipsync_r_lag0"),
+            ("renderer's own track r (lag 0; ceiling)", "design_r_lag0"),
+            ("video vs renderer track r", "track_vs_video_r"),
+            ("best lag (frames)", "lipsync_best_lag"),
+            ("r at best lag", "lipsync_r_best"), ("opening: silence", "opening_silence"),
+            ("opening: speech", "opening_speech"), ("opening: p/b/m", "opening_bilabial"),
+            ("opening: vowels", "opening_vowel"), ("p/b/m closed %", "bilabial_closed_pct"),
+            ("vowels open %", "vowel_open_pct"),
+            ("speech frames narrower than rest %", "speech_below_rest_pct"),
+            ("mouth width: rest/rounded/spread", "width"), ("blinks/min", "blinks_per_min"),
+            ("blinks seen/planned", "blinks_seen"), ("SSIM first vs portrait",
+                                                     "ssim_first_vs_portrait"),
+            ("SSIM vs first: mean", "ssim_vs_first_mean"), ("SSIM vs first: min",
+                                                              "ssim_vs_first_min"),
+            ("jitter in stills px (median/p95)", "jitter"), ("face found %", "face_found_pct")]
+    names = list(figures)
+    out = ["| measure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key in cols:
+        cells = []
+        for n in names:
+            f = figures[n]
+            if key == "width":
+                cells.append(f"{f['width_rest']:.3f} / {f['width_rounded']:.3f} / "
+                             f"{f['width_spread']:.3f}")
+            elif key == "blinks_seen":
+                cells.append(f"{f['blinks']} / {f['blinks_planned']}")
+            elif key == "jitter":
+                cells.append(f"{f['jitter_still_px_median']} / {f['jitter_still_px_p95']}")
+            else:
+                cells.append(str(f[key]))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "Openings (inner lips 13-14) and widths (corners 61-291) are fractions of the "
+            "inter-ocular distance (33-263); openings are measured above the rest pose's gap "
+            f"(first frames); closed = within {SHUT} of rest. r: Pearson correlation of mouth "
+            "opening with per-frame RMS; lag > 0: the mouth moves later than the sound."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "out/quality")
+    parser.add_argument("--only", nargs="*", help="portrait names to run (default: all)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    clips = speech(args.out)
+    print(f"speech: {', '.join(f'{len(a) / r:.1f} s' for a, r, _ in clips)} "
+          f"(incl. {TAIL_S:.0f} s silent tails)")
+    import mediapipe as mp
+
+    mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
+                                           max_num_faces=1, min_detection_confidence=0.5)
+    engine, figures, rows = PortraitEngine(), {}, []
+    with FaceAnalyzer() as analyzer:
+        for name, image in portraits().items():
+            if args.only and name not in args.only:
+                continue
+            cv2.imwrite(str(args.out / f"portrait_{name}.png"),
+                        cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            faces = analyzer.analyze(image)
+            if not faces:
+                figures[name] = {"error": "no face found in the portrait"}
+                continue
+            done = []
+            for k, clip in enumerate(clips):
+                video = args.out / f"{name}_{k}.mp4"
+                anim = render(engine, image, faces[0], clip, video)
+                m = measure(video, mesh, anim)
+                done.append({"anim": anim, "lm": m["lm"], "ssim": m["ssim"],
+                             "ssim0": m["ssim_first_vs_portrait"], "phonemes": clip[2],
+                             "f": features(m["lm"]), "rms": frame_rms(clip[0], clip[1],
+                                                                      anim.n_frames),
+                             "video": video})
+            figures[name], picks = summarize(name, done)
+            frames, lms = {}, {}
+            for label, (k, i) in picks.items():
+                frames[label] = frames_at(done[k]["video"], {i})[i]
+                lms[label] = done[k]["lm"][i]
+            rows.append((name, frames, lms))
+            shown = {k: v for k, v in figures[name].items() if k != "lipsync_r_by_lag"}
+            print(f"{name}: {json.dumps(shown)}", flush=True)
+    mesh.close()
+    (args.out / "report.json").write_text(json.dumps(
+        {"fps": FPS, "size": SIZE, "texts": TEXTS, "tail_silence_s": TAIL_S,
+         "seconds_total": round(time.monotonic() - started, 1), "portraits": figures}, indent=2))
+    (args.out / "report.md").write_text(markdown({k: v for k, v in figures.items()
+                                                  if "error" not in v}))
+    contact_sheet(rows, args.out / "contact_sheet.png")
+    print((args.out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

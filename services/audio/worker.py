@@ -1,0 +1,60 @@
+"""Audio stage: text -> speech.wav (+ phonemes.json when the engine gives timings)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shared.checkpoint import remove_tree
+from shared.settings import Settings
+from shared.stage import StageContext, StageResult, current_runtime, execute
+from shared.storage import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+_engines: dict[str, Any] = {}
+SENTENCES = "audio.sentences"  # per-sentence checkpoints of cloned voices, in the job dir
+
+
+def warm_up(settings: Settings) -> None:
+    """Load the default voice once per process."""
+    _engine("piper", settings)
+
+
+def _engine(name: str, settings: Settings) -> Any:
+    if name not in _engines:
+        from services.audio.engines import get_engine
+
+        _engines[name] = get_engine(name)(settings.models_dir)
+    return _engines[name]
+
+
+def run(job_id: str, stage: str = "audio", attempt: int = 1) -> str:
+    """rq entry point (enqueued by dotted name)."""
+    runtime = current_runtime("audio")
+    outcome = execute(runtime, job_id, stage, attempt, synthesize)
+    if outcome in ("done", "skipped", "canceled"):  # sentences are superseded or unwanted
+        remove_tree(runtime.store.job_dir(job_id) / SENTENCES)
+    return outcome
+
+
+def synthesize(ctx: StageContext) -> StageResult:
+    name = ctx.job.engines.get("audio", "piper")
+    engine = _engine(name, ctx.settings)
+    cloning: dict[str, Any] = {}
+    if name == "xtts":
+        avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
+        cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir,
+                   "checkpoint_dir": ctx.job_dir / SENTENCES}
+    speech = engine.synthesize(
+        ctx.job.text, ctx.work_dir / "speech.wav", length_scale=1.0 / ctx.job.options.speed,
+        progress=ctx.progress, should_stop=ctx.should_stop, **cloning)
+    ctx.check()
+    files = ["speech.wav"]
+    if speech.phonemes is not None:
+        atomic_write_json(ctx.work_dir / "phonemes.json", speech.phonemes)
+        files.append("phonemes.json")
+    return StageResult(files=files, engine=name, engine_version=engine.version, info={
+        "duration": speech.duration, "sample_rate": speech.sample_rate,
+        "n_samples": speech.n_samples, "phonemes": speech.phonemes is not None,
+    })

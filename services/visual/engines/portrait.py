@@ -1,0 +1,353 @@
+"""The default talking-head engine: one portrait, warped per frame by speech-driven landmark rigs.
+
+`prepare` does all the thinking once (framing, audio features, per-frame parameter tracks, warp
+fields); `Animation.frame(i)` only warps and paints, and is a pure function of `i`, so chunks can
+be rendered in any order, in any process, and resumed after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from services.visual.face import N_LANDMARKS, FaceInfo, padded_crop, to_rgb
+from services.visual.motion import Tracks, audio_features, build_tracks, mono
+from shared.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+FACE_FRACTION = 0.48  # face (cheek to cheek) / frame width
+EYE_LINE = 0.42  # eye height / frame height
+MAX_GAP = 0.24  # lip gap at opening 1, as a fraction of mouth width
+UPPER_LIP_SHARE = 0.2  # the upper lip rises this much for every unit the jaw drops
+TEETH_SPLIT = 0.4  # with teeth showing at rest, the lips part this much lower than mid-gap
+
+OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39,
+              40, 185]
+UPPER_INNER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
+LOWER_INNER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
+CHIN, NOSE_BASE = 152, 2
+RIGHT_EYE = (33, 133, [246, 161, 160, 159, 158, 157, 173], [7, 163, 144, 145, 153, 154, 155])
+LEFT_EYE = (263, 362, [466, 388, 387, 386, 385, 384, 398], [249, 390, 373, 374, 380, 381, 382])
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Output frame rate, square side in pixels, and the seed of blinks and head motion."""
+
+    fps: int = 25
+    size: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fps <= 120:
+            raise InvalidInput(f"fps is {self.fps}, expected 1..120")
+        if not 256 <= self.size <= 1024:
+            raise InvalidInput(f"size is {self.size}, expected 256..1024 pixels")
+
+
+def _smoothstep(e0: float | np.ndarray, e1: float | np.ndarray, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _grid(x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    xs = np.arange(x0, x1, dtype=np.float32)
+    ys = np.arange(y0, y1, dtype=np.float32)
+    return np.meshgrid(xs, ys)
+
+
+def _box(points: np.ndarray, margin: float, size: int) -> tuple[int, int, int, int]:
+    """Integer (x0, y0, x1, y1) around points grown by margin pixels, clipped to the frame."""
+    x0, y0 = np.floor(points.min(axis=0) - margin).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0) + margin).astype(int)
+    return max(0, int(x0)), max(0, int(y0)), min(size, int(x1)), min(size, int(y1))
+
+
+class _MouthRig:
+    """Jaw drop, lip-corner travel and a painted mouth interior, in a mouth-aligned frame."""
+
+    def __init__(self, lm: np.ndarray, size: int) -> None:
+        left, right = lm[61].astype(np.float64), lm[291].astype(np.float64)
+        self.center = (left + right) / 2
+        u = right - left
+        self.mw = float(np.hypot(*u))
+        self.u_hat = u / self.mw
+        self.v_hat = np.array([-self.u_hat[1], self.u_hat[0]])
+        hw = self.hw = self.mw / 2
+        self.gap_px = MAX_GAP * self.mw
+        uv = self._uv(lm.astype(np.float64))
+
+        # rest-pose gap between the inner lips: teeth are probably already showing if it is wide
+        rest_gap = float(uv[14, 1] - uv[13, 1])
+        self.teeth = float(np.clip(1.0 - rest_gap / (0.08 * self.mw), 0.0, 1.0))
+        # the jaw opens below the upper teeth: where they show, split near the lower lip
+        low = 0.5 + TEETH_SPLIT * (1.0 - self.teeth)
+        knots: dict[float, float] = {}  # split line between the lips, v as a function of u
+        for i_up, i_lo in zip(UPPER_INNER, LOWER_INNER, strict=True):
+            knots[(uv[i_up, 0] + uv[i_lo, 0]) / 2] = (1 - low) * uv[i_up, 1] + low * uv[i_lo, 1]
+        knots.setdefault(uv[61, 0], uv[61, 1])
+        knots.setdefault(uv[291, 0], uv[291, 1])
+        ku = np.array(sorted(knots))
+        kv = np.array([knots[k] for k in ku])
+        self._split = (ku, kv)
+        v0 = float(np.interp(0.0, ku, kv))
+        chin = float(uv[CHIN, 1]) - v0
+        nose = min(float(uv[NOSE_BASE, 1]) - v0, -0.25 * self.mw)
+        fall_len = 0.8 * self.mw
+
+        corners = [(-2.0 * hw, nose - 4), (2.0 * hw, nose - 4), (-2.0 * hw, chin + fall_len + 4),
+                   (2.0 * hw, chin + fall_len + 4)]
+        xy = np.array([self.center + a * self.u_hat + (b + v0) * self.v_hat for a, b in corners])
+        self.roi = _box(xy, 1, size)
+        x0, y0, x1, y1 = self.roi
+        X, Y = _grid(x0, y0, x1, y1)
+        U, V = self._uv_grid(X, Y)
+        vrel = V - np.interp(U, ku, kv)
+
+        t_lip = np.clip(1.0 - (U / hw) ** 2, 0.0, 1.0) ** 0.6
+        t_jaw = 1.0 - _smoothstep(0.6 * hw, 1.8 * hw, np.abs(U))
+        blend = _smoothstep(0.0, 0.9 * self.mw, vrel)
+        fall = 1.0 - _smoothstep(chin, chin + fall_len, vrel)
+        lower = ((1.0 - blend) * t_lip + blend * t_jaw) * fall
+        upper = -UPPER_LIP_SHARE * np.sqrt(t_lip) * _smoothstep(0.85 * nose, 0.0, vrel)
+        side = _smoothstep(-0.75, 0.75, vrel)
+        drop = (side * lower + (1.0 - side) * upper) * self._edge_window(X.shape)
+        reach = np.where(np.abs(U) <= hw, U / hw,
+                         np.sign(U) * (1.0 - _smoothstep(hw, 2.0 * hw, np.abs(U))))
+        slide = reach * np.exp(-((vrel / (0.45 * self.mw)) ** 2)) * self._edge_window(X.shape)
+        # backward maps: output pixel -> source pixel = X - displacement, linear in A and L
+        self.X, self.Y = X, Y
+        self.Fx = (-drop * self.v_hat[0]).astype(np.float32)
+        self.Fy = (-drop * self.v_hat[1]).astype(np.float32)
+        self.Gx = (-slide * self.u_hat[0]).astype(np.float32)
+        self.Gy = (-slide * self.u_hat[1]).astype(np.float32)
+
+        # the painted interior lives in a small box around the lips
+        rows = np.flatnonzero(((vrel > -UPPER_LIP_SHARE * self.gap_px - 3)
+                               & (vrel < self.gap_px + 3) & (np.abs(U) < 1.3 * hw)).any(axis=1))
+        cols = np.flatnonzero(((np.abs(U) < 1.3 * hw) & (np.abs(vrel) < self.gap_px)).any(axis=0))
+        self.paint = (slice(int(rows[0]), int(rows[-1]) + 1),
+                      slice(int(cols[0]), int(cols[-1]) + 1))
+        self.pU = U[self.paint].astype(np.float32)
+        self.pV = vrel[self.paint].astype(np.float32)
+
+    def _uv(self, pts: np.ndarray) -> np.ndarray:
+        d = pts - self.center
+        return np.stack([d @ self.u_hat, d @ self.v_hat], axis=1)
+
+    def _uv_grid(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = X - self.center[0], Y - self.center[1]
+        return (dx * self.u_hat[0] + dy * self.u_hat[1], dx * self.v_hat[0] + dy * self.v_hat[1])
+
+    @staticmethod
+    def _edge_window(shape: tuple[int, ...], ramp: int = 6) -> np.ndarray:
+        wy = np.clip(np.minimum(np.arange(shape[0]), np.arange(shape[0])[::-1]) / ramp, 0, 1)
+        wx = np.clip(np.minimum(np.arange(shape[1]), np.arange(shape[1])[::-1]) / ramp, 0, 1)
+        return np.outer(wy, wx)
+
+    def apply(self, base: np.ndarray, out: np.ndarray, opening: float, lateral: float) -> None:
+        """Warp the lower face of `base` into `out` and paint the opened gap."""
+        gap = opening * self.gap_px
+        mx = self.X + gap * self.Fx + lateral * self.Gx
+        my = self.Y + gap * self.Fy + lateral * self.Gy
+        x0, y0, x1, y1 = self.roi
+        region = cv2.remap(base, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if gap > 0.3:
+            self._paint(region[self.paint], gap, lateral)
+        out[y0:y1, x0:x1] = region
+
+    def _paint(self, region: np.ndarray, gap: float, lateral: float) -> None:
+        hw = self.hw + lateral
+        t = np.clip(1.0 - (self.pU / hw) ** 2, 0.0, 1.0) ** 0.6
+        top = -UPPER_LIP_SHARE * gap * np.sqrt(t)
+        bottom = gap * t
+        height = bottom - top
+        alpha = (np.clip((self.pV - top) / 1.6 + 0.5, 0, 1)
+                 * np.clip((bottom - self.pV) / 1.6 + 0.5, 0, 1)
+                 * np.clip(height / 2.0, 0, 1))  # a gap thinner than the feather stays faint
+        if not alpha.any():
+            return
+        height = np.maximum(height, 1e-3)
+        pos = np.clip((self.pV - top) / height, 0, 1)  # 0 at the upper teeth, 1 at the lower lip
+        deep = _smoothstep(0.0, 0.5, pos)[..., None]
+        colour = _CAVITY_SHADOW + (_CAVITY_DEEP - _CAVITY_SHADOW) * deep
+        tongue = _smoothstep(0.5, 1.0, pos) * np.clip(height / (0.15 * self.mw), 0, 1)
+        colour += (_TONGUE - colour) * (0.45 * tongue)[..., None]
+        teeth_h = np.minimum(0.35 * height, 0.09 * self.mw) * self.teeth
+        teeth = (np.clip((teeth_h - (self.pV - top)) / 1.2 + 0.5, 0, 1)
+                 * (1.0 - _smoothstep(0.35 * hw, 0.75 * hw, np.abs(self.pU))) * (teeth_h > 0.5))
+        colour += (_TEETH - colour) * teeth[..., None]
+        a = alpha[..., None]
+        region[:] = (region * (1.0 - a) + colour * a + 0.5).astype(np.uint8)
+
+
+_CAVITY_SHADOW = np.array([26, 10, 10], dtype=np.float32)
+_CAVITY_DEEP = np.array([52, 20, 21], dtype=np.float32)
+_TONGUE = np.array([150, 66, 64], dtype=np.float32)
+_TEETH = np.array([214, 208, 198], dtype=np.float32)
+
+
+class _EyeRig:
+    """A blink: the upper lid slides down over the eye, stretching the lid skin above it."""
+
+    def __init__(self, lm: np.ndarray, eye: tuple[int, int, list[int], list[int]],
+                 size: int) -> None:
+        outer, inner, upper, lower = eye
+        ew = float(np.hypot(*(lm[outer] - lm[inner])))
+        lid = 0.55 * ew
+        top_pts = lm[[outer, *upper, inner]]
+        bot_pts = lm[[outer, *lower, inner]]
+        corners = np.concatenate([top_pts - [0, lid + 2], bot_pts + [0, 2]])
+        self.roi = _box(corners, 2, size)
+        x0, y0, x1, y1 = self.roi
+        self.X, self.Y = _grid(x0, y0, x1, y1)
+        xs = self.X[0]
+        self.yu = np.interp(xs, *_sorted_xy(top_pts)).astype(np.float32)[None, :]
+        self.yl = np.maximum(np.interp(xs, *_sorted_xy(bot_pts)), self.yu[0])[None, :]
+        self.yl = self.yl.astype(np.float32)
+        self.ytop = self.yu - np.float32(lid)
+
+    def apply(self, base: np.ndarray, out: np.ndarray, amount: float) -> None:
+        lid_edge = self.yu + amount * (self.yl - self.yu)
+        stretch = (self.yu - self.ytop) / np.maximum(lid_edge - self.ytop, 1e-3)
+        inside = (self.Y >= self.ytop) & (self.Y < lid_edge)
+        my = np.where(inside, self.ytop + (self.Y - self.ytop) * stretch, self.Y).astype(np.float32)
+        x0, y0, x1, y1 = self.roi
+        out[y0:y1, x0:x1] = cv2.remap(base, self.X, my, cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REPLICATE)
+
+
+def _sorted_xy(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(points[:, 0], kind="stable")
+    return points[order, 0], points[order, 1]
+
+
+class _PoseRig:
+    """Head translation/rotation under a soft head mask, and breathing of the shoulders."""
+
+    def __init__(self, lm: np.ndarray, mouth_box: tuple[int, int, int, int], size: int) -> None:
+        lo, hi = lm.min(axis=0), lm.max(axis=0)
+        fw, fh = float(hi[0] - lo[0]), float(hi[1] - lo[1])
+        cx, cy = float((lo[0] + hi[0]) / 2), float(lo[1] + 0.45 * fh)
+        self.pivot = (float(lm[CHIN, 0]), float(lm[CHIN, 1] + 0.3 * fh))
+        X, Y = _grid(0, 0, size, size)
+        r = np.hypot((X - cx) / (0.70 * fw), (Y - cy) / (0.78 * fh))
+        head = 1.0 - _smoothstep(1.0, 1.6, r)
+        start = max(mouth_box[1] + mouth_box[3] + 2, float(lm[CHIN, 1]) + 0.3 * fh)
+        body = _smoothstep(start, size + 0.5 * fh, Y) * np.exp(-(((X - cx) / (1.6 * fw)) ** 2))
+        rows = np.flatnonzero((head > 1e-4).any(axis=1) | (body > 1e-4).any(axis=1))
+        cols = np.flatnonzero((head > 1e-4).any(axis=0) | (body > 1e-4).any(axis=0))
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        self.roi = (x0, y0, x1, y1)
+        sl = (slice(y0, y1), slice(x0, x1))
+        self.X, self.Y = X[sl], Y[sl]
+        self.head = head[sl].astype(np.float32)
+        self.body = body[sl].astype(np.float32)
+        self.head_dy = (self.head * (self.Y - self.pivot[1])).astype(np.float32)
+        self.head_dx = (self.head * (self.X - self.pivot[0])).astype(np.float32)
+
+    def apply(self, img: np.ndarray, tx: float, ty: float, rot: float, breath: float) -> None:
+        mx = self.X - tx * self.head + rot * self.head_dy
+        my = self.Y - ty * self.head - rot * self.head_dx + breath * self.body
+        x0, y0, x1, y1 = self.roi
+        img[y0:y1, x0:x1] = cv2.remap(img, mx, my, cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REPLICATE)
+
+
+class Animation:
+    """Everything needed to draw frame i of one clip; frame(i) is a pure function of i."""
+
+    def __init__(self, base: np.ndarray, tracks: Tracks, mouth: _MouthRig, eyes: list[_EyeRig],
+                 pose: _PoseRig, mouth_box: tuple[int, int, int, int]) -> None:
+        base.setflags(write=False)
+        self._base, self.tracks = base, tracks
+        self._mouth, self._eyes, self._pose = mouth, eyes, pose
+        self.n_frames = len(tracks.opening)
+        self.mouth_box = mouth_box
+
+    def opening(self, i: int) -> float:
+        return float(self.tracks.opening[self._index(i)])
+
+    def frame(self, i: int) -> np.ndarray:
+        """(size, size, 3) uint8 RGB, C-contiguous."""
+        i = self._index(i)
+        tr = self.tracks
+        img = self._base.copy()
+        opening, lateral = float(tr.opening[i]), float(tr.lateral[i])
+        if opening * self._mouth.gap_px > 0.05 or abs(lateral) > 0.05:
+            self._mouth.apply(self._base, img, opening, lateral)
+        if tr.blink[i] > 0.01:
+            for eye in self._eyes:
+                eye.apply(self._base, img, float(tr.blink[i]))
+        tx, ty, rot, breath = (float(tr.tx[i]), float(tr.ty[i]), float(tr.rot[i]),
+                               float(tr.breath[i]))
+        if max(abs(tx), abs(ty), abs(rot) * 100, abs(breath)) > 1e-3:
+            self._pose.apply(img, tx, ty, rot, breath)
+        return img
+
+    def _index(self, i: int) -> int:
+        if not 0 <= i < self.n_frames:
+            raise IndexError(f"frame {i} out of range 0..{self.n_frames - 1}")
+        return int(i)
+
+
+class PortraitEngine:
+    """Animates a single still portrait with 2D warps; no model weights needed."""
+
+    name = "portrait"
+    version = "1"
+
+    def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
+                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec) -> Animation:
+        base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
+        mouth = _MouthRig(lm, spec.size)
+        lip_box = _box(lm[OUTER_LIPS], 0, spec.size)
+        mx, my = 0.12 * mouth.mw, 0.10 * mouth.mw
+        x0, y0 = max(0, int(lip_box[0] - mx)), max(0, int(lip_box[1] - my))
+        x1 = min(spec.size, int(lip_box[2] + mx))
+        y1 = min(spec.size, int(lip_box[3] + mouth.gap_px + 0.06 * mouth.mw))
+        mouth_box = (x0, y0, x1 - x0, y1 - y0)
+        eyes = [_EyeRig(lm, RIGHT_EYE, spec.size), _EyeRig(lm, LEFT_EYE, spec.size)]
+        pose = _PoseRig(lm, mouth_box, spec.size)
+
+        loud, centroid = audio_features(samples, int(sample_rate), n, spec.fps)
+        face_width = float(np.ptp(lm[:, 0]))
+        tracks = build_tracks(loud, centroid, phonemes, spec.fps, spec.seed, mouth.mw, face_width)
+        logger.info("portrait: %d frames at %d fps, %dpx, mouth %.0fpx wide, %s", n, spec.fps,
+                    spec.size, mouth.mw, "phonemes" if phonemes else "loudness only")
+        return Animation(base, tracks, mouth, eyes, pose, mouth_box)
+
+
+def frame_input(portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray, sample_rate: int,
+                spec: RenderSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """What every renderer starts from: the framed portrait, its landmarks in output pixels,
+    the mono speech and the frame count (round(duration x fps), at least 1)."""
+    landmarks = np.asarray(face.landmarks, dtype=np.float64)
+    if landmarks.shape != (N_LANDMARKS, 2) or not np.isfinite(landmarks).all():
+        raise InvalidInput(f"face landmarks have shape {landmarks.shape}, expected "
+                           f"({N_LANDMARKS}, 2) finite pixel coordinates")
+    if int(sample_rate) <= 0:
+        raise InvalidInput(f"sample rate is {sample_rate}, expected a positive number of Hz")
+    samples = mono(audio)
+    n = max(1, int(round(len(samples) / sample_rate * spec.fps)))
+    base, lm = frame_face(to_rgb(portrait_rgb), landmarks, spec.size)
+    return base, lm, samples, n
+
+
+def frame_face(image: np.ndarray, lm: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Square crop with the face ~48% of the width and the eyes at 42% height, resized to size."""
+    face_width = float(np.ptp(lm[:, 0]))
+    if face_width < 8:
+        raise InvalidInput(f"the face is {face_width:.0f} px wide, expected at least 8 px")
+    side = max(8, int(round(face_width / FACE_FRACTION)))
+    eye_y = float(lm[[33, 133, 263, 362], 1].mean())
+    x0 = int(round((lm[:, 0].min() + lm[:, 0].max()) / 2 - side / 2))
+    y0 = int(round(eye_y - EYE_LINE * side))
+    crop = padded_crop(image, x0, y0, side)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    base = np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=interp))
+    return base, ((lm - [x0, y0]) * (size / side)).astype(np.float32)

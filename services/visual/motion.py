@@ -1,0 +1,139 @@
+"""Per-frame motion of the portrait: loudness and spectrum features, mouth tracks, blinks, head.
+
+Everything here is computed once per clip in `PortraitEngine.prepare` as small (n_frames,) arrays,
+so that rendering a frame is a pure function of its index. Motion is audio-gated: rest pose plus
+motion x speech energy, exactly still after ~0.6 s of silence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.visual.visemes import viseme_tracks
+from shared.errors import InvalidInput
+
+NOISE_FLOOR, SPEECH_LEVEL = 0.02, 0.25  # RMS (full scale = 1) mapped to loudness 0 and 1
+SPREAD_PX, ROUND_PX = 0.07, 0.10  # lip-corner travel per unit width / rounding, x mouth width
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Per-frame parameters, all (n_frames,) float32: mouth in units, motion in output pixels."""
+
+    opening: np.ndarray
+    lateral: np.ndarray  # lip-corner travel in pixels, + outwards (spread), - inwards (rounded)
+    blink: np.ndarray
+    tx: np.ndarray
+    ty: np.ndarray
+    rot: np.ndarray  # radians
+    breath: np.ndarray  # shoulder rise in pixels
+
+
+def mono(audio: np.ndarray) -> np.ndarray:
+    a = np.asarray(audio)
+    if a.ndim == 2:
+        a = a.mean(axis=1 if a.shape[1] <= a.shape[0] else 0)
+    if a.ndim != 1:
+        raise InvalidInput(f"audio has shape {np.asarray(audio).shape}, expected (n,) or (n, ch)")
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.float32) / float(np.iinfo(a.dtype).max + 1)
+    return np.nan_to_num(a.astype(np.float32))
+
+
+def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """'same'-length convolution with edge zeros, exact 0 wherever the kernel sees only zeros."""
+    m = len(kernel) // 2
+    return np.convolve(np.pad(x, (m, len(kernel) - 1 - m)), kernel, mode="valid")
+
+
+def _hann(width_frames: float) -> np.ndarray:
+    n = max(1, int(round(width_frames)))
+    k = np.hanning(2 * n + 3)[1:-1]
+    return k / k.sum()
+
+
+def audio_features(audio: np.ndarray, sr: int, n: int, fps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame loudness 0..1 (RMS over one frame, smoothed ~1.5 frames) and spectral centroid."""
+    edges = np.round(np.arange(n + 1) * (sr / fps)).astype(np.int64)
+    samples = np.zeros(int(edges[-1]) + 1, dtype=np.float64)
+    samples[:min(len(audio), len(samples))] = audio[:len(samples)]
+    energy = np.concatenate([[0.0], np.cumsum(samples * samples)])
+    counts = np.maximum(np.diff(edges), 1)
+    rms = np.sqrt(np.maximum(energy[edges[1:]] - energy[edges[:-1]], 0.0) / counts)
+    rms = _convolve(rms, np.array([0.25, 0.5, 0.25]))
+    loud = np.clip((rms - NOISE_FLOOR) / (SPEECH_LEVEL - NOISE_FLOOR), 0.0, 1.0)
+
+    nfft = 1 << int(np.ceil(np.log2(max(64, counts.max()))))
+    freqs = np.fft.rfftfreq(nfft, 1.0 / sr)
+    padded = np.pad(samples, (nfft // 2, nfft))
+    window = np.hanning(nfft)
+    centroid = np.zeros(n)
+    for lo in range(0, n, 1024):  # bounded memory on long clips
+        starts = edges[lo:min(n, lo + 1024)] + counts[lo:lo + 1024] // 2
+        frames = padded[starts[:, None] + np.arange(nfft)[None, :]] * window
+        power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+        centroid[lo:lo + len(starts)] = (power @ freqs) / np.maximum(power.sum(axis=1), 1e-12)
+    return loud, centroid
+
+
+def _wander(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    """Smooth, zero-mean, roughly unit-amplitude drift (three slow sines)."""
+    out = np.zeros_like(t)
+    for _ in range(3):
+        f, phase, amp = rng.uniform(0.12, 0.6), rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
+        out += amp * np.sin(2 * np.pi * f * t + phase)
+    return out / 1.6
+
+
+def _blinks(rng: np.random.Generator, n: int, fps: int) -> np.ndarray:
+    """Eyelid closure 0..1 per frame: ~15 blinks a minute, ~150 ms each, some doubled."""
+    closed = np.zeros(n)
+    frames = np.arange(n)
+    t = rng.uniform(0.6, 2.5)
+    while t < n / fps:
+        starts = [t]
+        if rng.random() < 0.12:
+            starts.append(t + rng.uniform(0.3, 0.45))
+        for start in starts:
+            duration = rng.uniform(0.13, 0.18)
+            peak = round((start + 0.4 * duration) * fps)  # full closure always lands on a frame
+            dt = (frames - peak) / fps
+            half = np.where(dt < 0, 0.4 * duration, 0.6 * duration)
+            closed = np.maximum(closed, np.clip(1.0 - (dt / half) ** 2, 0.0, 1.0))
+        t = starts[-1] + max(1.2, rng.gamma(2.0, 2.0))
+    return closed
+
+
+def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | None, fps: int,
+            seed: int, mouth_width: float, face_width: float) -> Tracks:
+    n = len(loud)
+    gain = np.sqrt(np.minimum(1.0, 2.0 * loud))  # 0 in silence, ~1 from moderate speech up
+    if phonemes:
+        shape = viseme_tracks(phonemes, n, fps).astype(np.float64)
+        opening, width, rounding = shape[:, 0] * gain, shape[:, 1] * gain, shape[:, 2] * gain
+    else:  # loudness opens the jaw; bright spectra spread the lips, dark ones round them
+        smooth = _hann(1)
+        opening = 0.85 * gain
+        width = _convolve(np.clip((centroid - 1100.0) / 900.0, -1, 1) * 0.6 * gain, smooth)
+        rounding = _convolve(np.clip((900.0 - centroid) / 500.0, 0, 1) * 0.7 * gain, smooth)
+    lateral = (SPREAD_PX * width - ROUND_PX * rounding) * mouth_width
+
+    # motion follows a held, smoothed speech envelope that is exactly 0 after ~0.6 s of silence
+    hold = max(1, round(0.3 * fps))
+    held = np.lib.stride_tricks.sliding_window_view(np.pad(loud, hold), 2 * hold + 1).max(axis=1)
+    energy = np.clip(1.5 * _convolve(held, _hann(0.25 * fps)), 0.0, 1.0)
+    emphasis = _convolve(loud, _hann(0.1 * fps))
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / fps
+    tx = 0.010 * face_width * _wander(rng, t) * energy
+    ty = (0.007 * _wander(rng, t) + 0.006 * emphasis) * face_width * energy
+    rot = np.deg2rad(1.0) * _wander(rng, t) * energy
+    period, phase = rng.uniform(3.4, 4.6), rng.uniform(0, 2 * np.pi)
+    breath = (0.012 * face_width * (0.6 + 0.4 * energy)
+              * (0.5 - 0.5 * np.cos(2 * np.pi * t / period + phase)))
+    f32 = np.float32
+    return Tracks(opening=np.clip(opening, 0, 1).astype(f32), lateral=lateral.astype(f32),
+                  blink=_blinks(rng, n, fps).astype(f32), tx=tx.astype(f32), ty=ty.astype(f32),
+                  rot=rot.astype(f32), breath=breath.astype(f32))

@@ -1,0 +1,97 @@
+"""Visual stage: avatar portrait + speech -> silent video.mp4, rendered in checkpointed chunks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import wave
+from typing import Any
+
+import numpy as np
+
+from services.visual import avatar as avatar_analysis
+from services.visual.chunks import ChunkPlan, render_chunks
+from shared.checkpoint import remove_tree
+from shared.errors import StageFailed
+from shared.media import concat, probe
+from shared.settings import Settings
+from shared.stage import StageContext, StageResult, current_runtime, execute
+
+logger = logging.getLogger(__name__)
+
+_engines: dict[str, Any] = {}
+
+
+def warm_up(settings: Settings) -> None:
+    """Load the face mesh once per process (used for avatar analysis)."""
+    avatar_analysis.analyzer()
+    _engine("portrait", settings)
+
+
+def _engine(name: str, settings: Settings) -> Any:
+    if name not in _engines:
+        from services.visual.engines import get_engine
+
+        _engines[name] = get_engine(name)(settings.models_dir)
+    return _engines[name]
+
+
+def run(job_id: str, stage: str = "visual", attempt: int = 1) -> str:
+    """rq entry point (enqueued by dotted name)."""
+    runtime = current_runtime("visual")
+    outcome = execute(runtime, job_id, stage, attempt, render)
+    if outcome in ("done", "skipped", "canceled"):  # chunks are superseded or unwanted
+        remove_tree(runtime.store.job_dir(job_id) / "visual.chunks")
+    return outcome
+
+
+def read_wav(path: Any) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise StageFailed(f"speech.wav must be 16-bit PCM, found {8 * wav.getsampwidth()}-bit")
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        data = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    if channels == 1:  # float32 throughout: long clips hold no float64 copies of the speech
+        return data.astype(np.float32) / np.float32(32768.0), rate
+    audio = data.reshape(-1, channels).astype(np.float32).mean(axis=1) / np.float32(32768.0)
+    return audio, rate
+
+
+def render(ctx: StageContext) -> StageResult:
+    from services.visual.engines.portrait import RenderSpec
+    from services.visual.face import FaceInfo
+
+    name = ctx.job.engines.get("visual", "portrait")
+    engine = _engine(name, ctx.settings)
+    avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
+    try:
+        portrait = avatar_analysis.load_rgb(avatar_dir / "portrait.png")
+        face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise StageFailed(f"avatar {ctx.job.avatar_id} is missing or damaged on disk: {exc}. "
+                          "Upload the portrait again.") from exc
+    audio_dir, _ = ctx.upstream["audio"]
+    audio, rate = read_wav(audio_dir / "speech.wav")
+    phonemes_path = audio_dir / "phonemes.json"
+    phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
+
+    opts = ctx.job.options
+    spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed)
+    animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
+    plan = ChunkPlan(animation.n_frames, ctx.settings.chunk_frames)
+    segments, reused = render_chunks(
+        animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
+        size=opts.size, fps=opts.fps, tag=ctx.exec_id, check=ctx.check, progress=ctx.progress)
+    if reused:
+        logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
+                    plan.n_chunks)
+    out = ctx.work_dir / "video.mp4"
+    concat(segments, out)
+    info = probe(out)
+    if info.n_frames != animation.n_frames:
+        raise StageFailed(f"video has {info.n_frames} frames, expected {animation.n_frames}")
+    return StageResult(files=["video.mp4"], engine=name, engine_version=engine.version, info={
+        "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
+        "chunks": plan.n_chunks, "chunks_reused": reused,
+        "phonemes": phonemes is not None, "mouth_box": [int(v) for v in animation.mouth_box],
+    })

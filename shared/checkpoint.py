@@ -1,0 +1,81 @@
+"""The checkpoint protocol of DESIGN.md section 3: work in a temp dir, publish by one rename.
+
+A stage writes its files into `jobs/<id>/<stage>.tmp-<exec>/`, then `manifest.json` last, then
+the whole directory is renamed to `jobs/<id>/<stage>/` and the parent fsynced. A directory
+without a valid manifest (every file present with its size and sha256) is garbage: it is never
+served or consumed, and a rerun replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from shared.models import OutputFile, StageManifest
+from shared.storage import atomic_write_json, fsync_dir, read_json, sha256_file
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def load_manifest(stage_dir: Path, *, verify: bool = True) -> StageManifest | None:
+    """The stage's manifest if it and every file it lists are intact, else None."""
+    path = Path(stage_dir) / MANIFEST
+    try:
+        manifest = StageManifest.model_validate(read_json(path))
+    except (OSError, ValueError, ValidationError):
+        return None
+    for entry in manifest.files:
+        f = Path(stage_dir) / entry.name
+        try:
+            if f.stat().st_size != entry.size:
+                return None
+        except OSError:
+            return None
+        if verify and sha256_file(f) != entry.sha256:
+            logger.warning("checkpoint %s: %s does not match its sha256", stage_dir, entry.name)
+            return None
+    return manifest
+
+
+def write_manifest(work_dir: Path, manifest_fields: dict, files: list[str]) -> StageManifest:
+    """Hash the listed files and write the manifest last."""
+    entries = []
+    for name in files:
+        path = Path(work_dir) / name
+        entries.append(OutputFile(name=name, size=path.stat().st_size, sha256=sha256_file(path)))
+    for name in files:  # the files' data must be durable before the manifest vouches for it
+        with open(Path(work_dir) / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    manifest = StageManifest(files=entries, **manifest_fields)
+    atomic_write_json(Path(work_dir) / MANIFEST, manifest.model_dump(mode="json"))
+    return manifest
+
+
+def publish(work_dir: Path, final_dir: Path) -> bool:
+    """Rename a finished work dir into place. False if a valid result is already there."""
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        if load_manifest(final_dir, verify=False) is not None:
+            return False
+        trash = final_dir.with_name(f"{final_dir.name}.garbage-{time.time_ns()}")
+        os.rename(final_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(work_dir, final_dir)
+    except OSError:
+        if load_manifest(final_dir, verify=False) is not None:  # lost a race to a twin
+            return False
+        raise
+    fsync_dir(final_dir.parent)
+    return True
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,343 @@
+"""The job state machine in Redis: every transition is one guarded transaction.
+
+Transitions use WATCH/MULTI on the job hash (and the stage lease where it matters), so repeating
+one is harmless and two processes can never both advance a job. Enqueuing the next stage happens
+inside the same transaction (rq's `enqueue_call(pipeline=...)`), with deterministic rq job ids
+`<job>-<stage>-<attempt>`. After each committed transition the record is mirrored atomically to
+`jobs/<id>/job.json`, from which `jayavatar recover --from-disk` can rebuild Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from shared import keys
+from shared.errors import LeaseLost
+from shared.models import JobRecord, StageInfo
+from shared.storage import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+RQ_JOB_TIMEOUT = 24 * 3600  # our leases, not rq's timer, decide when an execution is dead
+EVENTS_MAXLEN = 500  # per-job event stream (GET /v1/jobs/{id}/events reads it)
+EVENTS_TTL_S = 24 * 3600  # kept this long after the job ends
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class JobStore:
+    """Reads and transitions job records. One per process; cheap to create."""
+
+    def __init__(self, conn: redis.Redis, data_dir: Path, *, lease_ttl_s: float = 15.0,
+                 max_attempts: int = 3, retry_backoff_s: float = 2.0) -> None:
+        self.conn = conn
+        self.data_dir = Path(data_dir)
+        self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
+        self._renew = conn.register_script(_RENEW)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.conn.hgetall(keys.job(job_id))
+        return JobRecord.from_hash(raw) if raw else None
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[JobRecord]:
+        ids = self.conn.zrevrange(keys.ALL_JOBS, 0, -1 if status else limit - 1)
+        out: list[JobRecord] = []
+        for raw_id in ids:
+            rec = self.get(raw_id.decode())
+            if rec is not None and (status is None or rec.status == status):
+                out.append(rec)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+    def lease_holder(self, job_id: str) -> str | None:
+        value = self.conn.get(keys.lease(job_id))
+        return value.decode() if value else None
+
+    # ---- transitions ---------------------------------------------------------------------
+
+    def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
+        """Store a new job and enqueue its first stage atomically; (record, created)."""
+        idem = keys.idempotency(rec.idempotency_key) if rec.idempotency_key else None
+        rec.stages = {"audio": StageInfo(status="queued")}
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    if idem:
+                        pipe.watch(idem)
+                        existing = pipe.get(idem)
+                        if existing:
+                            pipe.reset()
+                            found = self.get(existing.decode())
+                            if found is not None:
+                                return found, False
+                    pipe.multi()
+                    pipe.hset(keys.job(rec.id), mapping=rec.to_hash())
+                    pipe.sadd(keys.ACTIVE_JOBS, rec.id)
+                    pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
+                    if idem:
+                        pipe.set(idem, rec.id)
+                    self._event(pipe, rec)
+                    self._enqueue(pipe, rec.id, "audio", 1)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self._mirror(rec)
+        return rec, True
+
+    def restore(self, rec: JobRecord) -> bool:
+        """Put a record read from job.json back into Redis (after Redis lost its data).
+
+        A non-terminal job is re-enqueued at its current stage with attempt+1; stages whose
+        checkpoints are on disk are then skipped by the workers. False if Redis has the job.
+        """
+        job_key = keys.job(rec.id)
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key)
+                    if pipe.exists(job_key):
+                        pipe.reset()
+                        return False
+                    if not rec.terminal:
+                        rec.attempt = min(rec.attempt + 1, self.max_attempts)
+                        rec.stage_state, rec.queued_at, rec.retry_at = "queued", time.time(), None
+                        rec.stages.setdefault(rec.stage, StageInfo()).status = "queued"
+                    pipe.multi()
+                    pipe.hset(job_key, mapping=rec.to_hash())
+                    pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
+                    if rec.idempotency_key:
+                        pipe.set(keys.idempotency(rec.idempotency_key), rec.id, nx=True)
+                    if not rec.terminal:
+                        pipe.sadd(keys.ACTIVE_JOBS, rec.id)
+                        self._event(pipe, rec)
+                        self._enqueue(pipe, rec.id, rec.stage, rec.attempt)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self._mirror(rec)
+        return True
+
+    def start_stage(self, job_id: str, stage: str, attempt: int, exec_id: str,
+                    worker: str) -> JobRecord | None:
+        """Take the stage's lease and mark it running; None if this execution is stale."""
+        def change(rec: JobRecord) -> bool:
+            if rec.terminal or rec.stage != stage or rec.attempt != attempt:
+                return False
+            if rec.stage_state not in ("queued", "running"):
+                return False
+            info = rec.stages.setdefault(stage, StageInfo())
+            info.status, info.worker, info.attempts = "running", worker, attempt
+            info.started_at, info.error = time.time(), None
+            rec.stage_state, rec.status = "running", "running"
+            return True
+
+        return self._transition(job_id, change, lease=("acquire", exec_id))
+
+    def complete_stage(self, job_id: str, stage: str, exec_id: str, *, engine: str,
+                       skipped: bool) -> JobRecord:
+        """Publish a finished stage: advance to the next one (or succeed). Fenced by the lease."""
+        def change(rec: JobRecord) -> bool:
+            if rec.terminal or rec.stage != stage:
+                return False
+            info = rec.stages.setdefault(stage, StageInfo())
+            info.status, info.progress, info.engine = "done", 1.0, engine
+            info.finished_at, info.skipped = time.time(), skipped
+            nxt = keys.NEXT_STAGE[stage]
+            if nxt is None:
+                rec.status, rec.stage_state, rec.finished_at = "succeeded", "done", time.time()
+            else:
+                rec.stage, rec.attempt, rec.stage_state = nxt, 1, "queued"
+                rec.queued_at = time.time()
+                rec.stages[nxt] = StageInfo(status="queued")
+            return True
+
+        rec = self._transition(job_id, change, lease=("release", exec_id))
+        if rec is None:
+            raise LeaseLost(f"job {job_id}: stage {stage} was already advanced or canceled")
+        return rec
+
+    def fail_stage(self, job_id: str, stage: str, exec_id: str | None, error: str, *,
+                   permanent: bool) -> JobRecord | None:
+        """Record a failed execution: retry later with backoff, or fail the job for good."""
+        def change(rec: JobRecord) -> bool:
+            if rec.terminal or rec.stage != stage:
+                return False
+            info = rec.stages.setdefault(stage, StageInfo())
+            info.error = error
+            if permanent or rec.attempt >= self.max_attempts:
+                info.status, info.finished_at = "failed", time.time()
+                rec.status, rec.stage_state, rec.finished_at = "failed", "failed", time.time()
+                rec.error = error if permanent else (
+                    f"{stage} stage failed {rec.attempt} times; last error: {error}")
+            else:
+                info.status = "retry_wait"
+                rec.stage_state = "retry_wait"
+                rec.retry_at = time.time() + self.retry_backoff_s * 2 ** (rec.attempt - 1)
+            return True
+
+        lease = ("release", exec_id) if exec_id else None
+        return self._transition(job_id, change, lease=lease)
+
+    def requeue(self, job_id: str, stage: str, attempt: int, reason: str) -> JobRecord | None:
+        """Enqueue the stage again with attempt+1 (reconciler); fails the job past the limit."""
+        def change(rec: JobRecord) -> bool | str:
+            if rec.terminal or rec.stage != stage or rec.attempt != attempt:
+                return False
+            info = rec.stages.setdefault(stage, StageInfo())
+            if rec.attempt >= self.max_attempts:
+                info.status, info.finished_at, info.error = "failed", time.time(), reason
+                rec.status, rec.stage_state, rec.finished_at = "failed", "failed", time.time()
+                rec.error = f"{stage} stage gave up after {rec.attempt} attempts: {reason}"
+                return True
+            rec.attempt += 1
+            rec.stage_state, rec.queued_at, rec.retry_at = "queued", time.time(), None
+            info.status, info.error = "queued", reason
+            return "enqueue"
+
+        return self._transition(job_id, change, lease=("absent", ""))
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        def change(rec: JobRecord) -> bool:
+            if rec.terminal:
+                return False
+            rec.status, rec.finished_at = "canceled", time.time()
+            rec.error = "canceled by request"
+            info = rec.stages.get(rec.stage)
+            if info is not None and info.status != "done":
+                info.status = "canceled"
+            rec.stage_state = "canceled"
+            return True
+
+        self._transition(job_id, change)
+        return self.get(job_id)
+
+    def set_progress(self, job_id: str, stage: str, value: float) -> None:
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.job(job_id), f"progress:{stage}", f"{value:.4f}")
+            pipe.xadd(keys.events(job_id), {"type": "progress", "stage": stage,
+                                             "value": f"{value:.4f}"},
+                      maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.execute()
+
+    def renew_lease(self, job_id: str, exec_id: str) -> bool:
+        return bool(self._renew(keys=[keys.lease(job_id)], args=[exec_id, self.lease_ttl_ms]))
+
+    # ---- machinery -----------------------------------------------------------------------
+
+    def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, stage: str, attempt: int,
+                 *, at_front: bool = False) -> None:
+        queue = Queue(keys.QUEUES[stage], connection=self.conn, serializer=JSONSerializer)
+        queue.enqueue_call(
+            func=keys.STAGE_FUNCS[stage],
+            kwargs={"job_id": job_id, "stage": stage, "attempt": attempt},
+            job_id=keys.rq_job_id(job_id, stage, attempt),
+            timeout=RQ_JOB_TIMEOUT,
+            result_ttl=600,
+            failure_ttl=24 * 3600,
+            at_front=at_front,
+            pipeline=pipe,
+        )
+
+    @staticmethod
+    def _event(pipe: redis.client.Pipeline, rec: JobRecord) -> None:
+        """A state-change event on the job's stream, in the same transaction as the change."""
+        pipe.xadd(keys.events(rec.id), {
+            "type": "state", "status": rec.status, "stage": rec.stage,
+            "stage_state": rec.stage_state, "attempt": str(rec.attempt),
+            "progress": f"{rec.progress():.4f}", "error": rec.error or "",
+        }, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def _transition(self, job_id: str, change: Callable[[JobRecord], bool | str],
+                    lease: tuple[str, str] | None = None) -> JobRecord | None:
+        """Apply `change` to the record under WATCH; commit, enqueue and mirror on success.
+
+        `lease` is ("acquire", exec_id), ("release", exec_id) (must hold it), or ("absent", "")
+        (nobody may hold it). Returns the new record, or None if `change` declined or the lease
+        check failed.
+        """
+        job_key, lease_key = keys.job(job_id), keys.lease(job_id)
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key, lease_key)
+                    raw = pipe.hgetall(job_key)
+                    holder = pipe.get(lease_key)
+                    if not raw or not _lease_ok(lease, holder.decode() if holder else None):
+                        pipe.reset()
+                        return None
+                    rec = JobRecord.from_hash(raw)
+                    verdict = change(rec)
+                    if not verdict:
+                        pipe.reset()
+                        return None
+                    rec.updated_at = time.time()
+                    pipe.multi()
+                    self._write(pipe, rec, lease, enqueue=verdict == "enqueue")
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self._mirror(rec)
+        return rec
+
+    def _write(self, pipe: redis.client.Pipeline, rec: JobRecord,
+               lease: tuple[str, str] | None, *, enqueue: bool) -> None:
+        """The writes of one transition, queued on a pipeline in MULTI mode."""
+        job_key, lease_key = keys.job(rec.id), keys.lease(rec.id)
+        pipe.hset(job_key, mapping=rec.to_hash())
+        stale = [f"progress:{s}" for s in keys.STAGES
+                 if s not in rec.stages or rec.stages[s].status != "running"]
+        if stale:
+            pipe.hdel(job_key, *stale)
+        if lease is not None and lease[0] == "acquire":
+            pipe.set(lease_key, lease[1], px=self.lease_ttl_ms)
+        elif lease is not None and lease[0] == "release":
+            pipe.delete(lease_key)
+        self._event(pipe, rec)
+        if rec.terminal:
+            pipe.srem(keys.ACTIVE_JOBS, rec.id)
+            pipe.expire(keys.events(rec.id), EVENTS_TTL_S)
+        elif enqueue:  # a re-run after a crash goes first: its job was accepted long ago
+            self._enqueue(pipe, rec.id, rec.stage, rec.attempt, at_front=True)
+        elif rec.stage_state == "queued" and lease and lease[0] == "release":
+            self._enqueue(pipe, rec.id, rec.stage, rec.attempt)
+
+    def _mirror(self, rec: JobRecord) -> None:
+        try:
+            atomic_write_json(self.job_dir(rec.id) / "job.json", rec.model_dump(mode="json"))
+        except OSError as exc:  # the Redis record stays the truth; the mirror is for disaster
+            logger.warning("job %s: could not mirror job.json: %s", rec.id, exc)
+
+
+def _lease_ok(lease: tuple[str, str] | None, holder: str | None) -> bool:
+    """Whether the stage lease is as a transition requires (see `JobStore._transition`)."""
+    if lease is None:
+        return True
+    mode, exec_id = lease
+    if mode == "acquire":
+        return holder in (None, exec_id)
+    if mode == "release":
+        return holder == exec_id
+    return holder is None  # "absent"

@@ -1,0 +1,46 @@
+"""Every Redis key and queue name JayAvatar uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "ja"
+
+STAGES = ("audio", "visual", "compose")
+NEXT_STAGE = {"audio": "visual", "visual": "compose", "compose": None}
+# rq queue served by each stage's workers; the visual workers also serve avatar analysis.
+QUEUES = {"audio": "audio", "visual": "visual", "compose": "compose"}
+AVATAR_QUEUE = "avatar"
+STAGE_FUNCS = {
+    "audio": "services.audio.worker.run",
+    "visual": "services.visual.worker.run",
+    "compose": "services.compositor.worker.run",
+}
+ANALYZE_FUNC = "services.visual.avatar.analyze"
+
+ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of non-terminal job ids (the reconciler's work list)
+ALL_JOBS = f"{PREFIX}:jobs:all"  # sorted set: job id -> created_at
+AVATARS = f"{PREFIX}:avatars"  # sorted set: avatar id -> created_at
+RECONCILER_LOCK = f"{PREFIX}:reconciler:lock"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def lease(job_id: str) -> str:
+    return f"{PREFIX}:lease:{job_id}"
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}:idem:{key}"
+
+
+def avatar(avatar_id: str) -> str:
+    return f"{PREFIX}:avatar:{avatar_id}"
+
+
+def events(job_id: str) -> str:
+    return f"{PREFIX}:events:{job_id}"
+
+
+def rq_job_id(job_id: str, stage: str, attempt: int) -> str:
+    return f"{job_id}-{stage}-{attempt}"

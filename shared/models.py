@@ -1,0 +1,135 @@
+"""Records that cross a process boundary: job records, stage manifests, avatar records."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+StageState = Literal["pending", "queued", "running", "retry_wait", "done", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+# Share of the whole job each stage stands for, for one overall progress figure.
+STAGE_WEIGHTS = {"audio": 0.15, "visual": 0.75, "compose": 0.10}
+
+
+class JobOptions(BaseModel):
+    """What the user chose for one job; validated by the orchestrator at submission."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    voice: str = "auto"
+    renderer: str = "auto"
+    fps: int = Field(25, ge=10, le=60)
+    size: int = Field(512, ge=256, le=1024)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+
+
+class StageInfo(BaseModel):
+    status: StageState = "pending"
+    attempts: int = 0
+    engine: str | None = None
+    worker: str | None = None
+    progress: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    skipped: bool = False  # a valid checkpoint already existed
+    error: str | None = None
+
+
+class JobRecord(BaseModel):
+    """The job as stored in its Redis hash and mirrored to jobs/<id>/job.json."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    avatar_id: str
+    text: str
+    options: JobOptions
+    idempotency_key: str | None = None
+    engines: dict[str, str] = {}  # stage -> engine chosen at submission
+    notes: list[str] = []  # warnings a person should see (e.g. engine fallbacks)
+    status: JobStatus = "queued"
+    stage: str = "audio"
+    attempt: int = 1
+    stage_state: StageState = "queued"
+    retry_at: float | None = None
+    queued_at: float = Field(default_factory=time.time)
+    stages: dict[str, StageInfo] = {}
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def progress(self) -> float:
+        if self.status == "succeeded":
+            return 1.0
+        total = 0.0
+        for stage, weight in STAGE_WEIGHTS.items():
+            info = self.stages.get(stage)
+            if info is not None:
+                total += weight * (1.0 if info.status == "done" else info.progress)
+        return round(min(total, 0.999), 4)
+
+    def to_hash(self) -> dict[str, str]:
+        """Flat string fields; complex values as JSON."""
+        out: dict[str, str] = {}
+        for key, value in self.model_dump(mode="json").items():
+            out[key] = json.dumps(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: dict[Any, Any]) -> JobRecord:
+        decoded = {
+            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
+        }
+        # progress:<stage> fields are written by workers outside transitions.
+        for stage in STAGE_WEIGHTS:
+            value = decoded.pop(f"progress:{stage}", None)
+            info = decoded.get("stages", {}).get(stage)
+            if value is not None and info is not None and info.get("status") == "running":
+                info["progress"] = value
+        return cls.model_validate(decoded)
+
+
+class OutputFile(BaseModel):
+    name: str
+    size: int
+    sha256: str
+
+
+class StageManifest(BaseModel):
+    """Written last into a stage's directory: its presence and validity mean 'done'."""
+
+    stage: str
+    job_id: str
+    engine: str
+    engine_version: str
+    input_hash: str
+    files: list[OutputFile]
+    info: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    execution_id: str
+    created_at: float = Field(default_factory=time.time)
+
+
+class AvatarRecord(BaseModel):
+    id: str
+    name: str | None = None
+    width: int
+    height: int
+    face_box: tuple[int, int, int, int]
+    faces_found: int
+    has_voice_sample: bool = False
+    voice_sample_seconds: float | None = None
+    portrait_sha256: str
+    voice_sha256: str | None = None
+    created_at: float = Field(default_factory=time.time)

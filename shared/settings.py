@@ -1,0 +1,55 @@
+"""Settings shared by every JayAvatar process, read from the environment once at start-up.
+
+Each service builds its settings object in `main()` (or the app lifespan) and passes it down;
+nothing reads `os.environ` deeper in the code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Settings every process needs. Environment variables use the field names in upper case."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6390/0"
+    data_dir: Path = Path("data")
+    models_dir: Path = Path("models")
+    log_level: str = "INFO"
+
+    # Crash recovery: a stage execution holds a lease renewed by a heartbeat thread.
+    lease_ttl_s: float = Field(15.0, gt=0.5)
+    heartbeat_s: float = Field(0.0, ge=0)  # 0 means lease_ttl_s / 3
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)
+    reconcile_every_s: float = Field(2.0, gt=0)
+
+    # Visual stage: frames per checkpointed chunk (2 s at 25 fps).
+    chunk_frames: int = Field(50, ge=1)
+
+    # Append-only audit log of stage executions (one JSON line per event); off when empty.
+    audit_log: Path | None = None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_s or self.lease_ttl_s / 3
+
+    @classmethod
+    def load(cls, **overrides: object) -> Self:
+        """Build settings from the environment, naming the variable that is wrong."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid settings: {problems}") from exc

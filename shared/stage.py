@@ -1,0 +1,306 @@
+"""Running one stage execution inside a worker: lease, heartbeat, checkpoint, fenced publish.
+
+Each service's rq entry point (`services.<s>.worker.run`) calls `execute()` with a handler that
+does the real work into `ctx.work_dir`. Everything about crash safety lives here, once:
+
+* a stale or duplicate rq job (wrong attempt, job already advanced, lease held) does nothing;
+* a valid published checkpoint whose input hash matches is reused, not redone;
+* a heartbeat thread renews the lease and notices cancel requests and lost leases;
+* the result is published by renaming the finished temp dir, and the job advances only while
+  this execution still holds the lease (the transaction in `JobStore.complete_stage`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.checkpoint import load_manifest, publish, remove_tree, write_manifest
+from shared.errors import Canceled, InvalidInput, LeaseLost, StageFailed
+from shared.jobs import JobStore
+from shared.models import JobRecord, StageManifest
+from shared.settings import Settings
+from shared.storage import sha256_file, sha256_json
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM = {"audio": (), "visual": ("audio",), "compose": ("audio", "visual")}
+
+
+@dataclass
+class Runtime:
+    """What a worker process holds for its whole life: settings, connection, name."""
+
+    settings: Settings
+    conn: redis.Redis
+    store: JobStore
+    worker_name: str
+
+    @classmethod
+    def create(cls, settings: Settings, stage: str) -> Runtime:
+        conn = redis.Redis.from_url(settings.redis_url, socket_timeout=30,
+                                    health_check_interval=10)
+        store = JobStore(conn, settings.data_dir, lease_ttl_s=settings.lease_ttl_s,
+                         max_attempts=settings.max_attempts,
+                         retry_backoff_s=settings.retry_backoff_s)
+        name = f"{stage}.{socket.gethostname()}.{os.getpid()}.{int(time.time() * 1000)}"
+        return cls(settings, conn, store, name)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    files: list[str]
+    engine: str
+    engine_version: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """Handed to a stage handler: the job, where to write, and how to report progress."""
+
+    job: JobRecord
+    stage: str
+    attempt: int
+    exec_id: str
+    runtime: Runtime
+    input_hash: str
+    work_dir: Path
+    upstream: dict[str, tuple[Path, StageManifest]]
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _stop_reason: str = ""
+    _last_progress: float = 0.0
+
+    @property
+    def job_dir(self) -> Path:
+        return self.runtime.store.job_dir(self.job.id)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def check(self) -> None:
+        """Raise if this execution must stop (job canceled, lease lost)."""
+        if self._stop.is_set():
+            if self._stop_reason == "canceled":
+                raise Canceled(f"job {self.job.id} was canceled")
+            raise LeaseLost(f"job {self.job.id}: {self.stage} lease lost ({self._stop_reason})")
+
+    def progress(self, value: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress >= 0.5:
+            self._last_progress = now
+            try:
+                self.runtime.store.set_progress(self.job.id, self.stage, min(max(value, 0.0), 1.0))
+            except redis.RedisError as exc:  # progress is best effort
+                logger.debug("job %s %s: progress not recorded: %s", self.job.id, self.stage, exc)
+
+    def stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._stop.set()
+
+
+Handler = Callable[[StageContext], StageResult]
+
+
+def audit(runtime: Runtime, event: str, **fields: Any) -> None:
+    """Append one line to the audit log (crash drills read it); a no-op when it is off."""
+    path = runtime.settings.audit_log
+    if path is None:
+        return
+    line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid(),
+                       "worker": runtime.worker_name, **fields}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def stage_input_hash(job: JobRecord, stage: str,
+                     upstream: dict[str, tuple[Path, StageManifest]]) -> str:
+    return sha256_json({
+        "stage": stage,
+        "avatar_id": job.avatar_id,
+        "text": job.text,
+        "options": job.options.model_dump(mode="json"),
+        "engine": job.engines.get(stage),
+        "upstream": {s: [f.sha256 for f in m.files] for s, (_, m) in sorted(upstream.items())},
+    })
+
+
+def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
+    """Renew the lease every heartbeat interval; look for a cancel request every second."""
+    rt = ctx.runtime
+    ttl, every = rt.settings.lease_ttl_s, rt.settings.heartbeat_interval
+    last_ok = next_renew = time.monotonic()
+    while not done.wait(min(1.0, every)):
+        try:
+            if time.monotonic() >= next_renew:
+                if not rt.store.renew_lease(ctx.job.id, ctx.exec_id):
+                    ctx.stop("another execution owns the stage")
+                    return
+                last_ok = time.monotonic()
+                next_renew = last_ok + every
+            status = rt.conn.hget(keys.job(ctx.job.id), "status")
+            if status is not None and status.decode().strip('"') == "canceled":
+                ctx.stop("canceled")
+                return
+        except redis.RedisError as exc:
+            if time.monotonic() - last_ok > ttl:
+                ctx.stop(f"Redis unreachable for longer than the lease ({exc})")
+                return
+
+
+_RUNTIME: dict[str, Runtime] = {}
+
+
+def install_runtime(stage: str, runtime: Runtime) -> None:
+    """Called once by the worker CLI, so rq's entry points reuse the warm process state."""
+    _RUNTIME[stage] = runtime
+
+
+def current_runtime(stage: str) -> Runtime:
+    """The worker's runtime, created from the environment if no CLI installed one."""
+    if stage not in _RUNTIME:
+        _RUNTIME[stage] = Runtime.create(Settings.load(), stage)
+    return _RUNTIME[stage]
+
+
+def execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: Handler) -> str:
+    """Run one stage execution; returns what happened, for logs and rq's result."""
+    store = runtime.store
+    job = store.get(job_id)
+    if job is None or job.terminal or job.stage != stage or job.attempt != attempt:
+        logger.info("job %s %s#%s: stale execution, nothing to do", job_id, stage, attempt)
+        return "stale"
+    exec_id = uuid.uuid4().hex[:12]
+    job = store.start_stage(job_id, stage, attempt, exec_id, runtime.worker_name)
+    if job is None:
+        logger.info("job %s %s#%s: another execution holds the stage", job_id, stage, attempt)
+        return "stale"
+
+    job_dir = store.job_dir(job_id)
+    try:
+        upstream = {}
+        for up in UPSTREAM[stage]:
+            manifest = load_manifest(job_dir / up)
+            if manifest is None:
+                raise StageFailed(f"the {up} stage's output is missing or corrupt in {job_dir}")
+            upstream[up] = (job_dir / up, manifest)
+    except StageFailed as exc:
+        store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
+        return "failed"
+
+    input_hash = stage_input_hash(job, stage, upstream)
+    work_dir = job_dir / f"{stage}.tmp-{exec_id}"
+    ctx = StageContext(job, stage, attempt, exec_id, runtime, input_hash, work_dir, upstream)
+    done = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(ctx, done), daemon=True,
+                            name=f"heartbeat-{job_id}")
+    beat.start()
+    t0 = time.monotonic()
+    ids = {"job": job_id, "stage": stage, "attempt": attempt, "exec": exec_id}
+    audit(runtime, "start", **ids)
+    outcome = "error"
+    try:
+        outcome = _run(ctx, handler, t0)
+        return outcome
+    finally:
+        done.set()
+        beat.join(timeout=5)
+        remove_tree(work_dir)
+        audit(runtime, "end", outcome=outcome, **ids)
+
+
+def _run(ctx: StageContext, handler: Handler, t0: float) -> str:
+    """The body of `execute`, once the lease is held and the heartbeat runs."""
+    runtime, store = ctx.runtime, ctx.runtime.store
+    job_id, stage, attempt, exec_id = ctx.job.id, ctx.stage, ctx.attempt, ctx.exec_id
+    job_dir, work_dir, input_hash = ctx.job_dir, ctx.work_dir, ctx.input_hash
+    try:
+        existing = load_manifest(job_dir / stage)
+        if existing is not None and existing.input_hash == input_hash:
+            logger.info("job %s %s#%s: valid checkpoint found, not redone", job_id, stage, attempt)
+            ctx.check()
+            store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True)
+            return "skipped"
+        _remove_stale_work_dirs(job_dir, stage, keep=work_dir)
+        work_dir.mkdir(parents=True)
+        logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
+        result = handler(ctx)
+        ctx.check()
+        write_manifest(work_dir, {
+            "stage": stage, "job_id": job_id, "engine": result.engine,
+            "engine_version": result.engine_version, "input_hash": input_hash,
+            "info": result.info, "timings": {"seconds": round(time.monotonic() - t0, 3)},
+            "execution_id": exec_id,
+        }, result.files)
+        ctx.check()
+        if not store.renew_lease(job_id, exec_id):  # publish right after a fresh renewal
+            raise LeaseLost(f"job {job_id}: {stage} lease expired before publishing")
+        if publish(work_dir, job_dir / stage):
+            audit(runtime, "publish", job=job_id, stage=stage, attempt=attempt, exec=exec_id,
+                  manifest_sha256=sha256_file(job_dir / stage / "manifest.json"))
+        store.complete_stage(job_id, stage, exec_id, engine=result.engine, skipped=False)
+        _remove_stale_work_dirs(job_dir, stage, keep=work_dir)  # a woken twin's leftovers
+        logger.info("job %s %s#%s: done in %.2fs", job_id, stage, attempt,
+                    time.monotonic() - t0)
+        return "done"
+    except Canceled:
+        if ctx._stop_reason not in ("", "canceled"):
+            # An engine (piper) raised Canceled because the lease was lost: the lease key may
+            # now belong to a newer execution, so it must not be deleted here.
+            logger.warning("job %s %s#%s: stopped (%s); not publishing",
+                           job_id, stage, attempt, ctx._stop_reason)
+            return "lease-lost"
+        logger.info("job %s %s#%s: canceled", job_id, stage, attempt)
+        store.conn.delete(keys.lease(job_id))
+        return "canceled"
+    except LeaseLost as exc:
+        logger.warning("job %s %s#%s: %s; not publishing", job_id, stage, attempt, exc)
+        return "lease-lost"
+    except Exception as exc:
+        if store.lease_holder(job_id) != exec_id:  # a stale execution's errors change nothing
+            logger.warning("job %s %s#%s: lease lost (%s: %s); not publishing", job_id, stage,
+                           attempt, type(exc).__name__, exc)
+            return "lease-lost"
+        return _failed(ctx, exc)
+
+
+def _failed(ctx: StageContext, exc: Exception) -> str:
+    """Record a failure of the execution that still owns the stage: permanent or retried."""
+    store, job_id, stage, attempt = ctx.runtime.store, ctx.job.id, ctx.stage, ctx.attempt
+    exec_id = ctx.exec_id
+    if isinstance(exc, InvalidInput | StageFailed):
+        logger.error("job %s %s#%s: failed: %s", job_id, stage, attempt, exc)
+        store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
+        return "failed"
+    # the worker's top loop: anything else is retried with backoff
+    logger.error("job %s %s#%s: error, will retry", job_id, stage, attempt, exc_info=exc)
+    store.fail_stage(job_id, stage, exec_id, f"{type(exc).__name__}: {exc}", permanent=False)
+    return "retry"
+
+
+def _remove_stale_work_dirs(job_dir: Path, stage: str, keep: Path) -> None:
+    """Remove work dirs of earlier executions of this stage: they lost the lease we now hold."""
+    if not job_dir.exists():
+        return
+    for path in job_dir.glob(f"{stage}.tmp-*"):
+        if path != keep:
+            remove_tree(path)

@@ -1,0 +1,185 @@
+"""GET /v1/jobs/{id}/events: a real job followed over server-sent events, resumed, and refused."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+@dataclass
+class Event:
+    id: str | None
+    name: str
+    data: dict
+
+
+def read_events(client: httpx.Client, job_id: str, last_id: str | None = None,
+                limit_s: float = 120) -> Iterator[Event]:
+    """Parse the stream line by line, as an EventSource does, until the server closes it."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                       timeout=httpx.Timeout(limit_s, connect=5)) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        event_id, name, data = None, "message", []
+        for line in resp.iter_lines():
+            if line == "":
+                if data:
+                    yield Event(event_id, name, json.loads("\n".join(data)))
+                event_id, name, data = None, "message", []
+            elif line.startswith(":"):
+                continue
+            else:
+                field, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if field == "id":
+                    event_id = value
+                elif field == "event":
+                    name = value
+                elif field == "data":
+                    data.append(value)
+
+
+def submit(client: httpx.Client, avatar_id: str, text: str) -> str:
+    resp = client.post("/v1/jobs", json={"avatar_id": avatar_id, "text": text, "fps": 25,
+                                         "size": 256})
+    assert resp.status_code == 202, resp.text
+    return resp.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def followed(client: httpx.Client, avatar_id: str) -> tuple[str, list[Event]]:
+    """One short job, followed from submission to its end."""
+    job_id = submit(client, avatar_id, "Hello from the event stream.")
+    return job_id, list(read_events(client, job_id))
+
+
+def test_stream_follows_a_job_to_the_end(followed: tuple[str, list[Event]]) -> None:
+    job_id, events = followed
+    first, last = events[0], events[-1]
+    assert first.name == "snapshot" and first.id is None
+    assert first.data["id"] == job_id and first.data["status"] in ("queued", "running")
+    assert [e.name for e in events[1:]] and all(e.name in ("state", "progress")
+                                                 for e in events[1:])
+    assert all(e.id and e.data["type"] == e.name for e in events[1:])
+    assert last.name == "state" and last.data["status"] == "succeeded"
+    assert last.data["progress"] == 1.0 and last.data["error"] is None
+    assert sum(e.data.get("status") in TERMINAL for e in events) == 1  # only the last
+
+    stages: list[str] = []
+    for e in events:
+        if not stages or stages[-1] != e.data["stage"]:
+            stages.append(e.data["stage"])
+    assert stages == ["audio", "visual", "compose"]
+    assert any(e.name == "progress" and e.data["stage"] == "visual" for e in events)
+
+    progress = [e.data["progress"] for e in events]
+    assert all(0.0 <= p <= 1.0 for p in progress)
+    assert progress == sorted(progress), progress
+
+
+def test_last_event_id_resumes_after_that_entry(client: httpx.Client,
+                                                followed: tuple[str, list[Event]]) -> None:
+    job_id, events = followed
+    entries = events[1:]
+    # Resume after an audio entry, a visual progress entry, and the one before the last.
+    points = [0, next(i for i, e in enumerate(entries) if e.name == "progress"
+                      and e.data["stage"] == "visual"), len(entries) - 2]
+    for i in points:
+        resumed = list(read_events(client, job_id, last_id=entries[i].id))
+        assert resumed[0].name == "snapshot" and resumed[0].data["status"] == "succeeded"
+        assert [(e.id, e.name, e.data) for e in resumed[1:]] == [(e.id, e.name, e.data)
+                                                                 for e in entries[i + 1:]]
+    # From the very start ("0"), the whole history replays, beginning with the job's creation.
+    replay = list(read_events(client, job_id, last_id="0"))
+    assert replay[1].data == {"type": "state", "status": "queued", "stage": "audio",
+                              "stage_state": "queued", "attempt": 1, "progress": 0.0,
+                              "error": None}
+    assert replay[-1].id == events[-1].id
+
+
+def test_finished_job_gives_its_snapshot_and_ends(client: httpx.Client,
+                                                 followed: tuple[str, list[Event]]) -> None:
+    job_id, events = followed
+    only = list(read_events(client, job_id, limit_s=10))
+    assert [e.name for e in only] == ["snapshot"]
+    assert only[0].data["status"] == "succeeded" and only[0].data["progress"] == 1.0
+    assert only[0].data["result_url"] == f"/v1/jobs/{job_id}/result"
+    # Resuming from the terminal entry itself: nothing is left, the stream still ends.
+    tail = list(read_events(client, job_id, last_id=events[-1].id, limit_s=15))
+    assert [e.name for e in tail] == ["snapshot", "state"]
+    assert tail[-1].data["status"] == "succeeded"
+
+
+def test_unknown_job_and_bad_last_event_id(client: httpx.Client,
+                                           followed: tuple[str, list[Event]]) -> None:
+    resp = client.get("/v1/jobs/0123456789abcdef/events")
+    assert resp.status_code == 404
+    assert resp.json() == {"error": "job_not_found",
+                           "message": "no job with id '0123456789abcdef'"}
+    assert client.get("/v1/jobs/..%2F..%2Fetc/events").status_code == 404
+    resp = client.get(f"/v1/jobs/{followed[0]}/events", headers={"Last-Event-ID": "yesterday"})
+    assert resp.status_code == 400
+    assert "last-event-id" in resp.json()["message"].lower()
+
+
+def test_a_client_that_leaves_frees_its_redis_connection(client: httpx.Client, avatar_id: str,
+                                                         redis_server) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    conn = redis.Redis.from_url(redis_server.url)
+
+    def readers() -> int:  # the event streams' own connections, named by the orchestrator
+        return sum(c["name"] == "jayavatar-events" for c in conn.client_list())
+
+    def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 10
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    # long enough that the job is still running while the stream is checked
+    job_id = submit(client, avatar_id, "Nobody waits for me, and this goes on. " * 12)
+    try:
+        wait_for(lambda: readers() == 0, "an earlier stream still holds a connection")
+        with client.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
+            assert resp.status_code == 200
+            next(resp.iter_lines())  # the stream is open and being served
+            wait_for(lambda: readers() == 1, "no connection reads the stream")
+        wait_for(lambda: readers() == 0, "the stream's connection outlived its client")
+    finally:
+        client.post(f"/v1/jobs/{job_id}/cancel")
+        conn.close()
+
+
+def test_cli_watch_follows_the_stream(client: httpx.Client, avatar_id: str) -> None:
+    from orchestrator import cli
+
+    job_id = submit(client, avatar_id, "Watched by the command line.")
+    final = cli.watch(client, job_id, quiet=True)
+    assert final["id"] == job_id and final["status"] == "succeeded"
+    assert final["progress"] == 1.0
+
+
+def test_cli_watch_falls_back_to_polling(cluster, avatar_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Fault injection: the event stream breaks mid-way; watch() polls to the end instead."""
+    from orchestrator import cli
+
+    with httpx.HTTPTransport() as real:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/events"):
+                raise httpx.RemoteProtocolError("peer closed connection", request=request)
+            return real.handle_request(request)
+
+        with httpx.Client(base_url=cluster.url, transport=httpx.MockTransport(handler),
+                          timeout=60) as broken:
+            job_id = submit(broken, avatar_id, "Polled instead.")
+            final = cli.watch(broken, job_id, quiet=True)
+    assert final["id"] == job_id and final["status"] == "succeeded"

@@ -1,0 +1,112 @@
+"""The browser page, driven in a real headless Chromium (Debian's `chromium`) with Playwright.
+
+Never `playwright install`: the test uses the system browser at /usr/bin/chromium and fails,
+loudly, if it is missing or cannot start.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+SCREENSHOT_COPY = Path("/tmp/web_screenshot.png")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed in this venv ({exc}); run `make setup`")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, cluster) -> Iterator:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    page.problems = []  # uncaught script errors and console errors, checked by each test
+    page.on("pageerror", lambda exc: page.problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and page.problems.append(
+        f"console: {msg.text}"))
+    page.goto(f"{cluster.url}/")
+    yield page
+    context.close()
+
+
+def test_page_makes_and_plays_a_video(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert page.title() == "JayAvatar"
+    page.set_input_files("#portrait", DATA / "portrait.png")
+    page.fill("#text", "Hello from the browser. This video was made from one photo.")
+    page.select_option("#fps", "25")
+    page.select_option("#size", "256")
+    page.click("#submit")
+
+    page.wait_for_function("document.getElementById('job-id').textContent.length > 0")
+    job_id = page.text_content("#job-id")
+    page.wait_for_function("document.getElementById('player').readyState >= 2", timeout=120_000)
+
+    assert page.text_content("#job-status") == "succeeded"
+    assert page.text_content("#percent") == "100%"
+    assert page.get_attribute("#bar", "aria-valuenow") == "100"
+    assert page.eval_on_selector_all("#steps li", "els => els.map(e => e.className)") == \
+        ["done"] * 3
+    assert page.get_attribute("#download", "href") == f"/v1/jobs/{job_id}/result"
+    video = page.evaluate("""() => { const v = document.getElementById('player');
+        return {w: v.videoWidth, h: v.videoHeight, d: v.duration,
+                err: v.error && v.error.code}; }""")
+    assert (video["w"], video["h"], video["err"]) == (256, 256, None)
+    assert video["d"] > 1.0
+    assert page.is_hidden("#error")
+    # The recent-jobs list shows the new job first, finished.
+    page.wait_for_function(
+        f"document.querySelector('#jobs tbody tr')?.dataset.id === '{job_id}' && "
+        "document.querySelector('#jobs tbody tr .badge').textContent === 'succeeded'")
+
+    page.evaluate("document.getElementById('player').currentTime = 1.0")
+    # Fully loaded and settled, so Chromium's loading spinner is gone from the screenshot.
+    page.wait_for_function("(v => !v.seeking && v.readyState === 4 && v.networkState === 1)"
+                           "(document.getElementById('player'))")
+    page.wait_for_timeout(1000)
+    assert page.is_hidden("#cancel")
+    shot = tmp_path / "web.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+    assert page.problems == []
+
+
+def test_page_shows_api_error_messages(page, client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page.click("#submit")  # nothing chosen: checked in the page
+    assert page.is_visible("#error")
+    assert "photo" in page.text_content("#error-message")
+
+    page.set_input_files("#portrait", {"name": "notes.png", "mimeType": "image/png",
+                                       "buffer": b"these are notes, not a photo"})
+    page.fill("#text", "Hi.")
+    page.click("#submit")
+    page.wait_for_function(
+        "document.getElementById('error-title').textContent.includes('upload')")
+    expected = client.post("/v1/avatars", files={
+        "portrait": ("notes.png", b"these are notes, not a photo")}).json()["message"]
+    assert page.text_content("#error-message") == expected
+    assert page.is_visible("#error")
+    assert page.is_enabled("#submit")
+    page.screenshot(path=str(tmp_path / "web_error.png"))
+    page.click("#error-close")
+    assert page.is_hidden("#error")
+    assert [p for p in page.problems if "415" not in p] == []  # the browser logs the 415 itself

@@ -1,0 +1,173 @@
+"""Real ffmpeg: frames in, exact frame counts, durations and codecs out."""
+
+from __future__ import annotations
+
+import math
+import struct
+import wave
+from pathlib import Path
+
+import pytest
+
+from shared.errors import InvalidInput, StageFailed, TransientError
+from shared.media import FrameWriter, MediaInfo, concat, mux, probe, verify_result
+
+W, H, FPS = 64, 48, 25
+
+
+def frame(i: int) -> bytes:
+    """A solid colour that changes with i, so frames are not all identical."""
+    return bytes(((i * 10) % 256, (i * 3) % 256, 128)) * (W * H)
+
+
+def write_video(path: Path, n: int, fps: int = FPS) -> Path:
+    with FrameWriter(path, W, H, fps) as writer:
+        for i in range(n):
+            writer.write(frame(i))
+    return path
+
+
+def write_sine(path: Path, seconds: float, rate: int = 22050) -> Path:
+    n = round(seconds * rate)
+    samples = (round(12000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(n))
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(struct.pack(f"<{n}h", *samples))
+    return path
+
+
+def test_frame_writer_exact_frames_and_format(tmp_path: Path) -> None:
+    out = write_video(tmp_path / "v.mp4", 37)
+    info = probe(out)
+    assert isinstance(info, MediaInfo)
+    assert (info.video_codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", W, H)
+    assert info.n_frames == 37
+    assert info.fps == pytest.approx(FPS)
+    assert info.duration == pytest.approx(37 / FPS, abs=1e-3)
+    assert info.audio_codec is None
+
+
+def test_frame_writer_accepts_memoryview_and_bytearray(tmp_path: Path) -> None:
+    out = tmp_path / "v.mp4"
+    with FrameWriter(out, W, H, FPS, gop=5) as writer:
+        writer.write(memoryview(frame(0)))
+        writer.write(bytearray(frame(1)))
+    assert probe(out).n_frames == 2
+
+
+def test_abort_leaves_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "v.mp4"
+    writer = FrameWriter(out, W, H, FPS)
+    for i in range(10):
+        writer.write(frame(i))
+    writer.abort()
+    assert not out.exists()
+
+
+def test_exception_in_block_aborts(tmp_path: Path) -> None:
+    out = tmp_path / "v.mp4"
+    with pytest.raises(RuntimeError), FrameWriter(out, W, H, FPS) as writer:
+        writer.write(frame(0))
+        raise RuntimeError("boom")
+    assert not out.exists()
+
+
+def test_wrong_frame_size_raises_stage_failed(tmp_path: Path) -> None:
+    out = tmp_path / "v.mp4"
+    with pytest.raises(StageFailed, match=r"frame 1 has 10 bytes; expected 9216"):
+        with FrameWriter(out, W, H, FPS) as writer:
+            writer.write(frame(0))
+            writer.write(b"\x00" * 10)
+    assert not out.exists()
+
+
+def test_odd_size_rejected() -> None:
+    with pytest.raises(InvalidInput, match="63x48"):
+        FrameWriter(Path("unused.mp4"), 63, 48, FPS)
+
+
+def test_killed_ffmpeg_is_reported_and_cleaned_up(tmp_path: Path) -> None:
+    out = tmp_path / "v.mp4"
+    writer = FrameWriter(out, W, H, FPS)
+    writer.write(frame(0))
+    writer._proc.kill()  # fault injection: ffmpeg dies under us (OOM killer, container stop)
+    writer._proc.wait()
+    with pytest.raises(TransientError, match="ffmpeg was killed by signal 9"):
+        for i in range(1000):  # the pipe buffer may absorb a few frames before EPIPE
+            writer.write(frame(i))
+        writer.close()
+    assert not out.exists()
+
+
+def test_ffmpeg_error_exit_quotes_stderr(tmp_path: Path) -> None:
+    out = tmp_path / "missing-dir" / "v.mp4"
+    with pytest.raises(StageFailed, match=r"ffmpeg exited with code \d+ .*missing-dir"):
+        with FrameWriter(out, W, H, FPS) as writer:
+            for i in range(1000):
+                writer.write(frame(i))
+
+
+def test_probe_unreadable_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(StageFailed, match="ffprobe exited with code 1 while reading .*bad.mp4"):
+        probe(bad)
+    with pytest.raises(StageFailed, match="does not exist"):
+        probe(tmp_path / "nope.mp4")
+
+
+def test_concat_sums_frames(tmp_path: Path) -> None:
+    segs = [write_video(tmp_path / f"seg{i}.mp4", n) for i, n in enumerate((10, 25, 7))]
+    out = tmp_path / "all.mp4"
+    concat(segs, out)
+    info = probe(out)
+    assert info.n_frames == 42
+    assert info.duration == pytest.approx(42 / FPS, abs=1e-3)
+    assert (info.video_codec, info.pix_fmt) == ("h264", "yuv420p")
+
+
+def test_concat_missing_segment(tmp_path: Path) -> None:
+    with pytest.raises(StageFailed, match="missing"):
+        concat([tmp_path / "nope.mp4"], tmp_path / "all.mp4")
+    with pytest.raises(InvalidInput):
+        concat([], tmp_path / "all.mp4")
+
+
+def test_mux_and_verify(tmp_path: Path) -> None:
+    seconds = 2.03
+    wav = write_sine(tmp_path / "speech.wav", seconds)
+    video = write_video(tmp_path / "v.mp4", math.ceil(seconds * FPS))
+    out = tmp_path / "result.mp4"
+    mux(video, wav, out)
+    info = verify_result(out, seconds, FPS)
+    assert (info.video_codec, info.pix_fmt, info.audio_codec) == ("h264", "yuv420p", "aac")
+    assert info.sample_rate == 48000
+    assert info.n_frames == math.ceil(seconds * FPS)
+    assert abs(info.duration - seconds) <= 1 / FPS
+    assert info.audio_duration is not None and abs(info.audio_duration - seconds) <= 1 / FPS
+
+
+def test_mux_keeps_full_audio_when_video_is_short(tmp_path: Path) -> None:
+    wav = write_sine(tmp_path / "speech.wav", 3.0)
+    video = write_video(tmp_path / "v.mp4", 25)  # 1 s of video for 3 s of speech
+    out = tmp_path / "result.mp4"
+    mux(video, wav, out)
+    info = probe(out)
+    assert info.audio_duration is not None and info.audio_duration >= 3.0 - 1 / FPS
+
+
+def test_verify_rejects_video_without_audio(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "v.mp4", 50)
+    with pytest.raises(StageFailed, match="found audio none; expected h264/yuv420p video with aac"):
+        verify_result(video, 2.0, FPS)
+
+
+def test_verify_rejects_wrong_duration(tmp_path: Path) -> None:
+    wav = write_sine(tmp_path / "speech.wav", 2.0)
+    out = tmp_path / "result.mp4"
+    mux(write_video(tmp_path / "v.mp4", 50), wav, out)
+    verify_result(out, 2.0, FPS)
+    with pytest.raises(StageFailed, match=r"found duration 2\.0\d\d s; expected .* 2\.500 s"):
+        verify_result(out, 2.5, FPS)
