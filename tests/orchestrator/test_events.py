@@ -145,13 +145,19 @@ def test_a_client_that_leaves_frees_its_redis_connection(client: httpx.Client, a
             assert time.monotonic() < deadline, what
             time.sleep(0.1)
 
-    # long enough that the job is still running while the stream is checked
-    job_id = submit(client, avatar_id, "Nobody waits for me, and this goes on. " * 12)
+    # About 100 s of speech at 512 px: minutes of work on a CI machine, so the job is still
+    # running while the stream is checked (a finished job's stream ends, and frees its connection).
+    resp = client.post("/v1/jobs", json={"avatar_id": avatar_id, "fps": 25, "size": 512,
+                                         "text": "Nobody waits for me, and this goes on. " * 40})
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
     try:
         wait_for(lambda: readers() == 0, "an earlier stream still holds a connection")
         with client.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
             assert resp.status_code == 200
             next(resp.iter_lines())  # the stream is open and being served
+            status = client.get(f"/v1/jobs/{job_id}").json()["status"]
+            assert status not in TERMINAL, f"the job ended ({status}) before it could be watched"
             wait_for(lambda: readers() == 1, "no connection reads the stream")
         wait_for(lambda: readers() == 0, "the stream's connection outlived its client")
     finally:
