@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,8 @@ class JobCreate(BaseModel):
     size: int = Field(512, ge=256, le=1024, multiple_of=2)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     speed: float = Field(1.0, ge=0.5, le=2.0)
+    aspect: Literal["1:1", "16:9", "9:16"] = "1:1"
+    framing: Literal["face", "original"] = "face"
 
 
 class JobAccepted(BaseModel):

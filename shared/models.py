@@ -27,6 +27,24 @@ class JobOptions(BaseModel):
     size: int = Field(512, ge=256, le=1024)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     speed: float = Field(1.0, ge=0.5, le=2.0)
+    # Output shape: `size` is the short side; `aspect` the frame's shape. `framing` "face" crops
+    # around the face (face ~half the short side); "original" keeps the whole photo, fitted in.
+    aspect: Literal["1:1", "16:9", "9:16"] = "1:1"
+    framing: Literal["face", "original"] = "face"
+
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) in pixels, both even."""
+        return frame_size(self.size, self.aspect)
+
+
+ASPECTS = {"1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16)}
+
+
+def frame_size(size: int, aspect: str) -> tuple[int, int]:
+    """(width, height) for a short side of `size` pixels and an aspect ratio, both even."""
+    aw, ah = ASPECTS[aspect]
+    long_side = 2 * int(round(size * max(aw, ah) / min(aw, ah) / 2))
+    return (long_side, size) if aw > ah else (size, long_side) if ah > aw else (size, size)
 
 
 class StageInfo(BaseModel):

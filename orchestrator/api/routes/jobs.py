@@ -52,7 +52,8 @@ def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depe
                        f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
     chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
     options = JobOptions(voice=body.voice, renderer=body.renderer, fps=body.fps,
-                         size=body.size, seed=body.seed, speed=body.speed)
+                         size=body.size, seed=body.seed, speed=body.speed,
+                         aspect=body.aspect, framing=body.framing)
     rec = JobRecord(id=uuid.uuid4().hex, avatar_id=body.avatar_id, text=text, options=options,
                     idempotency_key=idempotency_key, engines=chosen, notes=notes)
     rec, created = st.store.create(rec)
