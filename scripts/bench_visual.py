@@ -13,7 +13,6 @@ load average is printed next to every figure.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import resource
@@ -98,12 +97,12 @@ def _setup(size: int, seconds: float):
 
 
 def one(size: int, seconds: float, preset: str) -> dict:
-    """One measurement, in this (fresh) process: prepare + render_chunks + concat."""
+    """One measurement, in this (fresh) process: prepare + render_chunks + concat + probe, as
+    the visual worker runs them."""
     from services.visual import chunks
-    from shared.media import FrameWriter, concat
+    from shared.media import concat, probe
+    from shared.settings import Settings
 
-    if preset != "veryfast":
-        chunks.FrameWriter = functools.partial(FrameWriter, preset=preset)  # type: ignore
     rss_before = _status_mb("VmRSS")
     sampler = _RssSampler()
     sampler.start()
@@ -113,10 +112,12 @@ def one(size: int, seconds: float, preset: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         segments, _ = chunks.render_chunks(
-            source, chunks.ChunkPlan(anim.n_frames, 50), Path(tmp) / "chunks", input_hash="bench",
-            size=size, fps=FPS, tag="bench", check=lambda: None, progress=lambda p: None)
+            source, chunks.ChunkPlan(anim.n_frames, Settings().chunk_frames), Path(tmp) / "chunks",
+            input_hash="bench", width=anim.width, height=anim.height, fps=FPS, tag="bench",
+            check=lambda: None, progress=lambda p: None, preset=preset)
         t_chunks = time.perf_counter() - t0
         concat(segments, Path(tmp) / "video.mp4")
+        assert probe(Path(tmp) / "video.mp4").n_frames == anim.n_frames
         t_total = time.perf_counter() - t0
     sampler.stop()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -194,6 +195,12 @@ def explore(size: int = 512, seconds: float = 10.0) -> dict:
     return out
 
 
+def chunks_preset() -> str:
+    from services.visual.chunks import ENCODE_PRESET
+
+    return ENCODE_PRESET
+
+
 def _child(args: list[str]) -> dict:
     res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
                          cwd=ROOT)
@@ -206,7 +213,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024])
     parser.add_argument("--seconds", type=float, nargs="*", default=[10, 300])
-    parser.add_argument("--presets", nargs="*", default=["veryfast"],
+    parser.add_argument("--presets", nargs="*", default=[chunks_preset()],
                         help="x264 presets to run every size/length with (FrameWriter's preset)")
     parser.add_argument("--explore", action="store_true", help="also split the 512 px cost")
     parser.add_argument("--out", type=Path, default=ROOT / "out/bench_visual.json")

@@ -7,6 +7,7 @@ the exact path given and removed again when a step fails, so no partial file is 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -141,11 +142,26 @@ def probe(path: Path) -> MediaInfo:
     )
 
 
+def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Grow a pipe's buffer (Linux; 64 KiB by default) so the writer can run a few frames ahead
+    of ffmpeg 5, which reads its input only between encoded frames. Best effort."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except OSError:
+        pass
+
+
+_BYTES_PER_PIXEL_X2 = {"rgb24": 6, "yuv420p": 3}  # twice the bytes per pixel, to stay integral
+
+
 class FrameWriter:
     """Streams raw RGB frames into an H.264 (yuv420p) MP4 through an ffmpeg pipe.
 
     Never holds the video in memory. Use as a context manager: leaving the block normally
     closes (and checks) the file, leaving it with an exception aborts and removes it.
+    `input_pix_fmt="yuv420p"` takes frames already converted (planar I420, BT.601 limited range,
+    as OpenCV's COLOR_RGB2YUV_I420 makes them): half the bytes through the pipe and no colour
+    conversion in ffmpeg, which is most of what a fast x264 preset spends on a talking head.
     """
 
     def __init__(
@@ -158,7 +174,11 @@ class FrameWriter:
         crf: int = 18,
         preset: str = "veryfast",
         gop: int | None = None,
+        input_pix_fmt: str = "rgb24",
     ) -> None:
+        if input_pix_fmt not in _BYTES_PER_PIXEL_X2:
+            raise InvalidInput(f"input pixel format {input_pix_fmt!r}; expected one of "
+                               f"{', '.join(_BYTES_PER_PIXEL_X2)}")
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise InvalidInput(
                 f"frame size {width}x{height} cannot be encoded as yuv420p; "
@@ -168,16 +188,20 @@ class FrameWriter:
             raise InvalidInput(f"fps={fps}; expected a positive frame rate")
         self.out = Path(out)
         self.width, self.height, self.fps = width, height, fps
-        self.frame_size = width * height * 3
+        self.pix_fmt = input_pix_fmt
+        self.frame_size = width * height * _BYTES_PER_PIXEL_X2[input_pix_fmt] // 2
         self.n_written = 0
         self._done = False
         args = [
-            FFMPEG, *_FFMPEG_FLAGS, *"-f rawvideo -pix_fmt rgb24 -s".split(), f"{width}x{height}",
+            FFMPEG, *_FFMPEG_FLAGS, "-f", "rawvideo", "-pix_fmt", input_pix_fmt, "-s",
+            f"{width}x{height}",
             "-r", str(fps), "-i", "pipe:0", *"-an -c:v libx264 -preset".split(), preset,
-            "-crf", str(crf), *"-pix_fmt yuv420p -movflags +faststart".split(),
+            "-crf", str(crf), "-pix_fmt", "yuv420p",
         ]  # fmt: skip
         if gop is not None:  # a segment to be concatenated: closed GOPs and no B-frames, whose
             args += ["-g", str(gop), "-bf", "0"]  # edit lists would skew the joined frame rate
+        else:  # a file to be played as it is (a segment gets its index up front when joined)
+            args += ["-movflags", "+faststart"]
         args.append(str(self.out))
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
         try:
@@ -189,6 +213,7 @@ class FrameWriter:
             raise StageFailed(f"ffmpeg: cannot start {FFMPEG!r} ({exc}); is it installed?") from exc
         assert self._proc.stdin is not None
         self._stdin = self._proc.stdin
+        _widen_pipe(self._stdin.fileno())
 
     def _stderr_text(self) -> str:
         self._stderr.seek(0)
@@ -199,7 +224,7 @@ class FrameWriter:
         self._stderr.close()
 
     def write(self, frame: Any) -> None:
-        """Write one rgb24 frame (bytes, memoryview or any buffer) of width*height*3 bytes."""
+        """Write one frame (bytes, memoryview or any buffer) in the input pixel format."""
         if self._done:
             raise StageFailed(f"FrameWriter for {self.out} is already closed; cannot write")
         view = memoryview(frame)
@@ -209,7 +234,7 @@ class FrameWriter:
             self.abort()
             raise StageFailed(
                 f"frame {self.n_written} has {view.nbytes} bytes; expected "
-                f"{self.frame_size} ({self.width}x{self.height} rgb24) for {self.out.name}"
+                f"{self.frame_size} ({self.width}x{self.height} {self.pix_fmt}) for {self.out.name}"
             )
         try:
             self._stdin.write(view.cast("B"))
@@ -357,3 +382,23 @@ def verify_result(path: Path, speech_duration: float, fps: int) -> MediaInfo:
             f"(± {tolerance:.3f} s)"
         )
     return info
+
+
+def ffmpeg(args: list[str], doing: str, out: Path | None = None) -> None:
+    """Run ffmpeg with `args` (inputs, filters, outputs) quietly; remove `out` if it fails."""
+    _run([FFMPEG, *_FFMPEG_FLAGS, *args], doing, Path(out) if out is not None else None)
+
+
+def ffmpeg_report(args: list[str], doing: str) -> str:
+    """Run ffmpeg at log level info and return its log, for filters that report by logging
+    (loudnorm's print_format=json, ebur128, volumedetect). Nothing is written."""
+    tool = Path(FFMPEG).name
+    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", *args]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    except OSError as exc:
+        raise StageFailed(f"{tool}: cannot start {FFMPEG!r} ({exc}); is it installed?") from exc
+    log = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise _exit_error(tool, proc.returncode, log, doing)
+    return log

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     reconcile_every_s: float = Field(2.0, gt=0)
 
     # Visual stage: frames per checkpointed chunk (2 s at 25 fps).
-    chunk_frames: int = Field(50, ge=1)
+    chunk_frames: int = Field(125, ge=1)  # 5 s at 25 fps: the most a crash can cost
 
     # Append-only audit log of stage executions (one JSON line per event); off when empty.
     audit_log: Path | None = None

@@ -197,12 +197,15 @@ class FaceAnalyzer:
         return found
 
 
-def padded_crop(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """A side x side crop at (x0, y0), edge-replicated where it leaves the image."""
+def padded_crop(image: np.ndarray, x0: int, y0: int, side: int,
+                side_y: int | None = None) -> np.ndarray:
+    """A side x side_y (default square) crop at (x0, y0), edge-replicated where it leaves the
+    image."""
     height, width = image.shape[:2]
+    cw, ch = side, side if side_y is None else side_y
     top, left = max(0, -y0), max(0, -x0)
-    bottom, right = max(0, y0 + side - height), max(0, x0 + side - width)
-    inner = image[max(0, y0):min(height, y0 + side), max(0, x0):min(width, x0 + side)]
+    bottom, right = max(0, y0 + ch - height), max(0, x0 + cw - width)
+    inner = image[max(0, y0):min(height, y0 + ch), max(0, x0):min(width, x0 + cw)]
     if top or left or bottom or right:
         inner = cv2.copyMakeBorder(inner, top, bottom, left, right, cv2.BORDER_REPLICATE)
     return inner

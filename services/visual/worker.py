@@ -76,12 +76,14 @@ def render(ctx: StageContext) -> StageResult:
     phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
 
     opts = ctx.job.options
-    spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed)
+    spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed, aspect=opts.aspect,
+                      framing=opts.framing)
     animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
     plan = ChunkPlan(animation.n_frames, ctx.settings.chunk_frames)
     segments, reused = render_chunks(
         animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
-        size=opts.size, fps=opts.fps, tag=ctx.exec_id, check=ctx.check, progress=ctx.progress)
+        width=animation.width, height=animation.height, fps=opts.fps, tag=ctx.exec_id,
+        check=ctx.check, progress=ctx.progress)
     if reused:
         logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
                     plan.n_chunks)

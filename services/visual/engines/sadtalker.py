@@ -95,7 +95,7 @@ class SadTalkerEngine:
             cv2.imwrite(str(work / "portrait.png"), cv2.cvtColor(base, cv2.COLOR_RGB2BGR))
             _write_wav(work / "speech.wav", samples, int(sample_rate))
             video = self.run(work / "portrait.png", work / "speech.wav", work / "results")
-            frames = decode(video, work / "frames.rgb", spec.size, spec.fps)
+            frames = decode(video, work / "frames.rgb", spec.frame, spec.fps)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -141,20 +141,22 @@ def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         wav.writeframes(pcm.tobytes())
 
 
-def decode(video: Path, out: Path, size: int, fps: int) -> np.ndarray:
-    """All frames of `video` at `fps`, centre-cropped square and scaled to size x size, as a
-    read-only (n, size, size, 3) uint8 memory map of the raw file `out`."""
-    vf = f"fps={fps},crop='min(iw,ih)':'min(iw,ih)',scale={size}:{size}:flags=area"
+def decode(video: Path, out: Path, frame: tuple[int, int], fps: int) -> np.ndarray:
+    """All frames of `video` at `fps`, scaled to cover `frame` (width, height) and centre-cropped
+    to it, as a read-only (n, height, width, 3) uint8 memory map of the raw file `out`."""
+    width, height = frame
+    vf = (f"fps={fps},scale={width}:{height}:force_original_aspect_ratio=increase:flags=area,"
+          f"crop={width}:{height}")
     cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
            "-an", "-vf", vf, "-pix_fmt", "rgb24", "-f", "rawvideo", str(out)]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
         raise StageFailed(f"sadtalker: ffmpeg could not decode {video}:\n{_tail(proc.stderr)}")
-    frame_bytes = size * size * 3
+    frame_bytes = width * height * 3
     n = out.stat().st_size // frame_bytes
     if n == 0:
         raise StageFailed(f"sadtalker: {video} has no video frames")
-    return np.memmap(out, dtype=np.uint8, mode="r", shape=(n, size, size, 3))
+    return np.memmap(out, dtype=np.uint8, mode="r", shape=(n, height, width, 3))
 
 
 class Animation:
@@ -164,8 +166,8 @@ class Animation:
     def __init__(self, frames: np.ndarray, n_frames: int, work: Path) -> None:
         self._frames = frames
         self.n_frames = n_frames
-        size = frames.shape[1]
-        self.mouth_box = (0, 0, size, size)  # SadTalker moves the whole head
+        self.height, self.width = frames.shape[1:3]
+        self.mouth_box = (0, 0, self.width, self.height)  # SadTalker moves the whole head
         self._cleanup = weakref.finalize(self, shutil.rmtree, work, True)
 
     def frame(self, i: int) -> np.ndarray:

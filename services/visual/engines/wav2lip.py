@@ -95,12 +95,12 @@ class Wav2LipEngine:
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
                 sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec) -> Animation:
         base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
-        box = face_box(lm, spec.size)
-        alpha, blend_box = blend_mask(lm, box, spec.size)
+        box = face_box(lm, spec.frame)
+        alpha, blend_box = blend_mask(lm, box, spec.frame)
         mel = melspec.melspectrogram(melspec.resample(samples, int(sample_rate)))
         windows = melspec.mel_windows(mel, n, spec.fps)
-        logger.info("wav2lip: %d frames at %d fps, %dpx, face box %s, batch %d on %s", n,
-                    spec.fps, spec.size, box, self.batch_size, self.device)
+        logger.info("wav2lip: %d frames at %d fps, %dx%d, face box %s, batch %d on %s", n,
+                    spec.fps, *spec.frame, box, self.batch_size, self.device)
         return Animation(self, base, box, alpha, blend_box, windows)
 
     def face_input(self, base: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -146,12 +146,13 @@ class Animation:
         self._alpha, self._blend_box = alpha, blend_box
         self._windows = windows
         self.n_frames = len(windows)
+        self.height, self.width = base.shape[:2]
         self.mouth_box = blend_box
         self._skips: list[Any] | None = None
         self._cached: tuple[int, np.ndarray] | None = None
 
     def frame(self, i: int) -> np.ndarray:
-        """(size, size, 3) uint8 RGB, C-contiguous."""
+        """(height, width, 3) uint8 RGB, C-contiguous."""
         if not 0 <= i < self.n_frames:
             raise IndexError(f"frame {i} out of range 0..{self.n_frames - 1}")
         size = self._engine.batch_size
@@ -176,23 +177,23 @@ class Animation:
         return out
 
 
-def face_box(lm: np.ndarray, size: int) -> tuple[int, int, int, int]:
+def face_box(lm: np.ndarray, frame: tuple[int, int]) -> tuple[int, int, int, int]:
     """The face box (x, y, w, h) in the framed portrait: the mesh's extent, a little below
     the chin, clipped to the frame."""
     x0, y0 = np.floor(lm.min(axis=0))
     x1, y1 = np.ceil(lm.max(axis=0))
     y1 += BOTTOM_PAD * (y1 - y0)
     x0, y0 = max(0, int(x0)), max(0, int(y0))
-    x1, y1 = min(size, int(x1)), min(size, int(y1))
+    x1, y1 = min(frame[0], int(x1)), min(frame[1], int(y1))
     if x1 - x0 < 16 or y1 - y0 < 16:
         raise InvalidInput(f"the face box is {x1 - x0}x{y1 - y0} px in the framed portrait, "
                            "expected at least 16x16")
     return x0, y0, x1 - x0, y1 - y0
 
 
-def blend_mask(lm: np.ndarray, box: tuple[int, int, int, int], size: int
+def blend_mask(lm: np.ndarray, box: tuple[int, int, int, int], frame: tuple[int, int]
                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """(size, size) float32 alpha: 1 over mouth and jaw, feathered to exactly 0 well inside the
+    """(height, width) float32 alpha: 1 over mouth and jaw, feathered to exactly 0 well inside the
     lower half of the face box (the only part the network redraws); and its bounding box."""
     x, y, w, h = box
     lips = lm[OUTER_LIPS]
@@ -202,7 +203,7 @@ def blend_mask(lm: np.ndarray, box: tuple[int, int, int, int], size: int
     cy = (top + chin) / 2 + 0.05 * (chin - top)
     axes = (0.9 * mouth_w, 0.62 * (chin - top))
     feather = max(2.0, FEATHER * w)
-    canvas = np.zeros((size, size), np.float32)
+    canvas = np.zeros((frame[1], frame[0]), np.float32)
     cv2.ellipse(canvas, (int(round(cx)), int(round(cy))),
                 (max(1, int(axes[0] - feather)), max(1, int(axes[1] - feather))),
                 0, 0, 360, 1.0, thickness=-1, lineType=cv2.LINE_AA)

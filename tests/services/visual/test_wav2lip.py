@@ -135,7 +135,7 @@ def test_renders_a_clip_that_changes_only_the_lower_face(engine, portrait, face,
     audio = buzz(1.0)
     anim = engine.prepare(portrait, face, audio, SR, None, RenderSpec(fps=FPS, size=SIZE))
     assert anim.n_frames == 25
-    base, _ = frame_face(portrait, face.landmarks.astype(np.float64), SIZE)
+    base, _ = frame_face(portrait, face.landmarks.astype(np.float64), (SIZE, SIZE))
     region = anim._alpha > 0
     x, y, w, h = anim.mouth_box
     box_region = region[y:y + h, x:x + w]
@@ -151,7 +151,7 @@ def test_renders_a_clip_that_changes_only_the_lower_face(engine, portrait, face,
     assert np.array_equal(anim.frame(3), frames[3])  # pure in i, across batch reloads
 
     segments, reused = render_chunks(
-        anim, ChunkPlan(anim.n_frames, 10), tmp_path / "chunks", input_hash="h", size=SIZE,
+        anim, ChunkPlan(anim.n_frames, 10), tmp_path / "chunks", input_hash="h", width=SIZE, height=SIZE,
         fps=FPS, tag="t", check=lambda: None, progress=lambda p: None)
     assert reused == 0 and len(segments) == 3
     for seg in segments:
