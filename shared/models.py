@@ -12,6 +12,10 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 StageState = Literal["pending", "queued", "running", "retry_wait", "done", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
+# Job options that name uploaded media (POST /v1/media) or a colour.
+MEDIA_REF_PATTERN = r"^media:[0-9a-f]{16}$"
+BACKGROUND_PATTERN = r"^(keep|#[0-9a-f]{6}|media:[0-9a-f]{16})$"
+
 # Share of the whole job each stage stands for, for one overall progress figure.
 STAGE_WEIGHTS = {"audio": 0.15, "visual": 0.75, "compose": 0.10}
 
@@ -31,10 +35,23 @@ class JobOptions(BaseModel):
     # around the face (face ~half the short side); "original" keeps the whole photo, fitted in.
     aspect: Literal["1:1", "16:9", "9:16"] = "1:1"
     framing: Literal["face", "original"] = "face"
+    # Compose options: what goes behind the person ("keep", "#rrggbb" or "media:<id>" of an
+    # uploaded image), a music bed ("media:<id>" of uploaded audio) `music_volume` dB under the
+    # voice, captions, and the x264 CRF of the final encode when one of them needs a re-encode.
+    background: str = Field("keep", pattern=BACKGROUND_PATTERN)
+    music: str | None = Field(None, pattern=MEDIA_REF_PATTERN)
+    music_volume: float = Field(-10.0, ge=-40.0, le=0.0)
+    captions: Literal["off", "srt", "burn"] = "off"
+    crf: int = Field(18, ge=14, le=35)
 
     def frame_size(self) -> tuple[int, int]:
         """(width, height) in pixels, both even."""
         return frame_size(self.size, self.aspect)
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether the visual stage must write a person mask for the compositor."""
+        return self.background != "keep"
 
 
 ASPECTS = {"1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16)}
@@ -151,3 +168,23 @@ class AvatarRecord(BaseModel):
     portrait_sha256: str
     voice_sha256: str | None = None
     created_at: float = Field(default_factory=time.time)
+
+
+class MediaRecord(BaseModel):
+    """An uploaded background image or music track, stored in media/<id>/ beside media.json."""
+
+    id: str
+    kind: Literal["image", "audio"]
+    name: str | None = None
+    file: str  # file name inside media/<id>/: image.png or audio.flac
+    size: int
+    sha256: str
+    width: int | None = None  # images
+    height: int | None = None
+    duration: float | None = None  # audio, seconds
+    created_at: float = Field(default_factory=time.time)
+
+    @property
+    def ref(self) -> str:
+        """How job options refer to this media."""
+        return f"media:{self.id}"

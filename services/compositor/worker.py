@@ -1,12 +1,35 @@
-"""Compose stage: silent video + speech -> result.mp4 (H.264 + AAC, faststart), ffprobe-checked."""
+"""Compose stage: silent video + speech (+ background, music, captions) -> result.mp4.
+
+With no compose options the video stream is copied and only the speech is encoded (AAC): the
+fast default. A background or burned captions re-encode the picture (H.264 yuv420p at the job's
+CRF); music replaces the plain voice with a ducked, loudness-normalised mix; captions are also
+published as captions.srt and, unless burned, carried in the MP4 as a soft subtitle track.
+Everything is one ffmpeg run (after short loudness measurements), checked with ffprobe.
+"""
 
 from __future__ import annotations
 
-from shared.media import mux, verify_result
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from services.compositor import captions
+from services.compositor.layers import Layers, video_graph
+from services.compositor.mixing import AudioPlan, MusicBed, plan_music
+from shared import assets
+from shared.errors import StageFailed
+from shared.media import MediaInfo, ffmpeg, probe, verify_result
+from shared.models import JobOptions
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
+from shared.storage import atomic_writer
 
-ENGINE_VERSION = "ffmpeg-mux/1"
+logger = logging.getLogger(__name__)
+
+ENGINE_VERSION = "ffmpeg-compose/2"
+MASK_FILE = "mask.mkv"  # written by the visual stage when the background is replaced
 
 
 def warm_up(settings: Settings) -> None:
@@ -21,10 +44,120 @@ def run(job_id: str, stage: str = "compose", attempt: int = 1) -> str:
 def compose(ctx: StageContext) -> StageResult:
     audio_dir, audio = ctx.upstream["audio"]
     visual_dir, _ = ctx.upstream["visual"]
-    out = ctx.work_dir / "result.mp4"
-    mux(visual_dir / "video.mp4", audio_dir / "speech.wav", out)
+    opts = ctx.job.options
+    duration = float(audio.info["duration"])
+    video = probe(visual_dir / "video.mp4")
+    if not video.width or not video.height:
+        raise StageFailed(f"{visual_dir / 'video.mp4'} has no picture; expected a video stream")
+    files = ["result.mp4"]
+    srt: Path | None = None
+    layers = Layers(video.width, video.height, opts.fps)
+    if opts.captions != "off":
+        srt, ass = write_captions(ctx.job.text, audio_dir, duration, video, ctx.work_dir)
+        files.append(srt.name)
+        if opts.captions == "burn":
+            layers = replace(layers, subtitles=ass)
+    if opts.background != "keep":
+        layers = replace(layers, **_background(ctx, opts, visual_dir))
+    music = None
+    if opts.music is not None:
+        path = assets.resolve(ctx.settings.data_dir, opts.music, "audio", "music")
+        music = MusicBed(path, opts.music_volume)
     ctx.check()
-    info = verify_result(out, float(audio.info["duration"]), ctx.job.options.fps)
-    return StageResult(files=["result.mp4"], engine="ffmpeg", engine_version=ENGINE_VERSION,
-                       info={"duration": info.duration, "n_frames": info.n_frames,
-                             "width": info.width, "height": info.height})
+    out = ctx.work_dir / "result.mp4"
+    sound = encode(visual_dir / "video.mp4", audio_dir / "speech.wav", out, layers=layers,
+                   music=music, duration=duration, crf=opts.crf,
+                   soft_subtitles=srt if opts.captions == "srt" else None)
+    ctx.check()
+    info = verify_result(out, duration, opts.fps)
+    details: dict[str, Any] = {
+        "duration": info.duration, "n_frames": info.n_frames, "width": info.width,
+        "height": info.height, "reencoded": layers.reencode, "background": opts.background,
+        "captions": opts.captions}
+    if sound is not None:
+        details["loudness_lufs"] = round(sound.loudness, 2)
+    return StageResult(files=files, engine="ffmpeg", engine_version=ENGINE_VERSION, info=details)
+
+
+def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[str, Any]:
+    """Layers fields for the job's background: the person mask, and a colour or an image."""
+    mask = visual_dir / MASK_FILE
+    if not mask.is_file():
+        raise StageFailed(f"the visual stage left no {MASK_FILE} for background "
+                          f"{opts.background!r}; the renderer must write the person mask")
+    if opts.background.startswith("#"):
+        return {"mask": mask, "colour": opts.background}
+    image = assets.resolve(ctx.settings.data_dir, opts.background, "image", "background")
+    return {"mask": mask, "image": image}
+
+
+def write_captions(text: str, audio_dir: Path, duration: float, video: MediaInfo,
+                   work_dir: Path) -> tuple[Path, Path]:
+    """captions.srt (published) and captions.ass (for burning in) timed from the phonemes."""
+    phonemes_path = audio_dir / "phonemes.json"
+    phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
+    width, height = int(video.width or 0), int(video.height or 0)
+    cues = captions.build_cues(text, phonemes, duration, captions.max_line_for(width, height))
+    if not cues:
+        raise StageFailed("the text gave no captions; expected words to show")
+    srt, ass = work_dir / "captions.srt", work_dir / "captions.ass"
+    with atomic_writer(srt, "w") as fh:
+        fh.write(captions.to_srt(cues))
+    with atomic_writer(ass, "w") as fh:
+        fh.write(captions.to_ass(cues, width, height))
+    return srt, ass
+
+
+@dataclass
+class _Inputs:
+    """ffmpeg input arguments, numbering the inputs as they are added."""
+
+    args: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, path: Path, *before: str) -> int:
+        self.args += [*before, "-i", str(path)]
+        self.count += 1
+        return self.count - 1
+
+
+def encode(video: Path, speech: Path, out: Path, *, layers: Layers, music: MusicBed | None,
+           duration: float, crf: int, soft_subtitles: Path | None = None) -> AudioPlan | None:
+    """Make `out` in one ffmpeg run; returns the music plan (with its loudness) if any."""
+    inputs = _Inputs()
+    inputs.add(video)
+    mask = inputs.add(layers.mask) if layers.background and layers.mask else None
+    image = inputs.add(layers.image) if layers.image is not None else None
+    graphs, maps = [], []
+    if layers.reencode:
+        graphs.append(video_graph(layers, 0, mask, image))
+        maps += ["-map", "[vout]", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
+                 "-pix_fmt", "yuv420p"]
+    else:
+        maps += ["-map", "0:v:0", "-c:v", "copy"]
+    sound = None
+    if music is not None:
+        sound = plan_music(speech, music, duration, first_input=inputs.count)
+        inputs.add(speech)
+        inputs.add(music.path, "-stream_loop", "-1")
+        graphs.append(sound.graph)
+        maps += ["-map", "[aout]", "-c:a", "aac", "-b:a", "192k", "-ar", "48000"]
+    else:
+        maps += ["-map", f"{inputs.add(speech)}:a:0", "-c:a", "aac", "-b:a", "128k",
+                 "-ar", "48000"]
+    if soft_subtitles is not None:
+        maps += ["-map", f"{inputs.add(soft_subtitles)}:s:0", "-c:s", "mov_text",
+                 "-metadata:s:s:0", "language=eng"]
+    args = [*inputs.args]
+    if graphs:
+        args += ["-filter_complex", ";".join(graphs)]
+    args += [*maps, "-movflags", "+faststart", str(out)]
+    ffmpeg(args, f"composing {out.name} ({_describe(layers, music, soft_subtitles)})", out)
+    return sound
+
+
+def _describe(layers: Layers, music: MusicBed | None, soft: Path | None) -> str:
+    what = [("background " + (layers.colour or "image")) if layers.background else "",
+            "burned captions" if layers.subtitles else "", "music" if music else "",
+            "soft captions" if soft else ""]
+    return ", ".join(w for w in what if w) or "mux"

@@ -92,8 +92,15 @@ def render(ctx: StageContext) -> StageResult:
     info = probe(out)
     if info.n_frames != animation.n_frames:
         raise StageFailed(f"video has {info.n_frames} frames, expected {animation.n_frames}")
-    return StageResult(files=["video.mp4"], engine=name, engine_version=engine.version, info={
+    files = ["video.mp4"]
+    if opts.needs_mask:  # the compositor replaces the background and has no segmenter itself
+        from services.visual.segment import MASK_FILE, write_mask
+
+        write_mask(out, ctx.work_dir / MASK_FILE, fps=opts.fps, check=ctx.check)
+        files.append(MASK_FILE)
+    return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
         "chunks": plan.n_chunks, "chunks_reused": reused,
         "phonemes": phonemes is not None, "mouth_box": [int(v) for v in animation.mouth_box],
+        "mask": opts.needs_mask,
     })

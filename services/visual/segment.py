@@ -1,0 +1,205 @@
+"""Person masks for background replacement: video.mp4 -> mask.mkv, frame by frame.
+
+The compositor's venv holds no vision libraries, so the visual stage, which has MediaPipe,
+writes the mask the compositor needs: one grey frame per video frame, 255 on the person, 0 on
+the background, edges feathered over a few pixels. MediaPipe's selfie segmentation (model
+bundled in the mediapipe 0.10.21 wheel, runs offline) gives a person probability per pixel;
+it is smoothed over time a little (less edge flicker), mapped through a soft threshold and
+blurred. The mask is FFV1 in Matroska: lossless, so 0 and 255 reach the compositor exactly
+(H.264 would squeeze them into TV range, 16-235, and 6% of the old background would show).
+Frames stream through ffmpeg pipes in and out; the video is never held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+
+from shared.errors import StageFailed, TransientError
+from shared.media import FFMPEG, probe
+
+logger = logging.getLogger(__name__)
+
+MASK_FILE = "mask.mkv"
+TEMPORAL = 0.7  # weight of the current frame's probability against the previous frame's
+SOFT_LOW, SOFT_HIGH = 0.3, 0.7  # probabilities mapped onto 0..255 with a smoothstep
+_FLAGS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+
+_segmenter: Any = None
+
+
+def segmenter() -> Any:
+    """MediaPipe's selfie segmentation (general model), loaded once per process."""
+    global _segmenter
+    if _segmenter is None:
+        import mediapipe as mp
+
+        _segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+    return _segmenter
+
+
+def feather_sigma(width: int, height: int) -> float:
+    """Blur of the mask's edge in pixels: ~2 px at 512, growing with the frame."""
+    return max(1.0, min(width, height) / 256)
+
+
+def person_mask(rgb: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 mask, person probability) of one RGB frame; `previous` is the last probability."""
+    import cv2
+
+    prob = np.asarray(segmenter().process(rgb).segmentation_mask, dtype=np.float32)
+    if previous is not None:
+        prob = TEMPORAL * prob + (1.0 - TEMPORAL) * previous
+    x = np.clip((prob - SOFT_LOW) / (SOFT_HIGH - SOFT_LOW), 0.0, 1.0)
+    alpha = x * x * (3.0 - 2.0 * x)
+    sigma = feather_sigma(rgb.shape[1], rgb.shape[0])
+    alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    return (alpha * 255.0 + 0.5).astype(np.uint8), prob
+
+
+class _Pipe:
+    """An ffmpeg process with its stderr in a temp file, for messages when it fails."""
+
+    def __init__(self, args: list[str], doing: str, *, reads: bool) -> None:
+        self.doing = doing
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                [FFMPEG, *_FLAGS, *args], stderr=self._stderr,
+                stdin=subprocess.DEVNULL if reads else subprocess.PIPE,
+                stdout=subprocess.PIPE if reads else subprocess.DEVNULL)
+        except OSError as exc:
+            self._stderr.close()
+            raise StageFailed(f"ffmpeg: cannot start {FFMPEG!r} ({exc}); is it installed?") from exc
+
+    def finish(self, kill: bool = False) -> None:
+        """Close the pipes and wait; raise if ffmpeg failed (unless killed on purpose)."""
+        if kill:
+            self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # a broken pipe: the exit code says what happened
+        rc = self.proc.wait()
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", "replace").strip()
+        self._stderr.close()
+        if kill or rc == 0:
+            return
+        tail = " | ".join(text.splitlines()[-5:]) or "(no message from ffmpeg)"
+        if rc < 0:
+            raise TransientError(f"ffmpeg was killed by signal {-rc} while {self.doing}: {tail}")
+        raise StageFailed(f"ffmpeg exited with code {rc} while {self.doing}: {tail}")
+
+
+def read_frames(video: Path, width: int, height: int) -> Iterator[np.ndarray]:
+    """Decode `video` frame by frame as HxWx3 RGB arrays, every frame exactly once."""
+    pipe = _Pipe(["-i", str(video), "-map", "0:v:0", "-fps_mode", "passthrough",
+                  "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+                 f"decoding {video.name} for the person mask", reads=True)
+    size = width * height * 3
+    assert pipe.proc.stdout is not None
+    ok = False
+    try:
+        while True:
+            buf = bytearray(size)
+            got = pipe.proc.stdout.readinto(buf)
+            while got and got < size:
+                more = pipe.proc.stdout.readinto(memoryview(buf)[got:])
+                if not more:
+                    break
+                got += more
+            if not got:
+                break
+            if got != size:
+                raise StageFailed(f"{video.name}: a frame of {got} bytes; expected {size}")
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
+        ok = True
+    finally:
+        pipe.finish(kill=not ok)
+
+
+class MaskWriter:
+    """Streams grey uint8 frames into a lossless FFV1 Matroska file; removes it on failure."""
+
+    def __init__(self, out: Path, width: int, height: int, fps: int) -> None:
+        self.out, self.n_written = Path(out), 0
+        self.frame_size = width * height
+        self._pipe = _Pipe(["-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{width}x{height}",
+                            "-r", str(fps), "-i", "pipe:0", "-c:v", "ffv1", "-level", "3",
+                            "-pix_fmt", "gray", str(self.out)],
+                           f"writing {self.out.name}", reads=False)
+
+    def write(self, mask: np.ndarray) -> None:
+        data = np.ascontiguousarray(mask, dtype=np.uint8)
+        if data.size != self.frame_size:
+            raise StageFailed(f"mask frame {self.n_written} has {data.size} pixels; "
+                              f"expected {self.frame_size}")
+        assert self._pipe.proc.stdin is not None
+        try:
+            self._pipe.proc.stdin.write(data.tobytes())
+        except (BrokenPipeError, OSError) as exc:
+            self._abort_after(exc)
+        self.n_written += 1
+
+    def _abort_after(self, exc: BaseException) -> None:
+        try:
+            self._pipe.finish()
+        finally:
+            self.out.unlink(missing_ok=True)
+        raise StageFailed(f"ffmpeg stopped while writing {self.out.name}") from exc
+
+    def __enter__(self) -> MaskWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._pipe.proc.returncode is not None:
+            return  # already finished (a failed write)
+        failed = exc_type is not None
+        try:
+            self._pipe.finish(kill=failed)
+        except BaseException:
+            self.out.unlink(missing_ok=True)
+            raise
+        if failed:
+            self.out.unlink(missing_ok=True)
+
+
+def write_mask(video: Path, out: Path, *, fps: int,
+               check: Callable[[], None] | None = None) -> int:
+    """Segment every frame of `video` into the mask video `out`; returns the frame count.
+
+    `check` is called every few frames so a canceled job stops within a second.
+    """
+    info = probe(video)
+    if not info.width or not info.height:
+        raise StageFailed(f"{video} has no picture to segment")
+    width, height = info.width, info.height
+    started = time.perf_counter()
+    previous = None
+    with MaskWriter(out, width, height, fps) as writer, \
+            closing(read_frames(video, width, height)) as frames:
+        for i, frame in enumerate(frames):
+            if check is not None and i % 10 == 0:
+                check()
+            mask, previous = person_mask(frame, previous)
+            writer.write(mask)
+    if writer.n_written != info.n_frames:
+        out.unlink(missing_ok=True)
+        raise StageFailed(f"the person mask has {writer.n_written} frames; expected "
+                          f"{info.n_frames}, as many as {video.name}")
+    logger.info("person mask: %d frames %dx%d in %.2f s", writer.n_written, width, height,
+                time.perf_counter() - started)
+    return writer.n_written
