@@ -31,13 +31,18 @@ SR, FPS = 16000, 25
 
 
 def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
-    """A 120 Hz buzz with harmonics, 4-5 syllables a second, a pause every few seconds."""
+    """A 120 Hz buzz with harmonics, 4-5 syllables a second, a pause every few seconds
+    (float32, made a second at a time so the input itself does not weigh on peak memory)."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    buzz = sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8))
-    syllables = 0.5 - 0.5 * np.cos(2 * np.pi * 4.5 * t + 2 * np.sin(2 * np.pi * 0.3 * t))
-    pauses = (np.sin(2 * np.pi * t / rng.uniform(3, 5)) > -0.8).astype(float)
-    return (0.25 * buzz * syllables * pauses).astype(np.float32)
+    period = rng.uniform(3, 5)
+    out = np.empty(int(seconds * SR), np.float32)
+    for lo in range(0, len(out), SR):
+        t = np.arange(lo, min(lo + SR, len(out))) / SR
+        buzz = sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8))
+        syllables = 0.5 - 0.5 * np.cos(2 * np.pi * 4.5 * t + 2 * np.sin(2 * np.pi * 0.3 * t))
+        pauses = (np.sin(2 * np.pi * t / period) > -0.8).astype(float)
+        out[lo:lo + len(t)] = 0.25 * buzz * syllables * pauses
+    return out
 
 
 def load_avg() -> float:

@@ -16,6 +16,7 @@ from shared.errors import InvalidInput
 
 NOISE_FLOOR, SPEECH_LEVEL = 0.02, 0.25  # RMS (full scale = 1) mapped to loudness 0 and 1
 SPREAD_PX, ROUND_PX = 0.07, 0.10  # lip-corner travel per unit width / rounding, x mouth width
+BLOCK = 250  # video frames of speech analysed at a time (10 s at 25 fps)
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,16 @@ class Tracks:
 
 
 def mono(audio: np.ndarray) -> np.ndarray:
+    """float32 mono samples in -1..1; no copy for finite float32 mono input (long clips)."""
     a = np.asarray(audio)
     if a.ndim == 2:
-        a = a.mean(axis=1 if a.shape[1] <= a.shape[0] else 0)
+        a = a.mean(axis=1 if a.shape[1] <= a.shape[0] else 0, dtype=np.float32)
     if a.ndim != 1:
         raise InvalidInput(f"audio has shape {np.asarray(audio).shape}, expected (n,) or (n, ch)")
     if np.issubdtype(a.dtype, np.integer):
         return a.astype(np.float32) / float(np.iinfo(a.dtype).max + 1)
+    if a.dtype == np.float32 and np.isfinite(a).all():
+        return a
     return np.nan_to_num(a.astype(np.float32))
 
 
@@ -54,27 +58,43 @@ def _hann(width_frames: float) -> np.ndarray:
     return k / k.sum()
 
 
-def audio_features(audio: np.ndarray, sr: int, n: int, fps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame loudness 0..1 (RMS over one frame, smoothed ~1.5 frames) and spectral centroid."""
-    edges = np.round(np.arange(n + 1) * (sr / fps)).astype(np.int64)
-    samples = np.zeros(int(edges[-1]) + 1, dtype=np.float64)
-    samples[:min(len(audio), len(samples))] = audio[:len(samples)]
-    energy = np.concatenate([[0.0], np.cumsum(samples * samples)])
-    counts = np.maximum(np.diff(edges), 1)
-    rms = np.sqrt(np.maximum(energy[edges[1:]] - energy[edges[:-1]], 0.0) / counts)
-    rms = _convolve(rms, np.array([0.25, 0.5, 0.25]))
-    loud = np.clip((rms - NOISE_FLOOR) / (SPEECH_LEVEL - NOISE_FLOOR), 0.0, 1.0)
+def _span(audio: np.ndarray, start: int, stop: int, length: int) -> np.ndarray:
+    """audio[start:stop] as float64, zeros where it falls outside [0, length)."""
+    out = np.zeros(stop - start)
+    lo, hi = max(start, 0), min(stop, length)
+    if hi > lo:
+        out[lo - start:hi - start] = audio[lo:hi]
+    return out
 
+
+def audio_features(audio: np.ndarray, sr: int, n: int, fps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame loudness 0..1 (RMS over one frame, smoothed ~1.5 frames) and spectral centroid.
+
+    Works through the speech `BLOCK` frames at a time, so memory does not grow with the clip
+    (a float64 copy of 5 minutes of speech would be ~50 MB per temporary).
+    """
+    edges = np.round(np.arange(n + 1) * (sr / fps)).astype(np.int64)
+    length = min(len(audio), int(edges[-1]) + 1)
+    counts = np.maximum(np.diff(edges), 1)
     nfft = 1 << int(np.ceil(np.log2(max(64, counts.max()))))
     freqs = np.fft.rfftfreq(nfft, 1.0 / sr)
-    padded = np.pad(samples, (nfft // 2, nfft))
     window = np.hanning(nfft)
-    centroid = np.zeros(n)
-    for lo in range(0, n, 1024):  # bounded memory on long clips
-        starts = edges[lo:min(n, lo + 1024)] + counts[lo:lo + 1024] // 2
-        frames = padded[starts[:, None] + np.arange(nfft)[None, :]] * window
+    rms, centroid = np.zeros(n), np.zeros(n)
+    for lo in range(0, n, BLOCK):
+        hi = min(n, lo + BLOCK)
+        a = int(edges[lo])
+        seg = _span(audio, a, int(edges[hi]), length)
+        energy = np.concatenate([[0.0], np.cumsum(seg * seg)])
+        total = energy[edges[lo + 1:hi + 1] - a] - energy[edges[lo:hi] - a]
+        rms[lo:hi] = np.sqrt(np.maximum(total, 0.0) / counts[lo:hi])
+        # one nfft-long window centred on each frame's middle sample
+        starts = edges[lo:hi] + counts[lo:hi] // 2 - nfft // 2
+        span = _span(audio, int(starts[0]), int(starts[-1]) + nfft, length)
+        frames = span[(starts - starts[0])[:, None] + np.arange(nfft)[None, :]] * window
         power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-        centroid[lo:lo + len(starts)] = (power @ freqs) / np.maximum(power.sum(axis=1), 1e-12)
+        centroid[lo:hi] = (power @ freqs) / np.maximum(power.sum(axis=1), 1e-12)
+    rms = _convolve(rms, np.array([0.25, 0.5, 0.25]))
+    loud = np.clip((rms - NOISE_FLOOR) / (SPEECH_LEVEL - NOISE_FLOOR), 0.0, 1.0)
     return loud, centroid
 
 

@@ -79,6 +79,8 @@ def render(ctx: StageContext) -> StageResult:
     spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed, aspect=opts.aspect,
                       framing=opts.framing)
     animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
+    has_phonemes = phonemes is not None
+    del audio, portrait, phonemes  # the animation keeps what it needs; long clips stay small
     plan = ChunkPlan(animation.n_frames, ctx.settings.chunk_frames)
     segments, reused = render_chunks(
         animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
@@ -101,6 +103,6 @@ def render(ctx: StageContext) -> StageResult:
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
         "chunks": plan.n_chunks, "chunks_reused": reused,
-        "phonemes": phonemes is not None, "mouth_box": [int(v) for v in animation.mouth_box],
+        "phonemes": has_phonemes, "mouth_box": [int(v) for v in animation.mouth_box],
         "mask": opts.needs_mask,
     })
