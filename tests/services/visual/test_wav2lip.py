@@ -151,8 +151,8 @@ def test_renders_a_clip_that_changes_only_the_lower_face(engine, portrait, face,
     assert np.array_equal(anim.frame(3), frames[3])  # pure in i, across batch reloads
 
     segments, reused = render_chunks(
-        anim, ChunkPlan(anim.n_frames, 10), tmp_path / "chunks", input_hash="h", width=SIZE, height=SIZE,
-        fps=FPS, tag="t", check=lambda: None, progress=lambda p: None)
+        anim, ChunkPlan(anim.n_frames, 10), tmp_path / "chunks", input_hash="h", width=SIZE,
+        height=SIZE, fps=FPS, tag="t", check=lambda: None, progress=lambda p: None)
     assert reused == 0 and len(segments) == 3
     for seg in segments:
         info = probe(seg)
