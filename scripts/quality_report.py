@@ -108,9 +108,9 @@ def render(engine, image, face, clip, video: Path):
     audio, rate, phonemes = clip
     anim = engine.prepare(image, face, audio, rate, phonemes, RenderSpec(fps=FPS, size=SIZE))
     with tempfile.TemporaryDirectory(dir=video.parent) as tmp:
-        segments, _ = render_chunks(anim, ChunkPlan(anim.n_frames, 50), Path(tmp), input_hash="q",
-                                    size=SIZE, fps=FPS, tag="q", check=lambda: None,
-                                    progress=lambda p: None)
+        segments, _ = render_chunks(anim, ChunkPlan(anim.n_frames, 125), Path(tmp),
+                                    input_hash="q", width=anim.width, height=anim.height,
+                                    fps=FPS, tag="q", check=lambda: None, progress=lambda p: None)
         concat(segments, video)
     return anim
 

@@ -15,7 +15,7 @@ from services.visual.visemes import viseme_tracks
 from shared.errors import InvalidInput
 
 NOISE_FLOOR, SPEECH_LEVEL = 0.02, 0.25  # RMS (full scale = 1) mapped to loudness 0 and 1
-SPREAD_PX, ROUND_PX = 0.07, 0.10  # lip-corner travel per unit width / rounding, x mouth width
+SPREAD_PX, ROUND_PX = 0.07, 0.14  # lip-corner travel per unit width / rounding, x mouth width
 BLOCK = 250  # video frames of speech analysed at a time (10 s at 25 fps)
 
 
@@ -130,14 +130,17 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | 
             seed: int, mouth_width: float, face_width: float) -> Tracks:
     n = len(loud)
     gain = np.sqrt(np.minimum(1.0, 2.0 * loud))  # 0 in silence, ~1 from moderate speech up
+    # Lip posture (spread, rounded) is held through quiet sounds: the rounded lips of a soft
+    # "oo" or "w" are as round as a loud one's; only the jaw follows the loudness closely.
+    posture = np.sqrt(np.minimum(1.0, 5.0 * loud))
     if phonemes:
         shape = viseme_tracks(phonemes, n, fps).astype(np.float64)
-        opening, width, rounding = shape[:, 0] * gain, shape[:, 1] * gain, shape[:, 2] * gain
+        opening, width, rounding = shape[:, 0] * gain, shape[:, 1] * posture, shape[:, 2] * posture
     else:  # loudness opens the jaw; bright spectra spread the lips, dark ones round them
         smooth = _hann(1)
         opening = 0.85 * gain
-        width = _convolve(np.clip((centroid - 1100.0) / 900.0, -1, 1) * 0.6 * gain, smooth)
-        rounding = _convolve(np.clip((900.0 - centroid) / 500.0, 0, 1) * 0.7 * gain, smooth)
+        width = _convolve(np.clip((centroid - 1100.0) / 900.0, -1, 1) * 0.6 * posture, smooth)
+        rounding = _convolve(np.clip((900.0 - centroid) / 500.0, 0, 1) * 0.7 * posture, smooth)
     lateral = (SPREAD_PX * width - ROUND_PX * rounding) * mouth_width
 
     # motion follows a held, smoothed speech envelope that is exactly 0 after ~0.6 s of silence
