@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 
 from orchestrator.api.errors import ApiError
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.uploads import check_file_name, check_voice_sample, decode_portrait, read_limited
+from orchestrator.uploads import check_file_name, check_voice_sample, decode_image, read_limited
 from shared import keys
 from shared.models import AvatarRecord
 from shared.storage import atomic_write_json, fsync_dir, sha256_file
@@ -60,16 +60,16 @@ class AvatarService:
             shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def create(self, portrait: UploadFile, voice: UploadFile | None,
-               name: str | None) -> tuple[AvatarRecord, list[str]]:
+    def create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
+               face: int | None = None) -> tuple[AvatarRecord, list[str]]:
         s = self.settings
         if name is not None and len(name) > 200:
             raise ApiError(422, "bad_name", "the avatar name may be at most 200 characters")
         check_file_name(portrait, "portrait")
         if voice is not None:
             check_file_name(voice, "voice_sample")
-        image = decode_portrait(read_limited(portrait, "portrait", s.max_upload_bytes),
-                                min_side=s.min_image_side, max_side=s.max_image_side)
+        image = decode_image(read_limited(portrait, "portrait", s.max_upload_bytes),
+                             min_side=s.min_image_side, max_side=s.max_image_side)
         voice_data = read_limited(voice, "voice_sample", s.max_upload_bytes) if voice else None
 
         avatar_id = uuid.uuid4().hex[:16]
@@ -83,17 +83,26 @@ class AvatarService:
                 original.write_bytes(voice_data)
                 seconds = check_voice_sample(original, staging / "voice.wav")
                 original.unlink()
-            found = self._analyze(staging)
+            found = self._analyze(staging, face or 0)
             if found["faces"] == 0:
                 raise ApiError(422, "no_face",
                                "no face was found in the portrait; send a photo in which one "
                                "face is clearly visible and turned towards the camera")
+            chosen = found.get("chosen", 0)
+            if chosen is None:
+                raise ApiError(422, "no_such_face",
+                               f"face {face} was asked for, but the portrait has "
+                               f"{found['faces']} face(s), numbered 0 to {found['faces'] - 1} "
+                               "from the largest; send one of those numbers")
             notes = []
-            if found["faces"] > 1:
-                notes.append(f"{found['faces']} faces were found; the largest one is animated")
+            if found["faces"] > 1 and face is None:
+                notes.append(f"{found['faces']} faces were found; the largest (face 0) is "
+                             "animated; send face=<number> to choose another (see the "
+                             "avatar's thumbnail for the numbers)")
             record = AvatarRecord(
                 id=avatar_id, name=name, width=image.width, height=image.height,
-                face_box=tuple(found["boxes"][0]), faces_found=found["faces"],
+                face_box=tuple(found["boxes"][chosen]), faces_found=found["faces"],
+                face_index=chosen,
                 has_voice_sample=seconds is not None, voice_sample_seconds=seconds,
                 portrait_sha256=sha256_file(staging / "portrait.png"),
                 voice_sha256=sha256_file(staging / "voice.wav") if seconds else None)
@@ -113,10 +122,10 @@ class AvatarService:
         logger.info("avatar %s created (%d face(s))", avatar_id, record.faces_found)
         return record, notes
 
-    def _analyze(self, folder: Path) -> dict:
+    def _analyze(self, folder: Path, face: int) -> dict:
         queue = Queue(keys.AVATAR_QUEUE, connection=self.conn, serializer=JSONSerializer)
         job = queue.enqueue_call(func=keys.ANALYZE_FUNC,
-                                 kwargs={"avatar_dir": str(folder.resolve())},
+                                 kwargs={"avatar_dir": str(folder.resolve()), "face": face},
                                  timeout=120, result_ttl=60, failure_ttl=600,
                                  ttl=int(self.settings.analyze_timeout_s) + 5)
         deadline = time.monotonic() + self.settings.analyze_timeout_s

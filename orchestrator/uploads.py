@@ -20,6 +20,7 @@ from orchestrator.api.errors import ApiError
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
 MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
+MIN_MUSIC_S, MAX_MUSIC_S = 1.0, 600.0
 _SAFE_NAME = re.compile(r"^[\w\-. ()]{1,200}$")
 
 
@@ -51,8 +52,14 @@ def read_limited(upload: UploadFile, field: str, limit: int) -> bytes:
     return data
 
 
-def decode_portrait(data: bytes, *, min_side: int, max_side: int) -> Portrait:
-    accepted = "a PNG, JPEG, WebP or BMP photo"
+def decode_image(data: bytes, *, min_side: int, max_side: int, what: str = "portrait"
+                 ) -> Portrait:
+    """Decode a still PNG/JPEG/WebP/BMP of sane size as RGB, EXIF orientation applied.
+
+    `what` names the upload in the messages ("portrait", "background image").
+    """
+    accepted = "a PNG, JPEG, WebP or BMP " + ("photo" if what == "portrait" else "image")
+    why = " (a face needs pixels to animate)" if what == "portrait" else ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -61,20 +68,19 @@ def decode_portrait(data: bytes, *, min_side: int, max_side: int) -> Portrait:
             fmt = probe.format
             if fmt not in IMAGE_FORMATS:
                 raise ApiError(415, "unsupported_image",
-                               f"the portrait is a {fmt} image; send {accepted}")
+                               f"the {what} is a {fmt} image; send {accepted}")
             w, h = probe.size
             if max(w, h) > max_side:
                 raise ApiError(413, "image_too_large",
-                               f"the portrait is {w}x{h} pixels; the largest side may be "
+                               f"the {what} is {w}x{h} pixels; the largest side may be "
                                f"{max_side} pixels")
             if min(w, h) < min_side:
                 raise ApiError(422, "image_too_small",
-                               f"the portrait is {w}x{h} pixels; it must be at least "
-                               f"{min_side}x{min_side} (a face needs pixels to animate)")
+                               f"the {what} is {w}x{h} pixels; it must be at least "
+                               f"{min_side}x{min_side}{why}")
             if getattr(probe, "n_frames", 1) > 1:
                 raise ApiError(422, "animated_image",
-                               "the portrait is animated; send a still photo "
-                               f"({accepted})")
+                               f"the {what} is animated; send a still picture ({accepted})")
             probe.verify()
             image = Image.open(io.BytesIO(data))
             image.load()
@@ -82,15 +88,15 @@ def decode_portrait(data: bytes, *, min_side: int, max_side: int) -> Portrait:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ApiError(413, "image_too_large",
-                       f"the portrait has too many pixels to decode safely; the largest side "
+                       f"the {what} has too many pixels to decode safely; the largest side "
                        f"may be {max_side} pixels") from exc
     except UnidentifiedImageError as exc:
         raise ApiError(415, "not_an_image",
-                       f"the portrait could not be read as an image ({exc.__class__.__name__}); "
+                       f"the {what} could not be read as an image ({exc.__class__.__name__}); "
                        f"send {accepted}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(422, "corrupt_image",
-                       f"the portrait file is damaged or truncated; send {accepted}") from exc
+                       f"the {what} file is damaged or truncated; send {accepted}") from exc
     image = ImageOps.exif_transpose(image).convert("RGB")
     return Portrait(image, image.width, image.height)
 
@@ -128,4 +134,47 @@ def check_voice_sample(original: Path, out_wav: Path) -> float:
         raise ApiError(422, "silent_audio",
                        "the voice sample is silent; record yourself speaking for "
                        f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds")
+    return duration
+
+
+def _audio_seconds(path: Path) -> float | None:
+    """The duration ffprobe finds for the first audio stream of `path`; None if it finds none."""
+    proc = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=codec_type:format=duration", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=30)
+    try:
+        info = json.loads(proc.stdout or "{}")
+        duration = float(info.get("format", {}).get("duration", "nan"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if proc.returncode != 0 or not info.get("streams") or duration != duration:
+        return None
+    return duration
+
+
+def check_music(original: Path, out_flac: Path) -> float:
+    """Validate a music track with ffprobe and store it as 48 kHz stereo FLAC; its seconds.
+
+    Decoding it whole here means a job never meets an undecodable or silent track later.
+    """
+    accepted = (f"a WAV, MP3, FLAC, OGG or M4A track of {MIN_MUSIC_S:.0f}-{MAX_MUSIC_S:.0f} "
+                "seconds (it is looped or cut to the speech)")
+    duration = _audio_seconds(original)
+    if duration is None:
+        raise ApiError(415, "not_audio", f"the music could not be read as audio; send {accepted}")
+    if not MIN_MUSIC_S <= duration <= MAX_MUSIC_S:
+        raise ApiError(422, "music_duration", f"the music lasts {duration:.1f} s; send {accepted}")
+    proc = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
+         "-ac", "2", "-ar", "48000", "-c:a", "flac", str(out_flac)],
+        capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise ApiError(422, "bad_audio", f"the music could not be decoded; send {accepted}")
+    level = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(out_flac), "-af", "volumedetect",
+         "-f", "null", "-"], capture_output=True, text=True, timeout=120).stderr
+    match = re.search(r"max_volume: (-?[\d.]+|-inf) dB", level)
+    if match is None or match.group(1) == "-inf" or float(match.group(1)) < -50.0:
+        raise ApiError(422, "silent_audio", f"the music is silent; send {accepted}")
     return duration

@@ -163,6 +163,7 @@ class AvatarRecord(BaseModel):
     height: int
     face_box: tuple[int, int, int, int]
     faces_found: int
+    face_index: int = 0  # which face is animated, numbered largest first
     has_voice_sample: bool = False
     voice_sample_seconds: float | None = None
     portrait_sha256: str
@@ -183,8 +184,3 @@ class MediaRecord(BaseModel):
     height: int | None = None
     duration: float | None = None  # audio, seconds
     created_at: float = Field(default_factory=time.time)
-
-    @property
-    def ref(self) -> str:
-        """How job options refer to this media."""
-        return f"media:{self.id}"

@@ -183,3 +183,40 @@ def test_avatar_lifecycle(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get(f"/v1/avatars/{avatar['id']}/portrait").headers["content-type"] == "image/png"
     assert client.delete(f"/v1/avatars/{avatar['id']}").status_code == 204
     _assert_error(client.get(f"/v1/avatars/{avatar['id']}"), 404)
+
+
+def _two_faces() -> bytes:
+    """The test portrait and, beside it, the same face at 60% size, as one PNG."""
+    from PIL import Image
+
+    big = Image.open(DATA / "portrait.png").convert("RGB")
+    small = big.resize((int(big.width * 0.6), int(big.height * 0.6)), Image.LANCZOS)
+    canvas = Image.new("RGB", (big.width + small.width, big.height), (128, 128, 128))
+    canvas.paste(big, (0, 0))
+    canvas.paste(small, (big.width, 0))
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_avatar_with_several_faces_chooses_one_and_shows_them(client, cluster) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    photo = _two_faces()
+    largest = client.post("/v1/avatars", files={"portrait": ("two.png", photo)}).json()
+    assert largest["faces_found"] == 2 and largest["face_index"] == 0
+    assert "face=<number>" in " ".join(largest["notes"])
+    second = client.post("/v1/avatars", files={"portrait": ("two.png", photo)},
+                         data={"face": "1"}).json()
+    assert second["face_index"] == 1 and second["notes"] == []
+    assert second["face_box"][0] > largest["face_box"][0]  # the smaller face on the right
+    assert second["face_box"][2] < largest["face_box"][2]
+    resp = client.get(f"/v1/avatars/{second['id']}/thumbnail")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(resp.content)).size) == 320
+    before = sorted(p.name for p in (cluster.data_dir / "avatars").iterdir())
+    _assert_error(client.post("/v1/avatars", files={"portrait": ("two.png", photo)},
+                              data={"face": "2"}), 422, "2 face(s)", "numbered 0 to 1")
+    assert sorted(p.name for p in (cluster.data_dir / "avatars").iterdir()) == before
+    for avatar in (largest, second):
+        assert client.delete(f"/v1/avatars/{avatar['id']}").status_code == 204

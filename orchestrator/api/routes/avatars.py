@@ -29,8 +29,10 @@ def create_avatar(
     portrait: Annotated[UploadFile, File(description="a PNG, JPEG, WebP or BMP photo")],
     voice_sample: Annotated[UploadFile | None, File(description="3-30 s of speech")] = None,
     name: Annotated[str | None, Form(max_length=200)] = None,
+    face: Annotated[int | None, Form(ge=0, le=99, description=(
+        "which face to animate when the photo has several: 0 is the largest"))] = None,
 ) -> AvatarPublic:
-    record, notes = st.avatars.create(portrait, voice_sample, name)
+    record, notes = st.avatars.create(portrait, voice_sample, name, face)
     return AvatarPublic(**record.model_dump(), notes=notes)
 
 
@@ -49,6 +51,19 @@ def get_portrait(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Fil
     _get(st, avatar_id)
     return FileResponse(st.settings.data_dir / "avatars" / avatar_id / "portrait.png",
                         media_type="image/png")
+
+
+@router.get("/{avatar_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
+def get_thumbnail(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
+    """A small JPEG of the portrait with every face found boxed and numbered, the animated one
+    in green."""
+    _get(st, avatar_id)
+    path = st.settings.data_dir / "avatars" / avatar_id / "thumbnail.jpg"
+    if not path.is_file():
+        raise ApiError(404, "thumbnail_missing",
+                       f"avatar {avatar_id} has no thumbnail (it was made by an older version); "
+                       "upload the portrait again to get one")
+    return FileResponse(path, media_type="image/jpeg")
 
 
 @router.delete("/{avatar_id}", status_code=204)
