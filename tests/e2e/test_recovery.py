@@ -101,3 +101,29 @@ def test_paused_worker_past_its_lease_does_not_publish(client, avatar_id, cluste
     assert not [p for p in job_dir.iterdir() if ".tmp-" in p.name]
     spare.terminate()
     spare.wait()
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_and_the_cluster_goes_on(
+        client, avatar_id, cluster) -> None:  # type: ignore[no-untyped-def]
+    """A poison job: its visual stage's worker dies (SIGKILL) on every attempt. After the retry
+    limit the job fails with a reason; it neither loops nor stops other jobs."""
+    job_id = submit(client, avatar_id, LONG_TEXT)
+    for attempt in (1, 2, 3):
+        job = wait_job(client, job_id, timeout=90, pred=lambda j, a=attempt: (
+            j["stage"] == "visual" and j["attempt"] == a
+            and j["stages"]["visual"]["status"] == "running"
+            and j["stages"]["visual"]["worker"]))
+        assert job["status"] == "running", job
+        pid = int(job["stages"]["visual"]["worker"].split(".")[-2])  # host.pid.ms
+        victim = next(p for p in cluster.procs["visual"] if p.pid == pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        cluster.start_worker("visual")
+    job = wait_job(client, job_id, timeout=60)
+    assert job["status"] == "failed", job
+    assert "visual stage gave up after 3 attempts" in job["error"], job["error"]
+    assert job["stages"]["visual"]["attempts"] == 3
+    assert not (cluster.data_dir / "jobs" / job_id / "visual").exists()  # nothing published
+    # the cluster is fine: the next job goes through
+    ok = wait_job(client, submit(client, avatar_id, "Still here."), timeout=90)
+    assert ok["status"] == "succeeded", ok
