@@ -141,7 +141,7 @@ def _settle(pieces: list[tuple[float, float, str]], duration: float, max_line: i
         nxt = pieces[i + 1][0] if i + 1 < len(pieces) else duration
         start = max(start, cues[-1].end if cues else 0.0)
         end = min(max(end + HOLD_S, start + MIN_CUE_S), max(nxt, end), duration)
-        start, end = round(start, 3), round(end, 3)
+        start, end = round(start, 3), min(round(end, 3), math.floor(duration * 1000) / 1000)
         if end > start:
             cues.append(Cue(start, end, "\n".join(wrap(text, max_line))))
     return cues

@@ -86,12 +86,6 @@ def mix_graph(speech: int, music: int, *, duration: float, bed_gain_db: float,
     return ";".join(parts)
 
 
-def voice_graph(speech: int, gain_db: float | None) -> str:
-    """The voice alone to `[out]` (mono, 48 kHz), levelled like a mix when `gain_db` is set."""
-    return (f"[{speech}:a]aresample=48000,aformat=sample_fmts=fltp:channel_layouts=mono,"
-            f"{_levelled(gain_db)}[out]")
-
-
 def _levelled(gain_db: float | None) -> str:
     if gain_db is None:
         return "anull"
@@ -130,7 +124,8 @@ class AudioPlan:
 def plan_music(speech: Path, bed: MusicBed, duration: float, first_input: int) -> AudioPlan:
     """Measure voice and music, then level the ducked mix. In the final ffmpeg command the
     speech is input `first_input` and the music (looped: -stream_loop -1) the one after it."""
-    voice = measure(["-i", str(speech)], voice_graph(0, None), "measuring the voice's loudness")
+    # the voice as it sits in the mix: upmixed to stereo, which counts 3 LU louder than mono
+    voice = measure(["-i", str(speech)], _stereo("0:a", "out"), "measuring the voice's loudness")
     music = measure(["-t", f"{duration:.3f}", "-i", str(bed.path)], "[0:a]anull[out]",
                     "measuring the music's loudness")
     voice_i = voice.integrated if math.isfinite(voice.integrated) else SILENT_LUFS
