@@ -11,8 +11,9 @@ from fastapi import FastAPI
 
 from orchestrator.api import errors
 from orchestrator.api.deps import AppState
-from orchestrator.api.routes import avatars, events, health, jobs, metrics, web
+from orchestrator.api.routes import avatars, events, health, jobs, media, metrics, web
 from orchestrator.avatars import AvatarService
+from orchestrator.media import MediaService
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import OrchestratorSettings
 from shared.jobs import JobStore
@@ -32,7 +33,8 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
                          max_attempts=s.max_attempts, retry_backoff_s=s.retry_backoff_s)
         (s.data_dir / "avatars").mkdir(parents=True, exist_ok=True)
         (s.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
-        app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s))
+        (s.data_dir / "media").mkdir(parents=True, exist_ok=True)
+        app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s), MediaService(s))
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
             reconciler.start()
@@ -47,6 +49,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(avatars.router)
     app.include_router(jobs.router)
+    app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(metrics.router)

@@ -1,7 +1,9 @@
 """`jayavatar`: submit a job from a photo and text, watch it, fetch the MP4.
 
     jayavatar submit --avatar me.jpg --text "Hello!" --wait -o hello.mp4
-    jayavatar status JOB | watch JOB | result JOB -o out.mp4 | cancel JOB | avatars
+    jayavatar submit --avatar me.jpg --text "Hi" --background beach.jpg --music song.mp3 \
+        --captions burn -o hi.mp4
+    jayavatar status JOB | watch JOB | result JOB -o out.mp4 | cancel JOB | avatars | media
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ def create_avatar(client: httpx.Client, photo: Path, voice: Path | None) -> dict
     if voice is not None:
         files["voice_sample"] = (voice.name, voice.read_bytes())
     return _check(client.post("/v1/avatars", files=files))
+
+
+def media_ref(client: httpx.Client, value: str, kind: str) -> str:
+    """`value` as a job option: a local file is uploaded (POST /v1/media) and named by its ref;
+    anything else ('keep', '#rrggbb', 'media:<id>') is passed on for the API to check."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return value
+    record = _check(client.post("/v1/media", data={"kind": kind},
+                                files={"file": (path.name, path.read_bytes())}))
+    console.print(f"uploaded {path.name} as {record['ref']}")
+    return str(record["ref"])
 
 
 def _sse(resp: httpx.Response) -> Iterator[tuple[str, dict]]:
@@ -103,10 +117,11 @@ def watch(client: httpx.Client, job_id: str, quiet: bool = False) -> dict:
             time.sleep(0.5)
 
 
-def download(client: httpx.Client, job_id: str, out: Path) -> None:
+def download(client: httpx.Client, job_id: str, out: Path, what: str = "result") -> None:
+    """Save the job's `result` (MP4) or `captions` (SRT) to `out`, whole or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
-    with client.stream("GET", f"/v1/jobs/{job_id}/result") as resp:
+    with client.stream("GET", f"/v1/jobs/{job_id}/{what}") as resp:
         if resp.status_code >= 400:
             resp.read()
             _check(resp)
@@ -129,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--background", default="keep",
+                   help="keep (default), a colour '#rrggbb', an image file, or media:<id>")
+    p.add_argument("--music", help="a music file (looped under the voice, ducked) or media:<id>")
+    p.add_argument("--music-volume", type=float, default=-10.0,
+                   help="music level relative to the voice in dB (default -10; -40..0)")
+    p.add_argument("--captions", choices=("off", "srt", "burn"), default="off",
+                   help="srt: a captions file (saved beside -o) and a subtitle track; "
+                   "burn: drawn on the picture")
+    p.add_argument("--crf", type=int, default=18,
+                   help="x264 quality when the picture is re-encoded (14..35, lower is better)")
     p.add_argument("--wait", action="store_true", help="wait, showing progress")
     p.add_argument("-o", "--output", type=Path, help="where to save the MP4 (implies --wait)")
     for name in ("status", "watch", "cancel"):
@@ -137,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("job")
     p.add_argument("-o", "--output", type=Path, required=True)
     sub.add_parser("avatars")
+    sub.add_parser("media", help="list uploaded background images and music")
     p = sub.add_parser("recover", help="rebuild Redis from the job.json files in DATA_DIR")
     p.add_argument("--from-disk", action="store_true", required=True)
     args = parser.parse_args(argv)
@@ -186,7 +212,11 @@ def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
     else:
         avatar_id = args.avatar
     body = {"avatar_id": avatar_id, "text": args.text, "fps": args.fps, "size": args.size,
-            "seed": args.seed}
+            "seed": args.seed, "captions": args.captions, "crf": args.crf,
+            "background": media_ref(client, args.background, "image"),
+            "music_volume": args.music_volume}
+    if args.music:
+        body["music"] = media_ref(client, args.music, "audio")
     job = _check(client.post("/v1/jobs", json=body))
     print(job["id"])
     if not (args.wait or args.output):
@@ -197,6 +227,10 @@ def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
     if args.output:
         download(client, job["id"], args.output)
         console.print(f"saved {args.output}")
+        if args.captions != "off":
+            srt = args.output.with_suffix(".srt")
+            download(client, job["id"], srt, "captions")
+            console.print(f"saved {srt}")
     return 0
 
 
@@ -226,9 +260,17 @@ def _avatars(client: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _media(client: httpx.Client, args: argparse.Namespace) -> int:
+    for m in _check(client.get("/v1/media")):
+        shape = (f"{m['width']}x{m['height']}" if m["kind"] == "image"
+                 else f"{m['duration']:.1f} s")
+        print(f"{m['ref']} {m['kind']} {shape} {m.get('name') or '-'}")
+    return 0
+
+
 COMMANDS = {
     "submit": _submit, "status": _status, "cancel": _cancel, "result": _result,
-    "avatars": _avatars,
+    "avatars": _avatars, "media": _media,
     "watch": lambda client, args: 0 if watch(client, args.job)["status"] == "succeeded" else 1,
 }
 

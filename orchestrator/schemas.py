@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import AvatarRecord, JobRecord, StageInfo
+from shared.models import AvatarRecord, JobRecord, MediaRecord, StageInfo
 
 
 class JobCreate(BaseModel):
@@ -22,6 +22,13 @@ class JobCreate(BaseModel):
     speed: float = Field(1.0, ge=0.5, le=2.0)
     aspect: Literal["1:1", "16:9", "9:16"] = "1:1"
     framing: Literal["face", "original"] = "face"
+    # Compose options; background and music are checked (and named media looked up) in
+    # create_job, so that a wrong value gets a message saying what is accepted.
+    background: str = Field("keep", max_length=80)
+    music: str | None = Field(None, max_length=80)
+    music_volume: float = Field(-10.0, ge=-40.0, le=0.0)
+    captions: Literal["off", "srt", "burn"] = "off"
+    crf: int = Field(18, ge=14, le=35)
 
 
 class JobAccepted(BaseModel):
@@ -46,16 +53,29 @@ class JobPublic(BaseModel):
     created_at: float
     finished_at: float | None
     result_url: str | None
+    captions_url: str | None = None
 
     @classmethod
     def of(cls, rec: JobRecord) -> JobPublic:
+        done = rec.status == "succeeded"
         return cls(
             id=rec.id, avatar_id=rec.avatar_id, text=rec.text, status=rec.status,
             stage=rec.stage, attempt=rec.attempt, progress=rec.progress(), stages=rec.stages,
             engines=rec.engines, options=rec.options.model_dump(), notes=rec.notes,
             error=rec.error, created_at=rec.created_at, finished_at=rec.finished_at,
-            result_url=f"/v1/jobs/{rec.id}/result" if rec.status == "succeeded" else None,
+            result_url=f"/v1/jobs/{rec.id}/result" if done else None,
+            captions_url=(f"/v1/jobs/{rec.id}/captions"
+                          if done and rec.options.captions != "off" else None),
         )
+
+
+class MediaPublic(MediaRecord):
+    ref: str  # what job options take: "media:<id>"
+    file_url: str
+
+    @classmethod
+    def of(cls, rec: MediaRecord) -> MediaPublic:
+        return cls(**rec.model_dump(), ref=f"media:{rec.id}", file_url=f"/v1/media/{rec.id}/file")
 
 
 class AvatarPublic(AvatarRecord):

@@ -8,6 +8,7 @@ import redis
 from fastapi import Request
 
 from orchestrator.avatars import AvatarService
+from orchestrator.media import MediaService
 from orchestrator.settings import OrchestratorSettings
 from shared.jobs import JobStore
 
@@ -18,6 +19,7 @@ class AppState:
     conn: redis.Redis
     store: JobStore
     avatars: AvatarService
+    media: MediaService
 
 
 def state(request: Request) -> AppState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -19,6 +20,7 @@ from shared.models import JobOptions, JobRecord
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _IDEM = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_COLOUR = re.compile(r"^#[0-9a-f]{6}$")
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 
@@ -51,9 +53,12 @@ def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depe
         raise ApiError(404, "avatar_not_found",
                        f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
     chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
+    background, music = _compose_media(body, st)
     options = JobOptions(voice=body.voice, renderer=body.renderer, fps=body.fps,
                          size=body.size, seed=body.seed, speed=body.speed,
-                         aspect=body.aspect, framing=body.framing)
+                         aspect=body.aspect, framing=body.framing, background=background,
+                         music=music, music_volume=body.music_volume, captions=body.captions,
+                         crf=body.crf)
     rec = JobRecord(id=uuid.uuid4().hex, avatar_id=body.avatar_id, text=text, options=options,
                     idempotency_key=idempotency_key, engines=chosen, notes=notes)
     rec, created = st.store.create(rec)
@@ -61,6 +66,27 @@ def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depe
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{rec.id}"
     return JobAccepted(id=rec.id, status=rec.status, status_url=f"/v1/jobs/{rec.id}")
+
+
+def _compose_media(body: JobCreate, st: AppState) -> tuple[str, str | None]:
+    """The background and music options, checked: a known colour form or an upload of the
+    right kind. Returns them normalised (colours in lower case)."""
+    background = body.background.strip().lower()
+    if background.startswith("media:"):
+        st.media.require(background, "image", "background")
+    elif background != "keep" and not _COLOUR.match(background):
+        raise ApiError(422, "bad_background",
+                       f"background {body.background[:40]!r} is not understood; send 'keep', a "
+                       "colour as '#rrggbb' (e.g. '#1e90ff') or 'media:<id>' of an image "
+                       "uploaded with POST /v1/media")
+    music = body.music.strip().lower() if body.music is not None else None
+    if music is not None:
+        if not music.startswith("media:"):
+            raise ApiError(422, "bad_music",
+                           f"music {body.music[:40]!r} is not understood; send 'media:<id>' of "
+                           "a track uploaded with POST /v1/media (kind=audio), or leave it out")
+        st.media.require(music, "audio", "music")
+    return background, music
 
 
 @router.get("", response_model=list[JobPublic])
@@ -86,16 +112,35 @@ def cancel_job(job_id: str, st: Annotated[AppState, Depends(state)]) -> JobPubli
     return JobPublic.of(rec)
 
 
-@router.get("/{job_id}/result")
-def job_result(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
-    rec = _get(st, job_id)
+def _published(st: AppState, rec: JobRecord, what: str) -> Path:
+    """The compose stage's folder of a succeeded job; 409 before that, 410 if it is gone."""
     if rec.status != "succeeded":
         reason = f": {rec.error}" if rec.error else ""
-        raise ApiError(409, "not_ready", f"job {job_id} is {rec.status}{reason}; the result "
+        raise ApiError(409, "not_ready", f"job {rec.id} is {rec.status}{reason}; the {what} "
                        "exists only once the job has succeeded")
-    folder = st.store.job_dir(job_id) / "compose"
+    folder = st.store.job_dir(rec.id) / "compose"
     if load_manifest(folder, verify=False) is None:
         raise ApiError(410, "result_missing",
-                       f"job {job_id} succeeded but its result is no longer on disk")
+                       f"job {rec.id} succeeded but its {what} is no longer on disk")
+    return folder
+
+
+@router.get("/{job_id}/result")
+def job_result(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
+    folder = _published(st, _get(st, job_id), "result")
     return FileResponse(folder / "result.mp4", media_type="video/mp4",
                         filename=f"jayavatar-{job_id[:8]}.mp4")
+
+
+@router.get("/{job_id}/captions")
+def job_captions(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
+    """The captions as SubRip, for jobs submitted with captions 'srt' or 'burn'."""
+    rec = _get(st, job_id)
+    if rec.options.captions == "off":
+        raise ApiError(404, "no_captions", f"job {job_id} was made without captions; submit "
+                       "it again with \"captions\": \"srt\" (or \"burn\")")
+    folder = _published(st, rec, "captions file")
+    if not (folder / "captions.srt").is_file():
+        raise ApiError(410, "result_missing", f"job {job_id} has no captions.srt on disk")
+    return FileResponse(folder / "captions.srt", media_type="application/x-subrip",
+                        filename=f"jayavatar-{job_id[:8]}.srt")

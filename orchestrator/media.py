@@ -1,0 +1,122 @@
+"""Uploaded media for compose options: background images and music tracks.
+
+An upload is checked whole (decodable, sane size or length) and normalised (images to RGB PNG,
+audio to 48 kHz stereo FLAC) in a staging directory, which is renamed to `media/<id>/` with its
+`media.json` only when everything checked out; a rejected upload leaves nothing behind. Those
+files are the whole record (see shared/assets.py): no Redis state to lose or rebuild.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import UploadFile
+
+from orchestrator.api.errors import ApiError
+from orchestrator.settings import OrchestratorSettings
+from orchestrator.uploads import check_file_name, check_music, decode_image, read_limited
+from shared import assets
+from shared.models import MediaRecord
+from shared.storage import atomic_write_json, fsync_dir, sha256_file
+
+logger = logging.getLogger(__name__)
+
+KINDS = {"image": "a background image (PNG, JPEG, WebP or BMP)",
+         "audio": "a music track (WAV, MP3, FLAC, OGG or M4A)"}
+LIST_LIMIT = 1000
+
+
+class MediaService:
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self.settings = settings
+        self.root = assets.media_root(settings.data_dir)
+
+    def get(self, media_id: str) -> MediaRecord | None:
+        return assets.load_record(self.settings.data_dir, media_id)
+
+    def file(self, record: MediaRecord) -> Path:
+        return self.root / record.id / record.file
+
+    def list(self) -> list[MediaRecord]:
+        """Every upload, newest first (at most LIST_LIMIT)."""
+        if not self.root.is_dir():
+            return []
+        found = (self.get(p.name) for p in self.root.iterdir() if assets.MEDIA_ID.match(p.name))
+        records = [r for r in found if r is not None]
+        return sorted(records, key=lambda r: r.created_at, reverse=True)[:LIST_LIMIT]
+
+    def delete(self, media_id: str) -> bool:
+        folder = self.root / media_id
+        if self.get(media_id) is None or not folder.is_dir():
+            return False
+        trash = self.root / f".deleted-{media_id}-{time.time_ns()}"
+        os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def create(self, upload: UploadFile, kind: str, name: str | None) -> MediaRecord:
+        if kind not in KINDS:
+            raise ApiError(422, "bad_kind", f"kind {kind[:40]!r} is not known; expected 'image' "
+                           f"({KINDS['image']}) or 'audio' ({KINDS['audio']})")
+        if name is not None and len(name) > 200:
+            raise ApiError(422, "bad_name", "the media name may be at most 200 characters")
+        check_file_name(upload, "file")
+        data = read_limited(upload, "file", self.settings.max_upload_bytes)
+        media_id = uuid.uuid4().hex[:16]
+        staging = self.root / f".staging-{media_id}"
+        staging.mkdir(parents=True)
+        try:
+            record = self._store(staging, media_id, kind, data, name or upload.filename or None)
+            for f in staging.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.rename(staging, self.root / media_id)
+            fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("media %s stored (%s, %d bytes)", media_id, kind, record.size)
+        return record
+
+    def _store(self, staging: Path, media_id: str, kind: str, data: bytes,
+               name: str | None) -> MediaRecord:
+        """Check and normalise the upload into `staging`, with its media.json written last."""
+        s = self.settings
+        fields: dict = {}
+        if kind == "image":
+            image = decode_image(data, min_side=s.min_image_side, max_side=s.max_image_side,
+                                 what="background image")
+            file = "image.png"
+            image.image.save(staging / file, format="PNG")
+            fields = {"width": image.width, "height": image.height}
+        else:
+            original = staging / "original"
+            original.write_bytes(data)
+            file = "audio.flac"
+            fields = {"duration": round(check_music(original, staging / file), 3)}
+            original.unlink()
+        path = staging / file
+        record = MediaRecord(id=media_id, kind=kind, name=name, file=file,  # type: ignore[arg-type]
+                             size=path.stat().st_size, sha256=sha256_file(path), **fields)
+        atomic_write_json(staging / assets.RECORD_FILE, record.model_dump(mode="json"))
+        return record
+
+    def require(self, ref: str, kind: str, option: str) -> MediaRecord:
+        """The upload a job option names, of the right kind; a 4xx saying what to send if not."""
+        media_id = assets.parse_ref(ref)
+        record = self.get(media_id) if media_id else None
+        if record is None:
+            raise ApiError(404, "media_not_found",
+                           f"'{option}' names {ref[:60]!r}, which is not an upload here; upload "
+                           f"{KINDS[kind]} with POST /v1/media (kind={kind}) and use its ref "
+                           "'media:<id>'")
+        if record.kind != kind:
+            raise ApiError(422, "wrong_media_kind",
+                           f"'{option}' names {ref!r}, which is an {record.kind} upload; "
+                           f"'{option}' takes {KINDS[kind]} (kind={kind})")
+        return record
