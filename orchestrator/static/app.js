@@ -15,6 +15,7 @@ let source = null;      // the EventSource of the job being watched
 let pollTimer = null;   // polling fallback when the event stream cannot be used
 let current = null;     // id of the job shown in the progress card
 const avatarCache = new Map();  // uploaded files -> avatar id, so a resubmit does not re-upload
+const mediaCache = new Map();   // uploaded background images and music -> "media:<id>"
 
 class ApiError extends Error {
   constructor(message, status, code) {
@@ -65,6 +66,37 @@ async function avatarFor(portrait, voice) {
   return avatar.id;
 }
 
+async function mediaFor(file, kind) {
+  const key = `${kind}|${fileKey(file)}`;
+  if (mediaCache.has(key)) return mediaCache.get(key);
+  const form = new FormData();
+  form.append("kind", kind);
+  form.append("file", file);
+  const media = await api("/v1/media", { method: "POST", body: form });
+  mediaCache.set(key, media.ref);
+  return media.ref;
+}
+
+// The compose options of the form, uploading a chosen background image or music first.
+async function composeOptions() {
+  const options = { captions: $("captions").value };
+  const background = $("background").value;
+  if (background === "colour") options.background = $("colour").value;
+  if (background === "image") {
+    const image = $("bg-image").files[0];
+    if (!image) throw new ApiError("choose the background image, or another background.", 0, "no_image");
+    options.background = await mediaFor(image, "image");
+  }
+  const music = $("music").files[0];
+  if (music) options.music = await mediaFor(music, "audio");
+  return options;
+}
+
+function showBackgroundFields() {
+  $("colour-field").hidden = $("background").value !== "colour";
+  $("bg-image-field").hidden = $("background").value !== "image";
+}
+
 async function submit(event) {
   event.preventDefault();
   clearError();
@@ -79,6 +111,9 @@ async function submit(event) {
   try {
     button.textContent = "Checking the photo\u2026";
     const avatarId = await avatarFor(portrait, voice);
+    step = "Could not upload the background or music";
+    button.textContent = "Uploading\u2026";
+    const options = await composeOptions();
     step = "Could not start the job";
     button.textContent = "Submitting\u2026";
     const job = await api("/v1/jobs", {
@@ -86,7 +121,7 @@ async function submit(event) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
         avatar_id: avatarId, text,
-        fps: Number($("fps").value), size: Number($("size").value),
+        fps: Number($("fps").value), size: Number($("size").value), ...options,
       }),
     });
     watch(job.id);
@@ -190,6 +225,20 @@ function render(data) {
   }
 }
 
+// A link to the captions file, for jobs made with captions (the events do not say).
+async function showCaptionsLink(jobId) {
+  try {
+    const job = await api(`/v1/jobs/${jobId}`);
+    const link = $("download-captions");
+    if (current !== jobId || !job.captions_url) return;
+    link.href = job.captions_url;
+    link.setAttribute("download", `jayavatar-${jobId.slice(0, 8)}.srt`);
+    link.hidden = false;
+  } catch (err) {
+    showError("Could not read the job", err);
+  }
+}
+
 function finish(jobId, data) {
   stopWatching();
   if (data.status === "succeeded") {
@@ -197,6 +246,8 @@ function finish(jobId, data) {
     $("player").src = url;
     $("download").href = url;
     $("download").setAttribute("download", `jayavatar-${jobId.slice(0, 8)}.mp4`);
+    $("download-captions").hidden = true;
+    showCaptionsLink(jobId);
     $("result").hidden = false;
   } else if (data.error) {
     $("job-error").textContent = data.error;
@@ -269,6 +320,7 @@ function previewPortrait() {
 document.addEventListener("DOMContentLoaded", () => {
   $("make").addEventListener("submit", submit);
   $("portrait").addEventListener("change", previewPortrait);
+  $("background").addEventListener("change", showBackgroundFields);
   $("text").addEventListener("input", () => {
     $("count").textContent = `${$("text").value.length} / 5000`;
   });

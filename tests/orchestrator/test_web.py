@@ -110,3 +110,48 @@ def test_page_shows_api_error_messages(page, client, tmp_path: Path) -> None:  #
     page.click("#error-close")
     assert page.is_hidden("#error")
     assert [p for p in page.problems if "415" not in p] == []  # the browser logs the 415 itself
+
+
+def test_page_sends_compose_options_and_uploads_music(page, client) -> None:  # type: ignore[no-untyped-def]
+    page.set_input_files("#portrait", DATA / "portrait.png")
+    page.fill("#text", "Hello with music.")
+    assert page.is_hidden("#colour-field") and page.is_hidden("#bg-image-field")
+    page.select_option("#background", "colour")
+    assert page.is_visible("#colour-field") and page.is_hidden("#bg-image-field")
+    page.fill("#colour", "#10a040")
+    page.select_option("#captions", "srt")
+    music = _tone_wav(2.0)
+    page.set_input_files("#music", {"name": "song.wav", "mimeType": "audio/wav", "buffer": music})
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as req:
+        page.click("#submit")
+    body = req.value.post_data_json
+    job_id = page.wait_for_function(
+        "document.getElementById('job-id').textContent").json_value()
+    client.post(f"/v1/jobs/{job_id}/cancel")  # the options are what is tested, not the video
+    assert (body["background"], body["captions"]) == ("#10a040", "srt")
+    ref = body["music"]
+    media = client.get(f"/v1/media/{ref.removeprefix('media:')}").json()
+    assert media["kind"] == "audio" and media["name"] == "song.wav"
+    assert client.get(f"/v1/jobs/{job_id}").json()["options"]["music"] == ref
+    page.select_option("#background", "image")
+    assert page.is_visible("#bg-image-field")
+    page.click("#submit")  # no image chosen: said in the page, nothing sent
+    page.wait_for_function(
+        "document.getElementById('error-message').textContent.includes('background image')")
+    assert page.problems == []
+
+
+def _tone_wav(seconds: float, rate: int = 8000) -> bytes:
+    import io
+    import math
+    import struct
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(6000 * math.sin(i / 4)))
+                               for i in range(int(rate * seconds))))
+    return buf.getvalue()
