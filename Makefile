@@ -74,9 +74,10 @@ lint: setup ## ruff
 typecheck: setup ## mypy
 	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator
 
-bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; visual fps; Wav2Lip fps
+bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; visual fps; compose options; Wav2Lip fps
 	$(VENVS)/orchestrator/bin/python scripts/bench.py --report out/bench.json
 	$(VENVS)/visual/bin/python scripts/bench_visual.py --sizes 256 512 1024 --seconds 10 300 --out out/bench_visual.json
+	$(VENVS)/compositor/bin/python scripts/bench_compose.py --size 512 --out out/bench_compose.json
 	$(VENVS)/visual/bin/python scripts/bench_wav2lip.py --device cpu --batch 64
 
 quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
