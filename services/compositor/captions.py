@@ -163,7 +163,8 @@ def wrap(text: str, max_line: int) -> list[str]:
 
 def _fill(words: list[str], max_line: int, target: float, lines: int) -> list[str]:
     """Greedy lines of at most `max_line` chars, the first `lines - 1` cut near `target`."""
-    out, current = [], ""
+    out: list[str] = []
+    current = ""
     for word in words:
         candidate = f"{current} {word}".strip()
         if current and (len(candidate) > max_line or

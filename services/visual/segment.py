@@ -12,15 +12,16 @@ Frames stream through ffmpeg pipes in and out; the video is never held in memory
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -115,20 +116,20 @@ class _Pipe:
         raise StageFailed(f"ffmpeg exited with code {rc} while {self.doing}: {tail}")
 
 
-def read_frames(video: Path, width: int, height: int) -> Iterator[np.ndarray]:
+def read_frames(video: Path, width: int, height: int) -> Generator[np.ndarray, None, None]:
     """Decode `video` frame by frame as HxWx3 RGB arrays, every frame exactly once."""
     pipe = _Pipe(["-i", str(video), "-map", "0:v:0", "-fps_mode", "passthrough",
                   "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
                  f"decoding {video.name} for the person mask", reads=True)
     size = width * height * 3
-    assert pipe.proc.stdout is not None
+    stream = cast(io.BufferedReader, pipe.proc.stdout)
     ok = False
     try:
         while True:
             buf = bytearray(size)
-            got = pipe.proc.stdout.readinto(buf)
+            got = stream.readinto(buf)
             while got and got < size:
-                more = pipe.proc.stdout.readinto(memoryview(buf)[got:])
+                more = stream.readinto(memoryview(buf)[got:])
                 if not more:
                     break
                 got += more

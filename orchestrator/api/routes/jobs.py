@@ -79,13 +79,14 @@ def _compose_media(body: JobCreate, st: AppState) -> tuple[str, str | None]:
                        f"background {body.background[:40]!r} is not understood; send 'keep', a "
                        "colour as '#rrggbb' (e.g. '#1e90ff') or 'media:<id>' of an image "
                        "uploaded with POST /v1/media")
-    music = body.music.strip().lower() if body.music is not None else None
-    if music is not None:
-        if not music.startswith("media:"):
-            raise ApiError(422, "bad_music",
-                           f"music {body.music[:40]!r} is not understood; send 'media:<id>' of "
-                           "a track uploaded with POST /v1/media (kind=audio), or leave it out")
-        st.media.require(music, "audio", "music")
+    if body.music is None:
+        return background, None
+    music = body.music.strip().lower()
+    if not music.startswith("media:"):
+        raise ApiError(422, "bad_music",
+                       f"music {body.music[:40]!r} is not understood; send 'media:<id>' of "
+                       "a track uploaded with POST /v1/media (kind=audio), or leave it out")
+    st.media.require(music, "audio", "music")
     return background, music
 
 
