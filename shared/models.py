@@ -55,6 +55,14 @@ class JobOptions(BaseModel):
 
 
 ASPECTS = {"1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16)}
+MIN_FACE_PX = 40  # narrowest face (cheek to cheek, output pixels) the portrait renderer animates
+
+
+def original_face_width(face_width: float, photo: tuple[int, int], frame: tuple[int, int]
+                        ) -> float:
+    """How wide a face `face_width` px wide in a `photo` (w, h) is in the output `frame` (w, h)
+    with framing "original" (the whole photo fitted inside the frame)."""
+    return face_width * min(frame[0] / photo[0], frame[1] / photo[1])
 
 
 def frame_size(size: int, aspect: str) -> tuple[int, int]:

@@ -63,6 +63,11 @@ async function avatarFor(portrait, voice) {
   if (voice) form.append("voice_sample", voice);
   const avatar = await api("/v1/avatars", { method: "POST", body: form });
   avatarCache.set(key, avatar.id);
+  // The analysed photo: every face boxed and numbered, the one that will speak in green.
+  $("preview").src = `/v1/avatars/${avatar.id}/thumbnail`;
+  $("preview").hidden = false;
+  $("faces").textContent = (avatar.notes || []).join(" ");
+  $("faces").hidden = !(avatar.notes || []).length;
   return avatar.id;
 }
 
@@ -121,7 +126,8 @@ async function submit(event) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
         avatar_id: avatarId, text,
-        fps: Number($("fps").value), size: Number($("size").value), ...options,
+        fps: Number($("fps").value), size: Number($("size").value),
+        aspect: $("aspect").value, framing: $("framing").value, ...options,
       }),
     });
     watch(job.id);

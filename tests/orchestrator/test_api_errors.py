@@ -220,3 +220,24 @@ def test_avatar_with_several_faces_chooses_one_and_shows_them(client, cluster) -
     assert sorted(p.name for p in (cluster.data_dir / "avatars").iterdir()) == before
     for avatar in (largest, second):
         assert client.delete(f"/v1/avatars/{avatar['id']}").status_code == 204
+
+
+def test_original_framing_refuses_a_face_too_small_to_animate(client) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    face = Image.open(DATA / "portrait.png").convert("RGB")
+    canvas = Image.new("RGB", (face.width * 4, face.height * 4), (120, 130, 140))
+    canvas.paste(face, (0, 0))
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    resp = client.post("/v1/avatars", files={"portrait": ("far.png", out.getvalue())})
+    assert resp.status_code == 201, resp.text
+    avatar = resp.json()
+    try:
+        body = {"avatar_id": avatar["id"], "text": "Hello.", "size": 256, "framing": "original"}
+        _assert_error(client.post("/v1/jobs", json=body), 422, "framing 'face'", "px wide")
+        resp = client.post("/v1/jobs", json={**body, "framing": "face"})  # the crop is fine
+        assert resp.status_code == 202, resp.text
+        assert client.post(f"/v1/jobs/{resp.json()['id']}/cancel").status_code == 200
+    finally:
+        client.delete(f"/v1/avatars/{avatar['id']}")

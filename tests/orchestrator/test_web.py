@@ -54,10 +54,15 @@ def test_page_makes_and_plays_a_video(page, tmp_path: Path) -> None:  # type: ig
     page.fill("#text", "Hello from the browser. This video was made from one photo.")
     page.select_option("#fps", "25")
     page.select_option("#size", "256")
+    page.select_option("#aspect", "16:9")
+    page.select_option("#framing", "face")
     page.click("#submit")
 
     page.wait_for_function("document.getElementById('job-id').textContent.length > 0")
     job_id = page.text_content("#job-id")
+    # the photo as analysed: the avatar's thumbnail, with the face boxed
+    assert page.get_attribute("#preview", "src").endswith("/thumbnail")
+    page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
     page.wait_for_function("document.getElementById('player').readyState >= 2", timeout=120_000)
 
     assert page.text_content("#job-status") == "succeeded"
@@ -69,7 +74,7 @@ def test_page_makes_and_plays_a_video(page, tmp_path: Path) -> None:  # type: ig
     video = page.evaluate("""() => { const v = document.getElementById('player');
         return {w: v.videoWidth, h: v.videoHeight, d: v.duration,
                 err: v.error && v.error.code}; }""")
-    assert (video["w"], video["h"], video["err"]) == (256, 256, None)
+    assert (video["w"], video["h"], video["err"]) == (456, 256, None)  # 16:9, short side 256
     assert video["d"] > 1.0
     assert page.is_hidden("#error")
     # The recent-jobs list shows the new job first, finished.

@@ -15,7 +15,13 @@ from orchestrator.api.deps import AppState, state
 from orchestrator.api.errors import ApiError
 from orchestrator.schemas import JobAccepted, JobCreate, JobPublic
 from shared.checkpoint import load_manifest
-from shared.models import JobOptions, JobRecord
+from shared.models import (
+    MIN_FACE_PX,
+    JobOptions,
+    JobRecord,
+    frame_size,
+    original_face_width,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -53,6 +59,14 @@ def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depe
         raise ApiError(404, "avatar_not_found",
                        f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
     chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
+    if body.framing == "original":
+        frame = frame_size(body.size, body.aspect)
+        width = original_face_width(avatar.face_box[2], (avatar.width, avatar.height), frame)
+        if width < MIN_FACE_PX:
+            raise ApiError(422, "face_too_small",
+                           f"with framing 'original' the face would be {width:.0f} px wide in "
+                           f"the {frame[0]}x{frame[1]} video; it needs at least {MIN_FACE_PX} "
+                           "px: use framing 'face', a larger size, or a closer photo")
     background, music = _compose_media(body, st)
     options = JobOptions(voice=body.voice, renderer=body.renderer, fps=body.fps,
                          size=body.size, seed=body.seed, speed=body.speed,

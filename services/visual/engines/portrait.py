@@ -16,14 +16,13 @@ import numpy as np
 from services.visual.face import N_LANDMARKS, FaceInfo, padded_crop, to_rgb
 from services.visual.motion import Tracks, audio_features, build_tracks, mono
 from shared.errors import InvalidInput
-from shared.models import ASPECTS, frame_size
+from shared.models import ASPECTS, MIN_FACE_PX, frame_size
 
 logger = logging.getLogger(__name__)
 
 FACE_FRACTION = 0.48  # face (cheek to cheek) / frame width
 EYE_LINE = 0.42  # eye height / frame height
 TALL_EYE_LINE = 0.36  # the same in a portrait-shaped (9:16) frame
-MIN_FACE_PX = 40  # narrowest face (cheek to cheek, output pixels) the mouth rig can animate
 MAX_GAP = 0.24  # lip gap at opening 1, as a fraction of mouth width
 UPPER_LIP_SHARE = 0.2  # the upper lip rises this much for every unit the jaw drops
 TEETH_SPLIT = 0.4  # with teeth showing at rest, the lips part this much lower than mid-gap
