@@ -155,7 +155,8 @@ def test_a_client_that_leaves_frees_its_redis_connection(client: httpx.Client, a
         wait_for(lambda: readers() == 0, "an earlier stream still holds a connection")
         with client.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
             assert resp.status_code == 200
-            next(resp.iter_lines())  # the stream is open and being served
+            lines = resp.iter_lines()  # kept: a discarded iterator closes the response
+            next(lines)  # the stream is open and being served
             status = client.get(f"/v1/jobs/{job_id}").json()["status"]
             assert status not in TERMINAL, f"the job ended ({status}) before it could be watched"
             wait_for(lambda: readers() == 1, "no connection reads the stream")
