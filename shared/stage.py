@@ -30,6 +30,7 @@ from shared import keys
 from shared.checkpoint import load_manifest, publish, remove_tree, write_manifest
 from shared.errors import Canceled, InvalidInput, LeaseLost, StageFailed
 from shared.jobs import JobStore
+from shared.logs import job_context
 from shared.models import JobRecord, StageManifest
 from shared.settings import Settings
 from shared.storage import sha256_file, sha256_json
@@ -184,6 +185,11 @@ def current_runtime(stage: str) -> Runtime:
 
 def execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: Handler) -> str:
     """Run one stage execution; returns what happened, for logs and rq's result."""
+    with job_context(job_id, stage):
+        return _execute(runtime, job_id, stage, attempt, handler)
+
+
+def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: Handler) -> str:
     store = runtime.store
     job = store.get(job_id)
     if job is None or job.terminal or job.stage != stage or job.attempt != attempt:
