@@ -26,7 +26,7 @@ from orchestrator.settings import OrchestratorSettings
 from orchestrator.uploads import check_file_name, check_voice_sample, decode_image, read_limited
 from shared import keys
 from shared.models import AvatarRecord
-from shared.storage import atomic_write_json, fsync_dir, sha256_file
+from shared.storage import atomic_write_json, publish_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +107,7 @@ class AvatarService:
                 portrait_sha256=sha256_file(staging / "portrait.png"),
                 voice_sha256=sha256_file(staging / "voice.wav") if seconds else None)
             atomic_write_json(staging / "avatar.json", record.model_dump(mode="json"))
-            for f in staging.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            os.rename(staging, self.root / avatar_id)
-            fsync_dir(self.root)
+            publish_dir(staging, self.root / avatar_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

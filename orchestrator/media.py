@@ -22,7 +22,7 @@ from orchestrator.settings import OrchestratorSettings
 from orchestrator.uploads import check_file_name, check_music, decode_image, read_limited
 from shared import assets
 from shared.models import MediaRecord
-from shared.storage import atomic_write_json, fsync_dir, sha256_file
+from shared.storage import atomic_write_json, publish_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ class MediaService:
         staging.mkdir(parents=True)
         try:
             record = self._store(staging, media_id, kind, data, name or upload.filename or None)
-            for f in staging.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            os.rename(staging, self.root / media_id)
-            fsync_dir(self.root)
+            publish_dir(staging, self.root / media_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -126,15 +126,21 @@ def check_voice_sample(original: Path, out_wav: Path) -> float:
          str(out_wav)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise ApiError(422, "bad_audio", f"the voice sample could not be decoded; send {accepted}")
-    level = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(out_wav), "-af", "volumedetect",
-         "-f", "null", "-"], capture_output=True, text=True, timeout=60).stderr
-    match = re.search(r"max_volume: (-?[\d.]+|-inf) dB", level)
-    if match is None or match.group(1) == "-inf" or float(match.group(1)) < -45.0:
+    if _peak_db(out_wav, timeout=60) < -45.0:
         raise ApiError(422, "silent_audio",
                        "the voice sample is silent; record yourself speaking for "
                        f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds")
     return duration
+
+
+def _peak_db(path: Path, timeout: float) -> float:
+    """The loudest sample of a decodable audio file in dBFS (ffmpeg volumedetect); -inf when
+    it is silent or the level cannot be read."""
+    level = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(path), "-af", "volumedetect",
+         "-f", "null", "-"], capture_output=True, text=True, timeout=timeout).stderr
+    match = re.search(r"max_volume: (-?[\d.]+|-inf) dB", level)
+    return float(match.group(1)) if match is not None else float("-inf")
 
 
 def _audio_seconds(path: Path) -> float | None:
@@ -171,10 +177,6 @@ def check_music(original: Path, out_flac: Path) -> float:
         capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise ApiError(422, "bad_audio", f"the music could not be decoded; send {accepted}")
-    level = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(out_flac), "-af", "volumedetect",
-         "-f", "null", "-"], capture_output=True, text=True, timeout=120).stderr
-    match = re.search(r"max_volume: (-?[\d.]+|-inf) dB", level)
-    if match is None or match.group(1) == "-inf" or float(match.group(1)) < -50.0:
+    if _peak_db(out_flac, timeout=120) < -50.0:
         raise ApiError(422, "silent_audio", f"the music is silent; send {accepted}")
     return duration

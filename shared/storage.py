@@ -70,3 +70,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def sha256_json(obj: Any) -> str:
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Make a fully written staging folder durable and visible in one step: fsync each of its
+    files, rename it to `final`, fsync the parent. A crash leaves either nothing or all of it."""
+    for f in staging.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.rename(staging, final)
+    fsync_dir(final.parent)
