@@ -13,6 +13,7 @@ load average is printed next to every figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -74,15 +75,17 @@ def _status_mb(field: str) -> float:
 
 
 class _Timed:
-    """A FrameSource that counts the seconds spent drawing frames."""
+    """A FrameSource that counts the seconds spent drawing frames (summed over the lanes)."""
 
     def __init__(self, anim) -> None:
         self._anim, self.n_frames, self.seconds = anim, anim.n_frames, 0.0
+        self._lock = threading.Lock()
 
     def frame(self, i: int) -> np.ndarray:
         t0 = time.perf_counter()
         out = self._anim.frame(i)
-        self.seconds += time.perf_counter() - t0
+        with self._lock:
+            self.seconds += time.perf_counter() - t0
         return out
 
 
@@ -101,7 +104,7 @@ def _setup(size: int, seconds: float):
     return anim, time.perf_counter() - t0
 
 
-def one(size: int, seconds: float, preset: str) -> dict:
+def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
     """One measurement, in this (fresh) process: prepare + render_chunks + concat + probe, as
     the visual worker runs them."""
     from services.visual import chunks
@@ -119,7 +122,7 @@ def one(size: int, seconds: float, preset: str) -> dict:
         segments, _ = chunks.render_chunks(
             source, chunks.ChunkPlan(anim.n_frames, Settings().chunk_frames), Path(tmp) / "chunks",
             input_hash="bench", width=anim.width, height=anim.height, fps=FPS, tag="bench",
-            check=lambda: None, progress=lambda p: None, preset=preset)
+            check=lambda: None, progress=lambda p: None, preset=preset, lanes=lanes)
         t_chunks = time.perf_counter() - t0
         concat(segments, Path(tmp) / "video.mp4")
         assert probe(Path(tmp) / "video.mp4").n_frames == anim.n_frames
@@ -128,7 +131,7 @@ def one(size: int, seconds: float, preset: str) -> dict:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     n = anim.n_frames
     return {
-        "size": size, "seconds": seconds, "frames": n, "preset": preset,
+        "size": size, "seconds": seconds, "frames": n, "preset": preset, "lanes": lanes,
         "prepare_s": round(t_prepare, 2), "render_encode_s": round(t_total, 2),
         "fps": round(n / (t_prepare + t_total), 1),
         "fps_render_encode": round(n / t_chunks, 1),
@@ -222,28 +225,36 @@ def main() -> int:
                         help="x264 presets to run every size/length with (FrameWriter's preset)")
     parser.add_argument("--explore", action="store_true", help="also split the 512 px cost")
     parser.add_argument("--out", type=Path, default=ROOT / "out/bench_visual.json")
-    parser.add_argument("--one", nargs=3, metavar=("SIZE", "SECONDS", "PRESET"),
+    parser.add_argument("--lanes", type=int, nargs="*", default=[0],
+                        help="render lanes to run every size/length with (0: one per usable "
+                             "core, as the visual worker does by default)")
+    parser.add_argument("--one", nargs=4, metavar=("SIZE", "SECONDS", "PRESET", "LANES"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--explore-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(int(args.one[0]), float(args.one[1]), args.one[2])))
+        from services.visual.chunks import usable_cpus
+
+        lanes = int(args.one[3]) or usable_cpus()
+        print(json.dumps(one(int(args.one[0]), float(args.one[1]), args.one[2], lanes)))
         return 0
     if args.explore_child:
         print(json.dumps(explore()))
         return 0
     print(f"{os.cpu_count()} CPUs, load average {load_avg():.2f} at start")
-    head = (f"{'size':>5} {'clip s':>7} {'preset':>9} {'frames':>6} {'fps':>6} {'draw fps':>8} "
+    head = (f"{'size':>5} {'clip s':>7} {'preset':>9} {'lanes':>5} {'frames':>6} {'fps':>6} "
+            f"{'draw fps':>8} "
             f"{'draw s':>7} {'other s':>7} {'ffmpeg cpu':>10} {'rss peak':>8} {'ffmpeg rss':>10} "
             f"{'load':>5}")
     print(head)
     runs = []
-    for preset in args.presets:
+    for preset, lanes in itertools.product(args.presets, args.lanes):
         for size in args.sizes:
             for seconds in args.seconds:
-                r = _child(["--one", str(size), str(seconds), preset])
+                r = _child(["--one", str(size), str(seconds), preset, str(lanes)])
                 runs.append(r)
-                print(f"{r['size']:>5} {r['seconds']:>7.0f} {preset:>9} {r['frames']:>6} "
+                print(f"{r['size']:>5} {r['seconds']:>7.0f} {preset:>9} {r['lanes']:>5} "
+                      f"{r['frames']:>6} "
                       f"{r['fps']:>6.1f} {r['draw_fps']:>8.1f} {r['draw_s']:>7.1f} "
                       f"{r['other_s']:>7.1f} {r['ffmpeg_cpu_s']:>10.1f} "
                       f"{r['rss_peak_mb']:>8.0f} {r['ffmpeg_peak_mb']:>10.0f} "

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.visual.chunks import ChunkPlan, render_chunks  # noqa: E402
+from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus  # noqa: E402
 from services.visual.engines.portrait import PortraitEngine, RenderSpec  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
 from shared.media import concat  # noqa: E402
@@ -110,7 +110,8 @@ def render(engine, image, face, clip, video: Path):
     with tempfile.TemporaryDirectory(dir=video.parent) as tmp:
         segments, _ = render_chunks(anim, ChunkPlan(anim.n_frames, 125), Path(tmp),
                                     input_hash="q", width=anim.width, height=anim.height,
-                                    fps=FPS, tag="q", check=lambda: None, progress=lambda p: None)
+                                    fps=FPS, tag="q", check=lambda: None, progress=lambda p: None,
+                                    lanes=usable_cpus())
         concat(segments, video)
     return anim
 

@@ -175,6 +175,7 @@ class FrameWriter:
         preset: str = "veryfast",
         gop: int | None = None,
         input_pix_fmt: str = "rgb24",
+        threads: int | None = None,
     ) -> None:
         if input_pix_fmt not in _BYTES_PER_PIXEL_X2:
             raise InvalidInput(f"input pixel format {input_pix_fmt!r}; expected one of "
@@ -198,6 +199,8 @@ class FrameWriter:
             "-r", str(fps), "-i", "pipe:0", *"-an -c:v libx264 -preset".split(), preset,
             "-crf", str(crf), "-pix_fmt", "yuv420p",
         ]  # fmt: skip
+        if threads is not None:  # x264's frame threads; None lets it pick (1.5 per core)
+            args += ["-threads", str(threads)]
         if gop is not None:  # a segment to be concatenated: closed GOPs and no B-frames, whose
             args += ["-g", str(gop), "-bf", "0"]  # edit lists would skew the joined frame rate
         else:  # a file to be played as it is (a segment gets its index up front when joined)

@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(2.0, ge=0)
     reconcile_every_s: float = Field(2.0, gt=0)
 
-    # Visual stage: frames per checkpointed chunk (2 s at 25 fps).
+    # Visual stage: frames per checkpointed chunk.
     chunk_frames: int = Field(125, ge=1)  # 5 s at 25 fps: the most a crash can cost
+    # Chunks drawn side by side by engines that allow it; 0 means one per usable CPU core.
+    render_lanes: int = Field(0, ge=0, le=64)
 
     # Append-only audit log of stage executions (one JSON line per event); off when empty.
     audit_log: Path | None = None

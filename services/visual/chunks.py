@@ -4,15 +4,23 @@ Frames are rendered in chunks of `chunk_frames` and each chunk is encoded to its
 renamed into `jobs/<id>/visual.chunks/` and vouched for by a small manifest written last
 (input hash, frame range, size, sha256). A rerun keeps every valid chunk and renders the rest;
 the segments are then joined without re-encoding.
+
+Chunks are independent, so a frame source that is safe to call from several threads is rendered
+in `lanes`: each lane draws one chunk at a time into its own single-threaded x264, and the lanes
+run side by side. On a 2-core machine two lanes keep both cores busy (one drawing while the other
+encodes), which one drawing thread feeding a multi-threaded x264 did not.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -49,6 +57,14 @@ class ChunkPlan:
         return range(start, min(start + self.chunk_frames, self.n_frames))
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _paths(chunk_dir: Path, k: int) -> tuple[Path, Path]:
     return chunk_dir / f"chunk_{k:05d}.mp4", chunk_dir / f"chunk_{k:05d}.json"
 
@@ -77,46 +93,117 @@ def _publish(writer: FrameWriter, tmp: Path, video: Path, meta_path: Path, input
     })
 
 
+class _Stopped(Exception):
+    """Another lane failed: this one dropped its chunk and left."""
+
+
+@contextmanager
+def _opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's own worker threads only compete with the lanes: one each while they run."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+@dataclass
+class _Job:
+    """One render_chunks call: the chunks still to do, and what the lanes share."""
+
+    source: FrameSource
+    plan: ChunkPlan
+    chunk_dir: Path
+    input_hash: str
+    size: tuple[int, int]
+    fps: int
+    tag: str
+    preset: str
+    x264_threads: int | None
+    check: Callable[[], None]
+    progress: Callable[[float], None]
+    todo: deque[int]
+    done_frames: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    failures: list[BaseException] = field(default_factory=list)  # in order: the first is the cause
+
+    def advance(self, n: int) -> None:
+        with self.lock:  # one caller at a time, so the reported value never goes backwards
+            self.done_frames += n
+            self.progress(self.done_frames / self.plan.n_frames)
+
+    def lane(self) -> None:
+        """Take chunks until none is left, another lane failed, or this one does."""
+        while not self.stop.is_set():
+            with self.lock:
+                if not self.todo:
+                    return
+                k = self.todo.popleft()
+            try:
+                self.render_one(k)
+            except _Stopped:
+                return
+            except BaseException as exc:
+                with self.lock:
+                    self.failures.append(exc)
+                self.stop.set()
+                return
+
+    def render_one(self, k: int) -> None:
+        frames = self.plan.frames(k)
+        video, meta_path = _paths(self.chunk_dir, k)
+        tmp = self.chunk_dir / f".chunk_{k:05d}.{self.tag}.mp4"
+        writer = FrameWriter(tmp, *self.size, self.fps, gop=self.plan.chunk_frames,
+                             preset=self.preset, input_pix_fmt="yuv420p",
+                             threads=self.x264_threads)
+        counted = 0
+        try:
+            for i in frames:
+                if self.stop.is_set():
+                    raise _Stopped
+                writer.write(cv2.cvtColor(self.source.frame(i), cv2.COLOR_RGB2YUV_I420))
+                if i % 10 == 9:
+                    self.check()
+                    self.advance(i + 1 - frames.start - counted)
+                    counted = i + 1 - frames.start
+            _publish(writer, tmp, video, meta_path, self.input_hash, frames)
+        except BaseException:
+            writer.abort()
+            tmp.unlink(missing_ok=True)
+            raise
+        self.advance(len(frames) - counted)
+
+
 def render_chunks(source: FrameSource, plan: ChunkPlan, chunk_dir: Path, *, input_hash: str,
                   width: int, height: int, fps: int, tag: str, check: Callable[[], None],
-                  progress: Callable[[float], None],
-                  preset: str = ENCODE_PRESET) -> tuple[list[Path], int]:
+                  progress: Callable[[float], None], preset: str = ENCODE_PRESET,
+                  lanes: int = 1) -> tuple[list[Path], int]:
     """Render every missing chunk; returns the segments in order and how many were reused.
 
-    Frames go to x264 as I420 (converted here, ~0.2 ms at 512 px): half the pipe traffic of
-    RGB, and no colour conversion inside ffmpeg. One
-    chunk's encoder drains and is published on a helper thread while the next chunk is drawn,
-    so drawing and encoding overlap across chunk boundaries instead of taking turns.
+    Frames go to x264 as I420 (converted here, ~0.1 ms at 512 px): half the pipe traffic of
+    RGB, and no colour conversion inside ffmpeg. With `lanes` > 1, `source.frame` is called
+    from that many threads at once (it must be a pure function of the frame index). The first
+    failure of any lane stops the others; every chunk already published stays for the rerun.
     """
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    segments, reused = [], 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-publish") as publisher:
-        pending: Future[None] | None = None
-        for k in range(plan.n_chunks):
-            frames = plan.frames(k)
-            video, meta_path = _paths(chunk_dir, k)
-            segments.append(video)
-            if valid_chunk(chunk_dir, k, input_hash, frames):
-                reused += 1
-                progress(frames.stop / plan.n_frames)
-                continue
-            tmp = chunk_dir / f".chunk_{k:05d}.{tag}.mp4"
-            writer = FrameWriter(tmp, width, height, fps, gop=plan.chunk_frames, preset=preset,
-                                 input_pix_fmt="yuv420p")
-            try:
-                for i in frames:
-                    writer.write(cv2.cvtColor(source.frame(i), cv2.COLOR_RGB2YUV_I420))
-                    if i % 10 == 9:
-                        check()
-                        progress((i + 1) / plan.n_frames)
-                if pending is not None:
-                    pending.result()  # at most one chunk in flight; its failure surfaces here
-            except BaseException:
-                writer.abort()
-                raise
-            pending = publisher.submit(_publish, writer, tmp, video, meta_path, input_hash, frames)
-        if pending is not None:
-            pending.result()
+    missing = [k for k in range(plan.n_chunks)
+               if not valid_chunk(chunk_dir, k, input_hash, plan.frames(k))]
+    lanes = max(1, min(lanes, len(missing)))
+    job = _Job(source, plan, chunk_dir, input_hash, (width, height), fps, tag, preset,
+               # one lane leaves x264 its own threads (the source may be slow and serial, e.g.
+               # a network); several lanes share the cores out, an encoder thread or more each
+               None if lanes == 1 else max(1, usable_cpus() // lanes), check, progress,
+               deque(missing), plan.n_frames - sum(len(plan.frames(k)) for k in missing))
+    if lanes == 1:
+        job.lane()
+    else:
+        with _opencv_threads(1), ThreadPoolExecutor(lanes, thread_name_prefix="lane") as pool:
+            for future in [pool.submit(job.lane) for _ in range(lanes)]:
+                future.result()  # waits for every lane to leave
+    if job.failures:
+        raise job.failures[0]
     check()
     progress(1.0)
-    return segments, reused
+    return [_paths(chunk_dir, k)[0] for k in range(plan.n_chunks)], plan.n_chunks - len(missing)

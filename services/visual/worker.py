@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from services.visual import avatar as avatar_analysis
-from services.visual.chunks import ChunkPlan, render_chunks
+from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus
 from shared.checkpoint import remove_tree
 from shared.errors import StageFailed
 from shared.media import concat, probe
@@ -82,10 +82,11 @@ def render(ctx: StageContext) -> StageResult:
     has_phonemes = phonemes is not None
     del audio, portrait, phonemes  # the animation keeps what it needs; long clips stay small
     plan = ChunkPlan(animation.n_frames, ctx.settings.chunk_frames)
+    lanes = (ctx.settings.render_lanes or usable_cpus()) if animation.thread_safe else 1
     segments, reused = render_chunks(
         animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
         width=animation.width, height=animation.height, fps=opts.fps, tag=ctx.exec_id,
-        check=ctx.check, progress=ctx.progress)
+        check=ctx.check, progress=ctx.progress, lanes=lanes)
     if reused:
         logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
                     plan.n_chunks)

@@ -346,6 +346,8 @@ class _PoseRig:
 class Animation:
     """Everything needed to draw frame i of one clip; frame(i) is a pure function of i."""
 
+    thread_safe = True  # frame(i) reads shared state only: chunks may be drawn side by side
+
     def __init__(self, base: np.ndarray, tracks: Tracks, mouth: _MouthRig, eyes: list[_EyeRig],
                  pose: _PoseRig, mouth_box: tuple[int, int, int, int]) -> None:
         base.setflags(write=False)

@@ -163,6 +163,8 @@ class Animation:
     """SadTalker's decoded frames, fitted to the speech: n_frames long, the last frame held if
     SadTalker's video is shorter. The raw frame file is removed with the animation."""
 
+    thread_safe = True  # frame(i) only reads the decoded frames
+
     def __init__(self, frames: np.ndarray, n_frames: int, work: Path) -> None:
         self._frames = frames
         self.n_frames = n_frames

@@ -138,6 +138,8 @@ class Animation:
     """Frame i of a lip-synced clip; frame(i) is pure in i. Frames are generated a batch at a
     time (the batch holding i) and the last batch is kept, so sequential reads run batched."""
 
+    thread_safe = False  # the batch cache is per call sequence; the network has its own threads
+
     def __init__(self, engine: Wav2LipEngine, base: np.ndarray, box: tuple[int, int, int, int],
                  alpha: np.ndarray, blend_box: tuple[int, int, int, int],
                  windows: np.ndarray) -> None:

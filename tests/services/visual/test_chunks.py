@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from services.visual.chunks import ChunkPlan, render_chunks, valid_chunk
+from shared.errors import Canceled
 from shared.media import concat, probe
 
 W, H, FPS = 64, 48, 25
@@ -79,3 +82,72 @@ def test_a_chunk_from_other_inputs_is_rendered_again(tmp_path: Path) -> None:
                               width=W, height=H, fps=FPS, tag="t2", check=lambda: None,
                               progress=lambda p: None)
     assert reused == 0 and source.drawn == 12
+
+
+class ThreadedSource(Source):
+    """Source, drawn from several lanes at once: records which threads drew frames."""
+
+    def __init__(self, n_frames: int, fail_at: int | None = None) -> None:
+        super().__init__(n_frames, fail_at)
+        self.threads: set[int] = set()
+        self._lock = threading.Lock()
+
+    def frame(self, i: int) -> np.ndarray:
+        with self._lock:
+            self.threads.add(threading.get_ident())
+        time.sleep(0.002)  # long enough that every lane gets a chunk
+        return super().frame(i)
+
+
+def test_lanes_render_chunks_side_by_side_into_the_same_video(tmp_path: Path) -> None:
+    reported: list[float] = []
+    source = ThreadedSource(53)
+    segments, reused = render_chunks(source, ChunkPlan(53, 10), tmp_path / "c", input_hash="h1",
+                                     width=W, height=H, fps=FPS, tag="t", check=lambda: None,
+                                     progress=reported.append, lanes=3)
+    assert reused == 0 and len(segments) == 6 and len(source.threads) == 3
+    assert reported == sorted(reported) and reported[-1] == 1.0
+    concat(segments, tmp_path / "video.mp4")
+    frames = decode(tmp_path / "video.mp4").astype(int)
+    expected = np.stack([Source(53).frame(i) for i in range(53)]).astype(int)
+    assert frames.shape == expected.shape
+    assert np.abs(frames - expected).mean() < 3  # every frame in its place
+
+
+def test_a_failing_lane_stops_the_others_and_leaves_nothing_partial(tmp_path: Path) -> None:
+    source = ThreadedSource(80, fail_at=25)
+    with pytest.raises(RuntimeError, match="injected failure at frame 25"):
+        render_chunks(source, ChunkPlan(80, 10), tmp_path / "c", input_hash="h1", width=W,
+                      height=H, fps=FPS, tag="t", check=lambda: None, progress=lambda p: None,
+                      lanes=2)
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert all(not n.startswith(".") for n in names)  # no temp segment is left
+    done = [k for k in range(8) if valid_chunk(tmp_path / "c", k, "h1", range(10 * k,
+                                                                           10 * k + 10))]
+    assert 2 not in done and len(done) < 8  # the other lane stopped rather than finish
+    assert len(names) == 2 * len(done)  # only whole chunks, each with its manifest
+    resumed = Source(80)
+    segments, reused = render(resumed, tmp_path / "c")
+    assert reused == len(done) and resumed.drawn == 80 - 10 * len(done)
+    concat(segments, tmp_path / "video.mp4")
+    assert probe(tmp_path / "video.mp4").n_frames == 80
+
+
+def test_a_cancel_seen_by_one_lane_ends_the_render(tmp_path: Path) -> None:
+    calls = 0
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise Canceled("job j was canceled")  # as StageContext.check raises it
+
+    source = ThreadedSource(200)
+    with pytest.raises(Canceled, match="canceled"):
+        render_chunks(source, ChunkPlan(200, 100), tmp_path / "c", input_hash="h1",
+                      width=W, height=H, fps=FPS, tag="t", check=check, progress=lambda p: None,
+                      lanes=2)
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]
+    # three checks come after ~30 frames (one every 10 per lane); the other lane stops within a
+    # frame of the cancel instead of drawing on to the end of its 100-frame chunk
+    assert source.drawn < 50
