@@ -1,8 +1,10 @@
 """`make quality`: how good the default `portrait` renderer's videos look, measured on the MP4s.
 
-Renders real Piper speech onto tests/data/portrait.png and three variants of it (a small face in
-a big wide canvas, greyscale, rotated 15 degrees) through the real engine and `render_chunks`,
-decodes each MP4 with ffmpeg and runs the mediapipe face mesh on every decoded frame. From those
+Renders real Piper speech onto tests/data/portrait.png and five variants of it (a small face in
+a big wide canvas, greyscale, rotated 15 degrees, and a crop around the face rolled 30 degrees or
+turned 30 degrees away, tests/services/visual/turned.py) through the real engine and
+`render_chunks`, decodes each MP4 with ffmpeg and runs the mediapipe face mesh on every decoded
+frame. From those
 landmarks alone it measures lip sync (mouth opening vs loudness, and the lag that fits best),
 closure in silence and on p/b/m, lip rounding, blink rate, identity (SSIM of the aligned face
 outside the mouth) and jitter in still stretches. Writes out/quality/report.json, report.md and
@@ -32,6 +34,7 @@ from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus  # noqa
 from services.visual.engines.portrait import PortraitEngine, RenderSpec  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
 from shared.media import concat  # noqa: E402
+from tests.services.visual.turned import turned  # noqa: E402
 
 TEXTS = [
     "Peter Piper picked a peck of pickled peppers. Bob brought many bright blue balloons to the "
@@ -89,8 +92,9 @@ def speech(out: Path) -> list[tuple[np.ndarray, int, list[dict]]]:
     return clips
 
 
-def portraits() -> dict[str, np.ndarray]:
+def portraits(analyzer: FaceAnalyzer) -> dict[str, np.ndarray]:
     base = cv2.cvtColor(cv2.imread(str(ROOT / "tests/data/portrait.png")), cv2.COLOR_BGR2RGB)
+    box = analyzer.analyze(base)[0].box
     h, w = base.shape[:2]
     canvas = np.full((1080, 1920, 3), base[5, 5], np.uint8)
     canvas = cv2.GaussianBlur(canvas + np.random.default_rng(0).integers(0, 20, canvas.shape,
@@ -101,7 +105,8 @@ def portraits() -> dict[str, np.ndarray]:
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), 15, 1.0)
     rotated = cv2.warpAffine(base, turn, (w, h), flags=cv2.INTER_CUBIC,
                              borderMode=cv2.BORDER_REFLECT)
-    return {"original": base, "small_face_wide": canvas, "greyscale": grey, "rotated_15": rotated}
+    return {"original": base, "small_face_wide": canvas, "greyscale": grey, "rotated_15": rotated,
+            "roll_30": turned(base, box, "roll", 30), "yaw_30": turned(base, box, "yaw", 30)}
 
 
 def render(engine, image, face, clip, video: Path):
@@ -403,7 +408,7 @@ def main() -> int:
                                            max_num_faces=1, min_detection_confidence=0.5)
     engine, figures, rows = PortraitEngine(), {}, []
     with FaceAnalyzer() as analyzer:
-        for name, image in portraits().items():
+        for name, image in portraits(analyzer).items():
             if args.only and name not in args.only:
                 continue
             cv2.imwrite(str(args.out / f"portrait_{name}.png"),
