@@ -120,7 +120,8 @@ def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         segments, _ = chunks.render_chunks(
-            source, chunks.ChunkPlan(anim.n_frames, Settings().chunk_frames), Path(tmp) / "chunks",
+            source, chunks.ChunkPlan.for_lanes(anim.n_frames, Settings().chunk_frames, lanes),
+            Path(tmp) / "chunks",
             input_hash="bench", width=anim.width, height=anim.height, fps=FPS, tag="bench",
             check=lambda: None, progress=lambda p: None, preset=preset, lanes=lanes)
         t_chunks = time.perf_counter() - t0

@@ -113,10 +113,11 @@ def render(engine, image, face, clip, video: Path):
     audio, rate, phonemes = clip
     anim = engine.prepare(image, face, audio, rate, phonemes, RenderSpec(fps=FPS, size=SIZE))
     with tempfile.TemporaryDirectory(dir=video.parent) as tmp:
-        segments, _ = render_chunks(anim, ChunkPlan(anim.n_frames, 125), Path(tmp),
-                                    input_hash="q", width=anim.width, height=anim.height,
-                                    fps=FPS, tag="q", check=lambda: None, progress=lambda p: None,
-                                    lanes=usable_cpus())
+        lanes = usable_cpus()
+        plan = ChunkPlan.for_lanes(anim.n_frames, 125, lanes)
+        segments, _ = render_chunks(anim, plan, Path(tmp), input_hash="q", width=anim.width,
+                                    height=anim.height, fps=FPS, tag="q", check=lambda: None,
+                                    progress=lambda p: None, lanes=lanes)
         concat(segments, video)
     return anim
 

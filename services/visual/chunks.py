@@ -56,6 +56,15 @@ class ChunkPlan:
         start = k * self.chunk_frames
         return range(start, min(start + self.chunk_frames, self.n_frames))
 
+    @classmethod
+    def for_lanes(cls, n_frames: int, most_frames: int, lanes: int) -> ChunkPlan:
+        """Chunks of at most `most_frames`, as many as a multiple of `lanes` and of equal size,
+        so the lanes finish together: 15 s at 25 fps on 2 lanes is 4 chunks of 94 frames (each
+        lane draws 188), not 3 of 125 (one lane draws 250 while the other waits)."""
+        n_chunks = -(-max(1, n_frames) // most_frames)
+        n_chunks = -(-n_chunks // lanes) * lanes
+        return cls(n_frames, max(1, -(-n_frames // n_chunks)))
+
 
 def usable_cpus() -> int:
     """CPU cores this process may run on (its affinity mask, not the machine's count)."""
@@ -109,8 +118,8 @@ def _opencv_threads(n: int) -> Iterator[None]:
 
 
 @dataclass
-class _Job:
-    """One render_chunks call: the chunks still to do, and what the lanes share."""
+class _ChunkRender:
+    """One render_chunks call: the chunks still to draw, and what its lanes share."""
 
     source: FrameSource
     plan: ChunkPlan
@@ -191,19 +200,19 @@ def render_chunks(source: FrameSource, plan: ChunkPlan, chunk_dir: Path, *, inpu
     missing = [k for k in range(plan.n_chunks)
                if not valid_chunk(chunk_dir, k, input_hash, plan.frames(k))]
     lanes = max(1, min(lanes, len(missing)))
-    job = _Job(source, plan, chunk_dir, input_hash, (width, height), fps, tag, preset,
+    run = _ChunkRender(source, plan, chunk_dir, input_hash, (width, height), fps, tag, preset,
                # one lane leaves x264 its own threads (the source may be slow and serial, e.g.
                # a network); several lanes share the cores out, an encoder thread or more each
                None if lanes == 1 else max(1, usable_cpus() // lanes), check, progress,
                deque(missing), plan.n_frames - sum(len(plan.frames(k)) for k in missing))
     if lanes == 1:
-        job.lane()
+        run.lane()
     else:
         with _opencv_threads(1), ThreadPoolExecutor(lanes, thread_name_prefix="lane") as pool:
-            for future in [pool.submit(job.lane) for _ in range(lanes)]:
+            for future in [pool.submit(run.lane) for _ in range(lanes)]:
                 future.result()  # waits for every lane to leave
-    if job.failures:
-        raise job.failures[0]
+    if run.failures:
+        raise run.failures[0]
     check()
     progress(1.0)
     return [_paths(chunk_dir, k)[0] for k in range(plan.n_chunks)], plan.n_chunks - len(missing)

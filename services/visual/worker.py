@@ -81,8 +81,8 @@ def render(ctx: StageContext) -> StageResult:
     animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
     has_phonemes = phonemes is not None
     del audio, portrait, phonemes  # the animation keeps what it needs; long clips stay small
-    plan = ChunkPlan(animation.n_frames, ctx.settings.chunk_frames)
     lanes = (ctx.settings.render_lanes or usable_cpus()) if animation.thread_safe else 1
+    plan = ChunkPlan.for_lanes(animation.n_frames, ctx.settings.chunk_frames, lanes)
     segments, reused = render_chunks(
         animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
         width=animation.width, height=animation.height, fps=opts.fps, tag=ctx.exec_id,

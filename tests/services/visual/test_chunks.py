@@ -151,3 +151,15 @@ def test_a_cancel_seen_by_one_lane_ends_the_render(tmp_path: Path) -> None:
     # three checks come after ~30 frames (one every 10 per lane); the other lane stops within a
     # frame of the cancel instead of drawing on to the end of its 100-frame chunk
     assert source.drawn < 50
+
+
+@pytest.mark.parametrize("n,most,lanes,size,chunks", [
+    (224, 125, 2, 112, 2), (375, 125, 2, 94, 4), (7500, 125, 2, 125, 60), (7500, 125, 3, 125, 60),
+    (7501, 125, 2, 121, 62), (10, 125, 4, 3, 4), (1, 125, 2, 1, 1), (300, 125, 1, 100, 3)])
+def test_plans_for_lanes_are_even_and_never_exceed_the_checkpoint_size(n, most, lanes, size,
+                                                                       chunks) -> None:
+    plan = ChunkPlan.for_lanes(n, most, lanes)
+    assert (plan.chunk_frames, plan.n_chunks) == (size, chunks)
+    assert plan.chunk_frames <= most
+    covered = [i for k in range(plan.n_chunks) for i in plan.frames(k)]
+    assert covered == list(range(n))  # every frame once, in order
