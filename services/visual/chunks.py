@@ -132,7 +132,7 @@ class _ChunkRender:
     x264_threads: int | None
     check: Callable[[], None]
     progress: Callable[[float], None]
-    todo: deque[int]
+    pending: deque[int]
     done_frames: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -147,9 +147,9 @@ class _ChunkRender:
         """Take chunks until none is left, another lane failed, or this one does."""
         while not self.stop.is_set():
             with self.lock:
-                if not self.todo:
+                if not self.pending:
                     return
-                k = self.todo.popleft()
+                k = self.pending.popleft()
             try:
                 self.render_one(k)
             except _Stopped:
