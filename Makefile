@@ -63,7 +63,9 @@ run: setup ## start Redis, the API on http://127.0.0.1:$(PORT) and one worker pe
 demo: setup ## make out/demo.mp4 from the sample portrait (starts and stops the cluster itself)
 	$(VENVS)/orchestrator/bin/python scripts/demo.py --data-dir $(DATA_DIR)/demo --output out/demo.mp4
 
-test: setup-neural test-deps ## every test: each service's suite in its own venv, then the end-to-end suite
+test: setup-neural test-deps ## lint and types, each service's suite in its own venv, then the end-to-end suite
+	$(VENVS)/orchestrator/bin/python -m ruff check .
+	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator
 	$(VENVS)/compositor/bin/python -m pytest -p no:cacheprovider -q tests/shared tests/services/compositor
 	$(VENVS)/audio/bin/python -m pytest -p no:cacheprovider -q tests/services/audio
 	$(VENVS)/visual/bin/python -m pytest -p no:cacheprovider -q tests/services/visual

@@ -8,12 +8,14 @@ upload leaves nothing behind.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 import redis
 from fastapi import UploadFile
@@ -44,7 +46,7 @@ class AvatarService:
     def list(self) -> list[AvatarRecord]:
         out = []
         for raw_id in self.conn.zrevrange(keys.AVATARS, 0, 999):
-            rec = self.get(raw_id.decode())
+            rec = self.get(keys.text(raw_id))
             if rec is not None:
                 out.append(rec)
         return out
@@ -61,7 +63,7 @@ class AvatarService:
         return True
 
     def create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
-               face: int | None = None) -> tuple[AvatarRecord, list[str]]:
+               face: int | None = None) -> tuple[AvatarRecord, builtins.list[str]]:
         s = self.settings
         if name is not None and len(name) > 200:
             raise ApiError(422, "bad_name", "the avatar name may be at most 200 characters")
@@ -129,7 +131,7 @@ class AvatarService:
         while time.monotonic() < deadline:
             status = job.get_status(refresh=True)
             if status == JobStatus.FINISHED:
-                return job.return_value(refresh=True)
+                return cast(dict, job.return_value(refresh=True))
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
                 raise ApiError(422, "unreadable_portrait",
                                "the portrait could not be analysed for a face; send a "

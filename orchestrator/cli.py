@@ -61,7 +61,7 @@ def media_ref(client: httpx.Client, value: str, kind: str) -> str:
 
 def _sse(resp: httpx.Response) -> Iterator[tuple[str, dict]]:
     """(event name, data) for each server-sent event of a streaming response."""
-    name, data = "message", []
+    name, data = "message", list[str]()
     for line in resp.iter_lines():
         if not line:
             if data:

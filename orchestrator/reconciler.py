@@ -65,9 +65,9 @@ class Reconciler:
     def reconcile_once(self) -> int:
         """One pass; returns how many stages were re-enqueued or failed."""
         changed = 0
-        queued: dict[str, set[bytes]] = {}  # rq queue name -> ids waiting in it, read once
+        queued: dict[str, set[str]] = {}  # rq queue name -> ids waiting in it, read once
         for raw_id in self.conn.smembers(keys.ACTIVE_JOBS):
-            job_id = raw_id.decode()
+            job_id = keys.text(raw_id)
             rec = self.store.get(job_id)
             if rec is None or rec.terminal:
                 self.conn.srem(keys.ACTIVE_JOBS, job_id)
@@ -84,7 +84,7 @@ class Reconciler:
                                new.status, new.attempt)
         return changed
 
-    def _orphaned(self, rec: JobRecord, queued: dict[str, set[bytes]]) -> str | None:
+    def _orphaned(self, rec: JobRecord, queued: dict[str, set[str]]) -> str | None:
         """Why this unleased stage needs re-enqueuing, or None if it is fine as it is."""
         now = time.time()
         if rec.stage_state == "running":
@@ -95,7 +95,7 @@ class Reconciler:
         if rec.stage_state == "queued" and now - rec.queued_at > self.grace_s:
             queue = keys.QUEUES[rec.stage]
             if queue not in queued:
-                queued[queue] = set(self.conn.lrange(f"rq:queue:{queue}", 0, -1))
-            if keys.rq_job_id(rec.id, rec.stage, rec.attempt).encode() not in queued[queue]:
+                queued[queue] = {keys.text(i) for i in self.conn.lrange(f"rq:queue:{queue}", 0, -1)}
+            if keys.rq_job_id(rec.id, rec.stage, rec.attempt) not in queued[queue]:
                 return "the worker that took this stage stopped before starting it"
         return None

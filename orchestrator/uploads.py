@@ -97,8 +97,8 @@ def decode_image(data: bytes, *, min_side: int, max_side: int, what: str = "port
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(422, "corrupt_image",
                        f"the {what} file is damaged or truncated; send {accepted}") from exc
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    return Portrait(image, image.width, image.height)
+    rgb = ImageOps.exif_transpose(image).convert("RGB")
+    return Portrait(rgb, rgb.width, rgb.height)
 
 
 def check_voice_sample(original: Path, out_wav: Path) -> float:

@@ -59,7 +59,7 @@ class JobStore:
         ids = self.conn.zrevrange(keys.ALL_JOBS, 0, -1 if status else limit - 1)
         out: list[JobRecord] = []
         for raw_id in ids:
-            rec = self.get(raw_id.decode())
+            rec = self.get(keys.text(raw_id))
             if rec is not None and (status is None or rec.status == status):
                 out.append(rec)
                 if len(out) >= limit:
@@ -71,7 +71,7 @@ class JobStore:
 
     def lease_holder(self, job_id: str) -> str | None:
         value = self.conn.get(keys.lease(job_id))
-        return value.decode() if value else None
+        return keys.text(value) if value else None
 
     # ---- transitions ---------------------------------------------------------------------
 
@@ -87,7 +87,7 @@ class JobStore:
                         existing = pipe.get(idem)
                         if existing:
                             pipe.reset()
-                            found = self.get(existing.decode())
+                            found = self.get(keys.text(existing))
                             if found is not None:
                                 return found, False
                     pipe.multi()
@@ -284,7 +284,7 @@ class JobStore:
                     pipe.watch(job_key, lease_key)
                     raw = pipe.hgetall(job_key)
                     holder = pipe.get(lease_key)
-                    if not raw or not _lease_ok(lease, holder.decode() if holder else None):
+                    if not raw or not _lease_ok(lease, keys.text(holder) if holder else None):
                         pipe.reset()
                         return None
                     rec = JobRecord.from_hash(raw)

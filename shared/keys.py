@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 PREFIX = "ja"
+
+
+def text(value: Any) -> str:
+    """A Redis reply as str: connections here do not decode, so replies arrive as bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 STAGES = ("audio", "visual", "compose")
 NEXT_STAGE = {"audio": "visual", "visual": "compose", "compose": None}

@@ -122,9 +122,10 @@ class JobRecord(BaseModel):
                 total += weight * (1.0 if info.status == "done" else info.progress)
         return round(min(total, 0.999), 4)
 
-    def to_hash(self) -> dict[str, str]:
-        """Flat string fields; complex values as JSON."""
-        out: dict[str, str] = {}
+    def to_hash(self) -> dict[Any, str]:
+        """Flat string fields; complex values as JSON. (Keys typed Any: redis-py's hset wants
+        a mapping keyed by its own union of key types.)"""
+        out: dict[Any, str] = {}
         for key, value in self.model_dump(mode="json").items():
             out[key] = json.dumps(value)
         return out

@@ -159,7 +159,7 @@ def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
                 last_ok = time.monotonic()
                 next_renew = last_ok + every
             status = rt.conn.hget(keys.job(ctx.job.id), "status")
-            if status is not None and status.decode().strip('"') == "canceled":
+            if status is not None and keys.text(status).strip('"') == "canceled":
                 ctx.stop("canceled")
                 return
         except redis.RedisError as exc:

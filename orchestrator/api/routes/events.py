@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import redis
@@ -49,13 +49,9 @@ def overall_progress(stage: str, value: float) -> float:
     return 0.0
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def entry_payload(fields: dict[Any, Any]) -> dict[str, Any]:
     """A stream entry as the JSON the client gets, with overall progress in every event."""
-    raw = {_text(k): _text(v) for k, v in fields.items()}
+    raw = {keys.text(k): keys.text(v) for k, v in fields.items()}
     if raw.get("type") == "progress":
         value = float(raw.get("value", 0.0))
         return {"type": "progress", "stage": raw.get("stage", ""), "value": value,
@@ -78,7 +74,7 @@ async def _snapshot(conn: aredis.Redis, job_id: str) -> tuple[JobRecord | None, 
         raw, newest = await pipe.execute()
     if not raw:
         return None, "0-0"
-    return JobRecord.from_hash(raw), _text(newest[0][0]) if newest else "0-0"
+    return JobRecord.from_hash(raw), keys.text(newest[0][0]) if newest else "0-0"
 
 
 async def _follow(conn: aredis.Redis, rec: JobRecord, cursor: str,
@@ -102,10 +98,11 @@ async def _tail(conn: aredis.Redis, rec: JobRecord, cursor: str,
     key, recheck = keys.events(rec.id), rec.terminal
     last_write = last_check = time.monotonic()
     while True:
-        found = await conn.xread({key: cursor}, count=100, block=BLOCK_MS)
+        # [(stream, [(entry id, fields), ...])]: one stream asked for, the RESP2 reply shape
+        found = cast(list[Any], await conn.xread({key: cursor}, count=100, block=BLOCK_MS))
         now = time.monotonic()
         for entry_id, fields in (entry for _, entries in found for entry in entries):
-            cursor, data = _text(entry_id), entry_payload(fields)
+            cursor, data = keys.text(entry_id), entry_payload(fields)
             if data["type"] == "progress" and stage not in (None, data["stage"]):
                 continue  # a late write from a stage the job has already left
             stage, last_write = data["stage"], now

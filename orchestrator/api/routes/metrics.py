@@ -67,7 +67,7 @@ class JobTally:
 def tally_jobs(conn: redis.Redis) -> JobTally:
     """Read status and stages of every job record, in pipelined batches."""
     tally = JobTally()
-    ids = [i.decode() for i in conn.zrange(keys.ALL_JOBS, 0, -1)]
+    ids = [keys.text(i) for i in conn.zrange(keys.ALL_JOBS, 0, -1)]
     for start in range(0, len(ids), _BATCH):
         with conn.pipeline(transaction=False) as pipe:
             for job_id in ids[start:start + _BATCH]:
