@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared import keys
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 StageState = Literal["pending", "queued", "running", "retry_wait", "done", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
@@ -133,7 +135,7 @@ class JobRecord(BaseModel):
     @classmethod
     def from_hash(cls, raw: dict[Any, Any]) -> JobRecord:
         decoded = {
-            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
+            keys.text(k): json.loads(v) for k, v in raw.items()
         }
         # progress:<stage> fields are written by workers outside transitions.
         for stage in STAGE_WEIGHTS:

@@ -167,22 +167,23 @@ class _ChunkRender:
         writer = FrameWriter(tmp, *self.size, self.fps, gop=self.plan.chunk_frames,
                              preset=self.preset, input_pix_fmt="yuv420p",
                              threads=self.x264_threads)
-        counted = 0
+        unreported = 0  # frames drawn since the last progress report
         try:
             for i in frames:
                 if self.stop.is_set():
                     raise _Stopped
                 writer.write(cv2.cvtColor(self.source.frame(i), cv2.COLOR_RGB2YUV_I420))
+                unreported += 1
                 if i % 10 == 9:
                     self.check()
-                    self.advance(i + 1 - frames.start - counted)
-                    counted = i + 1 - frames.start
+                    self.advance(unreported)
+                    unreported = 0
             _publish(writer, tmp, video, meta_path, self.input_hash, frames)
         except BaseException:
             writer.abort()
             tmp.unlink(missing_ok=True)
             raise
-        self.advance(len(frames) - counted)
+        self.advance(unreported)
 
 
 def render_chunks(source: FrameSource, plan: ChunkPlan, chunk_dir: Path, *, input_hash: str,

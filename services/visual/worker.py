@@ -81,7 +81,7 @@ def render(ctx: StageContext) -> StageResult:
                       framing=opts.framing)
     t0 = time.monotonic()
     animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
-    t_prepare = time.monotonic() - t0
+    t1 = time.monotonic()
     has_phonemes = phonemes is not None
     del audio, portrait, phonemes  # the animation keeps what it needs; long clips stay small
     lanes = (ctx.settings.render_lanes or usable_cpus()) if animation.thread_safe else 1
@@ -90,17 +90,18 @@ def render(ctx: StageContext) -> StageResult:
         animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
         width=animation.width, height=animation.height, fps=opts.fps, tag=ctx.exec_id,
         check=ctx.check, progress=ctx.progress, lanes=lanes)
-    t_render = time.monotonic() - t0 - t_prepare
+    t2 = time.monotonic()
     if reused:
         logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
                     plan.n_chunks)
     out = ctx.work_dir / "video.mp4"
     concat(segments, out)
     info = probe(out)
-    t_join = time.monotonic() - t0 - t_prepare - t_render
+    seconds = {"prepare": round(t1 - t0, 3), "render": round(t2 - t1, 3),
+               "join": round(time.monotonic() - t2, 3)}
     logger.info("job %s visual: %d frames, prepared in %.2fs, drawn and encoded in %.2fs "
                 "(%d chunks, %d lanes), joined in %.2fs", ctx.job.id, animation.n_frames,
-                t_prepare, t_render, plan.n_chunks, lanes, t_join)
+                seconds["prepare"], seconds["render"], plan.n_chunks, lanes, seconds["join"])
     if info.n_frames != animation.n_frames:
         raise StageFailed(f"video has {info.n_frames} frames, expected {animation.n_frames}")
     files = ["video.mp4"]
@@ -111,9 +112,7 @@ def render(ctx: StageContext) -> StageResult:
         files.append(MASK_FILE)
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
-        "chunks": plan.n_chunks, "chunks_reused": reused, "lanes": lanes,
-        "seconds": {"prepare": round(t_prepare, 3), "render": round(t_render, 3),
-                    "join": round(t_join, 3)},
+        "chunks": plan.n_chunks, "chunks_reused": reused, "lanes": lanes, "seconds": seconds,
         "phonemes": has_phonemes, "mouth_box": [int(v) for v in animation.mouth_box],
         "mask": opts.needs_mask,
     })
