@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
 
-from orchestrator.api import errors
+from orchestrator.api import disk, errors, security
 from orchestrator.api.deps import AppState
 from orchestrator.api.routes import avatars, events, health, jobs, media, metrics, web
 from orchestrator.avatars import AvatarService
 from orchestrator.media import MediaService
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import OrchestratorSettings
+from shared.errors import ConfigError
 from shared.jobs import JobStore
 from shared.logs import configure_logging
 
@@ -27,6 +29,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or OrchestratorSettings.load()
         configure_logging(s.log_level)
+        security.check_exposure(s)
         conn = redis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10,
                                     retry_on_timeout=True)
         store = JobStore(conn, s.data_dir, lease_ttl_s=s.lease_ttl_s,
@@ -47,6 +50,9 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="JayAvatar", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(disk.DiskGuard)  # inside security.Guard: who asks is checked first
+    app.add_middleware(security.Guard)
+    app.include_router(security.router)
     app.include_router(avatars.router)
     app.include_router(jobs.router)
     app.include_router(media.router)
@@ -61,7 +67,12 @@ def main() -> None:
     """`python -m orchestrator.app`: serve the API with uvicorn."""
     import uvicorn
 
-    settings = OrchestratorSettings.load()
+    try:
+        settings = OrchestratorSettings.load()
+        security.check_exposure(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"jayavatar orchestrator: {exc}\n")
+        raise SystemExit(2) from exc
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower())
 

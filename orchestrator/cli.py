@@ -4,6 +4,7 @@
     jayavatar submit --avatar me.jpg --text "Hi" --background beach.jpg --music song.mp3 \
         --captions burn -o hi.mp4
     jayavatar status JOB | watch JOB | result JOB -o out.mp4 | cancel JOB | avatars | media
+    JAYAVATAR_TOKEN=... jayavatar --server http://box:8000 avatars   # a server with API_TOKEN
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", help="the API's URL (default: $JAYAVATAR_URL or "
                         "http://127.0.0.1:8000)",
                         default=os.environ.get("JAYAVATAR_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--token", help="the server's API token (default: $JAYAVATAR_TOKEN); "
+                        "needed when it runs with API_TOKEN set",
+                        default=os.environ.get("JAYAVATAR_TOKEN"))
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("submit", help="make a video of a photo saying a text")
     p.add_argument("--avatar", required=True, help="a portrait photo, or an existing avatar id")
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return _recover()
 
     try:
-        with httpx.Client(base_url=args.server, timeout=120) as client:
+        headers = {"Authorization": f"Bearer {args.token.strip()}"} if args.token else {}
+        with httpx.Client(base_url=args.server, timeout=120, headers=headers) as client:
             return _run(client, args)
     except CliError as exc:
         console.print(f"[red]error[/red] {exc}")

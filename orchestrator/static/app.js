@@ -36,12 +36,47 @@ async function api(path, options = {}) {
   const body = isJson ? await resp.json().catch(() => null) : null;
   if (!resp.ok) {
     const message = body && body.message ? body.message : `${resp.status} ${resp.statusText}`;
+    if (resp.status === 401 && path !== "/v1/session") showLogin();
     throw new ApiError(message, resp.status, body && body.error);
   }
   return body;
 }
 
+// With API_TOKEN set the server asks for the token once; POST /v1/session turns it into an
+// HttpOnly cookie, which fetch, <video src> and EventSource all send. A link may carry the
+// token as #token=... (never sent to the server in the URL; removed from the address bar).
+function showLogin() {
+  $("login").hidden = false;
+  $("token").focus();
+}
+
+async function logIn(token) {
+  await api("/v1/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+  $("login").hidden = true;
+  $("login-error").hidden = true;
+  $("token").value = "";
+  clearError();
+  loadJobs();
+}
+
+async function submitLogin(event) {
+  event.preventDefault();
+  try {
+    await logIn($("token").value.trim());
+  } catch (err) {
+    submitLoginError(err);
+  }
+}
+
+function tokenFromLink() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!match) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return decodeURIComponent(match[1]);
+}
+
 function showError(title, err) {
+  if (err instanceof ApiError && err.status === 401) return;  // the token form says it
   $("error-title").textContent = title;
   $("error-message").textContent = err instanceof Error ? err.message : String(err);
   $("error").hidden = false;
@@ -333,5 +368,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("cancel").addEventListener("click", cancel);
   $("refresh").addEventListener("click", loadJobs);
   $("error-close").addEventListener("click", clearError);
-  loadJobs();
+  $("login").addEventListener("submit", submitLogin);
+  const token = tokenFromLink();
+  if (token) logIn(token).catch((err) => { showLogin(); submitLoginError(err); });
+  else loadJobs();
 });
+
+function submitLoginError(err) {
+  $("login-error").textContent = err.message;
+  $("login-error").hidden = false;
+}
