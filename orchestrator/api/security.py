@@ -4,9 +4,10 @@
 
 * **Host**: the Host header names this server (a loopback name, the address it binds, or one of
   `ALLOWED_HOSTS`), so a web page that rebinds its own DNS name to 127.0.0.1 reaches nothing.
-* **Origin** of state-changing requests (POST, PUT, PATCH, DELETE): a browser says where a
-  request comes from (`Sec-Fetch-Site`, `Origin`, `Referer`); one from any other origin is
-  refused, so a page elsewhere cannot submit, upload or delete through a visitor's browser.
+* **Origin** of state-changing requests (POST, PUT, PATCH, DELETE, WebSocket handshakes): a
+  browser says where a request comes from (`Sec-Fetch-Site`, `Origin`, `Referer`); one from
+  any other origin is refused, so a page elsewhere cannot submit, upload or delete through a
+  visitor's browser.
   Clients that are not browsers (curl, the CLI) send none of these and pass.
 * **Token** on every `/v1` route and `/metrics` when `API_TOKEN` is set: `Authorization: Bearer
   <token>`, or, for the web page (whose `<video src>` and `EventSource` cannot send headers),
@@ -170,20 +171,21 @@ class Guard:
         host = headers.get("host", "").strip().lower()
         name = host_name(host)
         if not any_host and not (name in names or name.endswith(suffixes)):
-            await _refuse(send, 400, "untrusted_host",
+            await _refuse(scope, send, 400, "untrusted_host",
                           f"this server does not answer to the name {host[:80]!r}; use "
                           "http://127.0.0.1 or a name listed in ALLOWED_HOSTS")
             return
-        method = scope.get("method", "GET")
+        # A WebSocket handshake is a GET that no browser guards with CORS: check it like a write.
+        method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         problem = _origin_problem(method, headers, host)
         if problem is not None:
-            await _refuse(send, 403, "cross_origin",
+            await _refuse(scope, send, 403, "cross_origin",
                           f"refused: {problem}; a web page elsewhere may not change anything "
                           "here (use the JayAvatar page itself, the CLI or the REST API)")
             return
         if token and _needs_token(scope["path"], method) and \
                 not _has_token(headers, token, cookie_value):
-            await _refuse(send, 401, "unauthorized",
+            await _refuse(scope, send, 401, "unauthorized",
                           "this server needs its API token: send 'Authorization: Bearer "
                           "<API_TOKEN>' (CLI: --token or JAYAVATAR_TOKEN; web page: enter it "
                           "when asked)", {"WWW-Authenticate": 'Bearer realm="jayavatar"'})
@@ -191,8 +193,11 @@ class Guard:
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send, status: int, code: str, message: str,
+async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str,
                   extra: dict[str, str] | None = None) -> None:
+    if scope["type"] == "websocket":  # closing before accepting refuses the handshake (403)
+        await send({"type": "websocket.close", "code": 1008, "reason": f"{code}: {message}"[:120]})
+        return
     body = json.dumps({"error": code, "message": message}).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]

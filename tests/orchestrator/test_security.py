@@ -183,3 +183,15 @@ def test_the_orchestrator_process_refuses_to_start_exposed(redis_server, tmp_pat
     assert proc.returncode == 2
     assert "API_TOKEN is required" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("headers", [{**BEARER, "Origin": "http://evil.example"},
+                                     {"Origin": "http://127.0.0.1:8000"},
+                                     {**BEARER, "Host": "evil.example"}])
+def test_websocket_handshakes_are_guarded_too(guarded: TestClient, headers: dict) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused, \
+            guarded.websocket_connect("/v1/sessions/x/ws", headers=headers):
+        pass
+    assert refused.value.code == 1008
