@@ -5,6 +5,7 @@
      +-- StageFailed       permanent: a stage cannot produce its output (job fails at once)
      |    +-- MissingWeights   an explicitly requested engine has no model files
      +-- TransientError    worth retrying with backoff (lost Redis, busy disk, killed ffmpeg)
+     |    +-- DiskFull         DATA_DIR has too little free space; retried once space returns
      +-- Canceled          the job was canceled while a stage ran
      +-- LeaseLost         this execution no longer owns its stage; it must not publish
      +-- ConfigError       settings are invalid at start-up; names the variable
@@ -33,6 +34,10 @@ class MissingWeights(StageFailed):
 
 class TransientError(JayAvatarError):
     """A temporary failure; the stage is retried with backoff."""
+
+
+class DiskFull(TransientError):
+    """DATA_DIR is (nearly) full: new work is refused and stages wait until space returns."""
 
 
 class Canceled(JayAvatarError):

@@ -49,5 +49,10 @@ def events(job_id: str) -> str:
     return f"{PREFIX}:events:{job_id}"
 
 
+def workers(stage: str) -> str:
+    """Sorted set: live worker name -> its last beat (shared/presence.py)."""
+    return f"{PREFIX}:workers:{stage}"
+
+
 def rq_job_id(job_id: str, stage: str, attempt: int) -> str:
     return f"{job_id}-{stage}-{attempt}"

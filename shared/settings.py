@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     # Chunks drawn side by side by engines that allow it; 0 means one per usable CPU core.
     render_lanes: int = Field(0, ge=0, le=64)
 
+    # Free space (MB) DATA_DIR must keep: below it the API refuses new work (507) and /healthz
+    # says "disk low"; a stage that hits a full disk waits for it before running again.
+    min_free_mb: float = Field(500.0, ge=0)
+
+    # Live sessions (shared/live.py): how many 512x512 25 fps sessions this machine holds
+    # (smaller or slower sessions count in proportion to their pixels per second), how long an
+    # unattended session lives, the stream's fragment length, and the lease a worker holds.
+    live_max_sessions: float = Field(4.0, ge=0)
+    live_idle_timeout_s: float = Field(300.0, gt=0)
+    live_fragment_ms: int = Field(120, ge=20, le=2000)
+    live_lease_ttl_s: float = Field(1.0, gt=0.1)
+    live_sessions_per_worker: int = Field(4, ge=1, le=64)
+
     # Append-only audit log of stage executions (one JSON line per event); off when empty.
     audit_log: Path | None = None
 

@@ -28,7 +28,8 @@ import redis
 
 from shared import keys
 from shared.checkpoint import load_manifest, publish, remove_tree, write_manifest
-from shared.errors import Canceled, InvalidInput, LeaseLost, StageFailed
+from shared.disk import free_mb, is_disk_full
+from shared.errors import Canceled, DiskFull, InvalidInput, LeaseLost, StageFailed
 from shared.jobs import JobStore
 from shared.logs import job_context
 from shared.models import JobRecord, StageManifest
@@ -38,6 +39,8 @@ from shared.storage import sha256_file, sha256_json
 logger = logging.getLogger(__name__)
 
 UPSTREAM = {"audio": (), "visual": ("audio",), "compose": ("audio", "visual")}
+DISK_RETRIES = 5  # runs again after a full disk within one execution, before it counts
+DISK_POLL_S = 1.0
 
 
 @dataclass
@@ -247,16 +250,8 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> str:
             store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True)
             return "skipped"
         _remove_stale_work_dirs(job_dir, stage, keep=work_dir)
-        work_dir.mkdir(parents=True)
         logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
-        result = handler(ctx)
-        ctx.check()
-        write_manifest(work_dir, {
-            "stage": stage, "job_id": job_id, "engine": result.engine,
-            "engine_version": result.engine_version, "input_hash": input_hash,
-            "info": result.info, "timings": {"seconds": round(time.monotonic() - t0, 3)},
-            "execution_id": exec_id,
-        }, result.files)
+        result = _produce(ctx, handler, t0)
         ctx.check()
         if not store.renew_lease(job_id, exec_id):  # publish right after a fresh renewal
             raise LeaseLost(f"job {job_id}: {stage} lease expired before publishing")
@@ -287,6 +282,67 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> str:
                            attempt, type(exc).__name__, exc)
             return "lease-lost"
         return _failed(ctx, exc)
+
+
+def _produce(ctx: StageContext, handler: Handler, t0: float) -> StageResult:
+    """Run the handler and write the manifest into a fresh work dir. When the disk fills up
+    (ENOSPC, or any failure while DATA_DIR is below MIN_FREE_MB), the partial work is removed
+    and the same execution waits, lease held, until space returns, then runs again: a full disk
+    is not the job's fault, so it costs no attempt. Past DISK_RETRIES it fails as transient."""
+    disk_retries = 0
+    while True:
+        ctx.work_dir.mkdir(parents=True)
+        try:
+            result = handler(ctx)
+            ctx.check()
+            write_manifest(ctx.work_dir, {
+                "stage": ctx.stage, "job_id": ctx.job.id, "engine": result.engine,
+                "engine_version": result.engine_version, "input_hash": ctx.input_hash,
+                "info": result.info, "timings": {"seconds": round(time.monotonic() - t0, 3)},
+                "execution_id": ctx.exec_id,
+            }, result.files)
+            return result
+        except (Canceled, LeaseLost):
+            raise
+        except Exception as exc:
+            if not _disk_is_full(ctx, exc):
+                raise
+            remove_tree(ctx.work_dir)  # no partial output left behind, and its space back
+            disk_retries += 1
+            if disk_retries > DISK_RETRIES:
+                raise DiskFull(f"the {ctx.stage} stage ran out of disk space {disk_retries} "
+                               f"times in a row ({exc}); DATA_DIR needs more free space") from exc
+            _wait_for_space(ctx, exc)
+
+
+def _disk_is_full(ctx: StageContext, exc: Exception) -> bool:
+    if is_disk_full(exc):
+        return True
+    try:
+        return free_mb(ctx.job_dir) < ctx.settings.min_free_mb
+    except OSError:
+        return False
+
+
+def _wait_for_space(ctx: StageContext, exc: Exception) -> None:
+    """Hold the stage (the heartbeat keeps the lease) until DATA_DIR has MIN_FREE_MB free."""
+    need = ctx.settings.min_free_mb
+    logger.warning("job %s %s#%s: the disk is full (%s); waiting for %.0f MB free in DATA_DIR "
+                   "before running the stage again (no attempt is spent)", ctx.job.id,
+                   ctx.stage, ctx.attempt, exc, need)
+    audit(ctx.runtime, "disk-wait", job=ctx.job.id, stage=ctx.stage, attempt=ctx.attempt,
+          exec=ctx.exec_id)
+    t0 = time.monotonic()
+    while True:
+        ctx.check()
+        try:
+            if free_mb(ctx.job_dir) >= need:
+                break
+        except OSError:
+            pass
+        time.sleep(DISK_POLL_S)
+    logger.info("job %s %s#%s: %.0f MB free again after %.1fs; running the stage again",
+                ctx.job.id, ctx.stage, ctx.attempt, free_mb(ctx.job_dir), time.monotonic() - t0)
 
 
 def _failed(ctx: StageContext, exc: Exception) -> str:

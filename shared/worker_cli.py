@@ -3,6 +3,10 @@
 Workers are rq SimpleWorkers (no fork per job) so an engine loaded once stays warm across jobs;
 crash isolation comes from the supervisor and the orchestrator's reconciler, not from forking.
 Each stage must run from its own venv (.venvs/<stage>), which holds that engine's libraries.
+
+Workers run only the project's entry points: an rq job is checked against `ALLOWED` (its
+function's dotted name, no instance, callbacks or webhooks) before anything is imported, and
+anything else is logged and failed without running (rq would import and call any name).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import time
 from types import FrameType
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from shared import keys
 from shared.errors import ConfigError
 from shared.logs import configure_logging
+from shared.presence import Presence
 from shared.settings import Settings
 from shared.stage import Runtime, install_runtime
 
@@ -37,6 +43,13 @@ QUEUES = {
     "visual": [keys.AVATAR_QUEUE, keys.QUEUES["visual"]],
     "compose": [keys.QUEUES["compose"]],
 }
+# The only functions each stage's workers run: what shared.jobs and the avatar service enqueue.
+ALLOWED = {
+    "audio": frozenset({keys.STAGE_FUNCS["audio"]}),
+    "visual": frozenset({keys.STAGE_FUNCS["visual"], keys.ANALYZE_FUNC}),
+    "compose": frozenset({keys.STAGE_FUNCS["compose"]}),
+}
+REFUSED_TTL_S = 24 * 3600  # how long a refused rq job stays in rq's failed registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +78,52 @@ def main(argv: list[str] | None = None) -> int:
     module.warm_up(settings)
     logger.info("worker %s: engine warm in %.2fs", runtime.worker_name, time.monotonic() - t0)
 
+    presence = Presence(runtime.conn, args.stage, lambda: runtime.worker_name)
+    presence.start()  # /healthz counts this worker while it beats
     try:
         return _work(runtime, args.stage, args.burst, settings.log_level.upper())
     except KeyboardInterrupt:  # Ctrl-C while waiting for Redis to come back
         return 130
+    finally:
+        presence.stop()
+
+
+def refusal(job: Job, allowed: frozenset[str]) -> str | None:
+    """Why this rq job must not run here, or None if it is one of our entry points. Reads only
+    the job's stored fields: nothing it names is imported."""
+    if job.func_name not in allowed:
+        return (f"function {str(job.func_name)[:120]!r} is not a JayAvatar entry point "
+                f"(allowed: {', '.join(sorted(allowed))})")
+    if job.instance is not None:
+        return "it names an object instance"
+    extras = [name for name in ("_success_callback_name", "_failure_callback_name",
+                                "_stopped_callback_name") if getattr(job, name, None)]
+    if extras or getattr(job, "webhooks", None):
+        return "it carries callbacks or webhooks"
+    return None
 
 
 class StageWorker(SimpleWorker):
     """rq's non-forking worker, stoppable by SIGTERM/SIGINT even while Redis is unreachable
-    (rq's own handler tries to record the request in Redis first and would swallow it)."""
+    (rq's own handler tries to record the request in Redis first and would swallow it), that
+    runs only the functions in `allowed`."""
 
     stopping = False
+    allowed: frozenset[str] = frozenset()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        reason = refusal(job, self.allowed)
+        if reason is None:
+            super().execute_job(job, queue)
+            return
+        logger.error("worker %s: refused rq job %s from queue %s: %s", self.name, job.id,
+                     queue.name, reason)
+        with self.connection.pipeline() as pipe:  # failed, with no retry, callback or webhook
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            queue.failed_job_registry.add(job, ttl=REFUSED_TTL_S, pipeline=pipe,
+                                          exc_string=f"refused by JayAvatar: {reason}")
+            pipe.execute()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -93,6 +141,7 @@ def _work(runtime: Runtime, stage: str, burst: bool, log_level: str) -> int:
         try:
             worker = StageWorker(QUEUES[stage], connection=runtime.conn,
                                   serializer=JSONSerializer, name=runtime.worker_name)
+            worker.allowed = ALLOWED[stage]
             worker.work(burst=burst, with_scheduler=False, logging_level=log_level)
             return 0
         except redis.exceptions.BusyLoadingError:

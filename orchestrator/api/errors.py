@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.disk import is_disk_full
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,10 +60,23 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         logger.warning("Redis unavailable: %s", exc)
+        if is_disk_full(exc):  # "MISCONF Errors writing to the AOF file: No space left..."
+            return JSONResponse(_body("disk_full", "nothing was accepted: the job queue cannot "
+                                      "write to the full data disk; free some space in DATA_DIR "
+                                      "and retry"), status_code=507, headers={"Retry-After": "30"})
         return JSONResponse(_body("queue_unavailable",
                                   "the job queue (Redis) is unreachable or restarting; nothing "
                                   "was accepted, retry in a few seconds"),
                             status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        if is_disk_full(exc):  # the disk filled mid-request: the upload's staging is gone
+            logger.warning("disk full on %s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse(_body("disk_full", "nothing was stored: the data disk is full; "
+                                      "free some space in DATA_DIR and retry"),
+                                status_code=507, headers={"Retry-After": "30"})
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,9 @@
 """GET /metrics: the cluster in Prometheus text format (exposition 0.0.4, written by hand).
 
 Everything is read from Redis at scrape time, so every orchestrator answers the same and nothing
-is lost on restart: job counts by status, queue depth and live workers per stage, and from the
-job records, stage durations (the last attempt's started_at -> finished_at), retries and failures.
+is lost on restart: job counts by status, queue depth and live workers per stage (by their beats,
+shared/presence.py), free space in DATA_DIR, and from the job records, stage durations (the last
+attempt's started_at -> finished_at), retries and failures.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Annotated, get_args
 import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
-from rq import Queue, Worker
+from rq import Queue
 
 from orchestrator.api.deps import AppState, state
 from shared import keys
+from shared.disk import free_mb
 from shared.models import JobStatus
+from shared.presence import live_workers
 
 router = APIRouter(tags=["metrics"])
 
@@ -90,14 +93,20 @@ def _family(name: str, kind: str, doc: str, samples: Iterable[tuple[str, float]]
     return lines
 
 
-def render(tally: JobTally, depth: dict[str, int], workers: dict[str, int]) -> str:
+def render(tally: JobTally, depth: dict[str, int], workers: dict[str, int],
+           free_bytes: float | None = None) -> str:
     out: list[str] = []
     out += _family("jayavatar_jobs", "gauge", "Jobs by status.",
                    ((f'{{status="{s}"}}', n) for s, n in tally.by_status.items()))
     out += _family("jayavatar_queue_depth", "gauge", "Executions waiting in each stage's queue.",
                    ((f'{{stage="{s}"}}', n) for s, n in depth.items()))
-    out += _family("jayavatar_workers", "gauge", "Live workers serving each stage's queue.",
+    out += _family("jayavatar_workers", "gauge",
+                   "Live workers serving each stage's queue (a beat within the last few seconds).",
                    ((f'{{stage="{s}"}}', n) for s, n in workers.items()))
+    if free_bytes is not None:
+        out += _family("jayavatar_data_free_bytes", "gauge",
+                       "Free space on the DATA_DIR filesystem; below MIN_FREE_MB new work is "
+                       "refused.", [("", int(free_bytes))])
     out += _family("jayavatar_stage_retries_total", "counter",
                    "Stage executions beyond the first (attempt > 1), summed over jobs.",
                    ((f'{{stage="{s}"}}', n) for s, n in tally.retries.items()))
@@ -120,6 +129,10 @@ def render(tally: JobTally, depth: dict[str, int], workers: dict[str, int]) -> s
 def metrics(st: Annotated[AppState, Depends(state)]) -> PlainTextResponse:
     queues = {stage: Queue(q, connection=st.conn) for stage, q in keys.QUEUES.items()}
     depth = {stage: q.count for stage, q in queues.items()}
-    workers = {stage: Worker.count(queue=q) for stage, q in queues.items()}
-    body = render(tally_jobs(st.conn), depth, workers)
+    workers = live_workers(st.conn)
+    try:
+        free: float | None = free_mb(st.settings.data_dir) * 1024 * 1024
+    except OSError:
+        free = None
+    body = render(tally_jobs(st.conn), depth, workers, free)
     return PlainTextResponse(body, media_type=CONTENT_TYPE)
