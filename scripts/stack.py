@@ -17,6 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redis_auth  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
 STAGES = ("audio", "visual", "compose")
@@ -36,7 +39,8 @@ class Stack:
         self.log_dir = log_dir
         self.workers = workers
         self.procs: dict[str, subprocess.Popen] = {}
-        self.env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        self.redis_password = redis_auth.ensure()  # .secrets/redis_password, made once
+        self.env = dict(os.environ, REDIS_URL=redis_auth.url(self.redis_password, port=redis_port),
                         DATA_DIR=str(self.data_dir), PORT=str(api_port),
                         PYTHONUNBUFFERED="1")
 
@@ -53,7 +57,9 @@ class Stack:
     def start(self) -> None:
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
+        acl = redis_auth.write_acl(redis_dir / "users.acl", self.redis_password)
         self._spawn("redis", ["redis-server", str(ROOT / "redis.conf"), "--dir", str(redis_dir),
+                              "--aclfile", str(acl),
                               "--port", str(self.redis_port)])
         self._wait_redis()
         self._spawn("orchestrator", [str(VENVS / "orchestrator/bin/python"), "-m",
@@ -72,9 +78,7 @@ class Stack:
     def _wait_redis(self) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            ok = subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"],
-                                capture_output=True, text=True).stdout.strip() == "PONG"
-            if ok:
+            if redis_auth.ping(self.redis_port, self.redis_password):
                 return
             if self.procs["redis"].poll() is not None:
                 raise SystemExit(f"redis-server exited; see {self.log_dir / 'redis.log'}")

@@ -4,7 +4,9 @@ temp dir, on a free port), the orchestrator (uvicorn) and the stage workers from
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 VENVS = ROOT / ".venvs"
 VENV_OF = {"audio": "audio", "visual": "visual", "compose": "compositor"}
+_spec = importlib.util.spec_from_file_location("redis_auth", ROOT / "scripts" / "redis_auth.py")
+assert _spec is not None and _spec.loader is not None
+redis_auth = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(redis_auth)
 
 
 def free_port() -> int:
@@ -39,26 +45,21 @@ class RedisServer:
         _require("redis-server")
         self.dir = workdir
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        # Like `make run`: the default user is off; the app's ACL user has a fresh password.
+        self.password = secrets.token_hex(16)
+        self.url = redis_auth.url(self.password, port=self.port)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        acl = redis_auth.write_acl(self.dir / "users.acl", self.password)
         self.proc = subprocess.Popen(
             ["redis-server", str(ROOT / "redis.conf"), "--port", str(self.port),
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+             "--aclfile", str(acl)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        if not redis_auth.wait(self.port, self.password, alive=lambda: self.proc.poll() is None):
+            raise RuntimeError(f"redis-server did not start; see {self.dir}/redis.log")
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -1,0 +1,72 @@
+"""Who may use Redis and what a queue entry may run: the ACL user, and the workers' allowlist."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from helpers import submit, wait_job
+from rq import Callback, Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+pytestmark = pytest.mark.slow
+
+
+def test_redis_refuses_clients_without_the_app_password(redis_server) -> None:  # type: ignore[no-untyped-def]
+    anonymous = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.set("ja:owned", "1")
+    wrong = redis.Redis.from_url(f"redis://jayavatar:not-the-password@127.0.0.1:"
+                                 f"{redis_server.port}/0")
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()
+    default = redis.Redis(host="127.0.0.1", port=redis_server.port, password="")
+    with pytest.raises(redis.AuthenticationError):
+        default.ping()
+    app = redis.Redis.from_url(redis_server.url)
+    assert app.ping()
+    # The app's own user cannot turn Redis against its host or drop the queue.
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        app.config_set("dir", "/tmp")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        app.flushall()
+    for conn in (anonymous, wrong, default, app):
+        conn.close()
+
+
+def test_workers_run_only_jayavatar_entry_points(cluster, client, avatar_id, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    conn = redis.Redis.from_url(cluster.redis.url)
+    target = tmp_path / "made-by-a-queue-entry"
+    planted = []
+    for name in ("audio", "visual", "avatar", "compose"):
+        queue = Queue(name, connection=conn, serializer=JSONSerializer)
+        planted.append(queue.enqueue_call("os.makedirs", args=(str(target / name),)))
+        planted.append(queue.enqueue_call("jayavatar_no_such_module.run"))
+    # An allowed name does not smuggle a callback through either.
+    compose = Queue("compose", connection=conn, serializer=JSONSerializer)
+    planted.append(compose.enqueue_call("services.compositor.worker.run",
+                                        kwargs={"job_id": "0" * 32, "stage": "compose",
+                                                "attempt": 1},
+                                        on_success=Callback("os.makedirs")))
+
+    # The workers keep serving real jobs: one goes through every stage.
+    job_id = submit(client, avatar_id, "The queue only runs what it should.")
+    assert wait_job(client, job_id)["status"] == "succeeded"
+
+    deadline = time.monotonic() + 30
+    for job in planted:
+        while job.get_status(refresh=True) != JobStatus.FAILED:
+            assert time.monotonic() < deadline, f"{job.func_name} was not refused"
+            time.sleep(0.1)
+        job.refresh()
+        assert job.exc_info is not None and "refused by JayAvatar" in job.exc_info, job.exc_info
+        assert "ModuleNotFoundError" not in job.exc_info  # refused before any import
+    assert not target.exists(), "a planted queue entry ran"
+    logs = "".join((cluster.logs / f"{stage}.log").read_text()
+                   for stage in ("audio", "visual", "compose"))
+    assert logs.count("refused rq job") >= len(planted)
+    conn.close()
