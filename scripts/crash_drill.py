@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -42,6 +43,9 @@ from typing import Any
 
 import httpx
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redis_auth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
@@ -97,7 +101,8 @@ class Cluster:
         for d in (self.data_dir, self.redis_dir, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.redis_port, self.api_port = free_port(), free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis_password = secrets.token_hex(16)  # the drill's own Redis, own ACL user
+        self.redis_url = redis_auth.url(self.redis_password, port=self.redis_port)
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.env = dict(os.environ, REDIS_URL=self.redis_url, DATA_DIR=str(self.data_dir),
                         PORT=str(self.api_port), PYTHONUNBUFFERED="1", **env)
@@ -119,8 +124,9 @@ class Cluster:
         return proc is not None and proc.poll() is None
 
     def start_redis(self, wait: bool = True) -> None:
-        self._spawn("redis", ["redis-server", str(ROOT / "redis.conf"), "--port",
-                              str(self.redis_port), "--dir", str(self.redis_dir)])
+        acl = redis_auth.write_acl(self.redis_dir / "users.acl", self.redis_password)
+        self._spawn("redis", ["redis-server", str(ROOT / "redis.conf"), "--aclfile", str(acl),
+                              "--port", str(self.redis_port), "--dir", str(self.redis_dir)])
         if wait:
             self.wait_redis()
 
