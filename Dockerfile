@@ -4,4 +4,5 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
         make redis-tools ffmpeg libgl1 libglib2.0-0 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . /app
-RUN make setup
+# no Redis password in the image: docker-compose.yml hands it in from the host's .secrets/
+RUN make setup && rm -rf .secrets

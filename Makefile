@@ -10,7 +10,7 @@ REDIS_PORT ?= 6390
 STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.installed)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup setup-neural system-deps test-deps run demo test lint typecheck bench drill quality clean
+.PHONY: help setup secrets setup-neural system-deps test-deps run demo test lint typecheck bench drill quality clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,7 +40,10 @@ models/piper/.prepared: $(VENVS)/audio/.installed
 	$(VENVS)/audio/bin/python -m services.audio.engines.piper --prepare models
 	@touch $@
 
-setup: system-deps $(STAMPS) models/piper/.prepared ## system packages + one venv per service + patched voice
+setup: system-deps secrets $(STAMPS) models/piper/.prepared ## system packages + one venv per service + patched voice
+
+secrets: ## Redis password for the app's ACL user in .secrets/ (0600; made once, kept after)
+	$(PY) scripts/redis_auth.py init
 
 # Neural engines (XTTS v2 in the audio venv, Wav2Lip/SadTalker in the visual venv): the weights are
 # the user's to supply (scripts/download_models.sh); these are only the libraries (~8 GB).
