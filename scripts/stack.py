@@ -1,9 +1,12 @@
 """Run the whole JayAvatar cluster on this machine: Redis, orchestrator, one worker per stage.
 
-`make run` uses it. Each process runs from its own venv; a worker that dies is restarted after a
-short pause (its stage is re-enqueued by the orchestrator's reconciler). Ctrl-C, SIGINT or
-SIGTERM stops everything: workers and orchestrator first, Redis last.
-Stdlib only, so it runs from any Python.
+`make run` uses it. Each process runs from its own venv and is supervised: Redis, the
+orchestrator and every worker are restarted when they exit, after a pause that doubles on each
+quick exit (1 s up to 30 s) and resets once the process has stayed up for a minute. So a Redis
+that exits on an AOF write error (a full disk, with `appendfsync always`) comes back by itself
+once space is freed, and the workers and the orchestrator reconnect to it; a dead worker's stage
+is re-enqueued by the orchestrator's reconciler. Ctrl-C, SIGINT or SIGTERM stops everything:
+workers and orchestrator first, Redis last. Stdlib only, so it runs from any Python.
 """
 
 from __future__ import annotations
@@ -15,20 +18,33 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import redis_auth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
 STAGES = ("audio", "visual", "compose")
 VENV_OF = {"audio": "audio", "visual": "visual", "compose": "compositor"}
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
+STABLE_S = 60.0  # up this long: the next exit restarts after BACKOFF_FIRST_S again
 
 
 def log(msg: str) -> None:
     sys.stderr.write(f"[stack] {msg}\n")
     sys.stderr.flush()
+
+
+@dataclass
+class Supervised:
+    """One process the stack keeps running: its command, and when to start it again."""
+
+    name: str
+    cmd: list[str]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None  # monotonic time of the pending restart
+    backoff_s: float = BACKOFF_FIRST_S
+    restarts: int = 0
 
 
 class Stack:
@@ -38,9 +54,8 @@ class Stack:
         self.redis_port, self.api_port = redis_port, api_port
         self.log_dir = log_dir
         self.workers = workers
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.redis_password = redis_auth.ensure()  # .secrets/redis_password, made once
-        self.env = dict(os.environ, REDIS_URL=redis_auth.url(self.redis_password, port=redis_port),
+        self.services: dict[str, Supervised] = {}
+        self.env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                         DATA_DIR=str(self.data_dir), PORT=str(api_port),
                         PYTHONUNBUFFERED="1")
 
@@ -48,39 +63,50 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        """The processes running now, by name."""
+        return {n: s.proc for n, s in self.services.items() if s.proc is not None}
 
-    def start(self) -> None:
+    def redis_cmd(self) -> list[str]:
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
-        acl = redis_auth.write_acl(redis_dir / "users.acl", self.redis_password)
-        self._spawn("redis", ["redis-server", str(ROOT / "redis.conf"), "--dir", str(redis_dir),
-                              "--aclfile", str(acl),
-                              "--port", str(self.redis_port)])
+        return ["redis-server", str(ROOT / "redis.conf"), "--dir", str(redis_dir),
+                "--port", str(self.redis_port)]
+
+    def _spawn(self, svc: Supervised) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{svc.name}.log", "ab") as out:  # the child keeps its copy
+            svc.proc = subprocess.Popen(svc.cmd, cwd=ROOT, env=self.env, stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        svc.started_at, svc.restart_at = time.monotonic(), None
+
+    def add(self, name: str, cmd: list[str]) -> Supervised:
+        svc = self.services[name] = Supervised(name, cmd)
+        self._spawn(svc)
+        return svc
+
+    def start(self) -> None:
+        self.add("redis", self.redis_cmd())
         self._wait_redis()
-        self._spawn("orchestrator", [str(VENVS / "orchestrator/bin/python"), "-m",
-                                     "orchestrator.app"])
+        self.add("orchestrator", [str(VENVS / "orchestrator/bin/python"), "-m",
+                                  "orchestrator.app"])
         for stage in STAGES:
             for n in range(self.workers):
-                self._spawn_worker(f"{stage}-{n}")
+                self.add(f"{stage}-{n}", [str(VENVS / VENV_OF[stage] / "bin/jayavatar-worker"),
+                                          stage])
         self._wait_http(f"{self.api_url}/healthz", 60)
         log(f"up: API {self.api_url}, Redis 127.0.0.1:{self.redis_port}, data {self.data_dir}, "
             f"logs {self.log_dir}")
 
-    def _spawn_worker(self, name: str) -> None:
-        stage = name.split("-")[0]
-        self._spawn(name, [str(VENVS / VENV_OF[stage] / "bin/jayavatar-worker"), stage])
-
     def _wait_redis(self) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if redis_auth.ping(self.redis_port, self.redis_password):
+            ok = subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"],
+                                capture_output=True, text=True).stdout.strip() == "PONG"
+            if ok:
                 return
-            if self.procs["redis"].poll() is not None:
+            if self.services["redis"].proc.poll() is not None:  # type: ignore[union-attr]
                 raise SystemExit(f"redis-server exited; see {self.log_dir / 'redis.log'}")
             time.sleep(0.1)
         raise SystemExit("redis-server did not answer within 20 s")
@@ -94,23 +120,39 @@ class Stack:
                         return
             except OSError:
                 pass
-            if self.procs["orchestrator"].poll() is not None:
+            if self.services["orchestrator"].proc.poll() is not None:  # type: ignore[union-attr]
                 raise SystemExit(f"the orchestrator exited; see {self.log_dir}/orchestrator.log")
             time.sleep(0.2)
         raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
+    def check(self) -> None:
+        """One supervision pass: schedule a restart for what exited, restart what is due."""
+        now = time.monotonic()
+        for svc in self.services.values():
+            if svc.restart_at is None and svc.proc is not None and svc.proc.poll() is not None:
+                if now - svc.started_at >= STABLE_S:
+                    svc.backoff_s = BACKOFF_FIRST_S
+                svc.restart_at = now + svc.backoff_s
+                log(f"{svc.name} exited with {svc.proc.returncode} after "
+                    f"{now - svc.started_at:.0f}s; restarting it in {svc.backoff_s:.0f}s "
+                    f"(see {self.log_dir / (svc.name + '.log')})")
+                svc.backoff_s = min(svc.backoff_s * 2, BACKOFF_MAX_S)
+            elif svc.restart_at is not None and now >= svc.restart_at:
+                svc.restarts += 1
+                if svc.name == "redis":
+                    svc.cmd = self.redis_cmd()
+                self._spawn(svc)
+
     def supervise(self, stop_when: float | None = None) -> None:
         while stop_when is None or time.monotonic() < stop_when:
-            for name, proc in list(self.procs.items()):
-                if proc.poll() is not None and name not in ("redis", "orchestrator"):
-                    log(f"{name} exited with {proc.returncode}; restarting it")
-                    self._spawn_worker(name)
-            time.sleep(1)
+            self.check()
+            time.sleep(0.2)
 
     def stop(self) -> None:
-        order = [n for n in self.procs if n != "redis"] + ["redis"]
+        order = [n for n in self.services if n != "redis"] + ["redis"]
         for name in order:
-            proc = self.procs.get(name)
+            svc = self.services.get(name)
+            proc = svc.proc if svc else None
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM if name != "redis" else signal.SIGINT)
