@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 
-from orchestrator.api import disk, errors, security
+from orchestrator.api import disk, errors, limits, security
 from orchestrator.api.deps import AppState
 from orchestrator.api.routes import avatars, events, health, jobs, media, metrics, web
 from orchestrator.avatars import AvatarService
@@ -41,7 +41,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
             reconciler.start()
-        logger.info("orchestrator ready: redis %s, data %s", s.redis_url, s.data_dir)
+        logger.info("orchestrator ready: redis %s, data %s", s.redis_url_redacted, s.data_dir)
         try:
             yield
         finally:
@@ -50,6 +50,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="JayAvatar", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(limits.BodyLimit)  # innermost: bodies sized once the asker is let in
     app.add_middleware(disk.DiskGuard)  # inside security.Guard: who asks is checked first
     app.add_middleware(security.Guard)
     app.include_router(security.router)

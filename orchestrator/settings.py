@@ -15,6 +15,14 @@ class OrchestratorSettings(Settings):
     max_image_side: int = Field(8192, ge=256)
     min_image_side: int = Field(64, ge=16)
     analyze_timeout_s: float = Field(60.0, gt=0)
+    # Uploads (orchestrator/images.py, api/limits.py): pixels an image may declare in its header,
+    # pixels kept (larger pictures are reduced), memory all decodes may hold at once, avatar
+    # uploads in progress at once (503 past it), the largest JSON body.
+    max_image_pixels: int = Field(8192 * 8192, ge=65536)
+    max_analysis_pixels: int = Field(4096 * 4096, ge=65536)
+    decode_budget_mb: int = Field(384, ge=16)
+    max_pending_avatars: int = Field(16, ge=1)
+    max_json_kb: int = Field(256, ge=16)
     run_reconciler: bool = True
     # Access (orchestrator/api/security.py): the token /v1 and /metrics need (required when HOST
     # is not loopback) and the Host names besides loopback ones (comma-separated, '*.x' allowed).
@@ -25,6 +33,10 @@ class OrchestratorSettings(Settings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_json_bytes(self) -> int:
+        return self.max_json_kb * 1024
 
     @property
     def token(self) -> str | None:
