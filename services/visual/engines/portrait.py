@@ -13,16 +13,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from services.visual.face import N_LANDMARKS, FaceInfo, padded_crop, to_rgb
+from services.visual.face import N_LANDMARKS, FaceInfo, to_rgb
+from services.visual.framing import frame_face, frame_original
 from services.visual.motion import Tracks, audio_features, build_tracks, mono
 from shared.errors import InvalidInput
-from shared.models import ASPECTS, MIN_FACE_PX, frame_size
+from shared.models import ASPECTS, frame_size
+from shared.models import MIN_FACE_PX as MIN_FACE_PX  # re-exported: the renderers' limit
 
 logger = logging.getLogger(__name__)
 
-FACE_FRACTION = 0.48  # face (cheek to cheek) / frame width
-EYE_LINE = 0.42  # eye height / frame height
-TALL_EYE_LINE = 0.36  # the same in a portrait-shaped (9:16) frame
 MAX_GAP = 0.24  # lip gap at opening 1, as a fraction of mouth width
 UPPER_LIP_SHARE = 0.2  # the upper lip rises this much for every unit the jaw drops
 TEETH_SPLIT = 0.4  # with teeth showing at rest, the lips part this much lower than mid-gap
@@ -364,18 +363,27 @@ class Animation:
         """(height, width, 3) uint8 RGB, C-contiguous."""
         i = self._index(i)
         tr = self.tracks
+        return self.draw(float(tr.opening[i]), float(tr.lateral[i]), float(tr.blink[i]),
+                         float(tr.tx[i]), float(tr.ty[i]), float(tr.rot[i]), float(tr.breath[i]))
+
+    def draw(self, opening: float, lateral: float, blink: float, tx: float, ty: float,
+             rot: float, breath: float) -> np.ndarray:
+        """The portrait posed by one set of frame parameters (what `frame(i)` draws from the
+        tracks; live sessions draw from parameters made as they go)."""
         img = self._base.copy()
-        opening, lateral = float(tr.opening[i]), float(tr.lateral[i])
         if opening * self._mouth.gap_px > 0.05 or abs(lateral) > 0.05:
             self._mouth.apply(self._base, img, opening, lateral)
-        if tr.blink[i] > 0.01:
+        if blink > 0.01:
             for eye in self._eyes:
-                eye.apply(self._base, img, float(tr.blink[i]))
-        tx, ty, rot, breath = (float(tr.tx[i]), float(tr.ty[i]), float(tr.rot[i]),
-                               float(tr.breath[i]))
+                eye.apply(self._base, img, blink)
         if max(abs(tx), abs(ty), abs(rot) * 100, abs(breath)) > 1e-3:
             self._pose.apply(img, tx, ty, rot, breath)
         return img
+
+    @property
+    def mouth_width(self) -> float:
+        """The mouth's width in output pixels (lip-corner travel scales with it)."""
+        return self._mouth.mw
 
     def _index(self, i: int) -> int:
         if not 0 <= i < self.n_frames:
@@ -427,57 +435,6 @@ def frame_input(portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray, sam
     image = to_rgb(portrait_rgb)
     if spec.framing == "original":
         base, lm = frame_original(image, landmarks, spec.frame)
-    else:
+    else:  # see services/visual/framing.py: moved, zoomed or filled, never stretched edges
         base, lm = frame_face(image, landmarks, spec.frame)
     return base, lm, samples, n
-
-
-def frame_face(image: np.ndarray, lm: np.ndarray, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-    """A crop around the face, the face ~48% of the short side wide, centred, eyes at 42% of
-    the height (36% in a tall frame, leaving room for the shoulders), scaled to `frame`."""
-    width, height = frame
-    face_width = float(np.ptp(lm[:, 0]))
-    if face_width < 8:
-        raise InvalidInput(f"the face is {face_width:.0f} px wide, expected at least 8 px")
-    scale = FACE_FRACTION * min(width, height) / face_width  # output px per photo px
-    crop_w, crop_h = max(8, int(round(width / scale))), max(8, int(round(height / scale)))
-    eye_line = EYE_LINE if height <= width else TALL_EYE_LINE
-    eye_y = float(lm[[33, 133, 263, 362], 1].mean())
-    x0 = int(round((lm[:, 0].min() + lm[:, 0].max()) / 2 - crop_w / 2))
-    y0 = int(round(eye_y - eye_line * crop_h))
-    crop = padded_crop(image, x0, y0, crop_w, crop_h)
-    interp = cv2.INTER_AREA if crop_w > width else cv2.INTER_CUBIC
-    base = np.ascontiguousarray(cv2.resize(crop, (width, height), interpolation=interp))
-    return base, ((lm - [x0, y0]) * [width / crop_w, height / crop_h]).astype(np.float32)
-
-
-def frame_original(image: np.ndarray, lm: np.ndarray, frame: Frame
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The whole photo fitted inside `frame`, centred; any border left over is the photo itself,
-    scaled to cover the frame and blurred, so no bars and no stretched edge pixels show."""
-    width, height = frame
-    h, w = image.shape[:2]
-    scale = min(width / w, height / h)
-    fit_w, fit_h = max(2, int(round(w * scale))), max(2, int(round(h * scale)))
-    x0, y0 = (width - fit_w) // 2, (height - fit_h) // 2
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    fitted = cv2.resize(image, (fit_w, fit_h), interpolation=interp)
-    if (fit_w, fit_h) == (width, height):
-        base = fitted
-    else:
-        cover = max(width / w, height / h)
-        small = cv2.resize(image, (max(2, int(w * cover / 8)), max(2, int(h * cover / 8))),
-                           interpolation=cv2.INTER_AREA)
-        blurred = cv2.GaussianBlur(small, (0, 0), 3)
-        big = cv2.resize(blurred, (int(np.ceil(w * cover)), int(np.ceil(h * cover))),
-                         interpolation=cv2.INTER_LINEAR)
-        bx, by = (big.shape[1] - width) // 2, (big.shape[0] - height) // 2
-        base = (big[by:by + height, bx:bx + width] * 0.8).astype(np.uint8)
-        base[y0:y0 + fit_h, x0:x0 + fit_w] = fitted
-    out_lm = (lm * [fit_w / w, fit_h / h] + [x0, y0]).astype(np.float32)
-    if float(np.ptp(out_lm[:, 0])) < MIN_FACE_PX:
-        raise InvalidInput(
-            f"with framing 'original' the face is only {np.ptp(out_lm[:, 0]):.0f} px wide in the "
-            f"{width}x{height} output; it needs at least {MIN_FACE_PX} px: choose framing 'face' "
-            "or a larger size")
-    return np.ascontiguousarray(base), out_lm
