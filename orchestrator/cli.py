@@ -200,7 +200,8 @@ def _recover() -> int:
     try:
         report = recover_from_disk(conn, store, settings.data_dir)
     except redis.RedisError as exc:
-        console.print(f"[red]error[/red] Redis at {settings.redis_url} is unreachable: {exc}")
+        console.print(f"[red]error[/red] Redis at {settings.redis_url_redacted} is unreachable: "
+                      f"{exc}")
         return 1
     print(f"jobs restored {report.jobs_restored} (re-enqueued {report.jobs_requeued}), "
           f"already present {report.jobs_present}, avatars restored {report.avatars_restored}, "

@@ -6,6 +6,7 @@ nothing reads `os.environ` deeper in the code.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Self
 
@@ -50,12 +51,22 @@ class Settings(BaseSettings):
     live_lease_ttl_s: float = Field(1.0, gt=0.1)
     live_sessions_per_worker: int = Field(4, ge=1, le=64)
 
+    # Job records: a finished job's record, its listing entries and its folder go this many days
+    # after it ended (0: kept forever); an Idempotency-Key names its job this long.
+    job_retention_days: float = Field(30.0, ge=0)
+    idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
+
     # Append-only audit log of stage executions (one JSON line per event); off when empty.
     audit_log: Path | None = None
 
     @property
     def heartbeat_interval(self) -> float:
         return self.heartbeat_s or self.lease_ttl_s / 3
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """REDIS_URL fit for logs and messages: its password replaced by ***."""
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.redis_url)
 
     @classmethod
     def load(cls, **overrides: object) -> Self:

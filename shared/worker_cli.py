@@ -22,6 +22,7 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job, JobStatus
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from shared import keys
@@ -118,11 +119,13 @@ class StageWorker(SimpleWorker):
             return
         logger.error("worker %s: refused rq job %s from queue %s: %s", self.name, job.id,
                      queue.name, reason)
+        why = f"refused by JayAvatar: {reason}"
         with self.connection.pipeline() as pipe:  # failed, with no retry, callback or webhook
             pipe.lrem(queue.intermediate_queue_key, 0, job.id)
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            queue.failed_job_registry.add(job, ttl=REFUSED_TTL_S, pipeline=pipe,
-                                          exc_string=f"refused by JayAvatar: {reason}")
+            queue.failed_job_registry.add(job, ttl=REFUSED_TTL_S, pipeline=pipe, exc_string=why)
+            Result.create_failure(job, REFUSED_TTL_S, exc_string=why, worker_name=self.name,
+                                  pipeline=pipe)
             pipe.execute()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:

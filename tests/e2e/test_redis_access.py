@@ -62,9 +62,10 @@ def test_workers_run_only_jayavatar_entry_points(cluster, client, avatar_id, tmp
         while job.get_status(refresh=True) != JobStatus.FAILED:
             assert time.monotonic() < deadline, f"{job.func_name} was not refused"
             time.sleep(0.1)
-        job.refresh()
-        assert job.exc_info is not None and "refused by JayAvatar" in job.exc_info, job.exc_info
-        assert "ModuleNotFoundError" not in job.exc_info  # refused before any import
+        result = job.latest_result()
+        assert result is not None and result.exc_string is not None
+        assert "refused by JayAvatar" in result.exc_string, result.exc_string
+        assert "ModuleNotFoundError" not in result.exc_string  # refused before any import
     assert not target.exists(), "a planted queue entry ran"
     logs = "".join((cluster.logs / f"{stage}.log").read_text()
                    for stage in ("audio", "visual", "compose"))
