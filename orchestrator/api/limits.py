@@ -14,6 +14,8 @@ import logging
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.settings import OrchestratorSettings
+
 logger = logging.getLogger(__name__)
 
 FORM_OVERHEAD = 1024 * 1024  # field names, boundaries and small form fields of a multipart body
@@ -38,31 +40,26 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
-        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
-        s = st.settings
-        limit = 2 * s.max_upload_bytes + FORM_OVERHEAD if multipart else s.max_json_bytes
-        what = (f"an upload may be at most {_size(limit)} (each file at most "
-                f"{s.max_upload_mb:g} MB); send a smaller file" if multipart else
-                f"a JSON body may be at most {_size(limit)}")
-
+        limit, what = _limit(st.settings, headers.get(b"content-type", b""))
         declared = headers.get(b"content-length")
         if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
+            if not declared.isdigit():
                 await _refuse(scope, receive, send, 400, "bad_content_length",
                               "the Content-Length header is not a number of bytes")
                 return
-            if length > limit:
-                logger.warning("refused %s %s: Content-Length %d over %d", scope["method"],
-                               scope["path"], length, limit)
+            if int(declared) > limit:
+                logger.warning("refused %s %s: Content-Length %s over %d", scope["method"],
+                               scope["path"], declared.decode(), limit)
                 await _refuse(scope, receive, send, 413, "body_too_large",
-                              f"the request body is {_size(length)}; {what}")
+                              f"the request body is {_size(int(declared))}; {what}")
                 return
+        await self._streamed(scope, receive, send, limit, what)
 
+    async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int,
+                        what: str) -> None:
+        """Run the app, counting the body as it arrives; past `limit`, answer 413 instead."""
         seen = 0
-        over = False
-        started = False
+        over = started = False
 
         async def counted_receive() -> Message:
             nonlocal seen, over
@@ -92,6 +89,15 @@ class BodyLimit:
                            scope["path"], limit)
             await _refuse(scope, receive, send, 413, "body_too_large",
                           f"the request body grew past {_size(limit)} while it was sent; {what}")
+
+
+def _limit(s: OrchestratorSettings, content_type: bytes) -> tuple[int, str]:
+    """The most bytes a body of this type may have, and a sentence saying so."""
+    if content_type.lower().startswith(b"multipart/"):
+        limit = 2 * s.max_upload_bytes + FORM_OVERHEAD
+        return limit, (f"an upload may be at most {_size(limit)} (each file at most "
+                       f"{s.max_upload_mb:g} MB); send a smaller file")
+    return s.max_json_bytes, f"a JSON body may be at most {_size(s.max_json_bytes)}"
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, code: str,
