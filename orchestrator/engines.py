@@ -33,6 +33,23 @@ VOICES: dict[str, EngineSpec] = {
     "xtts": EngineSpec("xtts", "audio",
                        ("xtts_v2/config.json", "xtts_v2/model.pth", "xtts_v2/vocab.json"),
                        needs_voice_sample=True),
+    # Piper's joe reshaped (pitch, formants, rate) toward the avatar's voice sample, no weights
+    "piper-match": EngineSpec("piper-match", "audio", needs_voice_sample=True),
+    # joe reshaped by fixed amounts; mirrors services/audio/engines/piper_match.py PRESETS
+    "piper-low": EngineSpec("piper-low", "audio"),
+    "piper-high": EngineSpec("piper-high", "audio"),
+    "piper-female": EngineSpec("piper-female", "audio"),
+}
+# What the web page and the CLI say about each voice.
+VOICE_HINTS: dict[str, str] = {
+    "auto": "xtts when its weights are there and the avatar has a voice sample, else piper-match "
+            "with a sample, else piper",
+    "piper": "Piper's joe, a US male voice",
+    "piper-match": "joe reshaped toward the avatar's voice sample (pitch, formants, rate)",
+    "piper-low": "joe, deeper: pitch -3 semitones, longer vocal tract",
+    "piper-high": "joe, lighter: pitch +4 semitones, shorter vocal tract",
+    "piper-female": "joe raised to a woman's range (~200 Hz, formants +20%)",
+    "xtts": "XTTS v2 clones the voice sample (needs its weights)",
 }
 RENDERERS: dict[str, EngineSpec] = {
     "portrait": EngineSpec("portrait", "visual"),
@@ -45,7 +62,7 @@ RENDERERS: dict[str, EngineSpec] = {
         "gfpgan/weights/alignment_WFLW_4HG.pth", "gfpgan/weights/detection_Resnet50_Final.pth",
     ))),
 }
-AUTO_ORDER = {"audio": ["xtts", "piper"], "visual": ["portrait"]}
+AUTO_ORDER = {"audio": ["xtts", "piper-match", "piper"], "visual": ["portrait"]}
 
 
 def _pick(kind: str, table: dict[str, EngineSpec], stage: str, requested: str,
@@ -63,8 +80,9 @@ def _pick(kind: str, table: dict[str, EngineSpec], stage: str, requested: str,
                            f"{', '.join(missing)}; {DOWNLOAD_HINT}")
         if spec.needs_voice_sample and not avatar.has_voice_sample:
             raise ApiError(422, "no_voice_sample",
-                           f"the {kind} {requested!r} clones a voice, and avatar {avatar.id} has "
-                           "no voice sample; create the avatar with a 3-30 s voice_sample")
+                           f"the {kind} {requested!r} follows a voice sample, and avatar "
+                           f"{avatar.id} has none; create the avatar with a 3-30 s voice_sample "
+                           "or choose another voice (piper, piper-low, piper-high, piper-female)")
         return requested, None
     skipped = []
     for name in AUTO_ORDER[stage]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from shared import spoken_text
 from shared.checkpoint import remove_tree
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -42,12 +43,17 @@ def synthesize(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("audio", "piper")
     engine = _engine(name, ctx.settings)
     cloning: dict[str, Any] = {}
+    avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
     if name == "xtts":
-        avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
         cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir,
                    "checkpoint_dir": ctx.job_dir / SENTENCES}
+    elif getattr(engine, "needs_voice_sample", False):  # piper-match: measured once, cached
+        cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir}
+    text, tags = spoken_text.strip_tags(ctx.job.text)
+    if tags:
+        logger.info("audio: %d SSML-like tags left unspoken", tags)
     speech = engine.synthesize(
-        ctx.job.text, ctx.work_dir / "speech.wav", length_scale=1.0 / ctx.job.options.speed,
+        text, ctx.work_dir / "speech.wav", length_scale=1.0 / ctx.job.options.speed,
         progress=ctx.progress, should_stop=ctx.should_stop, **cloning)
     ctx.check()
     files = ["speech.wav"]
@@ -57,4 +63,5 @@ def synthesize(ctx: StageContext) -> StageResult:
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "duration": speech.duration, "sample_rate": speech.sample_rate,
         "n_samples": speech.n_samples, "phonemes": speech.phonemes is not None,
+        **(speech.info or {}),
     })

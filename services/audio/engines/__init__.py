@@ -28,6 +28,7 @@ class Speech:
     n_samples: int
     duration: float
     phonemes: list[dict] | None
+    info: dict | None = None  # engine-specific facts for the stage manifest (e.g. a voice shift)
 
 
 class SpeechEngine(Protocol):
@@ -61,7 +62,19 @@ def _xtts() -> type[SpeechEngine]:
     return XttsEngine
 
 
-ENGINES: dict[str, Callable[[], type[SpeechEngine]]] = {"piper": _piper, "xtts": _xtts}
+def _shifted(name: str) -> Callable[[], type[SpeechEngine]]:
+    def load() -> type[SpeechEngine]:
+        from services.audio.engines import piper_match
+
+        return piper_match.ENGINES[name]
+
+    return load
+
+
+ENGINES: dict[str, Callable[[], type[SpeechEngine]]] = {
+    "piper": _piper, "xtts": _xtts,
+    **{name: _shifted(name) for name in ("piper-match", "piper-low", "piper-high", "piper-female")},
+}
 
 
 def get_engine(name: str) -> type[SpeechEngine]:

@@ -1,0 +1,246 @@
+"""Piper's joe, reshaped: toward the avatar's voice sample (`piper-match`) or a named preset.
+
+No neural weights: Piper speaks, then Praat's PSOLA "Change gender" (praat-parselmouth,
+GPL-3.0-or-later) moves the pitch median and spread, scales the formants (the vocal-tract
+length) and stretches the time by the rate change, uniformly: the phoneme timings the renderer
+uses are scaled by exactly the same factor, so they stay in sync with the audio. (Piper's own
+length scale is no good for this: its durations are drawn with noise, so the change it makes
+is neither exact nor known.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.audio.engines import Speech
+from services.audio.engines import voice_profile as profiles
+from services.audio.engines.piper import VOICE, PiperEngine
+from shared.errors import Canceled, InvalidInput, StageFailed
+from shared.storage import atomic_write_json, atomic_writer, sha256_file
+
+logger = logging.getLogger(__name__)
+
+# joe measured on this text at length scale 1: the reference the sample is compared with
+REFERENCE_TEXT = (
+    "The north wind and the sun were disputing which was the stronger, when a traveler came "
+    "along wrapped in a warm cloak. They agreed that the one who first succeeded in making the "
+    "traveler take his cloak off should be considered stronger than the other."
+)
+FORMANT_LIMITS = (0.85, 1.3)  # past these Praat's resampling trick sounds artificial
+RANGE_LIMITS = (0.5, 2.0)
+RATE_LIMITS = (0.8, 1.25)  # speaking-rate factor relative to joe; a sample's rate is noisy
+PEAK = 0.97  # full scale fraction the reshaped audio may reach
+
+
+@dataclass(frozen=True)
+class Shift:
+    """How to reshape joe: target pitch median (Hz), pitch spread factor, formant ratio, rate."""
+
+    pitch_median: float
+    range_factor: float = 1.0
+    formant_ratio: float = 1.0
+    rate: float = 1.0  # > 1 speaks faster
+
+    def to_json(self) -> dict[str, float]:
+        return {"pitch_median": round(self.pitch_median, 2),
+                "range_factor": round(self.range_factor, 3),
+                "formant_ratio": round(self.formant_ratio, 3), "rate": round(self.rate, 3)}
+
+
+# Presets: joe's pitch times a factor, and its formants scaled (semitones in the comments).
+PRESETS: dict[str, tuple[float, float]] = {
+    "piper-low": (0.84, 0.94),  # -3 st, a longer vocal tract: a deeper man
+    "piper-high": (1.26, 1.06),  # +4 st, a shorter one: a younger, lighter man
+    "piper-female": (2.2, 1.2),  # ~200 Hz and formants up a fifth: a woman's range
+}
+
+
+def _clamp(value: float, limits: tuple[float, float]) -> float:
+    return min(max(value, limits[0]), limits[1])
+
+
+def match(sample: profiles.VoiceProfile, joe: profiles.VoiceProfile) -> Shift:
+    """The shift that takes joe's profile to the sample's."""
+    formants = math.sqrt(sample.f3 / joe.f3 * sample.f4 / joe.f4)
+    return Shift(
+        pitch_median=sample.pitch_median,
+        range_factor=_clamp(sample.pitch_span / joe.pitch_span, RANGE_LIMITS),
+        formant_ratio=_clamp(formants, FORMANT_LIMITS),
+        rate=_clamp(sample.syllable_rate / joe.syllable_rate, RATE_LIMITS),
+    )
+
+
+class ShiftedPiperEngine:
+    """Piper plus a pitch/formant shift; the Piper voice itself is shared with `piper`."""
+
+    name = "piper-shifted"
+    version = f"piper-tts 1.8.0 / {VOICE} / praat-parselmouth 0.4.7 change-gender"
+    needs_voice_sample = False
+
+    def __init__(self, models_dir: Path) -> None:
+        import parselmouth  # noqa: F401  (fail at start, not mid-job, if it is missing)
+
+        self.models_dir = Path(models_dir)
+        self.piper = PiperEngine(models_dir)
+        self.sample_rate = self.piper.sample_rate
+        self._joe: profiles.VoiceProfile | None = None
+        self.last_shift: Shift | None = None
+
+    def joe(self) -> profiles.VoiceProfile:
+        """joe's own profile: from MODELS_DIR/piper/joe.profile.json or measured once."""
+        if self._joe is None:
+            cache = self.models_dir / "piper" / f"{VOICE}.profile.json"
+            try:
+                self._joe = profiles.VoiceProfile.from_json(_read_json(cache))
+            except (OSError, ValueError, KeyError, TypeError):
+                with tempfile.TemporaryDirectory() as tmp:
+                    wav = Path(tmp) / "joe.wav"
+                    self.piper.synthesize(REFERENCE_TEXT, wav)
+                    self._joe = profiles.measure(wav)
+                try:
+                    atomic_write_json(cache, self._joe.to_json())
+                except OSError as exc:
+                    logger.warning("piper: cannot cache joe's profile in %s: %s", cache, exc)
+        return self._joe
+
+    def shift_for(self, voice_sample: Path | None, cache_dir: Path | None) -> Shift:
+        """The preset's shift, relative to joe's measured pitch."""
+        pitch, formants = PRESETS[self.name]
+        return Shift(pitch_median=self.joe().pitch_median * pitch, formant_ratio=formants)
+
+    def synthesize(
+        self,
+        text: str,
+        out_wav: Path,
+        *,
+        length_scale: float = 1.0,
+        progress: Callable[[float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        voice_sample: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> Speech:
+        """Speak `text` with Piper at the shift's rate, then reshape it in place."""
+        if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
+            raise InvalidInput(f"length_scale={length_scale}; expected a number in [0.1, 10]")
+        shift = self.shift_for(voice_sample, cache_dir)
+        started = time.perf_counter()
+
+        def spoken(done: float) -> None:
+            if progress is not None:
+                progress(0.9 * done)
+
+        raw = out_wav.with_name(f".{out_wav.name}.piper.wav")
+        try:
+            speech = self.piper.synthesize(text, raw, length_scale=length_scale,
+                                           progress=spoken, should_stop=should_stop)
+            if should_stop is not None and should_stop():
+                raise Canceled("speech synthesis canceled before the voice was reshaped")
+            n = reshape(raw, out_wav, shift)
+        finally:
+            raw.unlink(missing_ok=True)
+        if progress is not None:
+            progress(1.0)
+        self.last_shift = shift
+        rate = speech.sample_rate
+        logger.info("%s: %.2f s of speech reshaped to %s (%.2f s) in %.2f s", self.name,
+                    speech.duration, shift.to_json(), n / rate, time.perf_counter() - started)
+        return Speech(rate, n, n / rate, scale_timings(speech.phonemes, n / speech.n_samples,
+                                                       n / rate),
+                      info={"shift": shift.to_json()})
+
+
+class PiperLowEngine(ShiftedPiperEngine):
+    name = "piper-low"
+
+
+class PiperHighEngine(ShiftedPiperEngine):
+    name = "piper-high"
+
+
+class PiperFemaleEngine(ShiftedPiperEngine):
+    name = "piper-female"
+
+
+class PiperMatchEngine(ShiftedPiperEngine):
+    """joe moved toward the avatar's voice sample: pitch, spread, formants and rate."""
+
+    name = "piper-match"
+    needs_voice_sample = True
+
+    def shift_for(self, voice_sample: Path | None, cache_dir: Path | None) -> Shift:
+        if voice_sample is None:
+            raise InvalidInput("piper-match follows a voice sample and none was given")
+        if not Path(voice_sample).is_file():
+            raise StageFailed(f"piper-match: the voice sample {voice_sample} is missing")
+        sample = profiles.cached(Path(voice_sample), sha256_file(voice_sample), cache_dir)
+        return match(sample, self.joe())
+
+
+ENGINES: dict[str, type[ShiftedPiperEngine]] = {
+    e.name: e for e in (PiperMatchEngine, PiperLowEngine, PiperHighEngine, PiperFemaleEngine)}
+
+
+def scale_timings(phonemes: list[dict] | None, factor: float, duration: float
+                  ) -> list[dict] | None:
+    """Phoneme timings stretched by `factor`, the last one ending at `duration` exactly."""
+    if phonemes is None:
+        return None
+    out = [{**p, "start": round(p["start"] * factor, 5), "end": round(p["end"] * factor, 5)}
+           for p in phonemes]
+    if out:
+        out[-1]["end"] = round(duration, 5)
+    return out
+
+
+def stretched_length(n: int, shift: Shift) -> int:
+    """Samples of `n` samples of speech after the rate change of `shift`."""
+    return round(n / shift.rate)
+
+
+def reshape(src: Path, dst: Path, shift: Shift) -> int:
+    """Apply `shift` to the WAV `src`, written atomically to `dst` at the same sample rate and
+    loudness (peaks held under PEAK), exactly `stretched_length` samples long; returns that."""
+    import numpy as np
+    import parselmouth
+    from parselmouth.praat import call
+
+    try:
+        sound = parselmouth.Sound(str(src))
+        rate = int(sound.sampling_frequency)
+        x = sound.values[0]
+        out = call(sound, "Change gender", profiles.PITCH_FLOOR, profiles.PITCH_CEILING,
+                   shift.formant_ratio, shift.pitch_median, shift.range_factor, 1.0 / shift.rate)
+    except parselmouth.PraatError as exc:
+        raise StageFailed(f"voice shift: Praat could not reshape the speech: {exc}") from exc
+    y = np.zeros(stretched_length(len(x), shift))
+    got = out.values[0][: len(y)]  # Praat's length may differ by a few samples: pad or cut
+    y[: len(got)] = got
+    y = np.nan_to_num(y)
+    rms_in, rms_out = float(np.sqrt(np.mean(x**2))), float(np.sqrt(np.mean(y**2)))
+    if rms_out > 0:
+        y *= rms_in / rms_out
+    peak = float(np.max(np.abs(y))) if len(y) else 0.0
+    if peak > PEAK:
+        y *= PEAK / peak
+    with atomic_writer(dst, "wb") as fh, wave.open(fh, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.round(y * 32767).astype("<i2").tobytes())
+    return len(y)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds no profile")
+    return data
