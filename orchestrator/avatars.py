@@ -101,6 +101,7 @@ class AvatarService:
                 notes.append(f"{found['faces']} faces were found; the largest (face 0) is "
                              "animated; send face=<number> to choose another (see the "
                              "avatar's thumbnail for the numbers)")
+            notes.extend(found.get("notes", []))  # how a tight photo is framed
             record = AvatarRecord(
                 id=avatar_id, name=name, width=image.width, height=image.height,
                 face_box=tuple(found["boxes"][chosen]), faces_found=found["faces"],

@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.visual.framing import FramePlan, plan_face
 from shared.storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -45,20 +46,41 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
     faces = analyzer().analyze(rgb)
     boxes = [list(map(int, f.box)) for f in faces]
     chosen = face if 0 <= face < len(faces) else None
+    found: dict[str, Any] = {"faces": len(faces), "boxes": boxes, "chosen": chosen}
     if chosen is not None:
         atomic_write_json(folder / "face.json", faces[chosen].to_json())
-        write_thumbnail(rgb, boxes, chosen, folder / "thumbnail.jpg")
+        # how the default video (framing 'face', 1:1) frames this photo: said when it is tight
+        plan = plan_face(faces[chosen].landmarks, (rgb.shape[1], rgb.shape[0]), (512, 512))
+        write_thumbnail(rgb, boxes, chosen, folder / "thumbnail.jpg", plan)
+        found["framing"] = plan.to_json()
+        found["notes"] = [f"{plan.note} (framing 'face', 1:1)"] if plan.note else []
     logger.info("avatar %s: %d face(s) found, face %s chosen", folder.name, len(faces), chosen)
-    return {"faces": len(faces), "boxes": boxes, "chosen": chosen}
+    return found
 
 
-def write_thumbnail(rgb: np.ndarray, boxes: list[list[int]], chosen: int, out: Path) -> None:
-    """A small JPEG of the portrait with each face's box and number; the animated face in green."""
+def write_thumbnail(rgb: np.ndarray, boxes: list[list[int]], chosen: int, out: Path,
+                    plan: FramePlan | None = None) -> None:
+    """A JPEG of the portrait, THUMB_SIDE px on its longer side, with each face's box and
+    number, the animated face in green, and (given a `plan`) the default video's frame in
+    yellow, with a line saying how it was framed."""
     h, w = rgb.shape[:2]
-    scale = min(1.0, THUMB_SIDE / max(h, w))
+    scale = THUMB_SIDE / max(h, w)
     thumb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA)
+                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     thumb = np.ascontiguousarray(cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
+    if plan is not None:
+        x, y, cw, ch = plan.crop
+        cv2.rectangle(thumb, (round(x * scale), round(y * scale)),
+                      (round((x + cw) * scale) - 1, round((y + ch) * scale) - 1), (0, 210, 255),
+                      1, cv2.LINE_AA)
+        label = f"1:1 frame: {plan.summary}"
+        strip = thumb[-18:]
+        strip[:] = (strip * 0.35).astype(np.uint8)
+        font = 0.38
+        text_w = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0]
+        font *= min(1.0, (thumb.shape[1] - 8) / max(1, text_w))  # a narrow photo: smaller
+        cv2.putText(thumb, label, (4, thumb.shape[0] - 5), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    (0, 210, 255), 1, cv2.LINE_AA)
     for k, (x, y, bw, bh) in enumerate(boxes):
         p0 = (round(x * scale), round(y * scale))
         p1 = (round((x + bw) * scale), round((y + bh) * scale))

@@ -67,6 +67,20 @@ class FramePlan:
             said = f"{said}; {fill}" if said else fill
         return f"the photo ends close to the face at the {_join(self.tight)}: {said}"
 
+    @property
+    def summary(self) -> str:
+        """A few words for the avatar's thumbnail."""
+        if not self.tight:
+            return "face centred"
+        done = [f"{self.zoom:.1f}x closer"] if self.zoom > 1.02 else []
+        if max(abs(v) for v in self.offset) > 0.02:
+            done.append("off-centre")
+        if len(self.filled) > 2:
+            done.append(f"blurred fill on {len(self.filled)} sides")
+        elif self.filled:
+            done.append(f"blurred fill {'/'.join(self.filled)}")
+        return ", ".join(done) or "face centred"
+
     def to_json(self) -> dict:
         return {"crop": list(self.crop), "zoom": round(self.zoom, 3),
                 "offset": [round(v, 3) for v in self.offset], "tight": list(self.tight),

@@ -79,6 +79,15 @@ def render(ctx: StageContext) -> StageResult:
     opts = ctx.job.options
     spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed, aspect=opts.aspect,
                       framing=opts.framing)
+    framing: dict[str, Any] = {"framing": spec.framing}
+    if spec.framing == "face":  # how a tight photo was framed (moved, zoomed, filled)
+        from services.visual.framing import plan_face
+
+        frame_plan = plan_face(face.landmarks, (portrait.shape[1], portrait.shape[0]),
+                               spec.frame)
+        framing.update(frame_plan.to_json())
+        if frame_plan.note:
+            logger.info("job %s visual: %s", ctx.job.id, frame_plan.note)
     t0 = time.monotonic()
     animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
     t1 = time.monotonic()
@@ -114,5 +123,5 @@ def render(ctx: StageContext) -> StageResult:
         "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
         "chunks": plan.n_chunks, "chunks_reused": reused, "lanes": lanes, "seconds": seconds,
         "phonemes": has_phonemes, "mouth_box": [int(v) for v in animation.mouth_box],
-        "mask": opts.needs_mask,
+        "mask": opts.needs_mask, "framing": framing,
     })

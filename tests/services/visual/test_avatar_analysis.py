@@ -56,3 +56,30 @@ def test_a_face_number_beyond_the_faces_found_writes_nothing(tmp_path: Path) -> 
     found = avatar.analyze(str(tmp_path), face=3)
     assert found == {"faces": 1, "boxes": found["boxes"], "chosen": None}
     assert not (tmp_path / "face.json").exists() and not (tmp_path / "thumbnail.jpg").exists()
+
+
+def test_a_tight_photo_is_said_to_be_framed_off_centre(tmp_path: Path) -> None:
+    """The hair touches the top edge: the notes and the thumbnail say how the video frames it."""
+    cv2.imwrite(str(tmp_path / "portrait.png"), cv2.imread(str(PORTRAIT))[60:300, 150:330])
+    found = avatar.analyze(str(tmp_path))
+    assert found["chosen"] == 0 and found["framing"]["tight"] == ["left", "top"]
+    (note,) = found["notes"]
+    assert note.startswith("the photo ends close to the face at the left and top: the face is")
+    assert "off-centre" in note and "(framing 'face', 1:1)" in note
+    thumb = cv2.imread(str(tmp_path / "thumbnail.jpg"))
+    assert max(thumb.shape[:2]) == avatar.THUMB_SIDE
+    # the frame drawn in yellow (B low, G and R high) along its bottom edge, inside the photo
+    x, y, w, h = found["framing"]["crop"]
+    scale = avatar.THUMB_SIDE / 240
+    row = round((y + h) * scale) - 1
+    line = thumb[row - 1:row + 2, round(x * scale) + 10:round((x + w) * scale) - 10]
+    b, g, r = np.median(line.reshape(-1, 3), axis=0)
+    assert r > 150 and g > 120 and b < 110
+    # and the caption strip at the bottom
+    assert thumb[-18:].mean() < 0.6 * thumb[-60:-30].mean()
+
+
+def test_a_photo_with_room_around_the_face_gets_no_framing_note(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "portrait.png"), cv2.imread(str(PORTRAIT)))
+    found = avatar.analyze(str(tmp_path))
+    assert found["notes"] == [] and found["framing"]["zoom"] == 1.0
