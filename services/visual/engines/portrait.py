@@ -338,8 +338,9 @@ class _PoseRig:
         mx = cv2.add(self.X, cv2.resize(dx, self._shape, interpolation=cv2.INTER_LINEAR))
         my = cv2.add(self.Y, cv2.resize(dy, self._shape, interpolation=cv2.INTER_LINEAR))
         x0, y0, x1, y1 = self.roi
+        # a head moved at the frame's edge shows a mirror of what lies inside, not a streak
         img[y0:y1, x0:x1] = cv2.remap(img, mx, my, cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REPLICATE)
+                                      borderMode=cv2.BORDER_REFLECT_101)
 
 
 class Animation:

@@ -222,3 +222,14 @@ def test_the_fill_meets_the_photo_in_a_soft_seam(tight_faces):
     steps = np.abs(np.diff(rows[edge - 12:edge + 12]))
     assert steps.max() < 4 * np.median(np.abs(np.diff(rows[edge + 12:edge + 60]))) + 1
     assert base[:edge - 8].std(axis=1).mean() < 0.5 * base[edge + 8:].std(axis=1).mean()
+
+
+def test_a_head_moved_at_the_frame_edge_is_not_streaked(tight_faces):
+    """The hair touches the frame's top: moving the head down must not stretch the top row."""
+    crop, face = tight_faces["top"]
+    anim = PortraitEngine().prepare(crop, face, speech(), SR, None, RenderSpec(size=512))
+    img = np.array(anim._base)
+    anim._pose.apply(img, 0.0, 8.0, 0.0, 0.0)  # the head 8 px down
+    x0, _, x1, _ = anim._pose.roi
+    top = img[:8, x0:x1].astype(int)
+    assert np.abs(np.diff(top, axis=0)).mean() > 0.25 * np.abs(np.diff(top, axis=1)).mean()
