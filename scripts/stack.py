@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def log(msg: str) -> None:
 
 @dataclass
 class Supervised:
-    """One process the stack keeps running: its command, and when to start it again."""
+    """One process kept running: its command, and when to start it again."""
 
     name: str
     cmd: list[str]
@@ -47,6 +48,50 @@ class Supervised:
     restarts: int = 0
 
 
+class Supervisor:
+    """Restarts every process it holds when it exits, with backoff. `spawn(svc)` starts one
+    (and sets `svc.proc`); `check()` is one pass, to be called about every 0.2 s."""
+
+    def __init__(self, spawn: Callable[[Supervised], None], log_dir: Path) -> None:
+        self.spawn, self.log_dir = spawn, log_dir
+        self.services: dict[str, Supervised] = {}
+
+    def add(self, name: str, cmd: list[str]) -> Supervised:
+        svc = self.services[name] = Supervised(name, cmd)
+        self._start(svc)
+        return svc
+
+    def _start(self, svc: Supervised) -> None:
+        self.spawn(svc)
+        svc.started_at, svc.restart_at = time.monotonic(), None
+
+    def restart_after(self, name: str, delay_s: float) -> None:
+        """Start `name` again `delay_s` from now, whatever its backoff (a drill's own fault)."""
+        self.services[name].restart_at = time.monotonic() + delay_s
+
+    def check(self) -> list[str]:
+        """One pass: schedule a restart for what exited, restart what is due; returns those."""
+        now = time.monotonic()
+        restarted = []
+        for svc in self.services.values():
+            if svc.restart_at is None and svc.proc is not None and svc.proc.poll() is not None:
+                if now - svc.started_at >= STABLE_S:
+                    svc.backoff_s = BACKOFF_FIRST_S
+                svc.restart_at = now + svc.backoff_s
+                log(f"{svc.name} exited with {svc.proc.returncode} after "
+                    f"{now - svc.started_at:.0f}s; restarting it in {svc.backoff_s:.0f}s "
+                    f"(see {self.log_dir / (svc.name + '.log')})")
+                svc.backoff_s = min(svc.backoff_s * 2, BACKOFF_MAX_S)
+            elif svc.restart_at is not None and now >= svc.restart_at:
+                if svc.proc is not None and svc.proc.poll() is None:
+                    svc.restart_at = None  # it was never down (a drill scheduled it early)
+                    continue
+                svc.restarts += 1
+                self._start(svc)
+                restarted.append(svc.name)
+        return restarted
+
+
 class Stack:
     def __init__(self, data_dir: Path, redis_port: int, api_port: int, log_dir: Path,
                  workers: int = 1) -> None:
@@ -54,7 +99,7 @@ class Stack:
         self.redis_port, self.api_port = redis_port, api_port
         self.log_dir = log_dir
         self.workers = workers
-        self.services: dict[str, Supervised] = {}
+        self.supervisor = Supervisor(self._spawn, log_dir)
         self.env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                         DATA_DIR=str(self.data_dir), PORT=str(api_port),
                         PYTHONUNBUFFERED="1")
@@ -62,6 +107,10 @@ class Stack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def services(self) -> dict[str, Supervised]:
+        return self.supervisor.services
 
     @property
     def procs(self) -> dict[str, subprocess.Popen]:
@@ -75,16 +124,15 @@ class Stack:
                 "--port", str(self.redis_port)]
 
     def _spawn(self, svc: Supervised) -> None:
+        if svc.name == "redis":
+            svc.cmd = self.redis_cmd()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{svc.name}.log", "ab") as out:  # the child keeps its copy
             svc.proc = subprocess.Popen(svc.cmd, cwd=ROOT, env=self.env, stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        svc.started_at, svc.restart_at = time.monotonic(), None
 
     def add(self, name: str, cmd: list[str]) -> Supervised:
-        svc = self.services[name] = Supervised(name, cmd)
-        self._spawn(svc)
-        return svc
+        return self.supervisor.add(name, cmd)
 
     def start(self) -> None:
         self.add("redis", self.redis_cmd())
@@ -126,22 +174,8 @@ class Stack:
         raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
     def check(self) -> None:
-        """One supervision pass: schedule a restart for what exited, restart what is due."""
-        now = time.monotonic()
-        for svc in self.services.values():
-            if svc.restart_at is None and svc.proc is not None and svc.proc.poll() is not None:
-                if now - svc.started_at >= STABLE_S:
-                    svc.backoff_s = BACKOFF_FIRST_S
-                svc.restart_at = now + svc.backoff_s
-                log(f"{svc.name} exited with {svc.proc.returncode} after "
-                    f"{now - svc.started_at:.0f}s; restarting it in {svc.backoff_s:.0f}s "
-                    f"(see {self.log_dir / (svc.name + '.log')})")
-                svc.backoff_s = min(svc.backoff_s * 2, BACKOFF_MAX_S)
-            elif svc.restart_at is not None and now >= svc.restart_at:
-                svc.restarts += 1
-                if svc.name == "redis":
-                    svc.cmd = self.redis_cmd()
-                self._spawn(svc)
+        """One supervision pass (see Supervisor.check)."""
+        self.supervisor.check()
 
     def supervise(self, stop_when: float | None = None) -> None:
         while stop_when is None or time.monotonic() < stop_when:
