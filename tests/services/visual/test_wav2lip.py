@@ -173,3 +173,19 @@ def decode(video: Path) -> np.ndarray:
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-f", "rawvideo",
                           "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, SIZE, SIZE, 3)
+
+
+def test_a_tight_photo_is_framed_as_the_portrait_renderer_frames_it(engine, portrait):
+    """The hair touches the photo's top: both renderers start from the same moved frame."""
+    from services.visual.engines.portrait import PortraitEngine
+
+    crop = np.ascontiguousarray(portrait[60:300, 150:330])
+    with FaceAnalyzer() as analyzer:
+        tight = analyzer.analyze(crop)[0]
+    spec = RenderSpec(fps=FPS, size=SIZE)
+    anim = engine.prepare(crop, tight, buzz(0.4), SR, None, spec)
+    reference = PortraitEngine().prepare(crop, tight, buzz(0.4), SR, None, spec)._base
+    outside = anim._alpha == 0
+    assert np.array_equal(anim.frame(3)[outside], reference[outside])
+    top = reference[:8].astype(np.float32).mean(axis=2)
+    assert np.abs(np.diff(top, axis=0)).mean() > 0.25 * np.abs(np.diff(top, axis=1)).mean()
