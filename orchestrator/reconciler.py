@@ -4,23 +4,32 @@ For each non-terminal job: a *running* stage without a live lease lost its worke
 stage that is neither in its rq queue nor leased for longer than a lease TTL was taken by a
 worker that died before starting it; a *retry_wait* stage whose backoff is over is due. Each is
 re-enqueued with attempt+1 (`JobStore.requeue`, guarded), and a job past its attempt limit fails
-with the reason. A Redis lock elects one reconciler across orchestrators.
+with the reason. A Redis lock elects one reconciler across orchestrators. The elected one also
+keeps the job listings (shared/listings.py): it indexes old jobs once, and forgets finished jobs
+past JOB_RETENTION_DAYS every PRUNE_EVERY_S.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
+from typing import Any
 
 import redis
 
-from shared import keys
+from shared import keys, listings
 from shared.jobs import JobStore
-from shared.models import JobRecord
+from shared.models import TERMINAL, JobRecord
 
 logger = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 60.0
+
+BATCH = 500  # jobs read per pipelined round trip
+BRIEF_FIELDS = ("status", "stage", "stage_state", "attempt", "queued_at", "retry_at")
 
 
 class Reconciler:
@@ -32,6 +41,7 @@ class Reconciler:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pruned_at = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -47,11 +57,22 @@ class Reconciler:
             try:
                 if self._elected():
                     self.reconcile_once()
+                    self._keep_listings()
             except redis.RedisError as exc:
                 logger.warning("reconciler: Redis unavailable (%s); retrying", exc)
             except Exception:  # the loop must outlive any one bad record
                 logger.exception("reconciler: pass failed")
             self._stop.wait(self.every_s)
+
+    def _keep_listings(self) -> None:
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = time.monotonic()
+        indexed = listings.ensure_index(self.store)
+        if indexed:
+            logger.info("job listings: %d job(s) stored before per-status listings indexed",
+                        indexed)
+        listings.prune(self.store)
 
     def _elected(self) -> bool:
         ttl_ms = int(self.every_s * 3000)
@@ -63,26 +84,67 @@ class Reconciler:
         return False
 
     def reconcile_once(self) -> int:
-        """One pass; returns how many stages were re-enqueued or failed."""
+        """One pass; returns how many stages were re-enqueued or failed.
+
+        Reads only the fields that decide (and whether a lease exists) for BATCH jobs per
+        pipelined round trip, so a pass over thousands of queued jobs costs the API little;
+        the whole record is read only for a stage that needs re-enqueuing.
+        """
         changed = 0
         queued: dict[str, set[str]] = {}  # rq queue name -> ids waiting in it, read once
-        for raw_id in self.conn.smembers(keys.ACTIVE_JOBS):
-            job_id = keys.text(raw_id)
-            rec = self.store.get(job_id)
-            if rec is None or rec.terminal:
-                self.conn.srem(keys.ACTIVE_JOBS, job_id)
-                continue
-            if self.store.lease_holder(job_id) is not None:
-                continue
-            reason = self._orphaned(rec, queued)
-            if reason is None:
-                continue
-            new = self.store.requeue(job_id, rec.stage, rec.attempt, reason)
-            if new is not None:
-                changed += 1
-                logger.warning("job %s %s: %s; now %s (attempt %d)", job_id, rec.stage, reason,
-                               new.status, new.attempt)
+        ids = [keys.text(raw_id) for raw_id in self.conn.smembers(keys.ACTIVE_JOBS)]
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start:start + BATCH]
+            with self.conn.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hmget(keys.job(job_id), list(BRIEF_FIELDS))
+                    pipe.exists(keys.lease(job_id))
+                replies = pipe.execute()
+            for job_id, fields, leased in zip(chunk, replies[0::2], replies[1::2], strict=True):
+                brief = _brief(fields)
+                if brief is None or brief["status"] in TERMINAL:  # gone, unreadable or done
+                    if brief is None and fields[0] is not None:
+                        logger.warning("job %s: record cannot be read; no longer reconciled",
+                                       job_id)
+                    self.conn.srem(keys.ACTIVE_JOBS, job_id)
+                    continue
+                if leased:
+                    continue
+                changed += self._reconcile(job_id, brief, queued)
         return changed
+
+    def _reconcile(self, job_id: str, brief: dict[str, Any], queued: dict[str, set[str]]) -> int:
+        rec = self.store.get(job_id) if self._due(job_id, brief, queued) else None
+        if rec is None or rec.terminal or self.store.lease_holder(job_id) is not None:
+            return 0
+        reason = self._orphaned(rec, queued)
+        if reason is None:
+            return 0
+        new = self.store.requeue(job_id, rec.stage, rec.attempt, reason)
+        if new is None:
+            return 0
+        logger.warning("job %s %s: %s; now %s (attempt %d)", job_id, rec.stage, reason,
+                       new.status, new.attempt)
+        return 1
+
+    def _due(self, job_id: str, brief: dict[str, Any], queued: dict[str, set[str]]) -> bool:
+        """Whether the brief fields say this unleased stage may need re-enqueuing."""
+        now = time.time()
+        state = brief["stage_state"]
+        if state == "running":
+            return True
+        if state == "retry_wait":
+            return bool(now >= (brief["retry_at"] or 0))
+        if state == "queued" and now - (brief["queued_at"] or 0) > self.grace_s:
+            return keys.rq_job_id(job_id, brief["stage"], brief["attempt"]) not in \
+                self._waiting(brief["stage"], queued)
+        return False
+
+    def _waiting(self, stage: str, queued: dict[str, set[str]]) -> set[str]:
+        queue = keys.QUEUES[stage]
+        if queue not in queued:
+            queued[queue] = {keys.text(i) for i in self.conn.lrange(f"rq:queue:{queue}", 0, -1)}
+        return queued[queue]
 
     def _orphaned(self, rec: JobRecord, queued: dict[str, set[str]]) -> str | None:
         """Why this unleased stage needs re-enqueuing, or None if it is fine as it is."""
@@ -93,9 +155,20 @@ class Reconciler:
             info = rec.stages.get(rec.stage)
             return (info.error if info else None) or "retrying after an error"
         if rec.stage_state == "queued" and now - rec.queued_at > self.grace_s:
-            queue = keys.QUEUES[rec.stage]
-            if queue not in queued:
-                queued[queue] = {keys.text(i) for i in self.conn.lrange(f"rq:queue:{queue}", 0, -1)}
-            if keys.rq_job_id(rec.id, rec.stage, rec.attempt) not in queued[queue]:
+            if keys.rq_job_id(rec.id, rec.stage, rec.attempt) not in self._waiting(rec.stage,
+                                                                                  queued):
                 return "the worker that took this stage stopped before starting it"
         return None
+
+
+def _brief(fields: list[Any]) -> dict[str, Any] | None:
+    """The BRIEF_FIELDS of a job hash, decoded; None if the record is gone or unreadable (the
+    API reports an unreadable one as a failed job)."""
+    try:
+        values = [json.loads(v) if v is not None else None for v in fields]
+    except ValueError:
+        return None
+    brief = dict(zip(BRIEF_FIELDS, values, strict=True))
+    if brief["status"] is None or not isinstance(brief["attempt"], int):
+        return None
+    return brief

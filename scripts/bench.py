@@ -5,24 +5,28 @@ jobs of about 10 s of speech at 512x512/25 fps one after another and reports, pe
 medians: wall time from submission to result, real-time factor (wall / speech seconds), each
 stage's own time (from its manifest), stage hand-off latency (a stage's end to the next stage's
 start, from the job record), and each worker's peak RSS (VmHWM). Then it measures how many
-submissions per second the API accepts with 20 concurrent clients. Writes a JSON report.
+submissions per second the API accepts from 50 concurrent clients (1,000 by default), with the
+workers running, and the CPU each process spends per submission. Writes a JSON report.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import ROOT, Stack, log  # noqa: E402
+from stack import ROOT, VENVS, Stack, log  # noqa: E402
 
 TEXT_10S = ("Good morning, and welcome. This short message was generated on this machine, from "
             "one photograph and a few lines of text, without sending anything to the cloud.")
@@ -49,34 +53,126 @@ def run_job(client: httpx.Client, avatar_id: str, text: str) -> dict:
     return {"id": job_id, "wall": wall, "record": job}
 
 
-def submissions_per_second(url: str, avatar_id: str, n: int, clients: int) -> dict:
+async def _submit_loop(host: str, port: int, request: bytes, count: int,
+                       latencies: list[float], statuses: list[int]) -> None:
+    """One keep-alive HTTP/1.1 client sending `count` prepared requests one after another.
+
+    Raw asyncio streams, not httpx: 50 threads of httpx spend more CPU than the server being
+    measured on a 2-core machine, which would cap (and blur) the rate this measures.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for _ in range(count):
+            t = time.monotonic()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            latencies.append(time.monotonic() - t)
+            statuses.append(int(head.split(b" ", 2)[1]))
+    finally:
+        writer.close()
+
+
+def _stat(pid: int | str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn's worker processes)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(entry.name)
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def submissions_per_second(url: str, avatar_id: str, n: int, clients: int,
+                           watch: dict[str, int] | None = None) -> dict:
+    """POST /v1/jobs `n` times from `clients` concurrent keep-alive connections; the rate, the
+    latency percentiles and the CPU seconds each watched process spent per submission."""
+    parsed = urllib.parse.urlsplit(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    body = json.dumps({"avatar_id": avatar_id, "text": "Load test."}).encode()
+    request = (f"POST /v1/jobs HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               ).encode() + body
     latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    per_client = n // clients
+    statuses: list[int] = []
+    watch = dict(watch or {})
+    cpu0 = {name: cpu_seconds(pid) for name, pid in watch.items()}
+    own0 = time.process_time()
 
-    def worker() -> None:
-        nonlocal errors
-        with httpx.Client(base_url=url, timeout=30) as c:
-            for _ in range(per_client):
-                t = time.monotonic()
-                r = c.post("/v1/jobs", json={"avatar_id": avatar_id, "text": "Load test."})
-                with lock:
-                    latencies.append(time.monotonic() - t)
-                    errors += r.status_code != 202
+    async def run() -> None:
+        share = [n // clients + (i < n % clients) for i in range(clients)]
+        await asyncio.gather(*(_submit_loop(host, port, request, k, latencies, statuses)
+                               for k in share if k))
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    asyncio.run(run())
     elapsed = time.monotonic() - t0
+    cpu = {name: round(1000 * (cpu_seconds(pid) - cpu0[name]) / n, 2)
+           for name, pid in watch.items()}
+    cpu["load_client"] = round(1000 * (time.process_time() - own0) / n, 2)
     latencies.sort()
-    return {"submitted": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
+    return {"submitted": len(latencies), "clients": clients,
+            "errors": sum(s != 202 for s in statuses), "seconds": round(elapsed, 2),
             "per_second": round(len(latencies) / elapsed, 1),
             "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
-            "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 1)}
+            "p99_ms": round(1000 * latencies[max(int(len(latencies) * 0.99) - 1, 0)], 1),
+            "max_ms": round(1000 * latencies[-1], 1), "cpu_ms_per_submission": cpu}
+
+
+def baseline_tree(ref: str) -> Path:
+    """The files of commit `ref`, exported (no checkout, no .git changes) to a temp folder."""
+    tree = Path(tempfile.mkdtemp(prefix="jayavatar-baseline-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def api_rates(stack: Stack, avatar_id: str, args: argparse.Namespace) -> dict:
+    """Submission rate of this tree's orchestrator and, with --api-baseline, of that commit's
+    orchestrator beside it (same Redis, same workers, no reconciler), measured in turns."""
+    targets = {"current": (stack.api_url, "orchestrator")}
+    if args.api_baseline:
+        port = stack.api_port + 1
+        tree = baseline_tree(args.api_baseline)
+        python = VENVS / "orchestrator/bin/python"
+        stack.add("orchestrator-baseline", [
+            "sh", "-c", f'cd "{tree}" && PORT={port} RUN_RECONCILER=false exec "{python}" '
+            "-m orchestrator.app"])
+        stack._wait_http(f"http://127.0.0.1:{port}/healthz", 60)
+        targets["baseline"] = (f"http://127.0.0.1:{port}", "orchestrator-baseline")
+    runs: dict[str, list[dict]] = {name: [] for name in targets}
+    for turn in range(args.api_rounds):
+        order = sorted(targets, reverse=turn % 2 == 1)
+        for name in order:
+            url, _ = targets[name]
+            result = submissions_per_second(url, avatar_id, args.submissions, args.clients,
+                                            {n: p.pid for n, p in stack.procs.items()})
+            log(f"API {name} (turn {turn + 1}): {result}")
+            runs[name].append(result)
+    summary: dict = {"runs": runs}
+    for name, results in runs.items():
+        summary[name] = {k: statistics.median(r[k] for r in results)
+                         for k in ("per_second", "p50_ms", "p99_ms")}
+    if "baseline" in runs:
+        summary["baseline_ref"] = args.api_baseline
+        summary["rate_ratio"] = round(summary["current"]["per_second"]
+                                      / summary["baseline"]["per_second"], 2)
+    return summary
 
 
 def main() -> int:
@@ -84,7 +180,14 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--text", default=TEXT_10S)
     parser.add_argument("--report", type=Path, default=Path("out/bench.json"))
-    parser.add_argument("--submissions", type=int, default=400)
+    parser.add_argument("--submissions", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent API clients")
+    parser.add_argument("--api-only", action="store_true",
+                        help="only the API submission rate (workers running, no timed jobs)")
+    parser.add_argument("--api-baseline", metavar="COMMIT",
+                        help="also measure that commit's orchestrator, in turns with this one")
+    parser.add_argument("--api-rounds", type=int, default=1,
+                        help="turns of the API measurement (each submits --submissions jobs)")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="jayavatar-bench-"))
@@ -97,14 +200,19 @@ def main() -> int:
             avatar_id = client.post("/v1/avatars", files={"portrait": ("p.png", portrait)}
                                     ).json()["id"]
             run_job(client, avatar_id, "Warming up.")
-            for _ in range(args.jobs):
+            for _ in range(0 if args.api_only else args.jobs):
                 results.append(run_job(client, avatar_id, args.text))
             rss = {name: round(peak_rss_mb(p.pid), 1) for name, p in stack.procs.items()}
             # RSS is read before the load test, so it is that of the measured jobs; the load's
             # jobs are only enqueued and are dropped with the stack.
-            load = submissions_per_second(stack.api_url, avatar_id, args.submissions, 20)
+            load = api_rates(stack, avatar_id, args)
     finally:
         stack.stop()
+    if args.api_only:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps({"api_submissions": load}, indent=2))
+        log(f"API: { {k: v for k, v in load.items() if k != 'runs'} }")
+        return 0
 
     rows = []
     for r in results:
