@@ -14,9 +14,11 @@ from orchestrator.api import disk, errors, limits, security
 from orchestrator.api.deps import AppState
 from orchestrator.api.routes import avatars, events, health, jobs, media, metrics, web
 from orchestrator.avatars import AvatarService
+from orchestrator.images import ImageDecoder
 from orchestrator.media import MediaService
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import OrchestratorSettings
+from orchestrator.staging import StagingArea
 from shared.errors import ConfigError
 from shared.jobs import JobStore
 from shared.logs import configure_logging
@@ -37,7 +39,11 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         (s.data_dir / "avatars").mkdir(parents=True, exist_ok=True)
         (s.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
         (s.data_dir / "media").mkdir(parents=True, exist_ok=True)
-        app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s), MediaService(s))
+        staging = StagingArea(s.data_dir)  # uploads' staging; a dead process's is swept
+        staging.sweep([s.data_dir / "avatars", s.data_dir / "media"])
+        decoder = ImageDecoder(s)
+        app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s, decoder, staging),
+                                       MediaService(s, decoder, staging))
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
             reconciler.start()
@@ -47,6 +53,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         finally:
             reconciler.stop()
             conn.close()
+            staging.close()
 
     app = FastAPI(title="JayAvatar", version="0.1.0", lifespan=lifespan)
     errors.install(app)

@@ -1,7 +1,8 @@
 """Avatars: a validated portrait (+ optional voice sample) with its face found once and cached.
 
 The orchestrator holds no vision libraries, so face analysis is an rq job on the `avatar` queue
-that the visual workers serve; creation waits for its answer. Files are assembled in a staging
+that the visual workers serve; creation awaits its answer without holding a thread, and at most
+MAX_PENDING_AVATARS uploads are in progress at once. Files are assembled in a staging
 directory and renamed into `avatars/<id>/` only when everything checked out, so a rejected
 upload leaves nothing behind.
 """
@@ -14,9 +15,11 @@ import os
 import shutil
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import cast
 
+import anyio
 import redis
 from fastapi import UploadFile
 from rq import Queue
@@ -24,8 +27,10 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from orchestrator.api.errors import ApiError
+from orchestrator.images import ImageDecoder, save_png
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.uploads import check_file_name, check_voice_sample, decode_image, read_limited
+from orchestrator.staging import StagingArea
+from orchestrator.uploads import check_file_name, check_name, check_voice_sample, read_limited
 from shared import keys
 from shared.models import AvatarRecord
 from shared.storage import atomic_write_json, publish_dir, sha256_file
@@ -34,10 +39,14 @@ logger = logging.getLogger(__name__)
 
 
 class AvatarService:
-    def __init__(self, conn: redis.Redis, settings: OrchestratorSettings) -> None:
+    def __init__(self, conn: redis.Redis, settings: OrchestratorSettings, decoder: ImageDecoder,
+                 staging: StagingArea) -> None:
         self.conn = conn
         self.settings = settings
+        self.decoder = decoder
+        self.staging = staging
         self.root = settings.data_dir / "avatars"
+        self.pending = 0  # uploads in progress in this process
 
     def get(self, avatar_id: str) -> AvatarRecord | None:
         raw = self.conn.get(keys.avatar(avatar_id))
@@ -62,30 +71,39 @@ class AvatarService:
             shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
-               face: int | None = None) -> tuple[AvatarRecord, builtins.list[str]]:
-        s = self.settings
-        if name is not None and len(name) > 200:
-            raise ApiError(422, "bad_name", "the avatar name may be at most 200 characters")
+    async def create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
+                     face: int | None = None) -> tuple[AvatarRecord, builtins.list[str]]:
+        """Check, stage, analyse and publish an avatar. Waiting for the analysis holds no
+        thread; past MAX_PENDING_AVATARS uploads at once, the next gets 503 at the door."""
+        limit = self.settings.max_pending_avatars
+        if self.pending >= limit:
+            raise ApiError(503, "too_many_uploads",
+                           f"{limit} avatar uploads are already being checked and analysed; "
+                           "retry in a few seconds", headers={"Retry-After": "5"})
+        self.pending += 1
+        try:
+            return await self._create(portrait, voice, name, face)
+        finally:
+            self.pending -= 1
+
+    async def _create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
+                      face: int | None) -> tuple[AvatarRecord, builtins.list[str]]:
+        s, run = self.settings, self.decoder.run
+        name = check_name(name, "avatar")
         check_file_name(portrait, "portrait")
         if voice is not None:
             check_file_name(voice, "voice_sample")
-        image = decode_image(read_limited(portrait, "portrait", s.max_upload_bytes),
-                             min_side=s.min_image_side, max_side=s.max_image_side)
-        voice_data = read_limited(voice, "voice_sample", s.max_upload_bytes) if voice else None
+        picture = await self.decoder.decode(
+            await run(read_limited, portrait, "portrait", s.max_upload_bytes), "portrait")
+        voice_data = (await run(read_limited, voice, "voice_sample", s.max_upload_bytes)
+                      if voice else None)
 
         avatar_id = uuid.uuid4().hex[:16]
-        staging = self.root / f".staging-{avatar_id}"
-        staging.mkdir(parents=True)
+        staging = self.staging.folder(self.root, avatar_id)
         try:
-            image.image.save(staging / "portrait.png", format="PNG")
-            seconds = None
-            if voice_data is not None:
-                original = staging / "voice_original"
-                original.write_bytes(voice_data)
-                seconds = check_voice_sample(original, staging / "voice.wav")
-                original.unlink()
-            found = self._analyze(staging, face or 0)
+            await run(save_png, picture.image, staging / "portrait.png")
+            seconds = await run(self._store_voice, staging, voice_data)
+            found = await self._analyze(staging, face or 0)
             if found["faces"] == 0:
                 raise ApiError(422, "no_face",
                                "no face was found in the portrait; send a photo in which one "
@@ -96,51 +114,80 @@ class AvatarService:
                                f"face {face} was asked for, but the portrait has "
                                f"{found['faces']} face(s), numbered 0 to {found['faces'] - 1} "
                                "from the largest; send one of those numbers")
-            notes = []
+            notes = list(picture.notes)
+            if found.get("turned"):
+                notes.append(f"the face was found only with the photo turned "
+                             f"{found['turned']} degrees clockwise; it was stored turned so")
             if found["faces"] > 1 and face is None:
                 notes.append(f"{found['faces']} faces were found; the largest (face 0) is "
                              "animated; send face=<number> to choose another (see the "
                              "avatar's thumbnail for the numbers)")
             notes.extend(found.get("notes", []))  # how a tight photo is framed
             record = AvatarRecord(
-                id=avatar_id, name=name, width=image.width, height=image.height,
+                id=avatar_id, name=name, width=found.get("width", picture.width),
+                height=found.get("height", picture.height),
                 face_box=tuple(found["boxes"][chosen]), faces_found=found["faces"],
                 face_index=chosen,
                 has_voice_sample=seconds is not None, voice_sample_seconds=seconds,
-                portrait_sha256=sha256_file(staging / "portrait.png"),
-                voice_sha256=sha256_file(staging / "voice.wav") if seconds else None)
-            atomic_write_json(staging / "avatar.json", record.model_dump(mode="json"))
-            publish_dir(staging, self.root / avatar_id)
+                portrait_sha256="", voice_sha256=None)
+            record = await run(self._publish, staging, record)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        with self.conn.pipeline() as pipe:
-            pipe.set(keys.avatar(avatar_id), record.model_dump_json())
-            pipe.zadd(keys.AVATARS, {avatar_id: record.created_at})
-            pipe.execute()
+        await run(self._index, record)
         logger.info("avatar %s created (%d face(s))", avatar_id, record.faces_found)
         return record, notes
 
-    def _analyze(self, folder: Path, face: int) -> dict:
+    def _store_voice(self, staging: Path, voice_data: bytes | None) -> float | None:
+        """Check the voice sample and store it as voice.wav; its seconds (None without one)."""
+        if voice_data is None:
+            return None
+        original = staging / "voice_original"
+        original.write_bytes(voice_data)
+        seconds = check_voice_sample(original, staging / "voice.wav")
+        original.unlink()
+        return seconds
+
+    def _publish(self, staging: Path, record: AvatarRecord) -> AvatarRecord:
+        """Hash the files, write avatar.json and rename the staging folder into place."""
+        voice = staging / "voice.wav"
+        record = record.model_copy(update={
+            "portrait_sha256": sha256_file(staging / "portrait.png"),
+            "voice_sha256": sha256_file(voice) if record.has_voice_sample else None})
+        atomic_write_json(staging / "avatar.json", record.model_dump(mode="json"))
+        publish_dir(staging, self.root / record.id)
+        return record
+
+    def _index(self, record: AvatarRecord) -> None:
+        with self.conn.pipeline() as pipe:
+            pipe.set(keys.avatar(record.id), record.model_dump_json())
+            pipe.zadd(keys.AVATARS, {record.id: record.created_at})
+            pipe.execute()
+
+    async def _analyze(self, folder: Path, face: int) -> dict:
+        """Face analysis by a visual worker (rq job on the avatar queue), awaited by polling
+        its status from an upload thread a moment at a time: no thread waits for it."""
+        run = self.decoder.run
         queue = Queue(keys.AVATAR_QUEUE, connection=self.conn, serializer=JSONSerializer)
-        job = queue.enqueue_call(func=keys.ANALYZE_FUNC,
-                                 kwargs={"avatar_dir": str(folder.resolve()), "face": face},
-                                 timeout=120, result_ttl=60, failure_ttl=600,
-                                 ttl=int(self.settings.analyze_timeout_s) + 5)
+        job = await run(partial(
+            queue.enqueue_call, func=keys.ANALYZE_FUNC,
+            kwargs={"avatar_dir": str(folder.resolve()), "face": face}, timeout=120,
+            result_ttl=60, failure_ttl=600, ttl=int(self.settings.analyze_timeout_s) + 5))
         deadline = time.monotonic() + self.settings.analyze_timeout_s
         delay = 0.02
         while time.monotonic() < deadline:
-            status = job.get_status(refresh=True)
+            status = await run(partial(job.get_status, refresh=True))
             if status == JobStatus.FINISHED:
-                return cast(dict, job.return_value(refresh=True))
+                return cast(dict, await run(partial(job.return_value, refresh=True)))
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
                 raise ApiError(422, "unreadable_portrait",
                                "the portrait could not be analysed for a face; send a "
                                "different photo (PNG or JPEG)")
-            time.sleep(delay)
+            await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
-        job.cancel()
+        await run(job.cancel)
         raise ApiError(503, "no_visual_worker",
                        f"no visual worker analysed the portrait within "
                        f"{self.settings.analyze_timeout_s:.0f} s; start one with "
-                       "'jayavatar-worker visual' (make run starts it) and retry")
+                       "'jayavatar-worker visual' (make run starts it) and retry",
+                       headers={"Retry-After": "10"})

@@ -18,8 +18,10 @@ from pathlib import Path
 from fastapi import UploadFile
 
 from orchestrator.api.errors import ApiError
+from orchestrator.images import ImageDecoder, Picture, save_png
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.uploads import check_file_name, check_music, decode_image, read_limited
+from orchestrator.staging import StagingArea
+from orchestrator.uploads import check_file_name, check_music, check_name, read_limited
 from shared import assets
 from shared.models import MediaRecord
 from shared.storage import atomic_write_json, publish_dir, sha256_file
@@ -32,8 +34,11 @@ LIST_LIMIT = 1000
 
 
 class MediaService:
-    def __init__(self, settings: OrchestratorSettings) -> None:
+    def __init__(self, settings: OrchestratorSettings, decoder: ImageDecoder,
+                 staging: StagingArea) -> None:
         self.settings = settings
+        self.decoder = decoder
+        self.staging = staging
         self.root = assets.media_root(settings.data_dir)
 
     def get(self, media_id: str) -> MediaRecord | None:
@@ -59,20 +64,21 @@ class MediaService:
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def create(self, upload: UploadFile, kind: str, name: str | None) -> MediaRecord:
+    async def create(self, upload: UploadFile, kind: str, name: str | None) -> MediaRecord:
         if kind not in KINDS:
             raise ApiError(422, "bad_kind", f"kind {kind[:40]!r} is not known; expected 'image' "
                            f"({KINDS['image']}) or 'audio' ({KINDS['audio']})")
-        if name is not None and len(name) > 200:
-            raise ApiError(422, "bad_name", "the media name may be at most 200 characters")
+        name = check_name(name, "media")
         check_file_name(upload, "file")
-        data = read_limited(upload, "file", self.settings.max_upload_bytes)
+        run = self.decoder.run
+        data = await run(read_limited, upload, "file", self.settings.max_upload_bytes)
+        picture = await self.decoder.decode(data, "background image") if kind == "image" else None
         media_id = uuid.uuid4().hex[:16]
-        staging = self.root / f".staging-{media_id}"
-        staging.mkdir(parents=True)
+        staging = self.staging.folder(self.root, media_id)
         try:
-            record = self._store(staging, media_id, kind, data, name or upload.filename or None)
-            publish_dir(staging, self.root / media_id)
+            record = await run(self._store, staging, media_id, kind, data, picture,
+                               name or upload.filename or None)
+            await run(publish_dir, staging, self.root / media_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -80,16 +86,13 @@ class MediaService:
         return record
 
     def _store(self, staging: Path, media_id: str, kind: str, data: bytes,
-               name: str | None) -> MediaRecord:
-        """Check and normalise the upload into `staging`, with its media.json written last."""
-        s = self.settings
+               picture: Picture | None, name: str | None) -> MediaRecord:
+        """Normalise the checked upload into `staging`, with its media.json written last."""
         fields: dict = {}
-        if kind == "image":
-            image = decode_image(data, min_side=s.min_image_side, max_side=s.max_image_side,
-                                 what="background image")
+        if picture is not None:
             file = "image.png"
-            image.image.save(staging / file, format="PNG")
-            fields = {"width": image.width, "height": image.height}
+            save_png(picture.image, staging / file)
+            fields = {"width": picture.width, "height": picture.height}
         else:
             original = staging / "original"
             original.write_bytes(data)

@@ -1,34 +1,25 @@
-"""Checking uploaded portraits and voice samples before anything is stored.
+"""Checking uploads (file names, display names, voice samples, music) before anything is stored;
+pictures are decoded in images.py.
 
 Every rejection raises `InvalidInput`-style `ApiError`s with a sentence a person can act on.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
-import warnings
-from dataclasses import dataclass
+import unicodedata
 from pathlib import Path
 
 from fastapi import UploadFile
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from orchestrator.api.errors import ApiError
 
-IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
 MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
 MIN_MUSIC_S, MAX_MUSIC_S = 1.0, 600.0
+_JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners
 _SAFE_NAME = re.compile(r"^[\w\-. ()]{1,200}$")
-
-
-@dataclass(frozen=True)
-class Portrait:
-    image: Image.Image  # RGB, EXIF orientation applied
-    width: int
-    height: int
 
 
 def check_file_name(upload: UploadFile, field: str) -> None:
@@ -41,6 +32,24 @@ def check_file_name(upload: UploadFile, field: str) -> None:
                        "name such as 'me.jpg' (letters, digits, spaces, '-', '_', '.')")
 
 
+def check_name(name: str | None, what: str) -> str | None:
+    """A display name, trimmed (None when blank): at most 200 characters, none of them a
+    control or invisible formatting character (zero-width joiners, as in emoji, are fine)."""
+    if name is None or not name.strip():
+        return None
+    name = name.strip()
+    if len(name) > 200:
+        raise ApiError(422, "bad_name", f"the {what} name may be at most 200 characters")
+    for i, ch in enumerate(name):
+        kind = unicodedata.category(ch)
+        if kind in ("Cc", "Cs") or (kind == "Cf" and ch not in _JOINERS) or ch == "\ufffd":
+            raise ApiError(422, "bad_name",
+                           f"the {what} name has a control or invisible character "
+                           f"(U+{ord(ch):04X} at position {i + 1}); send plain text in UTF-8: "
+                           "letters, digits, spaces and punctuation")
+    return name
+
+
 def read_limited(upload: UploadFile, field: str, limit: int) -> bytes:
     data = upload.file.read(limit + 1)
     if len(data) > limit:
@@ -50,55 +59,6 @@ def read_limited(upload: UploadFile, field: str, limit: int) -> bytes:
     if not data:
         raise ApiError(422, "empty_file", f"the {field} upload is empty")
     return data
-
-
-def decode_image(data: bytes, *, min_side: int, max_side: int, what: str = "portrait"
-                 ) -> Portrait:
-    """Decode a still PNG/JPEG/WebP/BMP of sane size as RGB, EXIF orientation applied.
-
-    `what` names the upload in the messages ("portrait", "background image").
-    """
-    accepted = "a PNG, JPEG, WebP or BMP " + ("photo" if what == "portrait" else "image")
-    why = " (a face needs pixels to animate)" if what == "portrait" else ""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_side * max_side
-            probe = Image.open(io.BytesIO(data))
-            fmt = probe.format
-            if fmt not in IMAGE_FORMATS:
-                raise ApiError(415, "unsupported_image",
-                               f"the {what} is a {fmt} image; send {accepted}")
-            w, h = probe.size
-            if max(w, h) > max_side:
-                raise ApiError(413, "image_too_large",
-                               f"the {what} is {w}x{h} pixels; the largest side may be "
-                               f"{max_side} pixels")
-            if min(w, h) < min_side:
-                raise ApiError(422, "image_too_small",
-                               f"the {what} is {w}x{h} pixels; it must be at least "
-                               f"{min_side}x{min_side}{why}")
-            if getattr(probe, "n_frames", 1) > 1:
-                raise ApiError(422, "animated_image",
-                               f"the {what} is animated; send a still picture ({accepted})")
-            probe.verify()
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except ApiError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, "image_too_large",
-                       f"the {what} has too many pixels to decode safely; the largest side "
-                       f"may be {max_side} pixels") from exc
-    except UnidentifiedImageError as exc:
-        raise ApiError(415, "not_an_image",
-                       f"the {what} could not be read as an image ({exc.__class__.__name__}); "
-                       f"send {accepted}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(422, "corrupt_image",
-                       f"the {what} file is damaged or truncated; send {accepted}") from exc
-    rgb = ImageOps.exif_transpose(image).convert("RGB")
-    return Portrait(rgb, rgb.width, rgb.height)
 
 
 def check_voice_sample(original: Path, out_wav: Path) -> float:

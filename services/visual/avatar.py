@@ -44,9 +44,13 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
     folder = Path(avatar_dir)
     rgb = load_rgb(folder / "portrait.png")
     faces = analyzer().analyze(rgb)
+    turned = 0
+    if not faces:  # a photo lying on its side or upside down, with no EXIF to say so
+        rgb, faces, turned = upright(rgb, folder / "portrait.png")
     boxes = [list(map(int, f.box)) for f in faces]
     chosen = face if 0 <= face < len(faces) else None
-    found: dict[str, Any] = {"faces": len(faces), "boxes": boxes, "chosen": chosen}
+    found: dict[str, Any] = {"faces": len(faces), "boxes": boxes, "chosen": chosen,
+                             "turned": turned, "width": rgb.shape[1], "height": rgb.shape[0]}
     if chosen is not None:
         atomic_write_json(folder / "face.json", faces[chosen].to_json())
         # how the default video (framing 'face', 1:1) frames this photo: said when it is tight
@@ -56,6 +60,33 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
         found["notes"] = [f"{plan.note} (framing 'face', 1:1)"] if plan.note else []
     logger.info("avatar %s: %d face(s) found, face %s chosen", folder.name, len(faces), chosen)
     return found
+
+
+def upright(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, list[Any], int]:
+    """Look for faces in the photo turned 90 degrees clockwise, anticlockwise, then upside
+    down; the first turn that finds one is stored over `path`. The picture, its faces and the
+    degrees it was turned clockwise (0 and no faces when no turn helps)."""
+    for degrees, quarter_turns in ((90, -1), (270, 1), (180, 2)):
+        turned = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+        faces = analyzer().analyze(turned)
+        if faces:
+            ok, data = cv2.imencode(".png", cv2.cvtColor(turned, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise ValueError("cannot encode the turned portrait as PNG")
+            _replace(path, data.tobytes())
+            logger.info("avatar %s: face found with the photo turned %d degrees",
+                        path.parent.name, degrees)
+            return turned, faces, degrees
+    return rgb, [], 0
+
+
+def _replace(out: Path, data: bytes) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
 
 
 def write_thumbnail(rgb: np.ndarray, boxes: list[list[int]], chosen: int, out: Path,

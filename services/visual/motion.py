@@ -126,6 +126,15 @@ def _blinks(rng: np.random.Generator, n: int, fps: int) -> np.ndarray:
     return closed
 
 
+def motion_energy(loud: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(energy, emphasis) per frame: motion follows a held, smoothed speech envelope that is
+    exactly 0 after ~0.6 s of silence; emphasis is the loudness smoothed over ~0.1 s."""
+    hold = max(1, round(0.3 * fps))
+    held = np.lib.stride_tricks.sliding_window_view(np.pad(loud, hold), 2 * hold + 1).max(axis=1)
+    energy = np.clip(1.5 * _convolve(held, _hann(0.25 * fps)), 0.0, 1.0)
+    return energy, _convolve(loud, _hann(0.1 * fps))
+
+
 def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | None, fps: int,
             seed: int, mouth_width: float, face_width: float) -> Tracks:
     n = len(loud)
@@ -143,11 +152,7 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | 
         rounding = _convolve(np.clip((900.0 - centroid) / 500.0, 0, 1) * 0.7 * posture, smooth)
     lateral = (SPREAD_PX * width - ROUND_PX * rounding) * mouth_width
 
-    # motion follows a held, smoothed speech envelope that is exactly 0 after ~0.6 s of silence
-    hold = max(1, round(0.3 * fps))
-    held = np.lib.stride_tricks.sliding_window_view(np.pad(loud, hold), 2 * hold + 1).max(axis=1)
-    energy = np.clip(1.5 * _convolve(held, _hann(0.25 * fps)), 0.0, 1.0)
-    emphasis = _convolve(loud, _hann(0.1 * fps))
+    energy, emphasis = motion_energy(loud, fps)
     rng = np.random.default_rng(seed)
     t = np.arange(n) / fps
     tx = 0.010 * face_width * _wander(rng, t) * energy

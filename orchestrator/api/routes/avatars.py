@@ -24,7 +24,7 @@ def _get(st: AppState, avatar_id: str) -> AvatarRecord:
 
 
 @router.post("", status_code=201, response_model=AvatarPublic)
-def create_avatar(
+async def create_avatar(
     st: Annotated[AppState, Depends(state)],
     portrait: Annotated[UploadFile, File(description="a PNG, JPEG, WebP or BMP photo")],
     voice_sample: Annotated[UploadFile | None, File(description="3-30 s of speech")] = None,
@@ -32,7 +32,9 @@ def create_avatar(
     face: Annotated[int | None, Form(ge=0, le=99, description=(
         "which face to animate when the photo has several: 0 is the largest"))] = None,
 ) -> AvatarPublic:
-    record, notes = st.avatars.create(portrait, voice_sample, name, face)
+    """Waits for the face analysis without holding a thread; 503 with Retry-After when
+    MAX_PENDING_AVATARS uploads are already in progress."""
+    record, notes = await st.avatars.create(portrait, voice_sample, name, face)
     return AvatarPublic(**record.model_dump(), notes=notes)
 
 

@@ -25,13 +25,13 @@ def _get(st: AppState, media_id: str) -> MediaRecord:
 
 
 @router.post("", status_code=201, response_model=MediaPublic)
-def upload_media(
+async def upload_media(
     st: Annotated[AppState, Depends(state)],
     file: Annotated[UploadFile, File(description="the image or audio file")],
     kind: Annotated[str, Form(description="'image' (a background) or 'audio' (music)")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> MediaPublic:
-    return MediaPublic.of(st.media.create(file, kind.strip().lower(), name))
+    return MediaPublic.of(await st.media.create(file, kind.strip().lower(), name))
 
 
 @router.get("", response_model=list[MediaPublic])

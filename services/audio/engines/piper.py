@@ -119,6 +119,9 @@ def _timeline(chunks: list[tuple[list[tuple[str, int]], int]], pad: int) -> list
     return [(symbol, samples) for symbol, samples in merged]
 
 
+_LOADED: dict[Path, Any] = {}  # model -> PiperVoice, shared by piper and the reshaped voices
+
+
 class PiperEngine:
     """Piper voice en_US-joe-medium, loaded once and kept warm across jobs."""
 
@@ -134,10 +137,13 @@ class PiperEngine:
         except StageFailed as exc:
             logger.warning("piper: %s; using the plain voice without phoneme timings", exc)
             model = source_voice()
-        try:
-            self._voice = PiperVoice.load(model, config_path=f"{model}.json")
-        except Exception as exc:  # onnxruntime raises its own unrelated exception types
-            raise StageFailed(f"piper: cannot load voice {model}: {exc}") from exc
+        self._voice = _LOADED.get(model)
+        if self._voice is None:
+            try:
+                self._voice = PiperVoice.load(model, config_path=f"{model}.json")
+            except Exception as exc:  # onnxruntime raises its own unrelated exception types
+                raise StageFailed(f"piper: cannot load voice {model}: {exc}") from exc
+            _LOADED[model] = self._voice
         self.sample_rate: int = self._voice.config.sample_rate
         self.aligned = len(self._voice.session.get_outputs()) > 1
         self.load_seconds = time.perf_counter() - started
@@ -216,6 +222,32 @@ class PiperEngine:
             elapsed / duration,
         )
         return Speech(self.sample_rate, total, duration, phonemes)
+
+    def sentence_count(self, text: str) -> int:
+        """How many sentences (chunks) Piper will speak `text` in."""
+        return sum(1 for s in self._voice.phonemize(text) if s)
+
+    def sentences(self, text: str, *, length_scale: float = 1.0
+                  ) -> Iterator[tuple[bytes, list[dict] | None]]:
+        """Speak `text` one sentence at a time, as soon as each is ready (live sessions): 16-bit
+        mono PCM at the voice's rate without padding, and its phoneme timings (or None)."""
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=length_scale)
+        chunks = self._voice.synthesize(text, syn_config=config, include_alignments=self.aligned)
+        for chunk in self._chunks(chunks, None, 0):
+            audio = chunk.audio_int16_bytes
+            n = len(audio) // 2
+            timings = self._collect([] if self.aligned else None, chunk, n)
+            phonemes = None
+            if timings is not None:
+                phonemes, at = [], 0
+                for symbol, samples in _timeline(timings, 0):
+                    phonemes.append({"phoneme": symbol,
+                                     "start": round(at / self.sample_rate, 5),
+                                     "end": round((at + samples) / self.sample_rate, 5)})
+                    at += samples
+            yield audio, phonemes
 
     @staticmethod
     def _chunks(

@@ -1,0 +1,156 @@
+"""`python -m services.audio.live`: the live-audio worker. For each live session it serves, it
+reads the client's commands (`say`, `stop`, `close`) from the session's ctl stream and speaks
+each line with Piper one sentence at a time, publishing every sentence as soon as it is ready
+(16-bit PCM + phoneme timings + the sentence's words) on the session's speech stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from types import FrameType
+
+import redis
+
+from services.audio.engines.piper import PiperEngine
+from shared import live
+from shared.errors import ConfigError, JayAvatarError
+from shared.keys import text
+from shared.logs import configure_logging, job_context
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+_RECORD_CHECK_S = 1.0
+_SYNTH_LOCK = threading.Lock()
+
+
+def split_sentences(line: str, count: int) -> list[str]:
+    """The words of each of Piper's `count` sentences, for captions: the line split after
+    sentence punctuation when that gives `count` parts, else the whole line on the first."""
+    parts = [p for p in _SENTENCE_END.split(line.strip()) if p]
+    if len(parts) == count:
+        return parts
+    return [line.strip()] + [""] * max(0, count - 1)
+
+
+class AudioSession:
+    """One session's speech: a queue of lines, spoken sentence by sentence, cut by `stop`."""
+
+    def __init__(self, conn: redis.Redis, engine: PiperEngine, settings: Settings,
+                 rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
+        self.conn, self.engine, self.settings = conn, engine, settings
+        self.rec, self.held, self.stopping = rec, held, stopping
+        self.ttl = settings.live_idle_timeout_s
+        pos = conn.get(live.position(rec.id, "audio"))
+        self.pos = text(pos) if pos else "0-0"
+        self.queue: deque[tuple[str, dict[str, str]]] = deque()
+        self.closed = False
+        self._checked = time.monotonic()
+
+    def run(self) -> None:
+        while not self._done():
+            self._read(block_ms=0 if self.queue else 200)
+            if self.queue and not self._done():
+                ctl_id, say = self.queue.popleft()
+                self._speak(ctl_id, say)
+
+    def _done(self) -> bool:
+        if self.closed or self.stopping.is_set() or not self.held.renew():
+            return True
+        now = time.monotonic()
+        if now - self._checked > _RECORD_CHECK_S:
+            self._checked = now
+            if not self.conn.exists(live.session(self.rec.id)):
+                return True
+        return False
+
+    def _read(self, block_ms: int) -> bool:
+        """Take new commands from the ctl stream; True if a stop or close came."""
+        reply = self.conn.xread({live.ctl(self.rec.id): self.pos}, count=50,
+                                block=block_ms or None)
+        cut = False
+        for _, entries in reply or []:
+            for raw_id, raw in entries:
+                self.pos = text(raw_id)
+                fields = {text(k): text(v) for k, v in raw.items()}
+                kind = fields.get("type")
+                if kind == "say":
+                    self.queue.append((self.pos, fields))
+                elif kind == "stop":
+                    self.queue.clear()
+                    cut = True
+                elif kind == "close":
+                    self.closed = cut = True
+        if reply:
+            self.conn.set(live.position(self.rec.id, "audio"), self.pos,
+                          ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
+        return cut
+
+    def _speak(self, ctl_id: str, say: dict[str, str]) -> None:
+        line, line_id = say.get("text", ""), say.get("id", ctl_id)
+        t0 = time.monotonic()
+        try:
+            with _SYNTH_LOCK:  # espeak-ng's phonemizer is one global per process
+                count = self.engine.sentence_count(line)
+            words = split_sentences(line, count)
+            pieces = self.engine.sentences(line)
+            for seq in range(count):
+                with _SYNTH_LOCK:
+                    piece = next(pieces, None)
+                if piece is None:
+                    return
+                pcm, phonemes = piece
+                last = seq >= count - 1
+                live.xadd(self.conn, live.speech(self.rec.id), {
+                    "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq,
+                    "last": int(last), "rate": self.engine.sample_rate,
+                    "pcm": pcm, "phonemes": json.dumps(phonemes),
+                    "text": words[seq] if seq < len(words) else ""}, live.SPEECH_MAXLEN, self.ttl)
+                if seq == 0:
+                    logger.info("session %s: line %s first sentence ready in %.0f ms",
+                                self.rec.id, line_id, 1000 * (time.monotonic() - t0))
+                if last or self._read(block_ms=0) or self._done():
+                    return  # a stop: the visual side drops what it has of this line
+        except JayAvatarError as exc:
+            logger.warning("session %s: cannot speak line %s: %s", self.rec.id, line_id, exc)
+            live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(
+                {"type": "error", "message": f"line {line_id!r} could not be spoken: {exc}"})},
+                live.OUT_MAXLEN, self.ttl)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        sys.stderr.write(f"live-audio: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    engine = PiperEngine(settings.models_dir)
+    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+
+    def serve(rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
+        with job_context(rec.id, "live-audio"):
+            AudioSession(conn, engine, settings, rec, held, stopping).run()
+
+    worker = live.LiveWorker(conn, "audio", serve, ttl_s=settings.live_lease_ttl_s,
+                             max_sessions=settings.live_sessions_per_worker * 4)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

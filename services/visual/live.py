@@ -1,0 +1,252 @@
+"""`python -m services.visual.live`: the live-visual worker. For each live session it serves, it
+draws the avatar with the portrait engine's rigs, paced to the wall clock (idle life between
+lines, speech from the live-audio worker's sentences), and encodes everything in-process into
+one continuous fragmented MP4 published, fragment by fragment, on the session's out stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import redis
+
+from services.visual import avatar as avatar_analysis
+from services.visual.live_encoder import FragmentEncoder, Piece
+from services.visual.live_motion import LiveMotion, Scheduled, viseme_items
+from shared import live
+from shared.errors import ConfigError, JayAvatarError
+from shared.keys import text
+from shared.logs import configure_logging, job_context
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 22050  # the stream's audio rate: Piper's, so speech is never resampled
+RECORD_CHECK_S = 1.0
+LATE_LOG_S = 0.2
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+class VisualSession:
+    """One session's stream: read commands and speech, draw, encode, publish; paced to the
+    wall clock so the media time of each fragment is the time it leaves."""
+
+    def __init__(self, conn: redis.Redis, settings: Settings, rec: live.SessionRecord,
+                 held: live.Lease, stopping: threading.Event) -> None:
+        from services.visual.engines.portrait import PortraitEngine, RenderSpec, frame_input
+        from services.visual.face import FaceInfo
+
+        self.conn, self.settings, self.rec = conn, settings, rec
+        self.held, self.stopping = held, stopping
+        self.ttl = settings.live_idle_timeout_s
+        avatar_dir = settings.data_dir / "avatars" / rec.avatar_id
+        portrait = avatar_analysis.load_rgb(avatar_dir / "portrait.png")
+        face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
+        spec = RenderSpec(fps=rec.fps, size=rec.size, aspect=rec.aspect, framing=rec.framing)
+        silence = np.zeros(SAMPLE_RATE // rec.fps, np.float32)
+        self.animation = PortraitEngine().prepare(portrait, face, silence, SAMPLE_RATE, None, spec)
+        landmarks = frame_input(portrait, face, silence, SAMPLE_RATE, spec)[1]
+        face_width = float(np.ptp(landmarks[:, 0]))
+        # the session's media clock: 0 at its first frame; a worker taking over continues it
+        now = time.time()
+        conn.set(live.clock(rec.id), now, nx=True,
+                 ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
+        origin = float(text(conn.get(live.clock(rec.id)) or now))
+        self.offset_frames = max(0, round((now - origin) * rec.fps))
+        self.motion = LiveMotion(rec.fps, SAMPLE_RATE, self.animation.mouth_width, face_width,
+                                 offset=self.offset_frames / rec.fps)
+        self.encoder = FragmentEncoder(self.animation.width, self.animation.height, rec.fps,
+                                       SAMPLE_RATE, settings.live_fragment_ms)
+        pos = conn.get(live.position(rec.id, "visual"))
+        self.speech_pos = text(pos) if pos else "0-0"
+        last = conn.xrevrange(live.ctl(rec.id), count=1)
+        self.ctl_pos = text(last[0][0]) if last else "0-0"  # commands before now are history
+        self.cut_before: tuple[int, int] = (0, 0)  # pieces of says older than a stop are dropped
+        self.want_key = False
+        self.speaking: str | None = None
+        self.closed = False
+        self._checked = time.monotonic()
+
+    def run(self) -> None:
+        fps = self.rec.fps
+        started = time.monotonic()
+        frame = 0
+        while not self._done():
+            self._read()
+            self._frame(frame)
+            frame += 1
+            due = started + frame / fps
+            late = time.monotonic() - due
+            if late < 0:
+                time.sleep(-late)
+            elif late > LATE_LOG_S:
+                logger.warning("session %s: %.0f ms behind the wall clock at frame %d",
+                               self.rec.id, 1000 * late, frame)
+        self._publish(self.encoder.close())
+
+    def _done(self) -> bool:
+        if self.closed or self.stopping.is_set() or not self.held.renew():
+            return True
+        now = time.monotonic()
+        if now - self._checked > RECORD_CHECK_S:
+            self._checked = now
+            if not self.conn.exists(live.session(self.rec.id)):
+                return True
+        return False
+
+    def _read(self) -> None:
+        reply = self.conn.xread({live.ctl(self.rec.id): self.ctl_pos,
+                                 live.speech(self.rec.id): self.speech_pos}, count=20)
+        for raw_key, entries in reply or []:
+            is_ctl = text(raw_key) == live.ctl(self.rec.id)
+            for raw_id, raw in entries:
+                entry_id = text(raw_id)
+                fields = {text(k): v for k, v in raw.items()}
+                if is_ctl:
+                    self.ctl_pos = entry_id
+                    self._command(entry_id, text(fields.get("type", b"")))
+                else:
+                    self.speech_pos = entry_id
+                    self._speech(fields)
+        if reply:
+            self.conn.set(live.position(self.rec.id, "visual"), self.speech_pos,
+                          ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
+
+    def _command(self, entry_id: str, kind: str) -> None:
+        if kind == "keyframe":
+            self.want_key = True
+        elif kind == "close":
+            self.closed = True
+        elif kind == "stop":
+            self.cut_before = _stream_id(entry_id)
+            now = self.encoder.frames
+            cut = self.motion.stop(now)
+            lines = list(dict.fromkeys(p.line for p in cut))
+            if self.speaking is not None and self.speaking not in lines:
+                lines.insert(0, self.speaking)
+            t = round(self.motion.media_time(now), 3)
+            for line in lines:
+                self._event({"type": "speech.end", "id": line, "media_time": t, "stopped": True})
+            if self.speaking is not None or lines:
+                self.speaking = None
+                self._event({"type": "state", "state": "idle", "media_time": t})
+
+    def _speech(self, fields: dict[str, Any]) -> None:
+        if text(fields.get("kind", b"")) != "piece":
+            return
+        if _stream_id(text(fields.get("ctl", b"0-0"))) < self.cut_before:
+            return  # a sentence of a line that was stopped
+        pcm = np.frombuffer(fields.get("pcm", b""), dtype="<i2")
+        if not len(pcm):
+            return
+        phonemes = json.loads(text(fields.get("phonemes", b"null")))
+        self.motion.schedule(self.encoder.frames, text(fields["line"]),
+                             int(text(fields["seq"])), text(fields.get("last", b"1")) == "1",
+                             pcm, int(text(fields.get("rate", SAMPLE_RATE))), phonemes,
+                             text(fields.get("text", b"")))
+
+    def _frame(self, frame: int) -> None:
+        self._events_at(frame)
+        params, audio = self.motion.frame(frame)
+        image = self.animation.draw(*params.astuple())
+        key, self.want_key = self.want_key, False
+        self._publish(self.encoder.add(image, audio, key=key))
+
+    def _events_at(self, frame: int) -> None:
+        for p in list(self.motion.pieces):
+            if p.start == frame and not p.events_sent:
+                self._piece_events(p)
+            if p.end == frame and p.last:
+                self._event({"type": "speech.end", "id": p.line,
+                             "media_time": round(self.motion.media_time(frame), 3)})
+                if self.motion.playing(frame) is None:
+                    self.speaking = None
+                    self._event({"type": "state", "state": "idle",
+                                 "media_time": round(self.motion.media_time(frame), 3)})
+
+    def _piece_events(self, p: Scheduled) -> None:
+        p.events_sent = True
+        start = round(self.motion.media_time(p.start), 3)
+        end = round(self.motion.media_time(p.end), 3)
+        if p.seq == 0:
+            self._event({"type": "speech.start", "id": p.line, "media_time": start})
+        if self.speaking is None:
+            self._event({"type": "state", "state": "speaking", "media_time": start})
+        self.speaking = p.line
+        self._event({"type": "visemes", "id": p.line, "items": viseme_items(p.phonemes, start)})
+        if p.text:
+            self._event({"type": "caption", "id": p.line, "text": p.text, "start": start,
+                         "end": end})
+
+    def _event(self, event: dict[str, Any]) -> None:
+        live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(event)},
+                  live.OUT_MAXLEN, self.ttl)
+
+    def _publish(self, pieces: list[Piece]) -> None:
+        if not pieces:
+            return
+        pipe = self.conn.pipeline(transaction=False)
+        for piece in pieces:
+            t = round(self.motion.offset + piece.t, 3)
+            if piece.kind == "init":
+                init = {"kind": "init", "data": piece.data, "mime": self.encoder.mime,
+                        "width": self.animation.width, "height": self.animation.height,
+                        "fps": self.rec.fps, "offset": round(self.motion.offset, 3)}
+                pipe.hset(live.init(self.rec.id), mapping=init)
+                pipe.expire(live.init(self.rec.id), int(self.ttl + live.STREAM_TTL_MARGIN_S))
+                live.xadd(pipe, live.out(self.rec.id), init, live.OUT_MAXLEN, self.ttl)
+            else:
+                live.xadd(pipe, live.out(self.rec.id), {"kind": "frag", "data": piece.data,
+                                                        "t": t, "key": int(piece.key)},
+                          live.OUT_MAXLEN, self.ttl)
+        pipe.execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        sys.stderr.write(f"live-visual: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+
+    def serve(rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
+        with job_context(rec.id, "live-visual"):
+            try:
+                session = VisualSession(conn, settings, rec, held, stopping)
+            except (OSError, ValueError, JayAvatarError) as exc:
+                logger.warning("session %s: cannot start: %s", rec.id, exc)
+                live.xadd(conn, live.out(rec.id), {"kind": "event", "data": json.dumps(
+                    {"type": "error", "message": f"the avatar cannot be animated: {exc}"})},
+                    live.OUT_MAXLEN, settings.live_idle_timeout_s)
+                live.end(conn, rec.id)
+                return
+            session.run()
+
+    worker = live.LiveWorker(conn, "visual", serve, ttl_s=settings.live_lease_ttl_s,
+                             max_sessions=settings.live_sessions_per_worker)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

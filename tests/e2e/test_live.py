@@ -1,0 +1,197 @@
+"""Live sessions through the real cluster: REST API, a real WebSocket client, real Redis streams,
+the live-audio (Piper) and live-visual (portrait + PyAV) workers, and ffmpeg on what arrived."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from live_client import LiveClient, decode_audio, fragment_times, probe_streams, rms
+
+pytestmark = pytest.mark.slow
+
+LINE = "Hello there. This is a live test of the talking head."
+
+
+@pytest.fixture(scope="module")
+def live_cluster(cluster):  # type: ignore[no-untyped-def]
+    procs = [cluster.start_live("audio"), cluster.start_live("visual")]
+    deadline = time.monotonic() + 60
+    import redis as redis_lib
+
+    conn = redis_lib.Redis.from_url(cluster.redis.url)
+    while time.monotonic() < deadline:
+        if all(conn.zcard(f"ja:live:workers:{r}") for r in ("audio", "visual")):
+            break
+        assert all(p.poll() is None for p in procs), f"a live worker died; see {cluster.logs}"
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the live workers did not register within 60 s")
+    yield cluster
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=15)
+
+
+@pytest.fixture
+def session(client, avatar_id, live_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    resp = client.post("/v1/sessions", json={"avatar_id": avatar_id})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["ws_url"] == f"/v1/sessions/{body['id']}/ws"
+    yield body["id"]
+    client.delete(f"/v1/sessions/{body['id']}")
+
+
+def _speech_after(audio, rate: int, t: float, span: float = 0.5) -> float:  # type: ignore[no-untyped-def]
+    a = int(t * rate)
+    return rms(audio[a:a + int(span * rate)])
+
+
+def test_stream_speaks_a_line_and_decodes(client, live_cluster, session, tmp_path: Path
+                                          ) -> None:  # type: ignore[no-untyped-def]
+    c = LiveClient(live_cluster.url, session)
+    try:
+        ready = c.wait_event("ready")
+        first = c.messages[0][1]
+        assert isinstance(first, dict) and first["type"] == "ready", first
+        assert ready["width"] == 512 and ready["height"] == 512 and ready["fps"] == 25
+        assert ready["mime"].startswith('video/mp4; codecs="avc1.') and "mp4a.40.2" in ready["mime"]
+        time.sleep(1.0)  # some idle stream first
+        sent = c.send({"type": "say", "text": LINE, "id": "l1"})
+        start = c.wait_event("speech.start", id="l1")
+        end = c.wait_event("speech.end", timeout=30, id="l1")
+        assert end["media_time"] > start["media_time"] + 2.0
+        assert c.wait_event("caption", id="l1")["text"]
+        visemes = c.wait_event("visemes", id="l1")["items"]
+        assert len(visemes) > 5 and visemes[0][0] >= start["media_time"] - 0.05
+        states = [m["state"] for _, m in c.events("state")]
+        assert states[:2] == ["speaking", "idle"], states
+        time.sleep(1.0)
+        latency = next(t for t, m in c.events("speech.start")) - sent
+        assert latency < 2.0
+    finally:
+        c.close()
+    data = c.stream_bytes()
+    assert data[4:8] == b"ftyp"
+    mp4 = tmp_path / "live.mp4"
+    mp4.write_bytes(data)
+    streams = {s["codec_type"]: s for s in probe_streams(mp4)}
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    assert (streams["video"]["width"], streams["video"]["height"]) == (512, 512)
+    audio = decode_audio(mp4)
+    offset = ready["media_time"]
+    speech_t, end_t = start["media_time"] - offset, end["media_time"] - offset
+    assert _speech_after(audio, 16000, speech_t, 1.0) > 0.03  # speech after speech.start
+    assert _speech_after(audio, 16000, 0.0, speech_t - 0.1) < 1e-3  # silent while idle
+    assert _speech_after(audio, 16000, end_t + 0.1, 0.5) < 1e-3  # and after the line
+    times = [t for _, piece in c.media()[1:] for track, t in fragment_times(piece) if track == 1]
+    assert times == sorted(times) and len(times) > 20
+
+
+def test_stop_silences_speech(live_cluster, session, tmp_path: Path) -> None:
+    c = LiveClient(live_cluster.url, session)
+    try:
+        c.wait_event("ready")
+        c.send({"type": "say", "text": "This is a long line that will be cut off in the middle, "
+                                        "well before it ends. And here is more of it.",
+                "id": "long"})
+        c.send({"type": "say", "text": "A queued line that never plays.", "id": "queued"})
+        start = c.wait_event("speech.start", id="long")
+        time.sleep(1.0)
+        c.send({"type": "stop"})
+        stopped = c.wait_event("speech.end", id="long")
+        assert stopped.get("stopped") is True
+        time.sleep(1.5)
+        assert not [m for _, m in c.events("speech.start") if m["id"] == "queued"]
+    finally:
+        c.close()
+    mp4 = tmp_path / "stop.mp4"
+    mp4.write_bytes(c.stream_bytes())
+    audio = decode_audio(mp4)
+    offset = c.events("ready")[0][1]["media_time"]
+    cut = stopped["media_time"] - offset
+    assert _speech_after(audio, 16000, start["media_time"] - offset, cut - start["media_time"]
+                         + offset) > 0.03
+    assert _speech_after(audio, 16000, cut + 0.3, 1.0) < 1e-3  # silent within 300 ms
+
+
+def test_bad_messages_get_error_events(live_cluster, session) -> None:
+    c = LiveClient(live_cluster.url, session)
+    try:
+        c.send({"type": "say", "text": "too early"})  # before ready
+        c.wait_event("ready")
+        n = len(c.events("error"))
+        c.send({"type": "say", "text": "   "})
+        c.send({"type": "say", "text": "x" * 5001})
+        c.send({"type": "dance"})
+        c.send("this is not json")
+        c.send(b"\x00\x01binary")
+        c.send({"type": "say", "text": "?!", "id": "nothing"})
+        c.send({"type": "say", "text": "fine", "id": "bad id with spaces"})
+        deadline = time.monotonic() + 10
+        while len(c.events("error")) < n + 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        errors = [m["message"] for _, m in c.events("error")]
+        assert any("before the stream was ready" in e for e in errors), errors
+        joined = " | ".join(errors)
+        for needle in ("non-empty", "the limit is", "unknown message type 'dance'",
+                       "JSON objects", "binary messages", "no letters or digits", "'id' must"):
+            assert needle in joined, (needle, errors)
+        # still healthy: a good line is spoken
+        c.send({"type": "say", "text": "Still here.", "id": "ok"})
+        c.wait_event("speech.start", id="ok")
+    finally:
+        c.close()
+
+
+def test_session_api_validation(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/v1/sessions", json={"avatar_id": "nope"})
+    assert resp.status_code == 404 and resp.json()["error"] == "avatar_not_found"
+    for bad in ({"size": 333}, {"fps": 500}, {"aspect": "2:1"}, {"voice": "xtts"},
+                {"renderer": "wav2lip"}, {"colour": "red"}):
+        resp = client.post("/v1/sessions", json={"avatar_id": avatar_id, **bad})
+        assert resp.status_code == 422, (bad, resp.text)
+        assert set(resp.json()) == {"error", "message"}
+    assert client.get("/v1/sessions/0123abcd").status_code == 404
+    assert client.delete("/v1/sessions/0123abcd").status_code == 404
+    with httpx.Client(base_url=live_cluster.url) as http:
+        assert http.get("/healthz").status_code == 200
+
+
+def test_capacity_gives_503_with_a_sentence(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
+    made = []
+    try:
+        for _ in range(20):
+            resp = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 1024})
+            if resp.status_code != 201:
+                break
+            made.append(resp.json()["id"])
+        assert resp.status_code == 503, resp.text
+        assert "LIVE_MAX_SESSIONS" in resp.json()["message"]
+        assert 0 < len(made) < 20
+        listed = {s["id"] for s in client.get("/v1/sessions").json()}
+        assert set(made) <= listed
+    finally:
+        for sid in made:
+            assert client.delete(f"/v1/sessions/{sid}").status_code == 204
+    assert client.get(f"/v1/sessions/{made[0]}").status_code == 404
+
+
+def test_unknown_session_socket_closes_4404(live_cluster) -> None:
+    c = LiveClient(live_cluster.url, "0123abcd")
+    c._reader.join(timeout=10)
+    assert c.closed is not None and c.closed[0] == 4404
+
+
+def test_close_message_ends_the_session(client, live_cluster, session) -> None:  # type: ignore[no-untyped-def]
+    c = LiveClient(live_cluster.url, session)
+    c.wait_event("ready")
+    c.send({"type": "close"})
+    c._reader.join(timeout=10)
+    assert c.closed is not None and c.closed[0] == 1000
+    assert client.get(f"/v1/sessions/{session}").status_code == 404
