@@ -12,7 +12,16 @@ from fastapi import FastAPI
 
 from orchestrator.api import disk, errors, limits, security
 from orchestrator.api.deps import AppState
-from orchestrator.api.routes import avatars, events, health, jobs, media, metrics, web
+from orchestrator.api.routes import (
+    avatars,
+    events,
+    health,
+    jobs,
+    media,
+    metrics,
+    sessions,
+    web,
+)
 from orchestrator.avatars import AvatarService
 from orchestrator.images import ImageDecoder
 from orchestrator.media import MediaService
@@ -34,8 +43,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         security.check_exposure(s)
         conn = redis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10,
                                     retry_on_timeout=True)
-        store = JobStore(conn, s.data_dir, lease_ttl_s=s.lease_ttl_s,
-                         max_attempts=s.max_attempts, retry_backoff_s=s.retry_backoff_s)
+        store = JobStore.from_settings(conn, s)
         (s.data_dir / "avatars").mkdir(parents=True, exist_ok=True)
         (s.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
         (s.data_dir / "media").mkdir(parents=True, exist_ok=True)
@@ -44,6 +52,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         decoder = ImageDecoder(s)
         app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s, decoder, staging),
                                        MediaService(s, decoder, staging))
+        live_conn = sessions.install(app, app.state.jayavatar)
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
             reconciler.start()
@@ -52,6 +61,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
             yield
         finally:
             reconciler.stop()
+            await live_conn.aclose()
             conn.close()
             staging.close()
 
@@ -63,6 +73,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     app.include_router(security.router)
     app.include_router(avatars.router)
     app.include_router(jobs.router)
+    app.include_router(sessions.router)
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(events.router)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared import textcheck
 from shared.models import AvatarRecord, JobRecord, MediaRecord, StageInfo
 
 
@@ -29,6 +30,16 @@ class JobCreate(BaseModel):
     music_volume: float = Field(-10.0, ge=-40.0, le=0.0)
     captions: Literal["off", "srt", "burn"] = "off"
     crf: int = Field(18, ge=14, le=35)
+
+    @field_validator("avatar_id", "voice", "renderer", "background", "music")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        """Names and options: printable text on one line (the text itself is checked, with
+        its own error code, in create_job)."""
+        problem = textcheck.problem(value, multiline=False) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class JobAccepted(BaseModel):
@@ -85,3 +96,27 @@ class AvatarPublic(AvatarRecord):
 class ErrorBody(BaseModel):
     error: str
     message: str
+
+
+class SessionCreate(BaseModel):
+    """POST /v1/sessions: a live session's avatar and stream shape (options as for jobs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    avatar_id: str = Field(min_length=1, max_length=64)
+    voice: str = Field("auto", max_length=40)
+    renderer: str = Field("auto", max_length=40)
+    size: int = Field(512, ge=256, le=1024, multiple_of=2)
+    fps: int = Field(25, ge=10, le=60)
+    aspect: Literal["1:1", "16:9", "9:16"] = "1:1"
+    framing: Literal["face", "original"] = "face"
+
+
+class SessionPublic(BaseModel):
+    id: str
+    avatar_id: str
+    options: dict[str, Any]
+    width: int
+    height: int
+    created_at: float
+    ws_url: str

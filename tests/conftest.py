@@ -125,6 +125,11 @@ class Cluster:
         exe = VENVS / VENV_OF[stage] / "bin" / "jayavatar-worker"
         return self._spawn(stage, [str(exe), stage, *args])
 
+    def start_live(self, role: str) -> subprocess.Popen:
+        """A live-session worker (`audio` or `visual`) from its service's venv."""
+        exe = VENVS / role / "bin" / "python"
+        return self._spawn(f"live-{role}", [str(exe), "-m", f"services.{role}.live"])
+
     def audit(self) -> list[dict]:
         import json
 
