@@ -28,7 +28,9 @@ TALL_EYE_LINE = 0.36  # the same in a portrait-shaped (9:16) frame
 MAX_ZOOM = 1.5  # a tight photo may bring the face this much closer (to 72% of the short side)
 FACE_MARGIN = 0.04  # the face's landmarks stay this far (of the frame) inside it when moved
 SEAM = 0.05  # width of the soft seam between photo and fill, as a fraction of the short side
-FILL_BLUR = 0.035  # blur (sigma) of the fill, as a fraction of the short side
+FILL_BLUR = 0.035  # blur (sigma) of the fill at the seam, as a fraction of the short side
+FILL_BLUR_FAR = 0.12  # ... and from FILL_FAR (a fraction of the short side) past the photo on
+FILL_FAR = 0.25
 FILL_DARKEN = 0.8  # brightness of the fill, as `original` framing's border
 # weights of zooming (per unit of zoom) and moving the face (per fraction of the frame) when
 # choosing how to keep the frame inside the photo
@@ -192,18 +194,22 @@ def _filled(image: np.ndarray, crop: tuple[int, int, int, int], frame: Frame,
     short = min(width, height)
     sx, sy = width / cw, height / ch
     # The fill is blurred on a quarter-size copy of the mirror that reaches 3 sigma past the
-    # frame, so the blur near the frame's edge is no flatter than anywhere else.
+    # frame, so the blur near the frame's edge is no flatter than anywhere else; the blur grows
+    # with the distance from the photo, so a deep fill shows no mirrored face, only its colours.
     k = 4
-    sigma = FILL_BLUR * short
-    m = int(np.ceil(3 * sigma / min(sx, sy)))  # margin in photo pixels
+    near, far = FILL_BLUR * short, FILL_BLUR_FAR * short
+    m = int(np.ceil(3 * far / min(sx, sy)))  # margin in photo pixels
     mx, my = int(round(m * sx)), int(round(m * sy))
     wide = cv2.copyMakeBorder(inner, top + m, bottom + m, left + m, right + m,
                               cv2.BORDER_REFLECT_101)
     small = cv2.resize(wide, (max(2, (width + 2 * mx) // k), max(2, (height + 2 * my) // k)),
                        interpolation=cv2.INTER_AREA).astype(np.float32)
-    small = cv2.GaussianBlur(small, (0, 0), sigma / k, borderType=cv2.BORDER_REFLECT_101)
-    fill = cv2.resize(small, (width + 2 * mx, height + 2 * my), interpolation=cv2.INTER_LINEAR)
-    fill = fill[my:my + height, mx:mx + width] * FILL_DARKEN
+    fills = []
+    for sigma in (near, far):
+        blurred = cv2.GaussianBlur(small, (0, 0), sigma / k, borderType=cv2.BORDER_REFLECT_101)
+        blurred = cv2.resize(blurred, (width + 2 * mx, height + 2 * my),
+                             interpolation=cv2.INTER_LINEAR)
+        fills.append(blurred[my:my + height, mx:mx + width])
     # distance (output px) outside the photo's part of the frame; the seam straddles its edge
     px0, px1 = left * sx, (cw - right) * sx
     py0, py1 = top * sy, (ch - bottom) * sy
@@ -212,11 +218,17 @@ def _filled(image: np.ndarray, crop: tuple[int, int, int, int], frame: Frame,
     dx = np.maximum(np.maximum(px0 - xs, xs - px1), 0.0) if left or right else 0 * xs
     dy = np.maximum(np.maximum(py0 - ys, ys - py1), 0.0) if top or bottom else 0 * ys
     dist = np.hypot(dx[None, :], dy[:, None])
+    depth = _smoothstep(0.5 * SEAM * short, FILL_FAR * short, dist)[..., None]
+    fill = ((1.0 - depth) * fills[0] + depth * fills[1]) * FILL_DARKEN
     seam = SEAM * short
-    t = np.clip((dist + 0.25 * seam) / seam, 0.0, 1.0)
-    alpha = (1.0 - t * t * (3.0 - 2.0 * t))[..., None]  # 1 on the photo, 0 in the fill
+    alpha = 1.0 - _smoothstep(-0.25 * seam, 0.75 * seam, dist)[..., None]  # 1: photo, 0: fill
     out = alpha * sharp + (1.0 - alpha) * fill
     return np.ascontiguousarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def frame_original(image: np.ndarray, lm: np.ndarray, frame: Frame
