@@ -195,8 +195,7 @@ def _recover() -> int:
 
     settings = OrchestratorSettings.load()
     conn = redis.Redis.from_url(settings.redis_url)
-    store = JobStore(conn, settings.data_dir, lease_ttl_s=settings.lease_ttl_s,
-                     max_attempts=settings.max_attempts)
+    store = JobStore.from_settings(conn, settings)
     try:
         report = recover_from_disk(conn, store, settings.data_dir)
     except redis.RedisError as exc:

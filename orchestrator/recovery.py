@@ -29,6 +29,7 @@ class RecoveryReport:
     jobs_present: int = 0
     avatars_restored: int = 0
     unreadable: int = 0
+    expired: int = 0  # finished longer ago than JOB_RETENTION_DAYS: not restored
 
 
 def recover_from_disk(conn: redis.Redis, store: JobStore, data_dir: Path) -> RecoveryReport:
@@ -48,6 +49,9 @@ def recover_from_disk(conn: redis.Redis, store: JobStore, data_dir: Path) -> Rec
         except (OSError, ValueError, ValidationError):
             logger.warning("recover: %s is unreadable; skipped", path)
             report.unreadable += 1
+            continue
+        if store.expired(rec):
+            report.expired += 1
             continue
         active = not rec.terminal
         if store.restore(rec):

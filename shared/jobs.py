@@ -5,6 +5,10 @@ one is harmless and two processes can never both advance a job. Enqueuing the ne
 inside the same transaction (rq's `enqueue_call(pipeline=...)`), with deterministic rq job ids
 `<job>-<stage>-<attempt>`. After each committed transition the record is mirrored atomically to
 `jobs/<id>/job.json`, from which `jayavatar recover --from-disk` can rebuild Redis.
+
+Listings read per-status sorted sets (`keys.jobs_with_status`) kept in the same transactions as
+the status changes. A finished job's record expires `JOB_RETENTION_DAYS` after it ended
+(shared/listings.py then drops its listing entries and its folder).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from rq.serializers import JSONSerializer
 from shared import keys
 from shared.errors import LeaseLost
 from shared.models import JobRecord, StageInfo
+from shared.settings import Settings
 from shared.storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -41,30 +46,67 @@ class JobStore:
     """Reads and transitions job records. One per process; cheap to create."""
 
     def __init__(self, conn: redis.Redis, data_dir: Path, *, lease_ttl_s: float = 15.0,
-                 max_attempts: int = 3, retry_backoff_s: float = 2.0) -> None:
+                 max_attempts: int = 3, retry_backoff_s: float = 2.0,
+                 retention_s: float = 0.0, idempotency_ttl_s: float = 24 * 3600.0) -> None:
         self.conn = conn
         self.data_dir = Path(data_dir)
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
+        self.retention_s = retention_s  # 0: finished jobs are kept forever
+        self.idempotency_ttl_s = idempotency_ttl_s
         self._renew = conn.register_script(_RENEW)
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, settings: Settings) -> JobStore:
+        return cls(conn, settings.data_dir, lease_ttl_s=settings.lease_ttl_s,
+                   max_attempts=settings.max_attempts, retry_backoff_s=settings.retry_backoff_s,
+                   retention_s=settings.job_retention_days * 86400,
+                   idempotency_ttl_s=settings.idempotency_ttl_s)
 
     # ---- reading -------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.conn.hgetall(keys.job(job_id))
-        return JobRecord.from_hash(raw) if raw else None
+        """The record, or None if there is none. A record that cannot be read comes back as
+        a failed stand-in saying so (`JobRecord.damaged`): one bad record breaks nothing."""
+        return self._parse(job_id, self.conn.hgetall(keys.job(job_id)))
 
     def list(self, status: str | None = None, limit: int = 100) -> list[JobRecord]:
-        ids = self.conn.zrevrange(keys.ALL_JOBS, 0, -1 if status else limit - 1)
+        """The newest `limit` jobs, or those with `status`: reads only the jobs it returns."""
+        index = keys.jobs_with_status(status) if status else keys.ALL_JOBS
         out: list[JobRecord] = []
-        for raw_id in ids:
-            rec = self.get(keys.text(raw_id))
-            if rec is not None and (status is None or rec.status == status):
-                out.append(rec)
-                if len(out) >= limit:
-                    break
-        return out
+        start = 0
+        while len(out) < limit:
+            ids = [keys.text(i) for i in self.conn.zrevrange(index, start, start + limit - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            with self.conn.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(keys.job(job_id))
+                raws = pipe.execute()
+            for job_id, raw in zip(ids, raws, strict=True):
+                rec = self._parse(job_id, raw)  # None: expired, its entry not yet pruned
+                if rec is not None and (status is None or rec.status == status):
+                    out.append(rec)
+        return out[:limit]
+
+    def _parse(self, job_id: str, raw: dict) -> JobRecord | None:
+        if not raw:
+            return None
+        try:
+            return JobRecord.from_hash(raw)
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.warning("job %s: stored record cannot be read: %s", job_id,
+                           type(exc).__name__)
+            return JobRecord.damaged(job_id, raw, exc)
+
+    def expired(self, rec: JobRecord, now: float | None = None) -> bool:
+        """Whether a finished job is past its retention (never, with retention 0)."""
+        if not self.retention_s or not rec.terminal:
+            return False
+        ended = rec.finished_at or rec.updated_at
+        return ended + self.retention_s < (now or time.time())
 
     def job_dir(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / job_id
@@ -77,7 +119,8 @@ class JobStore:
 
     def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
         """Store a new job and enqueue its first stage atomically; (record, created)."""
-        idem = keys.idempotency(rec.idempotency_key) if rec.idempotency_key else None
+        idem = (keys.idempotency(rec.idempotency_key, rec.idempotency_scope)
+                if rec.idempotency_key else None)
         rec.stages = {"audio": StageInfo(status="queued")}
         with self.conn.pipeline() as pipe:
             while True:
@@ -94,8 +137,9 @@ class JobStore:
                     pipe.hset(keys.job(rec.id), mapping=rec.to_hash())
                     pipe.sadd(keys.ACTIVE_JOBS, rec.id)
                     pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
+                    pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
                     if idem:
-                        pipe.set(idem, rec.id)
+                        pipe.set(idem, rec.id, ex=max(1, int(self.idempotency_ttl_s)))
                     self._event(pipe, rec)
                     self._enqueue(pipe, rec.id, "audio", 1)
                     pipe.execute()
@@ -126,8 +170,14 @@ class JobStore:
                     pipe.multi()
                     pipe.hset(job_key, mapping=rec.to_hash())
                     pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
-                    if rec.idempotency_key:
-                        pipe.set(keys.idempotency(rec.idempotency_key), rec.id, nx=True)
+                    pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
+                    idem_left = rec.created_at + self.idempotency_ttl_s - time.time()
+                    if rec.idempotency_key and idem_left >= 1:
+                        pipe.set(keys.idempotency(rec.idempotency_key, rec.idempotency_scope),
+                                 rec.id, nx=True, ex=int(idem_left))
+                    if rec.terminal and self.retention_s:
+                        ended = rec.finished_at or rec.updated_at
+                        pipe.expire(job_key, max(1, int(ended + self.retention_s - time.time())))
                     if not rec.terminal:
                         pipe.sadd(keys.ACTIVE_JOBS, rec.id)
                         self._event(pipe, rec)
@@ -261,6 +311,14 @@ class JobStore:
         )
 
     @staticmethod
+    def _relist(pipe: redis.client.Pipeline, rec: JobRecord) -> None:
+        """Move the job to its new status's listing (from whichever it was in)."""
+        for status in keys.JOB_STATUSES:
+            if status != rec.status:
+                pipe.zrem(keys.jobs_with_status(status), rec.id)
+        pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
+
+    @staticmethod
     def _event(pipe: redis.client.Pipeline, rec: JobRecord) -> None:
         """A state-change event on the job's stream, in the same transaction as the change."""
         pipe.xadd(keys.events(rec.id), {
@@ -287,14 +345,22 @@ class JobStore:
                     if not raw or not _lease_ok(lease, keys.text(holder) if holder else None):
                         pipe.reset()
                         return None
-                    rec = JobRecord.from_hash(raw)
+                    try:
+                        rec = JobRecord.from_hash(raw)
+                    except (ValueError, TypeError, AttributeError) as exc:
+                        logger.warning("job %s: stored record cannot be read (%s); left as "
+                                       "it is", job_id, type(exc).__name__)
+                        pipe.reset()
+                        return None
+                    old_status = rec.status
                     verdict = change(rec)
                     if not verdict:
                         pipe.reset()
                         return None
                     rec.updated_at = time.time()
                     pipe.multi()
-                    self._write(pipe, rec, lease, enqueue=verdict == "enqueue")
+                    self._write(pipe, rec, lease, enqueue=verdict == "enqueue",
+                                status_changed=rec.status != old_status)
                     pipe.execute()
                     break
                 except redis.WatchError:
@@ -303,10 +369,12 @@ class JobStore:
         return rec
 
     def _write(self, pipe: redis.client.Pipeline, rec: JobRecord,
-               lease: tuple[str, str] | None, *, enqueue: bool) -> None:
+               lease: tuple[str, str] | None, *, enqueue: bool, status_changed: bool) -> None:
         """The writes of one transition, queued on a pipeline in MULTI mode."""
         job_key, lease_key = keys.job(rec.id), keys.lease(rec.id)
         pipe.hset(job_key, mapping=rec.to_hash())
+        if status_changed:
+            self._relist(pipe, rec)
         stale = [f"progress:{s}" for s in keys.STAGES
                  if s not in rec.stages or rec.stages[s].status != "running"]
         if stale:
@@ -319,6 +387,8 @@ class JobStore:
         if rec.terminal:
             pipe.srem(keys.ACTIVE_JOBS, rec.id)
             pipe.expire(keys.events(rec.id), EVENTS_TTL_S)
+            if self.retention_s:
+                pipe.expire(job_key, max(1, int(self.retention_s)))
         elif enqueue:  # a re-run after a crash goes first: its job was accepted long ago
             self._enqueue(pipe, rec.id, rec.stage, rec.attempt, at_front=True)
         elif rec.stage_state == "queued" and lease and lease[0] == "release":

@@ -25,6 +25,8 @@ ANALYZE_FUNC = "services.visual.avatar.analyze"
 
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of non-terminal job ids (the reconciler's work list)
 ALL_JOBS = f"{PREFIX}:jobs:all"  # sorted set: job id -> created_at
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+STATUS_INDEX_READY = f"{PREFIX}:jobs:status-index"  # set once every job is in its status set
 AVATARS = f"{PREFIX}:avatars"  # sorted set: avatar id -> created_at
 RECONCILER_LOCK = f"{PREFIX}:reconciler:lock"
 
@@ -37,8 +39,14 @@ def lease(job_id: str) -> str:
     return f"{PREFIX}:lease:{job_id}"
 
 
-def idempotency(key: str) -> str:
-    return f"{PREFIX}:idem:{key}"
+def jobs_with_status(status: str) -> str:
+    """Sorted set: id -> created_at of the jobs with this status (kept by shared/jobs.py)."""
+    return f"{PREFIX}:jobs:status:{status}"
+
+
+def idempotency(key: str, scope: str | None = None) -> str:
+    """An Idempotency-Key, per client scope (a hash of the API token, or "global")."""
+    return f"{PREFIX}:idem:{scope or 'global'}:{key}"
 
 
 def avatar(avatar_id: str) -> str:

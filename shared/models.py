@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared import keys
+from shared import keys, textcheck
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 StageState = Literal["pending", "queued", "running", "retry_wait", "done", "failed", "canceled"]
@@ -17,6 +17,9 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 # Job options that name uploaded media (POST /v1/media) or a colour.
 MEDIA_REF_PATTERN = r"^media:[0-9a-f]{16}$"
 BACKGROUND_PATTERN = r"^(keep|#[0-9a-f]{6}|media:[0-9a-f]{16})$"
+
+UNENCODABLE_NOTE = ("the text was stored with characters that are not valid Unicode; they are "
+                    "shown as U+FFFD")
 
 # Share of the whole job each stage stands for, for one overall progress figure.
 STAGE_WEIGHTS = {"audio": 0.15, "visual": 0.75, "compose": 0.10}
@@ -96,6 +99,8 @@ class JobRecord(BaseModel):
     text: str
     options: JobOptions
     idempotency_key: str | None = None
+    idempotency_scope: str | None = None  # "token-<sha256 prefix>" or "global"
+    request_hash: str | None = None  # sha256 of the submitted body, to check a reused key
     engines: dict[str, str] = {}  # stage -> engine chosen at submission
     notes: list[str] = []  # warnings a person should see (e.g. engine fallbacks)
     status: JobStatus = "queued"
@@ -134,9 +139,18 @@ class JobRecord(BaseModel):
 
     @classmethod
     def from_hash(cls, raw: dict[Any, Any]) -> JobRecord:
+        """The record from its Redis hash; raises ValueError if it cannot be read. Text stored
+        before submissions were checked is scrubbed (lone surrogates -> U+FFFD) and noted."""
         decoded = {
             keys.text(k): json.loads(v) for k, v in raw.items()
         }
+        text = decoded.get("text")
+        if isinstance(text, str) and textcheck.scrub(text) != text:
+            decoded["text"] = textcheck.scrub(text)
+            decoded["notes"] = [*decoded.get("notes", []), UNENCODABLE_NOTE]
+        for field in ("error", "avatar_id"):
+            if isinstance(decoded.get(field), str):
+                decoded[field] = textcheck.scrub(decoded[field])
         # progress:<stage> fields are written by workers outside transitions.
         for stage in STAGE_WEIGHTS:
             value = decoded.pop(f"progress:{stage}", None)
@@ -144,6 +158,37 @@ class JobRecord(BaseModel):
             if value is not None and info is not None and info.get("status") == "running":
                 info["progress"] = value
         return cls.model_validate(decoded)
+
+    @classmethod
+    def damaged(cls, job_id: str, raw: dict[Any, Any], exc: Exception) -> JobRecord:
+        """A stand-in for a stored record that cannot be read: what can be read of it, as a
+        failed job whose error says so. Never written back."""
+        fields: dict[str, Any] = {}
+        for k, v in raw.items():
+            try:
+                fields[keys.text(k)] = json.loads(v)
+            except ValueError:
+                continue
+
+        def pick(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+            value = fields.get(name)
+            return value if isinstance(value, kind) else default
+
+        if isinstance(exc, ValidationError) and exc.errors():
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+            reason = f"field {textcheck.scrub(where)!r}: {textcheck.scrub(first['msg'])}"
+        else:
+            reason = textcheck.scrub(f"{type(exc).__name__}: {exc}")[:200]
+        stage = pick("stage", str, "audio")
+        return cls(id=job_id, avatar_id=textcheck.scrub(pick("avatar_id", str, "")),
+                   text=textcheck.scrub(pick("text", str, "")),
+                   options=JobOptions.model_validate({}),
+                   status="failed", stage=stage if stage in STAGE_WEIGHTS else "audio",
+                   stage_state="failed", created_at=pick("created_at", (int, float), 0.0),
+                   finished_at=pick("finished_at", (int, float), None),
+                   error=f"this job's stored record is damaged ({reason}); it cannot run, "
+                         "be canceled or be repaired: submit the job again")
 
 
 class OutputFile(BaseModel):

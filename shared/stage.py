@@ -56,9 +56,7 @@ class Runtime:
     def create(cls, settings: Settings, stage: str) -> Runtime:
         conn = redis.Redis.from_url(settings.redis_url, socket_timeout=30,
                                     health_check_interval=10)
-        store = JobStore(conn, settings.data_dir, lease_ttl_s=settings.lease_ttl_s,
-                         max_attempts=settings.max_attempts,
-                         retry_backoff_s=settings.retry_backoff_s)
+        store = JobStore.from_settings(conn, settings)
         name = f"{stage}.{socket.gethostname()}.{os.getpid()}.{int(time.time() * 1000)}"
         return cls(settings, conn, store, name)
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from orchestrator import engines
 from orchestrator.api.deps import AppState, state
 from orchestrator.api.errors import ApiError
 from orchestrator.schemas import JobAccepted, JobCreate, JobPublic
+from shared import spoken_text, textcheck
 from shared.checkpoint import load_manifest
 from shared.models import (
     MIN_FACE_PX,
@@ -38,27 +41,23 @@ def _get(st: AppState, job_id: str) -> JobRecord:
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
-def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depends(state)],
+def create_job(body: JobCreate, request: Request, response: Response,
+               st: Annotated[AppState, Depends(state)],
                idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
     if idempotency_key is not None and not _IDEM.match(idempotency_key):
         raise ApiError(400, "bad_idempotency_key",
                        "the Idempotency-Key header must be 1-128 characters of letters, digits, "
                        "'_', '.', ':' or '-'")
-    text = body.text.strip()
-    if not text:
-        raise ApiError(422, "empty_text", "the text is empty; send the words to speak")
-    limit = st.settings.max_text_chars
-    if len(text) > limit:
-        raise ApiError(422, "text_too_long",
-                       f"the text has {len(text)} characters; the limit is {limit} "
-                       "(split it into several jobs)")
-    if not any(ch.isalnum() for ch in text):
-        raise ApiError(422, "nothing_to_say", "the text has no letters or digits to speak")
+    text = _checked_text(body.text, st.settings.max_text_chars)
     avatar = st.avatars.get(body.avatar_id)
     if avatar is None:
         raise ApiError(404, "avatar_not_found",
                        f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
     chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
+    if not any(ch.isalnum() for ch in spoken_text.strip_tags(text)[0]):
+        raise ApiError(422, "nothing_to_say", "the text is only SSML-like tags, which are not "
+                       "spoken; write the words to say")
+    notes += spoken_text.notes(text)  # tags left unspoken, languages the voice cannot speak
     if body.framing == "original":
         frame = frame_size(body.size, body.aspect)
         width = original_face_width(avatar.face_box[2], (avatar.width, avatar.height), frame)
@@ -73,13 +72,51 @@ def create_job(body: JobCreate, response: Response, st: Annotated[AppState, Depe
                          aspect=body.aspect, framing=body.framing, background=background,
                          music=music, music_volume=body.music_volume, captions=body.captions,
                          crf=body.crf)
+    request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"),
+                                             sort_keys=True).encode()).hexdigest()
     rec = JobRecord(id=uuid.uuid4().hex, avatar_id=body.avatar_id, text=text, options=options,
-                    idempotency_key=idempotency_key, engines=chosen, notes=notes)
+                    idempotency_key=idempotency_key, engines=chosen, notes=notes,
+                    idempotency_scope=_idempotency_scope(request, st) if idempotency_key else None,
+                    request_hash=request_hash)
     rec, created = st.store.create(rec)
+    if not created and rec.request_hash not in (None, request_hash):
+        raise ApiError(422, "idempotency_key_reused",
+                       f"the Idempotency-Key {idempotency_key!r} was already used for job "
+                       f"{rec.id} with a different request; use a new key for a new request "
+                       "(keys are kept "
+                       f"{st.settings.idempotency_ttl_s / 3600:g} h)")
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{rec.id}"
     return JobAccepted(id=rec.id, status=rec.status, status_url=f"/v1/jobs/{rec.id}")
+
+
+def _checked_text(raw: str, limit: int) -> str:
+    """The text to speak, stripped; 422 if it is not valid text, empty, too long or wordless."""
+    problem = textcheck.problem(raw)
+    if problem:
+        raise ApiError(422, "bad_text", f"the text cannot be spoken: {problem}")
+    text = raw.strip()
+    if not text:
+        raise ApiError(422, "empty_text", "the text is empty; send the words to speak")
+    if len(text) > limit:
+        raise ApiError(422, "text_too_long",
+                       f"the text has {len(text)} characters; the limit is {limit} "
+                       "(split it into several jobs)")
+    if not any(ch.isalnum() for ch in text):
+        raise ApiError(422, "nothing_to_say", "the text has no letters or digits to speak")
+    return text
+
+
+def _idempotency_scope(request: Request, st: AppState) -> str:
+    """Whose Idempotency-Keys these are: the API token's (a hash of it) when the request
+    carries one, else everyone's ("global")."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    secret = given.strip() if scheme.lower() == "bearer" else ""
+    secret = secret or st.settings.token or ""  # a session cookie stands for the API token
+    if not secret:
+        return "global"
+    return "token-" + hashlib.sha256(secret.encode()).hexdigest()[:32]
 
 
 def _compose_media(body: JobCreate, st: AppState) -> tuple[str, str | None]:
