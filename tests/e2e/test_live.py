@@ -69,6 +69,7 @@ def test_stream_speaks_a_line_and_decodes(client, live_cluster, session, tmp_pat
         assert c.wait_event("caption", id="l1")["text"]
         visemes = c.wait_event("visemes", id="l1")["items"]
         assert len(visemes) > 5 and visemes[0][0] >= start["media_time"] - 0.05
+        c.wait_event("state", state="idle")
         states = [m["state"] for _, m in c.events("state")]
         assert states[:2] == ["speaking", "idle"], states
         time.sleep(1.0)
