@@ -3,11 +3,13 @@ reach past the photo's edge.
 
 `face` framing aims for the face ~48% of the short side wide, centred, eyes at 42% of the height.
 A tightly cropped photo (a profile picture, an ID photo) often cannot give that: the frame would
-reach past the photo. `plan_face` then weighs, over a range of zooms, three remedies: moving the
-frame so the face sits off-centre, zooming in (the face up to 72% of the short side), and, only
-for what neither can cover, filling beyond the photo with a blurred, darkened mirror of it that
-meets the photo in a soft seam. Edge pixels are never replicated into streaks. Every renderer
-(and the person mask, drawn on the rendered frames) starts from the same `Framing`.
+reach past the photo. `plan_face` then keeps the frame inside the photo if any zoom up to
+MAX_ZOOM allows, choosing the least zooming and moving (the face may sit off-centre); only when
+none does, it fits the frame's short side if it can and lets the rest reach past the photo,
+where `frame_face` paints a blurred, darkened mirror of the photo that meets it in a soft seam.
+Edge pixels are never replicated into streaks. Every renderer starts from `frame_face` (through
+`engines.portrait.frame_input`), and the person mask is drawn on the rendered frames, so all
+agree on the geometry.
 """
 
 from __future__ import annotations
@@ -52,9 +54,15 @@ class FramePlan:
     filled: tuple[str, ...]
 
     @property
+    def adjusted(self) -> bool:
+        """Whether the frame differs visibly from the usual one (zoomed, moved or filled)."""
+        return bool(self.tight) and (self.zoom > 1.02 or bool(self.filled)
+                                     or max(abs(v) for v in self.offset) > 0.02)
+
+    @property
     def note(self) -> str:
         """A sentence for a person saying what was done, or "" when the face is framed as usual."""
-        if not self.tight:
+        if not self.adjusted:
             return ""
         done = []
         if self.zoom > 1.02:
@@ -72,7 +80,7 @@ class FramePlan:
     @property
     def summary(self) -> str:
         """A few words for the avatar's thumbnail."""
-        if not self.tight:
+        if not self.adjusted:
             return "face centred"
         done = [f"{self.zoom:.1f}x closer"] if self.zoom > 1.02 else []
         if max(abs(v) for v in self.offset) > 0.02:

@@ -233,3 +233,13 @@ def test_a_head_moved_at_the_frame_edge_is_not_streaked(tight_faces):
     x0, _, x1, _ = anim._pose.roi
     top = img[:8, x0:x1].astype(int)
     assert np.abs(np.diff(top, axis=0)).mean() > 0.25 * np.abs(np.diff(top, axis=1)).mean()
+
+
+def test_a_frame_moved_a_few_pixels_is_not_worth_a_note(portrait, face):
+    """The usual frame starts at row 23: a photo cut at row 26 moves it 3 px, unremarked."""
+    lm = face.landmarks.astype(np.float64) - [0, 26]
+    plan = plan_face(lm, (512, 512 - 26), (512, 512))
+    assert plan.tight == ("top",) and plan.filled == () and plan.zoom == 1.0
+    assert plan.crop[1] == 0 and plan.note == "" and plan.summary == "face centred"
+    base, _ = frame_face(np.ascontiguousarray(portrait[26:]), lm, (512, 512))
+    assert streaked_edges(base) == []
