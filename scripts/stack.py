@@ -143,6 +143,11 @@ class Stack:
             for n in range(self.workers):
                 self.add(f"{stage}-{n}", [str(VENVS / VENV_OF[stage] / "bin/jayavatar-worker"),
                                           stage])
+        # live sessions: one speaker, two renderers (either takes over the other's sessions)
+        for role, count in (("audio", 1), ("visual", 2)):
+            for n in range(count):
+                self.add(f"live-{role}-{n}", [str(VENVS / role / "bin/python"), "-m",
+                                              f"services.{role}.live"])
         self._wait_http(f"{self.api_url}/healthz", 60)
         log(f"up: API {self.api_url}, Redis 127.0.0.1:{self.redis_port}, data {self.data_dir}, "
             f"logs {self.log_dir}")
