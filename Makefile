@@ -57,8 +57,9 @@ $(VENVS)/visual/.neural: $(VENVS)/visual/.installed requirements/visual-neural.t
 
 setup-neural: setup $(VENVS)/audio/.neural $(VENVS)/visual/.neural ## add the neural engines' libraries (torch, coqui-tts)
 
-test-deps: ## headless Chromium for the web-page test
+test-deps: ## headless Chromium for the web-page test, espeak-ng for the voice samples
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng; }
 
 run: setup ## start Redis, the API on http://127.0.0.1:$(PORT) and one worker per stage (Ctrl-C stops)
 	$(VENVS)/orchestrator/bin/python scripts/stack.py --data-dir $(DATA_DIR) --port $(PORT) --redis-port $(REDIS_PORT)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
+from orchestrator import voice_sample
 from orchestrator.api.errors import ApiError
 
 MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
@@ -90,6 +91,7 @@ def check_voice_sample(original: Path, out_wav: Path) -> float:
         raise ApiError(422, "silent_audio",
                        "the voice sample is silent; record yourself speaking for "
                        f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds")
+    voice_sample.check(out_wav, original)  # one person speaking: no music, clipping, 2nd voice
     return duration
 
 
