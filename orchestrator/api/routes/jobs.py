@@ -41,7 +41,7 @@ def _get(st: AppState, job_id: str) -> JobRecord:
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
-async def create_job(body: JobCreate, request: Request, response: Response,
+def create_job(body: JobCreate, request: Request, response: Response,
                st: Annotated[AppState, Depends(state)],
                idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
     if idempotency_key is not None and not _IDEM.match(idempotency_key):
