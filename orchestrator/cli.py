@@ -204,7 +204,7 @@ def _recover() -> int:
         return 1
     print(f"jobs restored {report.jobs_restored} (re-enqueued {report.jobs_requeued}), "
           f"already present {report.jobs_present}, avatars restored {report.avatars_restored}, "
-          f"unreadable files {report.unreadable}")
+          f"unreadable files {report.unreadable}, past retention {report.expired}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 import redis
@@ -30,6 +31,11 @@ def test_recover_rebuilds_redis_and_finishes_unfinished_jobs(client, avatar_id, 
                   finished_at=None)
     record["stages"]["compose"] = {"status": "running", "attempts": 1}
     (data / "jobs" / job_id / "job.json").write_text(json.dumps(record))
+    # And a job that ended longer ago than JOB_RETENTION_DAYS (30): not brought back.
+    old = dict(record, id="0" * 32, status="succeeded", stage_state="done",
+               finished_at=time.time() - 31 * 86400, idempotency_key=None)
+    (data / "jobs" / old["id"]).mkdir()
+    (data / "jobs" / old["id"] / "job.json").write_text(json.dumps(old))
 
     fresh = RedisServer(tmp_path / "redis")
     fresh.start()
@@ -39,9 +45,13 @@ def test_recover_rebuilds_redis_and_finishes_unfinished_jobs(client, avatar_id, 
                              env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         assert "jobs restored 1 (re-enqueued 1)" in out.stdout
+        assert "past retention 1" in out.stdout
         conn = redis.Redis.from_url(fresh.url)
-        assert conn.get("ja:idem:recover-me") == job_id.encode()
+        assert conn.get("ja:idem:global:recover-me") == job_id.encode()
+        assert 0 < conn.ttl("ja:idem:global:recover-me") <= 24 * 3600  # what is left of a day
+        assert conn.zscore("ja:jobs:status:running", job_id) is not None  # listed by status
         assert conn.exists(f"ja:avatar:{avatar_id}")
+        assert not conn.exists(f"ja:job:{old['id']}")
         assert conn.lrange("rq:queue:compose", 0, -1) == [f"{job_id}-compose-2".encode()]
 
         # A burst compose worker finishes the job from the checkpoints on disk.
