@@ -45,7 +45,12 @@ def ensure(secrets_dir: Path = SECRETS) -> str:
 
 def acl_text(password: str) -> str:
     digest = hashlib.sha256(password.encode()).hexdigest()
-    return f"user default off\nuser {USER} on #{digest} ~* &* +@all {DENIED}\n"
+    # The default user stays off (no client can act as it), but keeps the app's permissions:
+    # Redis 7.0 replays the AOF's MULTI/EXEC blocks as the default user and checks them
+    # against its ACL, so a default user without permissions silently drops every
+    # transaction (every job record) when Redis restarts.
+    return (f"user default off ~* &* +@all {DENIED}\n"
+            f"user {USER} on #{digest} ~* &* +@all {DENIED}\n")
 
 
 def write_acl(path: Path, password: str, mode: int = 0o600) -> Path:
