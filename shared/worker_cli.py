@@ -149,6 +149,13 @@ def _work(runtime: Runtime, stage: str, burst: bool, log_level: str) -> int:
             return 0
         except redis.exceptions.BusyLoadingError:
             logger.warning("worker %s: Redis is loading its data; retrying", runtime.worker_name)
+        except redis.exceptions.AuthenticationError as exc:  # no retry can fix the settings
+            sys.stderr.write(
+                f"jayavatar-worker: Redis at {runtime.settings.redis_url_redacted} refused "
+                f"REDIS_URL's credentials ({exc}); give the app user's password in it: "
+                "redis://jayavatar:<password>@host:port/db (python3 scripts/redis_auth.py url "
+                "prints it)\n")
+            return 2
         except redis.exceptions.ConnectionError as exc:  # Redis restarting: wait, then resume
             logger.warning("worker %s: Redis unavailable (%s); retrying in %.1fs",
                            runtime.worker_name, exc, delay)

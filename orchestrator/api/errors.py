@@ -39,6 +39,23 @@ def _describe(err: dict) -> str:
     return f"'{loc}': {err.get('msg', 'invalid value')}"
 
 
+def _queue_error(exc: redis.RedisError) -> JSONResponse:
+    """The answer when Redis fails a request: full disk, refused credentials, or away."""
+    logger.warning("Redis unavailable: %s", exc)
+    if is_disk_full(exc):  # "MISCONF Errors writing to the AOF file: No space left..."
+        return JSONResponse(_body("disk_full", "nothing was accepted: the job queue cannot "
+                                  "write to the full data disk; free some space in DATA_DIR "
+                                  "and retry"), status_code=507, headers={"Retry-After": "30"})
+    if isinstance(exc, redis.AuthenticationError):
+        return JSONResponse(_body("queue_unavailable", "the job queue (Redis) refuses this "
+                                  "server's credentials (REDIS_URL); nothing was accepted "
+                                  "until the operator fixes them"), status_code=503)
+    return JSONResponse(_body("queue_unavailable",
+                              "the job queue (Redis) is unreachable or restarting; nothing "
+                              "was accepted, retry in a few seconds"),
+                        status_code=503, headers={"Retry-After": "2"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -62,15 +79,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
-        logger.warning("Redis unavailable: %s", exc)
-        if is_disk_full(exc):  # "MISCONF Errors writing to the AOF file: No space left..."
-            return JSONResponse(_body("disk_full", "nothing was accepted: the job queue cannot "
-                                      "write to the full data disk; free some space in DATA_DIR "
-                                      "and retry"), status_code=507, headers={"Retry-After": "30"})
-        return JSONResponse(_body("queue_unavailable",
-                                  "the job queue (Redis) is unreachable or restarting; nothing "
-                                  "was accepted, retry in a few seconds"),
-                            status_code=503, headers={"Retry-After": "2"})
+        return _queue_error(exc)
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
 import redis
+from conftest import ROOT, VENVS
 from helpers import submit, wait_job
 from rq import Callback, Queue
 from rq.job import JobStatus
@@ -36,6 +38,15 @@ def test_redis_refuses_clients_without_the_app_password(redis_server) -> None:  
         app.flushall()
     for conn in (anonymous, wrong, default, app):
         conn.close()
+
+
+def test_a_worker_without_the_password_says_so_and_exits(redis_server) -> None:  # type: ignore[no-untyped-def]
+    url = f"redis://127.0.0.1:{redis_server.port}/0"  # no credentials
+    out = subprocess.run([str(VENVS / "compositor/bin/jayavatar-worker"), "compose"], cwd=ROOT,
+                         env={"PATH": "/usr/bin:/bin", "REDIS_URL": url, "LOG_LEVEL": "WARNING"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "refused REDIS_URL's credentials" in out.stderr and "redis_auth.py url" in out.stderr
 
 
 def test_workers_run_only_jayavatar_entry_points(cluster, client, avatar_id, tmp_path) -> None:  # type: ignore[no-untyped-def]
