@@ -99,6 +99,9 @@ def test_listings_survive_bad_records_already_stored(client, cluster, avatar_id)
             resp = client.post(f"/v1/jobs/{job_id}/cancel")
             assert resp.status_code == 409, resp.text  # failed: nothing to cancel
             assert "already failed" in resp.json()["message"]
+            resp = client.get(f"/v1/jobs/{job_id}/events", timeout=20)  # ends: job is over
+            assert resp.status_code == 200, resp.text
+            assert "event: snapshot" in resp.text and '"status":"failed"' in resp.text
         # The reconciler, reading the same records, keeps working for everyone else.
         job = client.post("/v1/jobs", json={"avatar_id": avatar_id, "text": "Still fine."})
         assert job.status_code == 202

@@ -74,7 +74,11 @@ async def _snapshot(conn: aredis.Redis, job_id: str) -> tuple[JobRecord | None, 
         raw, newest = await pipe.execute()
     if not raw:
         return None, "0-0"
-    return JobRecord.from_hash(raw), keys.text(newest[0][0]) if newest else "0-0"
+    try:
+        rec = JobRecord.from_hash(raw)
+    except (ValueError, TypeError, AttributeError) as exc:  # shown as GET /v1/jobs/{id} shows it
+        rec = JobRecord.damaged(job_id, raw, exc)
+    return rec, keys.text(newest[0][0]) if newest else "0-0"
 
 
 async def _follow(conn: aredis.Redis, rec: JobRecord, cursor: str,
