@@ -9,6 +9,12 @@ K faults chosen from `--seed`:
   (an execution is running) or publish (the execution wrote its manifest / renamed its output);
 * kill-orchestrator: SIGKILL the API + reconciler, restarted after a random delay;
 * kill-redis: SIGKILL redis-server, restarted from the same AOF dir after a random delay;
+* redis-exit: SIGKILL redis-server and leave it to the stack's supervisor (scripts/stack.py's
+  `Supervisor`, which runs the drill's Redis) to notice and restart it, with its own backoff;
+* fill-disk: fill the small filesystem that holds DATA_DIR and Redis's AOF (a tmpfs the drill
+  mounts, `--disk-mb`; root only) to the last byte for a few seconds, then free it: the API
+  refuses new work (507), stages wait for space, Redis exits on its AOF write error and the
+  supervisor brings it back once space returns;
 * stop-worker: SIGSTOP a worker in the middle of an execution for longer than the lease, then
   SIGCONT.
 
@@ -46,6 +52,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import redis_auth  # noqa: E402
+from stack import Supervised, Supervisor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
@@ -53,7 +60,8 @@ VENV_OF = {"audio": "audio", "visual": "visual", "compose": "compositor"}
 STAGES = ("audio", "visual", "compose")
 TERMINAL = ("succeeded", "failed", "canceled")
 KINDS = ("kill-audio", "kill-visual", "kill-compose", "kill-orchestrator", "kill-redis",
-         "stop-worker")
+         "stop-worker", "redis-exit", "fill-disk")
+MB = 1024 * 1024
 WORKER_PHASES = ("before-pickup", "mid-render", "publish")
 
 SENTENCES = [
@@ -93,11 +101,18 @@ def pct(values: list[float], q: float) -> float | None:
 class Cluster:
     """redis-server, the orchestrator and the workers as real processes we can kill."""
 
-    def __init__(self, base: Path, env: dict[str, str], workers: dict[str, int]) -> None:
+    def __init__(self, base: Path, env: dict[str, str], workers: dict[str, int],
+                 disk_mb: int = 0) -> None:
         self.base = base
-        self.data_dir = base / "data"
-        self.redis_dir = base / "redis"
-        self.logs = base / "logs"
+        self.disk: Path | None = None  # the small filesystem under DATA_DIR and Redis's AOF
+        self.disk_note = "off (--disk-mb 0)"
+        if disk_mb:
+            self.disk, self.disk_note = mount_small_disk(base / "vol", disk_mb)
+        root = self.disk or base
+        self.data_dir = root / "data"
+        self.redis_dir = root / "redis"
+        self.logs = base / "logs"  # logs and the audit log stay off the small disk
+        self.ballast: Path | None = None
         for d in (self.data_dir, self.redis_dir, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.redis_port, self.api_port = free_port(), free_port()
@@ -110,6 +125,7 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopped: set[str] = set()  # names of SIGSTOPped processes
         self._files: list[Any] = []
+        self.supervisor = Supervisor(self._spawn_supervised, self.logs)  # Redis, as the stack
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
@@ -123,12 +139,38 @@ class Cluster:
         proc = self.procs.get(name)
         return proc is not None and proc.poll() is None
 
+    def _spawn_supervised(self, svc: Supervised) -> None:
+        svc.proc = self._spawn(svc.name, svc.cmd)
+
     def start_redis(self, wait: bool = True) -> None:
+        """Start Redis under the stack's supervisor, which restarts it whenever it exits."""
         acl = redis_auth.write_acl(self.redis_dir / "users.acl", self.redis_password)
-        self._spawn("redis", ["redis-server", str(ROOT / "redis.conf"), "--aclfile", str(acl),
-                              "--port", str(self.redis_port), "--dir", str(self.redis_dir)])
+        self.supervisor.add("redis", ["redis-server", str(ROOT / "redis.conf"), "--aclfile",
+                                      str(acl), "--port", str(self.redis_port), "--dir",
+                                      str(self.redis_dir)])
         if wait:
             self.wait_redis()
+
+    def fill_disk(self) -> float:
+        """Fill the small disk to the last byte with a ballast file; returns the MB written."""
+        assert self.disk is not None
+        self.ballast = self.disk / "ballast.bin"
+        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        written, block = 0, MB
+        try:
+            while block >= 512:
+                try:
+                    written += os.write(fd, b"\xa5" * block)
+                except OSError:
+                    block //= 2
+        finally:
+            os.close(fd)
+        return written / MB
+
+    def free_disk(self) -> None:
+        if self.ballast is not None:
+            self.ballast.unlink(missing_ok=True)
+            self.ballast = None
 
     def wait_redis(self, timeout: float = 30) -> None:
         conn = redis.Redis.from_url(self.redis_url, socket_timeout=1)
@@ -199,7 +241,8 @@ class Cluster:
             self.stopped.discard(name)
         return proc.pid
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        self.free_disk()
         for name in self.stopped:
             self.signal(name, signal.SIGCONT)
         order = [n for n in self.procs if n != "redis"] + ["redis"]
@@ -216,6 +259,21 @@ class Cluster:
                 proc.wait()
         for fh in self._files:
             fh.close()
+        if self.disk is not None:
+            if keep_data:  # evidence outlives the small disk
+                shutil.copytree(self.disk, self.base / "disk", dirs_exist_ok=True,
+                                ignore_dangling_symlinks=True)
+            subprocess.run(["umount", "--lazy", str(self.disk)], check=False)
+
+
+def mount_small_disk(path: Path, size_mb: int) -> tuple[Path | None, str]:
+    """Mount a tmpfs of `size_mb` at `path` (root only); (None, why) when that is impossible."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return None, f"unavailable: mounting a tmpfs failed ({done.stderr.strip()[:200]})"
+    return path, f"tmpfs of {size_mb} MB"
 
 
 # ---- the audit log --------------------------------------------------------------------------
@@ -313,10 +371,10 @@ class Drill:
         env = {"LEASE_TTL_S": str(args.lease_ttl), "RECONCILE_EVERY_S": str(args.reconcile_every),
                "RETRY_BACKOFF_S": "0.5", "MAX_ATTEMPTS": str(args.max_attempts),
                "CHUNK_FRAMES": "25", "AUDIT_LOG": str(self.audit_path), "LOG_LEVEL": "INFO",
-               "ANALYZE_TIMEOUT_S": "120"}
+               "ANALYZE_TIMEOUT_S": "120", "MIN_FREE_MB": str(args.min_free_mb)}
         workers = {"audio": args.audio_workers, "visual": args.visual_workers,
                    "compose": args.compose_workers}
-        self.cluster = Cluster(self.base, env, workers)
+        self.cluster = Cluster(self.base, env, workers, disk_mb=args.disk_mb)
         self.audit = Audit(self.audit_path)
         self.rconn = redis.Redis.from_url(self.cluster.redis_url, socket_timeout=1,
                                           socket_connect_timeout=1)
@@ -441,6 +499,9 @@ class Drill:
         """K faults: rounds of every kind in a random order, each with the phase it aims at."""
         kinds: list[str] = []
         allowed = [k for k in KINDS if k in self.args.kinds.split(",")] or list(KINDS)
+        if self.cluster.disk is None and "fill-disk" in allowed:
+            log(f"no fill-disk faults: the small disk is {self.cluster.disk_note}")
+            allowed.remove("fill-disk")
         while len(kinds) < self.args.faults:
             round_ = list(allowed)
             self.rng.shuffle(round_)
@@ -525,7 +586,7 @@ class Drill:
             time.sleep(0.0005)
         return False
 
-    def inject(self, kind: str, aimed: str, n: int, deadline: float) -> Fault | None:
+    def inject(self, kind: str, aimed: str, n: int, deadline: float) -> Fault | None:  # noqa: C901
         """Wait (polling fast) for the aimed phase, then inject; fall back at the deadline."""
         c = self.cluster
         fault = Fault(n, kind, aimed)
@@ -535,7 +596,13 @@ class Drill:
         while True:
             self.tick()
             late = time.monotonic() >= deadline
-            if kind in ("kill-orchestrator", "kill-redis"):
+            if kind == "fill-disk":
+                if c.ballast is not None or not c.alive("redis"):
+                    pass  # the disk or Redis is still down from an earlier fault
+                elif late or (self.audit.open_execs() and self.rng.random() < 0.2):
+                    fault.target = "disk"
+                    break
+            elif kind in ("kill-orchestrator", "kill-redis", "redis-exit"):
                 name = "orchestrator" if kind == "kill-orchestrator" else "redis"
                 if not c.alive(name):
                     pass  # still down from an earlier fault: wait for it
@@ -557,27 +624,43 @@ class Drill:
                 return None
             time.sleep(0.005 if aimed == "publish" else 0.05)
         target = fault.target
-        pid = c.procs[target].pid
-        fault.phase, execs = self._phase_of(pid) if target not in ("orchestrator", "redis") \
+        pid = c.procs[target].pid if target in c.procs else None
+        fault.phase, execs = self._phase_of(pid) if target in c.worker_names \
             else (self._cluster_phase(), self.audit.open_execs())
         fault.affected = [(e.job, e.stage, e.exec_id) for e in execs]
         fault.t = time.time()
-        now = time.monotonic()
-        if kind == "stop-worker":
+        fault.pid = pid
+        self._strike(fault)
+        back = "when the supervisor restarts it" if kind == "redis-exit" \
+            else f"in {fault.down_s:.1f}s"
+        log(f"fault {n}: {kind} -> {target} (pid {pid}), aimed {aimed}, hit {fault.phase}; "
+            f"back {back}; affects {len(fault.affected)} exec(s) {fault.note}")
+        return fault
+
+    def _strike(self, fault: Fault) -> None:
+        """Inject the fault into its chosen target and plan how it comes back."""
+        c, kind, target, now = self.cluster, fault.kind, fault.target, time.monotonic()
+        if kind == "fill-disk":
+            fault.note = f"{c.fill_disk():.0f} MB of ballast"
+            fault.down_s = self.rng.uniform(2.0, 2.0 + 2 * self.args.lease_ttl)
+            self.pending.append((now + fault.down_s, "unfill", target))
+        elif kind == "redis-exit":  # the supervisor notices and restarts it, in its own time
+            c.signal(target, signal.SIGKILL)
+            fault.note = "restarted by the stack's supervisor"
+        elif kind == "stop-worker":
             c.signal(target, signal.SIGSTOP)
             fault.down_s = self.args.lease_ttl + self.rng.uniform(1.0, 3.0)
             self.pending.append((now + fault.down_s, "cont", target))
         else:
             c.signal(target, signal.SIGKILL)
-            self.audit.mark_killed(pid, fault.t)
+            self.audit.mark_killed(fault.pid or 0, fault.t)
             lo, hi = {"redis": (0.3, 2 * self.args.lease_ttl),
                       "orchestrator": (0.2, 3.0)}.get(target, (0.5, 5.0))
             fault.down_s = self.rng.uniform(lo, hi)
-            self.pending.append((now + fault.down_s, "restart", target))
-        fault.pid = pid
-        log(f"fault {n}: {kind} -> {target} (pid {pid}), aimed {aimed}, hit {fault.phase}; "
-            f"back in {fault.down_s:.1f}s; affects {len(fault.affected)} exec(s)")
-        return fault
+            if target == "redis":  # the drill picks the delay; the supervisor restarts it
+                c.supervisor.restart_after("redis", fault.down_s)
+            else:
+                self.pending.append((now + fault.down_s, "restart", target))
 
     def _cluster_phase(self) -> str:
         running = self.audit.open_execs()
@@ -591,6 +674,13 @@ class Drill:
     def tick(self) -> None:  # noqa: C901
         """Housekeeping: tail the audit log, restart or resume what is due."""
         self.audit.poll()
+        for name in self.cluster.supervisor.check():  # Redis, brought back by the supervisor
+            f = next((f for f in reversed(self.faults) if f.target == name and f.back_at is None),
+                     None)
+            if f is not None:
+                f.back_at = time.time()
+                if f.kind == "redis-exit":
+                    f.down_s = round(f.back_at - f.t, 3)
         now = time.monotonic()
         due = [p for p in self.pending if p[0] <= now]
         self.pending = [p for p in self.pending if p[0] > now]
@@ -600,8 +690,8 @@ class Drill:
             try:
                 if action == "cont":
                     self.cluster.signal(name, signal.SIGCONT)
-                elif name == "redis":
-                    self.cluster.start_redis(wait=True)
+                elif action == "unfill":
+                    self.cluster.free_disk()
                 elif name == "orchestrator":
                     self.cluster.start_orchestrator()
                 else:
@@ -637,7 +727,8 @@ class Drill:
             if fault is not None:
                 self.faults.append(fault)
         self.faults_done = True
-        while self.pending or self.api_probe is not None:  # bring everything back
+        while (self.pending or self.api_probe is not None  # bring everything back
+               or not self.cluster.alive("redis")):
             self.tick()
             time.sleep(0.05)
 
@@ -828,6 +919,11 @@ class Drill:
                            "max": round(max(rec_values), 3) if rec_values else None,
                            "mean": round(statistics.mean(rec_values), 3) if rec_values else None,
                            "by_kind": recovery},
+            "disk": {"small_disk": self.cluster.disk_note,
+                     "stage_waits_for_space": sum(1 for ev in self.audit.events
+                                                  if ev.get("event") == "disk-wait"),
+                     "redis_restarts_by_supervisor":
+                         self.cluster.supervisor.services["redis"].restarts},
             "audit_bad_lines": self.audit.bad_lines,
             "temp_dir": str(self.base),
         }
@@ -943,6 +1039,9 @@ def summary(r: dict) -> str:
         f"recovery time p50/p95/max: {rec['p50']}s / {rec['p95']}s / {rec['max']}s "
         f"({rec['samples']} faults measured)",
         f"leftover garbage dirs (not served): {sum(len(v) for v in r['leftover_dirs'].values())}",
+        f"small disk: {r['disk']['small_disk']}; stages that waited for space: "
+        f"{r['disk']['stage_waits_for_space']}; Redis restarts by the supervisor: "
+        f"{r['disk']['redis_restarts_by_supervisor']}",
         f"RESULT: {'PASS' if r['ok'] else 'FAIL'}",
     ]
     return "\n".join(lines)
@@ -972,6 +1071,10 @@ def main() -> int:
     p.add_argument("--stop-stages", default="audio,visual,compose",
                    help="stages whose workers stop-worker may freeze")
     p.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
+    p.add_argument("--disk-mb", type=int, default=1024,
+                   help="size of the tmpfs holding DATA_DIR and Redis (fill-disk faults); 0: off")
+    p.add_argument("--min-free-mb", type=float, default=64.0,
+                   help="MIN_FREE_MB of the drill's cluster")
     args = p.parse_args()
 
     drill = Drill(args)
@@ -981,7 +1084,7 @@ def main() -> int:
     except (RuntimeError, KeyboardInterrupt) as exc:
         log(f"drill aborted: {exc!r}")
     finally:
-        drill.cluster.stop()
+        drill.cluster.stop(keep_data=report is None or not report["ok"] or args.keep)
         drill.rconn.close()
     if report is None:
         log(f"evidence kept in {drill.base}")

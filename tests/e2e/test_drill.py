@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("kill-audio", "kill-visual", "kill-compose", "kill-orchestrator", "kill-redis",
-         "stop-worker")
+         "stop-worker", "redis-exit", "fill-disk")
 
 
 def test_short_drill_loses_nothing(tmp_path: Path) -> None:
