@@ -151,30 +151,28 @@ def xadd(conn: redis.Redis | Any, key: str, fields: dict[str, Any], maxlen: int,
 
 
 class Lease:
-    """This worker's hold on one session for one role; `renew()` says whether it still holds."""
+    """This worker's hold on one session for one role, renewed by the worker's heartbeat
+    thread (a sentence being synthesized or a slow frame never lets it lapse); `lost` turns true
+    when another worker holds it or it lapsed."""
 
     def __init__(self, conn: redis.Redis, session_id: str, role: str, owner: str,
                  ttl_s: float) -> None:
         self.conn, self.key, self.owner = conn, lease(session_id, role), owner
         self.ttl_ms = max(100, int(ttl_s * 1000))
-        self.renew_every = ttl_s / 3
-        self._last = 0.0
+        self.lost = False
 
     def claim(self) -> bool:
-        ok = bool(self.conn.set(self.key, self.owner, nx=True, px=self.ttl_ms))
-        self._last = time.monotonic() if ok else 0.0
-        return ok
+        return bool(self.conn.set(self.key, self.owner, nx=True, px=self.ttl_ms))
 
-    def renew(self, force: bool = False) -> bool:
-        """Extend the lease if a third of its TTL went by; False if another worker holds it."""
-        now = time.monotonic()
-        if not force and now - self._last < self.renew_every:
-            return True
+    def renew(self) -> bool:
+        """Extend the lease; False (and `lost`) if this worker no longer holds it."""
+        if self.lost:
+            return False
         holder = self.conn.get(self.key)
         if holder is None or text(holder) != self.owner:
+            self.lost = True
             return False
         self.conn.pexpire(self.key, self.ttl_ms)
-        self._last = now
         return True
 
     def release(self) -> None:
@@ -198,9 +196,12 @@ class LiveWorker:
         self.name = f"live-{role}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
+        self.leases: dict[str, Lease] = {}
 
     def run(self, poll_s: float = 0.2) -> None:
         logger.info("%s: serving live sessions (up to %d)", self.name, self.max_sessions)
+        beat = threading.Thread(target=self._heartbeat, name="live-heartbeat", daemon=True)
+        beat.start()
         while not self.stopping.is_set():
             try:
                 self.conn.zadd(workers(self.role), {self.name: time.time()})
@@ -216,6 +217,15 @@ class LiveWorker:
         except redis.RedisError:
             pass
 
+    def _heartbeat(self) -> None:
+        """Renew every lease this worker holds, every third of the TTL."""
+        while not self.stopping.wait(self.ttl_s / 3):
+            for held in list(self.leases.values()):
+                try:
+                    held.renew()
+                except redis.RedisError as exc:
+                    logger.warning("%s: cannot renew %s: %s", self.name, held.key, exc)
+
     def _claim_new(self) -> None:
         self.threads = {k: t for k, t in self.threads.items() if t.is_alive()}
         if len(self.threads) >= self.max_sessions:
@@ -227,6 +237,7 @@ class LiveWorker:
             if not held.claim():
                 continue
             logger.info("%s: claimed session %s", self.name, rec.id)
+            self.leases[rec.id] = held
             thread = threading.Thread(target=self._serve, args=(rec, held),
                                       name=f"live-{self.role}-{rec.id}", daemon=True)
             self.threads[rec.id] = thread
@@ -244,6 +255,7 @@ class LiveWorker:
             except redis.RedisError:
                 pass
         finally:
+            self.leases.pop(rec.id, None)
             try:
                 held.release()
             except redis.RedisError:

@@ -63,7 +63,7 @@ class AudioSession:
                 self._speak(ctl_id, say)
 
     def _done(self) -> bool:
-        if self.closed or self.stopping.is_set() or not self.held.renew():
+        if self.closed or self.stopping.is_set() or self.held.lost:
             return True
         now = time.monotonic()
         if now - self._checked > _RECORD_CHECK_S:

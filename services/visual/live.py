@@ -97,7 +97,7 @@ class VisualSession:
         self._publish(self.encoder.close())
 
     def _done(self) -> bool:
-        if self.closed or self.stopping.is_set() or not self.held.renew():
+        if self.closed or self.stopping.is_set() or self.held.lost:
             return True
         now = time.monotonic()
         if now - self._checked > RECORD_CHECK_S:

@@ -6,12 +6,13 @@ fragment (starting ffmpeg costs ~0.2 s here)."""
 from __future__ import annotations
 
 import io
-import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
+
+from shared import mp4
 
 AUDIO_CODEC = "mp4a.40.2"  # AAC-LC
 ENCODE_PRESET = "superfast"
@@ -45,48 +46,6 @@ class Piece:
     data: bytes
     t: float = 0.0
     key: bool = False
-
-
-def top_boxes(data: bytes) -> list[str]:
-    """The types of the top-level MP4 boxes in `data`."""
-    out, off = [], 0
-    while off + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[off:off + 8])
-        if size < 8:
-            break
-        out.append(kind.decode("latin-1"))
-        off += size
-    return out
-
-
-def _box(data: bytes, kind: bytes, start: int = 0) -> int:
-    """Offset of the first box of type `kind` at or after `start` (a search, not a walk: the
-    boxes looked for here are unique in what is searched), or -1."""
-    at = data.find(kind, start)
-    return at - 4 if at >= 4 else -1
-
-
-def video_timescale(init: bytes) -> int:
-    """The timescale of the first track (the video) from the init segment's `mdhd`."""
-    at = _box(init, b"mdhd")
-    if at < 0:
-        return 1
-    version = init[at + 8]
-    off = at + (28 if version == 1 else 20)
-    return int(struct.unpack(">I", init[off:off + 4])[0]) or 1
-
-
-def video_run(fragment: bytes) -> tuple[int, int]:
-    """(decode time of the first video sample in its track's timescale, video sample count) of
-    a `moof` whose first `traf` is the video track's."""
-    tfdt, trun = _box(fragment, b"tfdt"), _box(fragment, b"trun")
-    if tfdt < 0 or trun < 0:
-        return 0, 0
-    if fragment[tfdt + 8] == 1:
-        first = struct.unpack(">Q", fragment[tfdt + 12:tfdt + 20])[0]
-    else:
-        first = struct.unpack(">I", fragment[tfdt + 12:tfdt + 16])[0]
-    return int(first), int(struct.unpack(">I", fragment[trun + 12:trun + 16])[0])
 
 
 def sps_codec(extradata: bytes) -> str:
@@ -172,10 +131,11 @@ class FragmentEncoder:
         if data[4:8] == b"ftyp":
             at = data.find(b"moof") - 4
             head, data = (data, b"") if at < 0 else (data[:at], data[at:])
-            self._timescale = video_timescale(head)
+            self._timescale = (mp4.timescales(head) or [1])[0]
             pieces.append(Piece("init", head))
         if data:
-            first, count = video_run(data)
+            video = next((r for r in mp4.runs(data) if r.track == 1), mp4.Run(1, 0, 0))
+            first, count = video.decode_time, video.samples
             t = first / self._timescale
             start = round(t * self.fps)
             key = any(start <= k < start + count for k in self._keys)

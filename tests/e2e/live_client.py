@@ -4,7 +4,6 @@ arrival time, splits JSON events from the fragmented-MP4 bytes, and decodes what
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import threading
 import time
@@ -15,38 +14,12 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from shared import mp4
+
 
 def fragment_times(data: bytes) -> list[tuple[int, int]]:
-    """(track id, tfdt) of each traf in the top-level moof boxes of `data`."""
-    out = []
-
-    def boxes(lo: int, hi: int) -> list[tuple[bytes, int, int]]:
-        found, off = [], lo
-        while off + 8 <= hi:
-            size, kind = struct.unpack(">I4s", data[off:off + 8])
-            if size < 8:
-                break
-            found.append((kind, off, size))
-            off += size
-        return found
-
-    for kind, off, size in boxes(0, len(data)):
-        if kind != b"moof":
-            continue
-        for k2, o2, s2 in boxes(off + 8, off + size):
-            if k2 != b"traf":
-                continue
-            track, tfdt = 0, 0
-            for k3, o3, _ in boxes(o2 + 8, o2 + s2):
-                if k3 == b"tfhd":
-                    track = struct.unpack(">I", data[o3 + 12:o3 + 16])[0]
-                elif k3 == b"tfdt":
-                    if data[o3 + 8] == 1:
-                        tfdt = struct.unpack(">Q", data[o3 + 12:o3 + 20])[0]
-                    else:
-                        tfdt = struct.unpack(">I", data[o3 + 12:o3 + 16])[0]
-            out.append((track, tfdt))
-    return out
+    """(track id, tfdt) of each traf in the moof boxes of `data`."""
+    return [(r.track, r.decode_time) for r in mp4.runs(data)]
 
 
 class LiveClient:

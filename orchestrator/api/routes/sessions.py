@@ -154,12 +154,12 @@ class Relay:
         init = await self._wait_init()
         if init is None:
             return
+        self.ready.set()  # before the event: a say sent on receiving it must be accepted
         await self.event({"type": "ready", "mime": text(init["mime"]),
                           "fps": int(text(init["fps"])), "width": int(text(init["width"])),
                           "height": int(text(init["height"])),
                           "media_time": float(text(init["offset"]))})
         await self.send(bytes(init["data"]))
-        self.ready.set()
         sent_init, streaming = bytes(init["data"]), False
         loop = asyncio.get_running_loop()
         touched = loop.time()
