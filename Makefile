@@ -10,7 +10,7 @@ REDIS_PORT ?= 6390
 STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.installed)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup secrets setup-neural system-deps test-deps run demo test lint typecheck bench drill quality clean
+.PHONY: help setup secrets setup-neural system-deps test-deps run demo test lint typecheck bench bench-live drill quality clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API r
 	$(VENVS)/visual/bin/python scripts/bench_visual.py --sizes 256 512 1024 --seconds 10 300 --out out/bench_visual.json
 	$(VENVS)/compositor/bin/python scripts/bench_compose.py --size 512 --out out/bench_compose.json
 	$(VENVS)/visual/bin/python scripts/bench_wav2lip.py --device cpu --batch 64
+
+bench-live: setup ## live sessions at real WebSocket clients: say-to-speech latency, stalls, stop, concurrent sessions (out/bench_live.json)
+	$(VENVS)/orchestrator/bin/python scripts/bench_live.py --out out/bench_live.json
 
 quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
