@@ -27,7 +27,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from orchestrator.api.errors import ApiError
-from orchestrator.images import ImageDecoder, save_png
+from orchestrator.images import ImageDecoder
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea
 from orchestrator.uploads import check_file_name, check_name, check_voice_sample, read_limited
@@ -93,15 +93,15 @@ class AvatarService:
         check_file_name(portrait, "portrait")
         if voice is not None:
             check_file_name(voice, "voice_sample")
-        picture = await self.decoder.decode(
-            await run(read_limited, portrait, "portrait", s.max_upload_bytes), "portrait")
+        data = await run(read_limited, portrait, "portrait", s.max_upload_bytes)
         voice_data = (await run(read_limited, voice, "voice_sample", s.max_upload_bytes)
                       if voice else None)
 
         avatar_id = uuid.uuid4().hex[:16]
         staging = self.staging.folder(self.root, avatar_id)
         try:
-            await run(save_png, picture.image, staging / "portrait.png")
+            picture = await self.decoder.store(data, "portrait", staging / "portrait.png")
+            del data
             seconds = await run(self._store_voice, staging, voice_data)
             found = await self._analyze(staging, face or 0)
             if found["faces"] == 0:

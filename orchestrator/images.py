@@ -39,6 +39,7 @@ T = TypeVar("T")
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
 FILL = (200, 200, 200)  # what transparent parts of a picture become
 UPLOAD_THREADS = 4  # threads upload work (decoding, staging writes, ffmpeg checks) may hold
+_REDUCIBLE = ("1", "L", "RGB", "RGBA", "LA", "I", "F")  # modes Image.reduce takes
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -48,7 +49,7 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 @dataclass(frozen=True)
 class Picture:
-    image: Image.Image  # 8-bit RGB, upright
+    """A picture stored as 8-bit RGB PNG: its size and what was changed on the way."""
     width: int
     height: int
     notes: tuple[str, ...] = ()
@@ -125,10 +126,12 @@ def read_header(data: bytes, s: OrchestratorSettings, what: str) -> Header:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ApiError(422, "corrupt_image",
                        f"the {what} file is damaged or truncated; send {_accepted(what)}") from exc
-    dw, dh = _draft_size(fmt, w, h, s.max_analysis_pixels)
+    keep = s.max_analysis_pixels
+    dw, dh = _draft_size(fmt, w, h, keep)
     per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
-    kept = min(dw * dh, s.max_analysis_pixels)
-    return Header(fmt, w, h, dw * dh * per_pixel + 3 * kept * 4)
+    if dw * dh > keep and mode not in _REDUCIBLE:
+        per_pixel += 4  # converted at full size before it is reduced
+    return Header(fmt, w, h, dw * dh * per_pixel + 2 * min(dw * dh, keep) * 4)
 
 
 def _check_size(w: int, h: int, s: OrchestratorSettings, what: str, why: str) -> None:
@@ -163,26 +166,26 @@ def _draft_size(fmt: str, w: int, h: int, keep: int) -> tuple[int, int]:
     return math.ceil(w / scale), math.ceil(h / scale)
 
 
-def decode(data: bytes, header: Header, s: OrchestratorSettings, what: str) -> Picture:
+def store(data: bytes, header: Header, s: OrchestratorSettings, what: str, out: Path
+          ) -> Picture:
     """Decode a picture whose header passed `read_header` into upright 8-bit RGB of at most
-    MAX_ANALYSIS_PIXELS. Runs in a thread, inside the decode budget."""
+    MAX_ANALYSIS_PIXELS and write it to `out` as PNG. Runs in a thread, inside the budget; no
+    pixels outlive it."""
     notes: list[str] = []
+    keep = s.max_analysis_pixels
     try:
-        opened = Image.open(io.BytesIO(data))
-        orientation = opened.getexif().get(0x0112)
-        if header.format == "JPEG" and header.width * header.height > s.max_analysis_pixels:
-            dw, dh = _draft_size("JPEG", header.width, header.height, s.max_analysis_pixels)
-            opened.draft("RGB", (dw, dh))
-        opened.load()
+        image: Image.Image = Image.open(io.BytesIO(data))
+        orientation = image.getexif().get(0x0112)
+        if header.format == "JPEG" and header.width * header.height > keep:
+            image.draft("RGB", _draft_size("JPEG", header.width, header.height, keep))
+        image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ApiError(422, "corrupt_image",
                        f"the {what} file is damaged or truncated; send {_accepted(what)}") from exc
-    image = _reduce(opened, s.max_analysis_pixels)
-    del opened  # the full-size pixels go now
+    image = _reduce(image, keep)  # the only reference: the full-size pixels go here
     if (image.width, image.height) != (header.width, header.height):
         notes.append(f"the {what} ({header.width}x{header.height}) was reduced to "
-                     f"{image.width}x{image.height} (at most "
-                     f"{_megapixels(s.max_analysis_pixels)} are kept)")
+                     f"{image.width}x{image.height} (at most {_megapixels(keep)} are kept)")
     if image.mode.startswith("I"):  # 16-bit grey: scale 0-65535 to 0-255 rather than clip
         image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
@@ -193,21 +196,30 @@ def decode(data: bytes, header: Header, s: OrchestratorSettings, what: str) -> P
             flat.paste(image, mask=image.getchannel("A"))
             image = flat
             notes.append(f"the {what}'s transparent parts were filled with light grey")
-    rgb = image.convert("RGB")
+    image = image.convert("RGB")
     if orientation in _ORIENTATION:
-        rgb = rgb.transpose(_ORIENTATION[orientation])
-    return Picture(rgb, rgb.width, rgb.height, tuple(notes))
+        image = image.transpose(_ORIENTATION[orientation])
+    image.save(out, format="PNG")
+    return Picture(image.width, image.height, tuple(notes))
 
 
 def _reduce(image: Image.Image, keep: int) -> Image.Image:
+    """At most `keep` pixels: an integer box reduction first (it allocates only its result),
+    then Lanczos for the rest of the way."""
     if image.width * image.height <= keep:
         return image
-    scale = math.sqrt(keep / (image.width * image.height))
-    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    if image.mode not in ("1", "L", "RGB", "RGBA", "LA", "I", "F"):  # P, CMYK, I;16...
+    if image.mode not in _REDUCIBLE:  # P, CMYK, I;16...
         image = image.convert("RGBA" if "transparency" in image.info or image.mode == "PA"
                               else "I" if image.mode.startswith("I") else "RGB")
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    scale = math.sqrt(keep / (image.width * image.height))
+    factor = int(1 / scale)
+    if factor >= 2:
+        image = image.reduce(factor)
+    if image.width * image.height > keep:
+        size = (max(1, int(image.width * scale * factor)), max(1, int(image.height * scale
+                                                                        * factor)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
 
 
 class DecodeBudget:
@@ -248,23 +260,22 @@ class ImageDecoder:
         self.settings = settings
         self.budget = DecodeBudget(settings.decode_budget_mb * 1024 * 1024)
         self.threads = anyio.CapacityLimiter(UPLOAD_THREADS)
-        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own check, as a backstop
+        # read_header checks the pixel count (naming the size) before anything is decoded;
+        # Pillow's own check would refuse at open, without the size
+        Image.MAX_IMAGE_PIXELS = None
         _map_large_blocks()
 
     async def run(self, func: Callable[..., T], *args: object) -> T:
         """`func(*args)` in one of the upload threads."""
         return await anyio.to_thread.run_sync(func, *args, limiter=self.threads)
 
-    async def decode(self, data: bytes, what: str = "portrait") -> Picture:
+    async def store(self, data: bytes, what: str, out: Path) -> Picture:
+        """Check, decode and write the picture `data` to `out` as PNG, inside the budget."""
         s = self.settings
         header = await self.run(read_header, data, s, what)
         async with self.budget.hold(header.decode_bytes):
             try:
-                return await self.run(decode, data, header, s, what)
+                return await self.run(store, data, header, s, what, out)
             finally:
                 await self.run(return_memory)
 
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Store a decoded picture as PNG (runs in an upload thread)."""
-    image.save(path, format="PNG")

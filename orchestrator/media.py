@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import UploadFile
 
 from orchestrator.api.errors import ApiError
-from orchestrator.images import ImageDecoder, Picture, save_png
+from orchestrator.images import ImageDecoder, Picture
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea
 from orchestrator.uploads import check_file_name, check_music, check_name, read_limited
@@ -72,10 +72,11 @@ class MediaService:
         check_file_name(upload, "file")
         run = self.decoder.run
         data = await run(read_limited, upload, "file", self.settings.max_upload_bytes)
-        picture = await self.decoder.decode(data, "background image") if kind == "image" else None
         media_id = uuid.uuid4().hex[:16]
         staging = self.staging.folder(self.root, media_id)
         try:
+            picture = (await self.decoder.store(data, "background image", staging / "image.png")
+                       if kind == "image" else None)
             record = await run(self._store, staging, media_id, kind, data, picture,
                                name or upload.filename or None)
             await run(publish_dir, staging, self.root / media_id)
@@ -89,9 +90,8 @@ class MediaService:
                picture: Picture | None, name: str | None) -> MediaRecord:
         """Normalise the checked upload into `staging`, with its media.json written last."""
         fields: dict = {}
-        if picture is not None:
+        if picture is not None:  # already stored by the decoder
             file = "image.png"
-            save_png(picture.image, staging / file)
             fields = {"width": picture.width, "height": picture.height}
         else:
             original = staging / "original"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
     rgb = load_rgb(folder / "portrait.png")
     faces = analyzer().analyze(rgb)
     turned = 0
-    if not faces:  # a photo lying on its side or upside down, with no EXIF to say so
-        rgb, faces, turned = upright(rgb, folder / "portrait.png")
+    if not faces or quarter_turn(faces[0]) or faces[0].score <= UNVOUCHED:  # lying on its
+        # side or upside down, with no EXIF to say so (an upside-down face is meshed as if
+        # upright, but no detection vouches for it)
+        rgb, faces, turned = upright(rgb, faces, folder / "portrait.png")
     boxes = [list(map(int, f.box)) for f in faces]
     chosen = face if 0 <= face < len(faces) else None
     found: dict[str, Any] = {"faces": len(faces), "boxes": boxes, "chosen": chosen,
@@ -62,22 +65,38 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
     return found
 
 
-def upright(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, list[Any], int]:
-    """Look for faces in the photo turned 90 degrees clockwise, anticlockwise, then upside
-    down; the first turn that finds one is stored over `path`. The picture, its faces and the
-    degrees it was turned clockwise (0 and no faces when no turn helps)."""
-    for degrees, quarter_turns in ((90, -1), (270, 1), (180, 2)):
-        turned = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
-        faces = analyzer().analyze(turned)
-        if faces:
+CHIN, FOREHEAD = 152, 10  # face-mesh landmarks on the face's vertical midline
+SIDEWAYS_DEG = 55.0  # a face turned more than this in the picture is taken as lying sideways
+UNVOUCHED = 0.5  # FaceAnalyzer's score for a face the face mesh found but no detection did
+
+
+def quarter_turn(face: Any) -> int:
+    """Degrees (0, 90, 180, 270) to turn the photo clockwise to stand this face upright."""
+    dx, dy = face.landmarks[FOREHEAD] - face.landmarks[CHIN]
+    roll = math.degrees(math.atan2(dx, -dy))  # 0: upright; -90: its top points left
+    return 0 if abs(roll) <= SIDEWAYS_DEG else int(round(-roll / 90.0)) % 4 * 90
+
+
+def upright(rgb: np.ndarray, faces: list[Any], path: Path
+            ) -> tuple[np.ndarray, list[Any], int]:
+    """Stand a photo lying on its side or upside down upright: the turn the largest face's
+    landmarks ask for, or each quarter turn in turn. A turn that shows an upright face, more
+    surely than the photo as it was, is stored over `path`. The picture, its faces and the
+    degrees it was turned clockwise (the photo as it was, and 0, when no turn helps)."""
+    asked = quarter_turn(faces[0]) if faces else 0
+    score = faces[0].score if faces else 0.0
+    for degrees in [asked] if asked else [180, 90, 270] if faces else [90, 270, 180]:
+        turned = np.ascontiguousarray(np.rot90(rgb, -degrees // 90))
+        found = analyzer().analyze(turned)
+        if found and quarter_turn(found[0]) == 0 and (asked or found[0].score > score):
             ok, data = cv2.imencode(".png", cv2.cvtColor(turned, cv2.COLOR_RGB2BGR))
             if not ok:
                 raise ValueError("cannot encode the turned portrait as PNG")
             _replace(path, data.tobytes())
-            logger.info("avatar %s: face found with the photo turned %d degrees",
+            logger.info("avatar %s: the photo was turned %d degrees to stand its face upright",
                         path.parent.name, degrees)
-            return turned, faces, degrees
-    return rgb, [], 0
+            return turned, found, degrees
+    return rgb, faces, 0
 
 
 def _replace(out: Path, data: bytes) -> None:

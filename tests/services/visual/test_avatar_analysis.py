@@ -54,7 +54,8 @@ def test_another_face_can_be_chosen_and_the_thumbnail_shows_it(two_faces: Path) 
 def test_a_face_number_beyond_the_faces_found_writes_nothing(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "portrait.png"), cv2.imread(str(PORTRAIT)))
     found = avatar.analyze(str(tmp_path), face=3)
-    assert found == {"faces": 1, "boxes": found["boxes"], "chosen": None}
+    assert found == {"faces": 1, "boxes": found["boxes"], "chosen": None, "turned": 0,
+                     "width": 512, "height": 512}
     assert not (tmp_path / "face.json").exists() and not (tmp_path / "thumbnail.jpg").exists()
 
 
