@@ -94,3 +94,4 @@ def probe_streams(mp4: Path) -> list[dict]:
 
 def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+

@@ -1,0 +1,219 @@
+// JayAvatar's Live tab: start a live session with an avatar, play its fragmented-MP4 stream
+// through Media Source Extensions, send lines (Enter), show captions at their media time.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const live = {
+    session: null,   // {id, ws_url}
+    ws: null,
+    media: null,     // MediaSource
+    buffer: null,    // SourceBuffer
+    queue: [],       // ArrayBuffers waiting for the SourceBuffer
+    captions: [],    // {text, start, end}
+    offset: 0,       // media time of the current stream's first frame
+    frames: 0,       // frames presented (requestVideoFrameCallback), for the page test
+    events: [],      // every JSON event, with its arrival time (performance.now())
+    sent: {},        // line id -> performance.now() when its say was sent
+  };
+  window.jayavatarLive = live;  // read by the headless-browser test
+
+  async function call(path, options = {}) {
+    const resp = await fetch(path, options);
+    const body = (resp.headers.get("content-type") || "").includes("json")
+      ? await resp.json().catch(() => null) : null;
+    if (!resp.ok) throw new Error(body && body.message ? body.message : `${resp.status} ${resp.statusText}`);
+    return body;
+  }
+
+  function showError(message) {
+    $("live-error").textContent = message;
+    $("live-error").hidden = !message;
+  }
+
+  function showTab(name) {
+    for (const el of document.querySelectorAll("[data-tab]")) el.hidden = el.dataset.tab !== name;
+    $("tab-make").setAttribute("aria-selected", String(name === "make"));
+    $("tab-live").setAttribute("aria-selected", String(name === "live"));
+    if (name === "live") loadAvatars().catch((err) => showError(err.message));
+  }
+
+  async function loadAvatars(select) {
+    const avatars = await call("/v1/avatars");
+    const list = $("live-avatar");
+    const keep = select || list.value;
+    list.replaceChildren(...avatars.map((a) => {
+      const opt = document.createElement("option");
+      opt.value = a.id;
+      opt.textContent = a.name || a.id;
+      return opt;
+    }));
+    if (keep) list.value = keep;
+    $("live-start").disabled = !avatars.length && !$("live-portrait").files.length;
+  }
+
+  async function addPortrait() {
+    const file = $("live-portrait").files[0];
+    if (!file) return;
+    const form = new FormData();
+    form.append("portrait", file);
+    $("live-state").textContent = "analysing the photo";
+    const avatar = await call("/v1/avatars", { method: "POST", body: form });
+    $("live-portrait").value = "";
+    await loadAvatars(avatar.id);
+    $("live-state").textContent = "off";
+  }
+
+  function setState(text) {
+    $("live-state").textContent = text;
+  }
+
+  function pump() {
+    if (!live.buffer || live.buffer.updating) return;
+    // an {offset} marker (a worker took the session over) moves the timeline first
+    while (live.queue.length && live.queue[0].offset !== undefined) {
+      live.buffer.timestampOffset = live.queue.shift().offset;
+    }
+    if (!live.queue.length) return;
+    try {
+      live.buffer.appendBuffer(live.queue.shift());
+    } catch (err) {
+      showError(`the browser could not play the stream: ${err.message}`);
+    }
+  }
+
+  function keepLive() {
+    // stay at the live edge: a browser that fell behind (tab hidden, slow start) jumps ahead
+    const video = $("live-video");
+    const ranges = video.buffered;
+    if (!ranges.length) return;
+    const end = ranges.end(ranges.length - 1);
+    if (end - video.currentTime > 1.0) video.currentTime = end - 0.15;
+    const now = video.currentTime;
+    const cue = live.captions.find((c) => c.start <= now && now < c.end);
+    $("live-caption").textContent = cue ? cue.text : "";
+    live.captions = live.captions.filter((c) => c.end > now - 1);
+  }
+
+  function onEvent(event) {
+    live.events.push({ at: performance.now(), event });
+    switch (event.type) {
+      case "ready":
+      case "restart": {
+        live.offset = event.media_time || 0;
+        if (event.type === "ready") openMedia(event.mime);
+        else if (live.buffer) live.queue.push({ offset: live.offset });
+        setState(event.type === "ready" ? "idle" : "reconnected");
+        $("live-line").disabled = false;
+        $("live-stop").disabled = false;
+        break;
+      }
+      case "state":
+        setState(event.state);
+        break;
+      case "caption":
+        live.captions.push({ text: event.text, start: event.start, end: event.end });
+        break;
+      case "error":
+        showError(event.message);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function openMedia(mime) {
+    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
+      showError(`this browser cannot play ${mime} through Media Source Extensions`);
+      return;
+    }
+    const video = $("live-video");
+    live.media = new MediaSource();
+    video.src = URL.createObjectURL(live.media);
+    live.media.addEventListener("sourceopen", () => {
+      live.buffer = live.media.addSourceBuffer(mime);
+      live.buffer.mode = "segments";
+      live.buffer.timestampOffset = live.offset;
+      live.buffer.addEventListener("updateend", pump);
+      pump();
+      video.play().catch(() => {});
+    }, { once: true });
+    const count = () => {
+      live.frames += 1;
+      video.requestVideoFrameCallback(count);
+    };
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(count);
+  }
+
+  async function start() {
+    showError("");
+    try {
+      if ($("live-portrait").files.length) await addPortrait();
+      const avatarId = $("live-avatar").value;
+      if (!avatarId) throw new Error("pick an avatar first, or add a portrait");
+      live.session = await call("/v1/sessions", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ avatar_id: avatarId, size: Number($("live-size").value) }),
+      });
+    } catch (err) {
+      showError(err.message);
+      return;
+    }
+    $("live-id").textContent = live.session.id;
+    $("live-start").hidden = true;
+    $("live-end").hidden = false;
+    setState("connecting");
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}${live.session.ws_url}`);
+    ws.binaryType = "arraybuffer";
+    live.ws = ws;
+    ws.onmessage = (msg) => {
+      if (typeof msg.data === "string") {
+        onEvent(JSON.parse(msg.data));
+      } else {
+        live.queue.push(msg.data);
+        pump();
+      }
+    };
+    ws.onclose = (msg) => {
+      setState("ended");
+      if (msg.code !== 1000) showError(`the session ended: ${msg.reason || msg.code}`);
+      reset();
+    };
+  }
+
+  function reset() {
+    $("live-line").disabled = true;
+    $("live-stop").disabled = true;
+    $("live-start").hidden = false;
+    $("live-end").hidden = true;
+    live.ws = null;
+  }
+
+  function send(message) {
+    if (live.ws && live.ws.readyState === WebSocket.OPEN) live.ws.send(JSON.stringify(message));
+  }
+
+  function say(event) {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    const text = $("live-line").value.trim();
+    if (!text) return;
+    const id = `l${Date.now().toString(36)}`;
+    live.sent[id] = performance.now();
+    send({ type: "say", text, id });
+    $("live-line").value = "";
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("tab-make").addEventListener("click", () => showTab("make"));
+    $("tab-live").addEventListener("click", () => showTab("live"));
+    $("live-start").addEventListener("click", start);
+    $("live-end").addEventListener("click", () => send({ type: "close" }));
+    $("live-stop").addEventListener("click", () => send({ type: "stop" }));
+    $("live-line").addEventListener("keydown", say);
+    $("live-portrait").addEventListener("change", () => { $("live-start").disabled = false; });
+    setInterval(keepLive, 100);
+  });
+})();
