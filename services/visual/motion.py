@@ -11,11 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.visual.visemes import viseme_tracks
+from services.visual.visemes import tongue_track, viseme_tracks
 from shared.errors import InvalidInput
 
 NOISE_FLOOR, SPEECH_LEVEL = 0.02, 0.25  # RMS (full scale = 1) mapped to loudness 0 and 1
 SPREAD_PX, ROUND_PX = 0.07, 0.14  # lip-corner travel per unit width / rounding, x mouth width
+# jaw opening = viseme target x vocal effort, effort = min(1, EFFORT_GAIN x loudness) ** EFFORT_EXP
+# scaled by EFFORT_SCALE: a stressed (louder) vowel opens wider than the same vowel unstressed,
+# and a vowel at ordinary loudness (~0.45) opens ~0.9 of its target
+EFFORT_GAIN, EFFORT_EXP, EFFORT_SCALE = 1.25, 0.75, 1.5
 BLOCK = 250  # video frames of speech analysed at a time (10 s at 25 fps)
 
 
@@ -30,6 +34,7 @@ class Tracks:
     ty: np.ndarray
     rot: np.ndarray  # radians
     breath: np.ndarray  # shoulder rise in pixels
+    tongue: np.ndarray | None = None  # tongue tip up 0..1 (t/d/n/l/th); None: never shown
 
 
 def mono(audio: np.ndarray) -> np.ndarray:
@@ -142,9 +147,13 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | 
     # Lip posture (spread, rounded) is held through quiet sounds: the rounded lips of a soft
     # "oo" or "w" are as round as a loud one's; only the jaw follows the loudness closely.
     posture = np.sqrt(np.minimum(1.0, 5.0 * loud))
+    tongue = np.zeros(n)
     if phonemes:
         shape = viseme_tracks(phonemes, n, fps).astype(np.float64)
-        opening, width, rounding = shape[:, 0] * gain, shape[:, 1] * posture, shape[:, 2] * posture
+        effort = EFFORT_SCALE * np.minimum(1.0, EFFORT_GAIN * loud) ** EFFORT_EXP
+        opening = shape[:, 0] * effort
+        width, rounding = shape[:, 1] * posture, shape[:, 2] * posture
+        tongue = tongue_track(phonemes, n, fps) * posture
     else:  # loudness opens the jaw; bright spectra spread the lips, dark ones round them
         smooth = _hann(1)
         opening = 0.85 * gain
@@ -164,4 +173,4 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | 
     f32 = np.float32
     return Tracks(opening=np.clip(opening, 0, 1).astype(f32), lateral=lateral.astype(f32),
                   blink=_blinks(rng, n, fps).astype(f32), tx=tx.astype(f32), ty=ty.astype(f32),
-                  rot=rot.astype(f32), breath=breath.astype(f32))
+                  rot=rot.astype(f32), breath=breath.astype(f32), tongue=tongue.astype(f32))

@@ -1,6 +1,7 @@
 """Phonemes (espeak-ng IPA, as piper emits them) -> mouth-shape tracks with co-articulation.
 
-Each viseme is a target (jaw opening 0..1, mouth width -1..1, rounding 0..1). Tracks blend the
+Each viseme is a target (jaw opening 0..1, mouth width -1..1, rounding 0..1, and whether the
+tongue tip shows: raised to the teeth ridge on t/d/n/l, between the teeth on th). Tracks blend the
 targets of nearby phonemes by dominance (Cohen & Massaro 1993): a phoneme's pull is strongest
 inside its own interval and fades with a Gaussian of its time constant, so lip closures (p, b, m)
 win against the vowels around them while a glottal h simply takes its neighbours' shape.
@@ -29,10 +30,11 @@ class Viseme:
     rounding: float
     dominance: float = 1.0
     spread: float = 0.07  # seconds, the Gaussian time constant of the pull
+    tongue: float = 0.0  # 1: the tongue tip is up at the front of the mouth, seen when it opens
 
 
 REST = Viseme("rest", 0.0, 0.0, 0.0, 1.5, 0.08)
-CLOSED = Viseme("closed", 0.0, 0.0, 0.0, 20.0, 0.03)
+CLOSED = Viseme("closed", 0.0, 0.0, 0.0, 40.0, 0.03)
 TEETH_LIP = Viseme("teeth_lip", 0.08, 0.1, 0.0, 6.0, 0.035)
 OPEN = Viseme("open", 0.95, 0.15, 0.0)
 OPEN_ROUND = Viseme("open_round", 0.75, -0.3, 0.45)
@@ -45,8 +47,8 @@ ROUNDED = Viseme("rounded", 0.45, -0.5, 0.7)
 ROUNDED_CLOSE = Viseme("rounded_close", 0.2, -0.8, 1.0, 1.5, 0.06)
 ROUNDED_FRONT = Viseme("rounded_front", 0.25, -0.5, 0.85)
 RHOTIC_VOWEL = Viseme("rhotic_vowel", 0.35, -0.2, 0.35)
-DENTAL = Viseme("dental", 0.2, 0.2, 0.0, 1.5, 0.04)
-ALVEOLAR = Viseme("alveolar", 0.25, 0.2, 0.0, 0.5, 0.05)
+DENTAL = Viseme("dental", 0.2, 0.2, 0.0, 1.5, 0.04, tongue=1.0)
+ALVEOLAR = Viseme("alveolar", 0.25, 0.2, 0.0, 0.5, 0.05, tongue=1.0)
 SIBILANT = Viseme("sibilant", 0.12, 0.45, 0.0, 1.2, 0.045)
 POSTALVEOLAR = Viseme("postalveolar", 0.2, -0.3, 0.7, 1.5, 0.05)
 VELAR = Viseme("velar", 0.3, 0.1, 0.0, 0.4, 0.05)
@@ -131,3 +133,27 @@ def viseme_tracks(phonemes: list[dict], n_frames: int, fps: int) -> np.ndarray:
         weight[lo:hi] += pull
         total[lo:hi] += pull[:, None] * np.array([v.opening, v.width, v.rounding])
     return (total / weight[:, None]).astype(np.float32)
+
+
+TONGUE_RISE = 0.06  # seconds: the tongue tip rises and falls this long around its sound
+
+
+def tongue_track(phonemes: list[dict], n_frames: int, fps: int) -> np.ndarray:
+    """Per-frame tongue-tip height 0..1 (n_frames,) float32: 1 through every t/d/n/l/th, easing
+    in and out over `TONGUE_RISE` (a raised-cosine ramp), 0 elsewhere. Not blended by dominance
+    like the lips: the tip is up for its consonant whatever the vowels around it do."""
+    out = np.zeros(max(n_frames, 0))
+    if n_frames <= 0:
+        return out.astype(np.float32)
+    t = np.arange(n_frames, dtype=np.float64) / fps + ANTICIPATION
+    for start, end, v in _segments(phonemes):
+        if v.tongue <= 0.0:
+            continue
+        lo = int(np.searchsorted(t, start - TONGUE_RISE))
+        hi = int(np.searchsorted(t, end + TONGUE_RISE))
+        if hi <= lo:
+            continue
+        distance = np.maximum(0.0, np.maximum(start - t[lo:hi], t[lo:hi] - end))
+        ramp = 0.5 + 0.5 * np.cos(np.pi * np.minimum(distance / TONGUE_RISE, 1.0))
+        out[lo:hi] = np.maximum(out[lo:hi], v.tongue * ramp)
+    return out.astype(np.float32)

@@ -25,12 +25,13 @@ logger = logging.getLogger(__name__)
 MAX_GAP = 0.24  # lip gap at opening 1, as a fraction of mouth width
 UPPER_LIP_SHARE = 0.2  # the upper lip rises this much for every unit the jaw drops
 TEETH_SPLIT = 0.4  # with teeth showing at rest, the lips part this much lower than mid-gap
+JAW_SHARE = 0.88  # the chin drops this share of the lower lip's inner edge: the lip thins
 
 OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39,
               40, 185]
 UPPER_INNER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
 LOWER_INNER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
-CHIN, NOSE_BASE = 152, 2
+CHIN, NOSE_BASE, LOWER_LIP_BOTTOM = 152, 2, 17
 RIGHT_EYE = (33, 133, [246, 161, 160, 159, 158, 157, 173], [7, 163, 144, 145, 153, 154, 155])
 LEFT_EYE = (263, 362, [466, 388, 387, 386, 385, 384, 398], [249, 390, 373, 374, 380, 381, 382])
 
@@ -130,7 +131,11 @@ class _MouthRig:
         t_jaw = 1.0 - _smoothstep(0.6 * hw, 1.8 * hw, np.abs(U))
         blend = _smoothstep(0.0, 0.9 * self.mw, vrel)
         fall = 1.0 - _smoothstep(chin, chin + fall_len, vrel)
-        lower = ((1.0 - blend) * t_lip + blend * t_jaw) * fall
+        # the lower lip's inner edge rides on the lower teeth; its outer edge and the chin drop
+        # JAW_SHARE of that, so the lip stretches thinner as the mouth opens
+        lip_depth = max(float(uv[LOWER_LIP_BOTTOM, 1]) - v0, 0.08 * self.mw)
+        thin = 1.0 - (1.0 - JAW_SHARE) * _smoothstep(0.0, lip_depth, vrel)
+        lower = ((1.0 - blend) * t_lip * thin + blend * JAW_SHARE * t_jaw) * fall
         upper = -UPPER_LIP_SHARE * np.sqrt(t_lip) * _smoothstep(0.85 * nose, 0.0, vrel)
         side = _smoothstep(-0.75, 0.75, vrel)
         drop = (side * lower + (1.0 - side) * upper) * self._edge_window(X.shape)
@@ -150,7 +155,8 @@ class _MouthRig:
         cols = np.flatnonzero(((np.abs(U) < 1.3 * hw) & (np.abs(vrel) < self.gap_px)).any(axis=0))
         self.paint = (slice(int(rows[0]), int(rows[-1]) + 1),
                       slice(int(cols[0]), int(cols[-1]) + 1))
-        self.palette = np.stack(_palette(base_rgb, lm))  # shadow, deep, tongue, teeth
+        self.colours = _palette(base_rgb, lm)
+        self._band = max(1.2, 0.035 * self.mw)  # depth of the lips' wet inner surface, pixels
         self.pU = U[self.paint].astype(np.float32)
         self.pV = vrel[self.paint].astype(np.float32)
         # per row / column extents, to paint only the part of the box a given gap can reach
@@ -171,22 +177,30 @@ class _MouthRig:
         wx = np.clip(np.minimum(np.arange(shape[1]), np.arange(shape[1])[::-1]) / ramp, 0, 1)
         return np.outer(wy, wx)
 
-    def apply(self, base: np.ndarray, out: np.ndarray, opening: float, lateral: float) -> None:
+    def apply(self, base: np.ndarray, out: np.ndarray, opening: float, lateral: float,
+              tongue: float = 0.0) -> None:
         """Warp the lower face of `base` into `out` and paint the opened gap."""
         x0, y0, x1, y1 = self.roi
-        out[y0:y1, x0:x1] = self.render(base, opening, lateral)
+        out[y0:y1, x0:x1] = self.render(base, opening, lateral, tongue)
 
-    def render(self, base: np.ndarray, opening: float, lateral: float) -> np.ndarray:
+    def render(self, base: np.ndarray, opening: float, lateral: float, tongue: float = 0.0
+               ) -> np.ndarray:
         """The warped and painted `roi` of `base`, as a new RGB array."""
         gap = opening * self.gap_px
         mx = self.X + gap * self.Fx + lateral * self.Gx
         my = self.Y + gap * self.Fy + lateral * self.Gy
         region = cv2.remap(base, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if gap > 0.3:
-            self._paint(region[self.paint], gap, lateral)
+            self._paint(region[self.paint], gap, lateral, tongue)
         return region
 
-    def _paint(self, region: np.ndarray, gap: float, lateral: float) -> None:
+    def _paint(self, region: np.ndarray, gap: float, lateral: float, tongue: float) -> None:
+        """Paint the inside of the opened mouth over `region` (the warped lips), in layers from
+        the back: the dark cavity (darker into the corners), the tongue's body on the floor of
+        the mouth, the tongue tip raised behind the upper teeth (t/d/n/l/th), the lower teeth
+        on wide vowels, the upper teeth where the photo's lips were closed, and the wet inner
+        surface of the lips shading into the dark; then blended onto the lips by a feathered
+        mask of the opening."""
         hw = self.hw + lateral
         feather = 1.6
         top_min = -UPPER_LIP_SHARE * gap - feather
@@ -197,59 +211,120 @@ class _MouthRig:
         box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
         pU, pV, region = self.pU[box], self.pV[box], region[box]
         q = pU * np.float32(1.0 / hw)
+        aq = np.abs(q)
         t = np.maximum(1.0 - q * q, 0.0) ** 0.6
         top = np.sqrt(t) * np.float32(-UPPER_LIP_SHARE * gap)
         bottom = t * np.float32(gap)
-        height = bottom - top
-        from_top = pV - top
+        from_top, from_bottom = pV - top, bottom - pV
         alpha = (np.clip(from_top / feather + 0.5, 0, 1)
-                 * np.clip((bottom - pV) / feather + 0.5, 0, 1)
-                 * np.clip(height / 2.0, 0, 1))  # a gap thinner than the feather stays faint
+                 * np.clip(from_bottom / feather + 0.5, 0, 1)
+                 * np.clip((bottom - top) / 2.0, 0, 1))  # a gap thinner than the feather is faint
         if not alpha.any():
             return
-        height = np.maximum(height, 1e-3)
-        pos = np.clip(from_top / height, 0, 1)  # 0 at the upper teeth, 1 at the lower lip
-        deep = _smoothstep(0.0, 0.5, pos)  # shadow -> deep cavity
-        tongue = 0.45 * _smoothstep(0.5, 1.0, pos) * np.clip(height / (0.15 * self.mw), 0, 1)
-        teeth_h = np.minimum(0.35 * height, 0.09 * self.mw) * self.teeth
-        teeth = (np.clip((teeth_h - from_top) / 1.2 + 0.5, 0, 1)
-                 * (1.0 - _smoothstep(0.35 * hw, 0.75 * hw, np.abs(pU))) * (teeth_h > 0.5))
-        # Layered over each other (cavity, then tongue, then teeth, then onto the lips by alpha),
-        # which is one weighted sum of the four palette colours: a single small matrix product.
-        weights = np.empty((*alpha.shape, 4), np.float32)
-        weights[..., 3] = alpha * teeth
-        rest = alpha * (1.0 - teeth)
-        weights[..., 2] = rest * tongue
-        rest *= 1.0 - tongue
-        weights[..., 1] = rest * deep
-        weights[..., 0] = rest - weights[..., 1]
-        colour = weights @ self.palette
+        mw, c = self.mw, self.colours
+        height = np.maximum(bottom - top, 1e-3)
+        pos = np.clip(from_top / height, 0, 1)  # 0 at the upper teeth / lip, 1 at the lower lip
+        big = float(np.clip((gap * (1.0 + UPPER_LIP_SHARE) - 2.0) / (0.06 * mw), 0, 1))
+
+        # the cavity: darkest under the upper teeth and into the corners, a little light on
+        # the floor of the mouth in the middle
+        floor = _smoothstep(0.3, 1.0, pos) * (1.0 - _smoothstep(0.3, 0.9, aq))
+        colour = c["shadow"] + floor[..., None] * (c["deep"] - c["shadow"])
+        colour *= (1.0 - 0.4 * _smoothstep(0.55, 1.0, aq))[..., None]
+        # the tongue's body, a mound on the floor, lit at the front, shaded at the sides
+        mound = 0.45 * height * np.sqrt(np.maximum(1.0 - (q / 0.85) ** 2, 0.0)) * big
+        over = _cover(pV - (bottom - mound), 1.5) * (mound > 0.8)
+        if over.any():  # its ridge curves away into the dark, its front faces the light
+            lit = np.clip((pV - bottom + mound) / np.maximum(0.5 * mound, 1e-3), 0, 1)
+            shade = (0.45 + 0.55 * lit) * (1.0 - 0.5 * aq * aq)
+            colour += over[..., None] * (shade[..., None] * c["tongue"] - colour)
+        # the tongue tip, up behind the upper teeth for t/d/n/l (between them for th)
+        tip = tongue * big
+        if tip > 0.02:
+            tip_top = top + height * (0.08 + 0.92 * (1.0 - tip))
+            half = (0.3 * hw) * np.sqrt(np.clip((pV - tip_top) / (0.9 * height), 0, 1))
+            cover = _cover(half - np.abs(pU), 1.2) * _cover(pV - tip_top, 1.2) * tip
+            across = np.clip(1.0 - np.abs(pU) / np.maximum(half, 1e-3), 0, 1)
+            shade = (0.7 + 0.35 * np.sqrt(across)) * (1.0 - 0.25 * pos)
+            colour += cover[..., None] * (shade[..., None] * c["tongue_tip"] - colour)
+        # the lower teeth: their edges show above the lower lip on wide-open vowels
+        lower = (float(_smoothstep(0.4, 0.85, np.float32(gap / self.gap_px)))
+                 * float(np.clip(0.6 + lateral / (0.08 * mw), 0, 1)))
+        if lower > 0.02:
+            teeth_h = np.minimum(0.2 * height, 0.05 * mw) * lower
+            edge = bottom - 0.6 * self._band - teeth_h
+            cover = (_cover(pV - edge, 1.0) * (1.0 - _smoothstep(0.25, 0.6, aq))
+                     * (teeth_h > 0.6))
+            shade = 0.92 * (1.0 - 0.6 * aq) * self._gaps(pU, 0.1 * mw, 0.0)
+            colour += cover[..., None] * (shade[..., None] * c["teeth"] - colour)
+        # the upper teeth, painted where the photo's closed lips hide them
+        if self.teeth > 0.0:
+            teeth_h = np.minimum(0.35 * height, 0.09 * mw) * self.teeth
+            cover = (_cover(teeth_h - from_top, 1.2)
+                     * (1.0 - _smoothstep(0.35, 0.75, aq)) * (teeth_h > 0.5))
+            shade = (1.0 - 0.3 * aq) * self._gaps(pU, 0.12 * mw, 0.5)
+            colour += cover[..., None] * (shade[..., None] * c["teeth"] - colour)
+        # the lips' wet inner surface, lip-coloured at the edge, shading into the dark
+        band = np.float32(min(self._band, 0.3 * float(height.max())))
+        wet = np.exp(-np.maximum(from_bottom, 0.0) / band)
+        if self.teeth > 0.0:
+            wet = np.maximum(wet, self.teeth * np.exp(-np.maximum(from_top, 0.0) / (0.6 * band)))
+        wet *= 1.0 - 0.5 * _smoothstep(0.6, 1.0, aq)
+        colour += wet[..., None] * (c["mucosa"] - colour)
+        colour *= alpha[..., None]
         colour += region * (1.0 - alpha)[..., None]
         colour += 0.5
         region[:] = colour.astype(np.uint8)
 
+    @staticmethod
+    def _gaps(u: np.ndarray, width: float, phase: float) -> np.ndarray:
+        """Brightness across a row of teeth `width` wide: a faint dark line between two."""
+        return 1.0 - 0.12 * np.abs(np.cos(np.pi * (u / np.float32(width) + phase))) ** 24
+
+
+def _cover(distance: np.ndarray, feather: float) -> np.ndarray:
+    """Coverage 0..1 of a shape from the signed distance to its edge (positive inside)."""
+    return np.clip(distance / np.float32(feather) + 0.5, 0.0, 1.0)
+
 
 _CAVITY_SHADOW = np.array([26, 10, 10], dtype=np.float32)
-_CAVITY_DEEP = np.array([52, 20, 21], dtype=np.float32)
-_TONGUE = np.array([150, 66, 64], dtype=np.float32)
+_CAVITY_DEEP = np.array([58, 24, 25], dtype=np.float32)
+_TONGUE = np.array([160, 72, 70], dtype=np.float32)
+_TONGUE_TIP = np.array([196, 104, 100], dtype=np.float32)
 _TEETH = np.array([214, 208, 198], dtype=np.float32)
 _LIP_CHROMA = 0.25  # typical (max - min) / max of lip pixels in a colour photo
+_MUCOSA = 0.62  # the inner surface of the lips: the lips' colour in their own shade
 
 
-def _palette(base_rgb: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, ...]:
+def _palette(base_rgb: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
     """Mouth-interior colours for this photo: the stock palette with its colourfulness scaled
-    by how colourful the lips are, so a grey-scale or faded photo gets a grey or faded mouth."""
+    by how colourful the lips are, so a grey-scale or faded photo gets a grey or faded mouth;
+    the inner surface of the lips is the photo's own lip colour, shaded."""
     mask = np.zeros(base_rgb.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round(lm[OUTER_LIPS]).astype(np.int32)], 1)
+    cv2.fillPoly(mask, [np.round(lm[UPPER_INNER + LOWER_INNER[::-1]]).astype(np.int32)], 0)
     lips = base_rgb[mask.astype(bool)].astype(np.float32)
+    stock = {"shadow": _CAVITY_SHADOW, "deep": _CAVITY_DEEP, "tongue": _TONGUE,
+             "tongue_tip": _TONGUE_TIP, "teeth": _TEETH}
     if len(lips) < 4:
-        return _CAVITY_SHADOW, _CAVITY_DEEP, _TONGUE, _TEETH
+        return {**stock, "mucosa": _MUCOSA * np.array([170, 90, 90], np.float32)}
     hi, lo = lips.max(axis=1), lips.min(axis=1)
     chroma = float(np.median((hi - lo) / np.maximum(hi, 1.0)))
     keep = float(np.clip(chroma / _LIP_CHROMA, 0.0, 1.0))
     grey = np.array([0.299, 0.587, 0.114], np.float32)
-    return tuple((c @ grey + keep * (c - c @ grey)).astype(np.float32)
-                 for c in (_CAVITY_SHADOW, _CAVITY_DEEP, _TONGUE, _TEETH))
+    out = {name: (c @ grey + keep * (c - c @ grey)).astype(np.float32)
+           for name, c in stock.items()}
+    out["mucosa"] = (_MUCOSA * np.median(lips, axis=0)).astype(np.float32)
+    # teeth showing in the photo give the painted teeth their colour
+    inner = np.zeros(base_rgb.shape[:2], np.uint8)
+    cv2.fillPoly(inner, [np.round(lm[UPPER_INNER + LOWER_INNER[::-1]]).astype(np.int32)], 1)
+    gap = base_rgb[inner.astype(bool)].astype(np.float32)
+    if len(gap) >= 20:
+        luma = gap @ grey
+        bright = gap[luma >= np.percentile(luma, 70)]
+        if float(np.median(bright @ grey)) > 1.15 * float(np.median(lips @ grey)):
+            out["teeth"] = np.median(bright, axis=0).astype(np.float32)
+    return out
 
 
 class _EyeRig:
@@ -364,16 +439,19 @@ class Animation:
         """(height, width, 3) uint8 RGB, C-contiguous."""
         i = self._index(i)
         tr = self.tracks
+        tongue = 0.0 if tr.tongue is None else float(tr.tongue[i])
         return self.draw(float(tr.opening[i]), float(tr.lateral[i]), float(tr.blink[i]),
-                         float(tr.tx[i]), float(tr.ty[i]), float(tr.rot[i]), float(tr.breath[i]))
+                         float(tr.tx[i]), float(tr.ty[i]), float(tr.rot[i]), float(tr.breath[i]),
+                         tongue=tongue)
 
     def draw(self, opening: float, lateral: float, blink: float, tx: float, ty: float,
-             rot: float, breath: float) -> np.ndarray:
+             rot: float, breath: float, tongue: float = 0.0) -> np.ndarray:
         """The portrait posed by one set of frame parameters (what `frame(i)` draws from the
-        tracks; live sessions draw from parameters made as they go)."""
+        tracks; live sessions draw from parameters made as they go). `tongue` 0..1 raises the
+        tongue tip into the opened mouth (t/d/n/l/th)."""
         img = self._base.copy()
         if opening * self._mouth.gap_px > 0.05 or abs(lateral) > 0.05:
-            self._mouth.apply(self._base, img, opening, lateral)
+            self._mouth.apply(self._base, img, opening, lateral, tongue)
         if blink > 0.01:
             for eye in self._eyes:
                 eye.apply(self._base, img, blink)
