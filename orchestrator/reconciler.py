@@ -41,7 +41,7 @@ class Reconciler:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pruned_at = 0.0
+        self._pruned_at = float("-inf")  # the first elected pass keeps the listings
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)

@@ -20,7 +20,7 @@ from types import FrameType
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
+from rq.exceptions import DeserializationError, StopRequested
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
@@ -92,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 def refusal(job: Job, allowed: frozenset[str]) -> str | None:
     """Why this rq job must not run here, or None if it is one of our entry points. Reads only
     the job's stored fields: nothing it names is imported."""
-    if job.func_name not in allowed:
-        return (f"function {str(job.func_name)[:120]!r} is not a JayAvatar entry point "
+    try:
+        name, instance = job.func_name, job.instance
+    except DeserializationError:
+        return "its data is not what rq's JSON serializer writes"
+    if not isinstance(name, str) or name not in allowed:
+        return (f"function {str(name)[:120]!r} is not a JayAvatar entry point "
                 f"(allowed: {', '.join(sorted(allowed))})")
-    if job.instance is not None:
+    if instance is not None:
         return "it names an object instance"
     extras = [name for name in ("_success_callback_name", "_failure_callback_name",
                                 "_stopped_callback_name") if getattr(job, name, None)]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
-from conftest import ROOT, VENVS
 from helpers import submit, wait_job
 from rq import Callback, Queue
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+VENVS = ROOT / ".venvs"
 
 
 def test_redis_refuses_clients_without_the_app_password(redis_server) -> None:  # type: ignore[no-untyped-def]
@@ -63,6 +65,15 @@ def test_workers_run_only_jayavatar_entry_points(cluster, client, avatar_id, tmp
                                         kwargs={"job_id": "0" * 32, "stage": "compose",
                                                 "attempt": 1},
                                         on_success=Callback("os.makedirs")))
+
+    # Nor does an entry whose data rq cannot even read, or whose function name is not a name.
+    for data in (b"not json", b'[["os.makedirs"], null, [], {}]'):
+        job = Job.create("services.compositor.worker.run", connection=conn, origin="compose",
+                         serializer=JSONSerializer, status=JobStatus.QUEUED)
+        job.save()
+        conn.hset(job.key, "data", data)
+        conn.rpush(compose.key, job.id)  # what enqueuing does, with the data already spoilt
+        planted.append(job)
 
     # The workers keep serving real jobs: one goes through every stage.
     job_id = submit(client, avatar_id, "The queue only runs what it should.")
