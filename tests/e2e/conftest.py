@@ -1,10 +1,24 @@
-"""Fixtures of the end-to-end suite's live-session tests (test_live*.py)."""
+"""Fixtures of the end-to-end suite's live-session tests (test_live*.py).
+
+This module is imported as `conftest` too, hiding tests/conftest.py from the suite's
+`from conftest import ...`: it re-exports those helpers (classes and constants, no fixtures).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
 
 import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "jayavatar_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+_root = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root)
+CLUSTER_ENV, DATA, ROOT, VENVS = _root.CLUSTER_ENV, _root.DATA, _root.ROOT, _root.VENVS
+Cluster, RedisServer, free_port = _root.Cluster, _root.RedisServer, _root.free_port
 
 
 @pytest.fixture(scope="module")
