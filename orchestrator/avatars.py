@@ -17,9 +17,10 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
+import anyio.to_thread
 import redis
 from fastapi import UploadFile
 from rq import Queue
@@ -47,6 +48,8 @@ class AvatarService:
         self.staging = staging
         self.root = settings.data_dir / "avatars"
         self.pending = 0  # uploads in progress in this process
+        # threads for the analysis's short Redis calls: never queued behind long upload work
+        self.polls = anyio.CapacityLimiter(4)
 
     def get(self, avatar_id: str) -> AvatarRecord | None:
         raw = self.conn.get(keys.avatar(avatar_id))
@@ -166,8 +169,11 @@ class AvatarService:
 
     async def _analyze(self, folder: Path, face: int) -> dict:
         """Face analysis by a visual worker (rq job on the avatar queue), awaited by polling
-        its status from an upload thread a moment at a time: no thread waits for it."""
-        run = self.decoder.run
+        its status from a thread a moment at a time: no thread waits for it."""
+
+        async def run(call: partial) -> Any:
+            return await anyio.to_thread.run_sync(call, limiter=self.polls)
+
         queue = Queue(keys.AVATAR_QUEUE, connection=self.conn, serializer=JSONSerializer)
         job = await run(partial(
             queue.enqueue_call, func=keys.ANALYZE_FUNC,
@@ -185,7 +191,7 @@ class AvatarService:
                                "different photo (PNG or JPEG)")
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
-        await run(job.cancel)
+        await run(partial(job.cancel))
         raise ApiError(503, "no_visual_worker",
                        f"no visual worker analysed the portrait within "
                        f"{self.settings.analyze_timeout_s:.0f} s; start one with "
