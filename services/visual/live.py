@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from types import FrameType
 from typing import Any
 
@@ -74,6 +75,7 @@ class VisualSession:
         last = conn.xrevrange(live.ctl(rec.id), count=1)
         self.ctl_pos = text(last[0][0]) if last else "0-0"  # commands before now are history
         self.cut_before: tuple[int, int] = (0, 0)  # pieces of says older than a stop are dropped
+        self.stream_id = uuid.uuid4().hex  # tells a taken-over stream's init from a repeat
         self.want_key = False
         self.speaking: str | None = None
         self.closed = False
@@ -203,7 +205,8 @@ class VisualSession:
             if piece.kind == "init":
                 init = {"kind": "init", "data": piece.data, "mime": self.encoder.mime,
                         "width": self.animation.width, "height": self.animation.height,
-                        "fps": self.rec.fps, "offset": round(self.motion.offset, 3)}
+                        "fps": self.rec.fps, "offset": round(self.motion.offset, 3),
+                        "stream": self.stream_id}
                 pipe.hset(live.init(self.rec.id), mapping=init)
                 pipe.expire(live.init(self.rec.id), int(self.ttl + live.STREAM_TTL_MARGIN_S))
                 live.xadd(pipe, live.out(self.rec.id), init, live.OUT_MAXLEN, self.ttl)

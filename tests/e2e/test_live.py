@@ -175,3 +175,57 @@ def test_close_message_ends_the_session(client, live_cluster, session) -> None: 
     c._reader.join(timeout=10)
     assert c.closed is not None and c.closed[0] == 1000
     assert client.get(f"/v1/sessions/{session}").status_code == 404
+
+
+def test_takeover_after_sigkill(client, avatar_id, live_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the live-visual worker serving a session: another takes it over, the client sees
+    a gap of at most 2 s, then the stream continues (a restart event, a new init segment) and
+    still speaks."""
+    import os
+    import signal
+
+    import redis as redis_lib
+
+    live_cluster.start_live("visual")  # the spare that takes over
+    conn = redis_lib.Redis.from_url(live_cluster.redis.url)
+    deadline = time.monotonic() + 60
+    while conn.zcard("ja:live:workers:visual") < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sid = client.post("/v1/sessions", json={"avatar_id": avatar_id}).json()["id"]
+    c = LiveClient(live_cluster.url, sid)
+    try:
+        c.wait_event("ready")
+        time.sleep(2.0)
+        holder = conn.get(f"ja:live:{sid}:lease:visual").decode()
+        pid = int(holder.split(".")[-2])
+        victims = [p for p in live_cluster.procs["live-visual"] if p.pid == pid]
+        assert victims, (holder, [p.pid for p in live_cluster.procs["live-visual"]])
+        n_before = len(c.media())
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        victims[0].wait(timeout=10)
+        restart = c.wait_event("restart", timeout=10)
+        time.sleep(2.0)
+        arrivals = [t for t, _ in c.media()]
+        gaps = [b - a for a, b in zip(arrivals[n_before - 1:], arrivals[n_before:], strict=False)]
+        assert max(gaps) <= 2.0, max(gaps)
+        assert arrivals[-1] - killed_at > 1.5  # the stream goes on
+        assert restart["media_time"] > 1.5  # and its media clock continues
+        c.send({"type": "say", "text": "Still talking after the takeover.", "id": "after"})
+        start = c.wait_event("speech.start", id="after")
+        assert start["media_time"] > restart["media_time"]
+        c.wait_event("speech.end", timeout=20, id="after")
+        new_holder = conn.get(f"ja:live:{sid}:lease:visual").decode()
+        assert new_holder != holder
+    finally:
+        c.close()
+        client.delete(f"/v1/sessions/{sid}")
+    data = c.stream_bytes()
+    second = data.find(b"ftyp", 8) - 4
+    assert second > 0
+    mp4 = tmp_path / "after.mp4"
+    mp4.write_bytes(data[second:])
+    streams = {s["codec_type"]: s for s in probe_streams(mp4)}
+    assert streams["video"]["codec_name"] == "h264"
+    audio = decode_audio(mp4)
+    assert _speech_after(audio, 16000, start["media_time"] - restart["media_time"], 1.0) > 0.03

@@ -160,7 +160,7 @@ class Relay:
                           "height": int(text(init["height"])),
                           "media_time": float(text(init["offset"]))})
         await self.send(bytes(init["data"]))
-        sent_init, streaming = bytes(init["data"]), False
+        stream, streaming = bytes(init["stream"]), False
         loop = asyncio.get_running_loop()
         touched = loop.time()
         pos = start
@@ -170,10 +170,10 @@ class Relay:
             for _, entries in reply or []:
                 for raw_id, raw in entries:
                     pos = text(raw_id)
-                    await self._forward({text(k): v for k, v in raw.items()}, sent_init,
+                    await self._forward({text(k): v for k, v in raw.items()}, stream,
                                         streaming)
                     if text(raw.get(b"kind", b"")) == "init":
-                        sent_init, streaming = bytes(raw[b"data"]), False
+                        stream, streaming = bytes(raw[b"stream"]), False
                     elif text(raw.get(b"kind", b"")) == "frag":
                         streaming = streaming or text(raw.get(b"key", b"0")) == "1"
             if loop.time() - touched > TOUCH_EVERY_S:
@@ -183,11 +183,11 @@ class Relay:
             elif not reply and not await self.aconn.exists(live.session(self.rec.id)):
                 return
 
-    async def _forward(self, entry: dict[str, Any], sent_init: bytes, streaming: bool) -> None:
+    async def _forward(self, entry: dict[str, Any], stream: bytes, streaming: bool) -> None:
         kind = text(entry.get("kind", b""))
         if kind == "event":
             await self.send(text(entry["data"]))
-        elif kind == "init" and bytes(entry["data"]) != sent_init:  # a worker took over
+        elif kind == "init" and bytes(entry["stream"]) != stream:  # a worker took over
             await self.event({"type": "restart", "mime": text(entry["mime"]),
                               "media_time": float(text(entry["offset"]))})
             await self.send(bytes(entry["data"]))
