@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redis_auth  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
 STAGES = ("audio", "visual", "compose")
@@ -100,7 +103,9 @@ class Stack:
         self.log_dir = log_dir
         self.workers = workers
         self.supervisor = Supervisor(self._spawn, log_dir)
-        self.env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        self.redis_password = redis_auth.ensure()  # .secrets/redis_password, made once
+        self.env = dict(os.environ, REDIS_URL=redis_auth.url(self.redis_password,
+                                                             port=redis_port),
                         DATA_DIR=str(self.data_dir), PORT=str(api_port),
                         PYTHONUNBUFFERED="1")
 
@@ -120,8 +125,9 @@ class Stack:
     def redis_cmd(self) -> list[str]:
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
+        acl = redis_auth.write_acl(redis_dir / "users.acl", self.redis_password)
         return ["redis-server", str(ROOT / "redis.conf"), "--dir", str(redis_dir),
-                "--port", str(self.redis_port)]
+                "--aclfile", str(acl), "--port", str(self.redis_port)]
 
     def _spawn(self, svc: Supervised) -> None:
         if svc.name == "redis":
@@ -155,9 +161,7 @@ class Stack:
     def _wait_redis(self) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            ok = subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"],
-                                capture_output=True, text=True).stdout.strip() == "PONG"
-            if ok:
+            if redis_auth.ping(self.redis_port, self.redis_password):
                 return
             if self.services["redis"].proc.poll() is not None:  # type: ignore[union-attr]
                 raise SystemExit(f"redis-server exited; see {self.log_dir / 'redis.log'}")
