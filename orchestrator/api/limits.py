@@ -1,8 +1,9 @@
 """Request bodies are refused by size before they are parsed.
 
 A pure ASGI middleware: a body whose Content-Length is over the limit gets `413` before a byte of
-it is read; a body sent without a length (chunked) is counted as it streams and refused as soon
-as it passes the limit, so neither a multipart upload (spooled to a temp file by the form parser)
+it is read (one within it passes untouched: the server delivers no more than declared); a body
+sent without a length (chunked) is counted as it streams and refused as soon as it passes the
+limit, so neither a multipart upload (spooled to a temp file by the form parser)
 nor a JSON body (held in memory) can grow past it. Multipart bodies may carry two files of
 MAX_UPLOAD_MB (a portrait and a voice sample); every other body is JSON, at most MAX_JSON_KB.
 """
@@ -53,6 +54,11 @@ class BodyLimit:
                 await _refuse(scope, receive, send, 413, "body_too_large",
                               f"the request body is {_size(int(declared))}; {what}")
                 return
+            await self.app(scope, receive, send)  # the server delivers no more than declared
+            return
+        if b"transfer-encoding" not in headers:  # HTTP/1.1: no length, no chunks, no body
+            await self.app(scope, receive, send)
+            return
         await self._streamed(scope, receive, send, limit, what)
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int,
