@@ -248,6 +248,12 @@ def test_stack_brings_redis_back_after_the_disk_filled(tmp_path: Path) -> None:
             wait_until("the stack restarts Redis and the cluster is whole again",
                        lambda: _ok(url), 90, stack.check)
             assert redis_svc.restarts >= 1
+            orchestrator = stack.services["orchestrator"].proc
+            assert orchestrator is not None
+            orchestrator.kill()  # the API is supervised too
+            orchestrator.wait()
+            wait_until("the stack restarts the orchestrator", lambda: _ok(url), 60, stack.check)
+            assert stack.services["orchestrator"].restarts == 1
             job = submit(client, avatar, TEXT, size=256)
             done = wait_job(client, job, timeout=180)
             assert done["status"] == "succeeded", done

@@ -61,6 +61,9 @@ def test_no_workers_is_degraded_naming_each_stage(bare: Cluster) -> None:
     assert {"no live audio worker", "no live visual worker", "no live compose worker"} <= set(
         h["problems"])
     assert h["disk"]["status"] == "ok" and h["disk"]["free_mb"] > 0
+    text = httpx.get(f"{bare.url}/metrics", timeout=10).text
+    found = re.search(r"^jayavatar_data_free_bytes (\d+)$", text, re.M)
+    assert found and int(found.group(1)) > 0, text
 
 
 def test_a_killed_or_frozen_worker_is_gone_within_seconds(bare: Cluster) -> None:
