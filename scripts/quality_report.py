@@ -329,28 +329,28 @@ def frames_at(video: Path, wanted: set[int]) -> dict[int, np.ndarray]:
 
 def contact_sheet(rows: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]],
                   path: Path) -> None:
-    """One row per portrait: four full frames, then zoomed crops of mouth (or eyes) of each."""
-    cell, zoom = 256, 192
+    """One row per portrait: four frames at full size (closed on p/b/m, widest open, rounded,
+    blink), then under each a 2x crop of its mouth (of the eyes for the blink), nothing scaled
+    down: the mouth is seen as a viewer sees it."""
+    cell = SIZE
     lines = []
     for name, frames, lms in rows:
         fulls, crops = [], []
         for label, frame in frames.items():
-            img = cv2.resize(frame, (cell, cell), interpolation=cv2.INTER_AREA)
-            cv2.putText(img, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 0), 2)
+            img = frame.copy()
+            cv2.putText(img, label, (8, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 0), 2)
             fulls.append(img)
             lm = lms[label]
             pts = lm[[33, 263]] if label == "blink" else lm[[61, 291, 13, 14]]
             c = pts.mean(axis=0)
-            half = int(max(30, (0.6 if label == "blink" else 0.9) * np.ptp(pts[:, 0])))
+            half = cell // 4
             x0, y0 = int(c[0]) - half, int(c[1]) - half
             crop = np.pad(frame, ((half, half), (half, half), (0, 0)), mode="edge")[
                 y0 + half:y0 + 3 * half, x0 + half:x0 + 3 * half]
-            crops.append(cv2.resize(crop, (zoom, zoom), interpolation=cv2.INTER_CUBIC))
-        head = np.zeros((24, cell * 4 + zoom * 4, 3), np.uint8)
-        cv2.putText(head, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
-        crop_row = np.zeros((cell, zoom * 4, 3), np.uint8)
-        crop_row[:zoom] = np.hstack(crops)
-        lines += [head, np.hstack([*fulls, crop_row])]
+            crops.append(cv2.resize(crop, (cell, cell), interpolation=cv2.INTER_CUBIC))
+        head = np.zeros((32, cell * 4, 3), np.uint8)
+        cv2.putText(head, name, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+        lines += [head, np.hstack(fulls), np.hstack(crops)]
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(lines), cv2.COLOR_RGB2BGR))
 
 

@@ -16,10 +16,12 @@ from shared.errors import InvalidInput
 
 NOISE_FLOOR, SPEECH_LEVEL = 0.02, 0.25  # RMS (full scale = 1) mapped to loudness 0 and 1
 SPREAD_PX, ROUND_PX = 0.07, 0.14  # lip-corner travel per unit width / rounding, x mouth width
-# jaw opening = viseme target x vocal effort, effort = min(1, EFFORT_GAIN x loudness) ** EFFORT_EXP
-# scaled by EFFORT_SCALE: a stressed (louder) vowel opens wider than the same vowel unstressed,
-# and a vowel at ordinary loudness (~0.45) opens ~0.9 of its target
-EFFORT_GAIN, EFFORT_EXP, EFFORT_SCALE = 1.25, 0.75, 1.5
+# Jaw opening = effort x (EFFORT_SCALE x viseme target + LOUD_JAW x open), with effort =
+# min(1, EFFORT_GAIN x loudness) and open = (target - SHUT) / OPEN_GATE within 0..1: a louder
+# (stressed) syllable opens wider than the same one said softly, and loud speech drops the jaw
+# further on every open sound; lip closures (target under SHUT: p/b/m and their neighbours'
+# pull) stay shut however loud.
+EFFORT_GAIN, EFFORT_SCALE, LOUD_JAW, SHUT, OPEN_GATE = 1.25, 1.3, 0.4, 0.04, 0.1
 BLOCK = 250  # video frames of speech analysed at a time (10 s at 25 fps)
 
 
@@ -150,8 +152,10 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | 
     tongue = np.zeros(n)
     if phonemes:
         shape = viseme_tracks(phonemes, n, fps).astype(np.float64)
-        effort = EFFORT_SCALE * np.minimum(1.0, EFFORT_GAIN * loud) ** EFFORT_EXP
-        opening = shape[:, 0] * effort
+        effort = np.minimum(1.0, EFFORT_GAIN * loud)
+        target = shape[:, 0]
+        jaw = np.clip((target - SHUT) / OPEN_GATE, 0.0, 1.0)
+        opening = effort * (EFFORT_SCALE * target + LOUD_JAW * jaw)
         width, rounding = shape[:, 1] * posture, shape[:, 2] * posture
         tongue = tongue_track(phonemes, n, fps) * posture
     else:  # loudness opens the jaw; bright spectra spread the lips, dark ones round them

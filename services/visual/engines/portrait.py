@@ -187,8 +187,10 @@ class _MouthRig:
                ) -> np.ndarray:
         """The warped and painted `roi` of `base`, as a new RGB array."""
         gap = opening * self.gap_px
-        mx = self.X + gap * self.Fx + lateral * self.Gx
-        my = self.Y + gap * self.Fy + lateral * self.Gy
+        mx = cv2.scaleAdd(self.Fx, gap, self.X)  # X + gap Fx + lateral Gx, in one pass each
+        my = cv2.scaleAdd(self.Fy, gap, self.Y)
+        if lateral:
+            mx, my = cv2.scaleAdd(self.Gx, lateral, mx), cv2.scaleAdd(self.Gy, lateral, my)
         region = cv2.remap(base, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if gap > 0.3:
             self._paint(region[self.paint], gap, lateral, tongue)
@@ -266,9 +268,9 @@ class _MouthRig:
             colour += cover[..., None] * (shade[..., None] * c["teeth"] - colour)
         # the lips' wet inner surface, lip-coloured at the edge, shading into the dark
         band = np.float32(min(self._band, 0.3 * float(height.max())))
-        wet = np.exp(-np.maximum(from_bottom, 0.0) / band)
+        wet = np.clip(1.0 - from_bottom / (2.5 * band), 0, 1) ** 2
         if self.teeth > 0.0:
-            wet = np.maximum(wet, self.teeth * np.exp(-np.maximum(from_top, 0.0) / (0.6 * band)))
+            wet = np.maximum(wet, self.teeth * np.clip(1.0 - from_top / (1.5 * band), 0, 1) ** 2)
         wet *= 1.0 - 0.5 * _smoothstep(0.6, 1.0, aq)
         colour += wet[..., None] * (c["mucosa"] - colour)
         colour *= alpha[..., None]
