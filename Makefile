@@ -10,7 +10,7 @@ REDIS_PORT ?= 6390
 STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.installed)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup secrets setup-neural system-deps test-deps run demo test lint typecheck bench bench-live drill quality clean
+.PHONY: help setup secrets setup-neural system-deps test-deps run demo test lint typecheck bench bench-voice bench-live drill quality clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ $(VENVS)/visual/.neural: $(VENVS)/visual/.installed requirements/visual-neural.t
 	$(VENVS)/visual/bin/pip install -q --disable-pip-version-check -r requirements/visual.txt -r requirements/visual-neural.txt
 	@touch $@
 
+# The voice benchmark's judges (speaker encoder, Whisper tiny.en, WORLD), never used at run time.
+$(VENVS)/audio/.bench: $(VENVS)/audio/.neural requirements/audio-bench.txt
+	$(VENVS)/audio/bin/pip install -q --disable-pip-version-check -r requirements/audio-bench.txt
+	$(VENVS)/audio/bin/pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4
+	@touch $@
+
 setup-neural: setup $(VENVS)/audio/.neural $(VENVS)/visual/.neural ## add the neural engines' libraries (torch, coqui-tts)
 
 test-deps: ## headless Chromium for the web-page test, espeak-ng for the voice samples
@@ -89,6 +95,9 @@ bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API r
 
 bench-live: setup ## live sessions at real WebSocket clients: say-to-speech latency, stalls, stop, concurrent sessions (out/bench_live.json)
 	$(VENVS)/orchestrator/bin/python scripts/bench_live.py --out out/bench_live.json
+
+bench-voice: setup-neural test-deps $(VENVS)/audio/.bench ## piper-match against generated voice samples: pitch, speaker similarity, WER (out/bench_voice.json)
+	$(VENVS)/audio/bin/python scripts/bench_voice.py --out out/bench_voice.json
 
 quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
