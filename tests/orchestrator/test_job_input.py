@@ -102,6 +102,7 @@ def test_listings_survive_bad_records_already_stored(client, cluster, avatar_id)
             resp = client.get(f"/v1/jobs/{job_id}/events", timeout=20)  # ends: job is over
             assert resp.status_code == 200, resp.text
             assert "event: snapshot" in resp.text and '"status":"failed"' in resp.text
+        assert client.get("/metrics").status_code == 200
         # The reconciler, reading the same records, keeps working for everyone else.
         job = client.post("/v1/jobs", json={"avatar_id": avatar_id, "text": "Still fine."})
         assert job.status_code == 202

@@ -79,7 +79,10 @@ def tally_jobs(conn: redis.Redis) -> JobTally:
         for status, stages in rows:
             if status is None:
                 continue
-            tally.add(json.loads(status), json.loads(stages) if stages else {})
+            try:
+                tally.add(json.loads(status), json.loads(stages) if stages else {})
+            except (ValueError, TypeError, AttributeError):
+                continue  # a damaged record (GET /v1/jobs shows it as such) is not counted
     return tally
 
 
