@@ -119,8 +119,8 @@ class AvatarService:
                                "from the largest; send one of those numbers")
             notes = list(picture.notes)
             if found.get("turned"):
-                notes.append(f"the face was found only with the photo turned "
-                             f"{found['turned']} degrees clockwise; it was stored turned so")
+                notes.append(f"the photo lay on its side or upside down: it was turned "
+                             f"{found['turned']} degrees clockwise to stand the face upright")
             if found["faces"] > 1 and face is None:
                 notes.append(f"{found['faces']} faces were found; the largest (face 0) is "
                              "animated; send face=<number> to choose another (see the "
