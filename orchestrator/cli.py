@@ -1,6 +1,8 @@
 """`jayavatar`: submit a job from a photo and text, watch it, fetch the MP4.
 
     jayavatar submit --avatar me.jpg --text "Hello!" --wait -o hello.mp4
+    jayavatar submit --avatar me.jpg --voice me.wav --text "Hi" -o hi.mp4   # piper-match
+    jayavatar submit --avatar me.jpg --voice-engine piper-female --text "Hi" -o hi.mp4
     jayavatar submit --avatar me.jpg --text "Hi" --background beach.jpg --music song.mp3 \
         --captions burn -o hi.mp4
     jayavatar status JOB | watch JOB | result JOB -o out.mp4 | cancel JOB | avatars | media
@@ -21,6 +23,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from orchestrator.voices import VOICE_HINTS
 
 console = Console(stderr=True)
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -143,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("submit", help="make a video of a photo saying a text")
     p.add_argument("--avatar", required=True, help="a portrait photo, or an existing avatar id")
-    p.add_argument("--voice", type=Path, help="a 3-30 s voice sample (for cloning engines)")
+    p.add_argument("--voice", type=Path,
+                   help="a 3-30 s voice sample of the person (followed by piper-match or xtts)")
+    p.add_argument("--voice-engine", default="auto", choices=list(VOICE_HINTS),
+                   help="who speaks: " + "; ".join(f"{k}: {v}" for k, v in VOICE_HINTS.items())
+                   .replace("%", "%%"))
     p.add_argument("--text", required=True)
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--size", type=int, default=512)
@@ -216,7 +224,8 @@ def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
         console.print(f"avatar {avatar_id}: face at {avatar['face_box']}")
     else:
         avatar_id = args.avatar
-    body = {"avatar_id": avatar_id, "text": args.text, "fps": args.fps, "size": args.size,
+    body = {"avatar_id": avatar_id, "text": args.text, "voice": args.voice_engine,
+            "fps": args.fps, "size": args.size,
             "seed": args.seed, "captions": args.captions, "crf": args.crf,
             "background": media_ref(client, args.background, "image"),
             "music_volume": args.music_volume}

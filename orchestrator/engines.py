@@ -40,17 +40,6 @@ VOICES: dict[str, EngineSpec] = {
     "piper-high": EngineSpec("piper-high", "audio"),
     "piper-female": EngineSpec("piper-female", "audio"),
 }
-# What the web page and the CLI say about each voice.
-VOICE_HINTS: dict[str, str] = {
-    "auto": "xtts when its weights are there and the avatar has a voice sample, else piper-match "
-            "with a sample, else piper",
-    "piper": "Piper's joe, a US male voice",
-    "piper-match": "joe reshaped toward the avatar's voice sample (pitch, formants, rate)",
-    "piper-low": "joe, deeper: pitch -3 semitones, longer vocal tract",
-    "piper-high": "joe, lighter: pitch +4 semitones, shorter vocal tract",
-    "piper-female": "joe raised to a woman's range (~200 Hz, formants +20%)",
-    "xtts": "XTTS v2 clones the voice sample (needs its weights)",
-}
 RENDERERS: dict[str, EngineSpec] = {
     "portrait": EngineSpec("portrait", "visual"),
     "wav2lip": EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",)),

@@ -160,7 +160,7 @@ async function submit(event) {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        avatar_id: avatarId, text,
+        avatar_id: avatarId, text, voice: $("voice-engine").value,
         fps: Number($("fps").value), size: Number($("size").value),
         aspect: $("aspect").value, framing: $("framing").value, ...options,
       }),

@@ -161,3 +161,14 @@ def test_plain_english_gets_no_text_notes_and_tags_alone_are_refused(client, ava
     resp = client.post("/v1/jobs", json={"avatar_id": avatar_id,
                                          "text": '<speak><break time="2s"/></speak>'})
     assert resp.status_code == 422 and resp.json()["error"] == "nothing_to_say", resp.text
+
+
+def test_cli_names_the_voice(client, cluster, avatar_id, capsys) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.cli import main
+
+    assert main(["--server", cluster.url, "submit", "--avatar", avatar_id,
+                 "--voice-engine", "piper-high", "--text", "Hello."]) == 0
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert job["engines"]["audio"] == "piper-high" and job["options"]["voice"] == "piper-high"

@@ -125,6 +125,7 @@ def test_page_sends_compose_options_and_uploads_music(page, client) -> None:  # 
     assert page.is_visible("#colour-field") and page.is_hidden("#bg-image-field")
     page.fill("#colour", "#10a040")
     page.select_option("#captions", "srt")
+    page.select_option("#voice-engine", "piper-low")
     music = _tone_wav(2.0)
     page.set_input_files("#music", {"name": "song.wav", "mimeType": "audio/wav", "buffer": music})
     with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as req:
@@ -133,7 +134,9 @@ def test_page_sends_compose_options_and_uploads_music(page, client) -> None:  # 
     job_id = page.wait_for_function(
         "document.getElementById('job-id').textContent").json_value()
     client.post(f"/v1/jobs/{job_id}/cancel")  # the options are what is tested, not the video
-    assert (body["background"], body["captions"]) == ("#10a040", "srt")
+    assert (body["background"], body["captions"], body["voice"]) == ("#10a040", "srt",
+                                                                     "piper-low")
+    assert client.get(f"/v1/jobs/{job_id}").json()["engines"]["audio"] == "piper-low"
     ref = body["music"]
     media = client.get(f"/v1/media/{ref.removeprefix('media:')}").json()
     assert media["kind"] == "audio" and media["name"] == "song.wav"
