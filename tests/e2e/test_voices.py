@@ -172,3 +172,13 @@ def test_cli_names_the_voice(client, cluster, avatar_id, capsys) -> None:  # typ
     job = client.get(f"/v1/jobs/{job_id}").json()
     client.post(f"/v1/jobs/{job_id}/cancel")
     assert job["engines"]["audio"] == "piper-high" and job["options"]["voice"] == "piper-high"
+
+
+def test_tags_are_left_unspoken(client, cluster, avatar_id) -> None:  # type: ignore[no-untyped-def]
+    job = wait_job(client, submit(client, avatar_id, 'Hello <break time="1s"/> world.',
+                                  size=256))
+    assert job["status"] == "succeeded", job
+    phonemes = json.loads(
+        (cluster.data_dir / "jobs" / job["id"] / "audio" / "phonemes.json").read_text())
+    said = "".join(p["phoneme"] for p in phonemes)
+    assert "wɜːld" in said and "bɹeɪk" not in said and "taɪm" not in said, said
