@@ -68,6 +68,7 @@ def test_thousand_submissions_survive_a_redis_kill(tmp_path) -> None:  # type: i
         conn = redis.Redis.from_url(server.url)
         assert conn.scard("ja:jobs:active") == N
         assert conn.zcard("ja:jobs:all") == N
+        assert conn.zcard("ja:jobs:status:queued") == N  # listed by status, in the same MULTI
         queued = conn.lrange("rq:queue:audio", 0, -1)
         assert sorted(q.decode() for q in queued) == sorted(f"{j}-audio-1" for j in accepted)
         assert all(conn.exists(f"ja:job:{j}") for j in accepted)
