@@ -131,14 +131,20 @@ class _MouthRig:
         t_jaw = 1.0 - _smoothstep(0.6 * hw, 1.8 * hw, np.abs(U))
         blend = _smoothstep(0.0, 0.9 * self.mw, vrel)
         fall = 1.0 - _smoothstep(chin, chin + fall_len, vrel)
-        # the lower lip's inner edge rides on the lower teeth; its outer edge and the chin drop
-        # JAW_SHARE of that, so the lip stretches thinner as the mouth opens
-        lip_depth = max(float(uv[LOWER_LIP_BOTTOM, 1]) - v0, 0.08 * self.mw)
-        thin = 1.0 - (1.0 - JAW_SHARE) * _smoothstep(0.0, lip_depth, vrel)
-        lower = ((1.0 - blend) * t_lip * thin + blend * JAW_SHARE * t_jaw) * fall
+        # the chin and the lower face drop JAW_SHARE of the gap; the lower lip's inner edge the
+        # whole gap (see _thin), so the lip stretches thinner as the mouth opens
+        lower = JAW_SHARE * ((1.0 - blend) * t_lip + blend * t_jaw) * fall
         upper = -UPPER_LIP_SHARE * np.sqrt(t_lip) * _smoothstep(0.85 * nose, 0.0, vrel)
         side = _smoothstep(-0.75, 0.75, vrel)
         drop = (side * lower + (1.0 - side) * upper) * self._edge_window(X.shape)
+        # where the lower lip can be (from the split to its depth below the widest gap)
+        self._lip_depth = max(float(uv[LOWER_LIP_BOTTOM, 1]) - v0, 0.08 * self.mw)
+        lip_reach = (vrel > -1.0) & (vrel < self.gap_px + self._lip_depth + 2) & (t_lip > 0)
+        lr, lc = np.flatnonzero(lip_reach.any(axis=1)), np.flatnonzero(lip_reach.any(axis=0))
+        self._lip = (slice(int(lr[0]), int(lr[-1]) + 1), slice(int(lc[0]), int(lc[-1]) + 1))
+        self._lipV = vrel[self._lip].astype(np.float32)
+        weight = (side * (1.0 - blend) * t_lip * fall * self._edge_window(X.shape))[self._lip]
+        self._lipW = ((1.0 - JAW_SHARE) * weight).astype(np.float32)
         reach = np.where(np.abs(U) <= hw, U / hw,
                          np.sign(U) * (1.0 - _smoothstep(hw, 2.0 * hw, np.abs(U))))
         slide = reach * np.exp(-((vrel / (0.45 * self.mw)) ** 2)) * self._edge_window(X.shape)
@@ -191,10 +197,23 @@ class _MouthRig:
         my = cv2.scaleAdd(self.Fy, gap, self.Y)
         if lateral:
             mx, my = cv2.scaleAdd(self.Gx, lateral, mx), cv2.scaleAdd(self.Gy, lateral, my)
+        if gap > 0.3:
+            self._thin(mx, my, gap)
         region = cv2.remap(base, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if gap > 0.3:
             self._paint(region[self.paint], gap, lateral, tongue)
         return region
+
+    def _thin(self, mx: np.ndarray, my: np.ndarray, gap: float) -> None:
+        """Lower the lower lip's inner edge by the whole gap, its outer edge by JAW_SHARE of it
+        (with the chin): output rows [gap, JAW_SHARE gap + depth] show the lip's rest rows
+        [0, depth], stretched thinner. Depends on where the lip lands, so made per frame, on
+        the lip's small box only."""
+        span = np.float32(self._lip_depth - (1.0 - JAW_SHARE) * gap)
+        s = np.clip((self._lipV - np.float32(gap)) / span, 0.0, 1.0)
+        extra = (np.float32(gap) * (1.0 - s)) * self._lipW  # the drop beyond JAW_SHARE
+        mx[self._lip] -= extra * np.float32(self.v_hat[0])
+        my[self._lip] -= extra * np.float32(self.v_hat[1])
 
     def _paint(self, region: np.ndarray, gap: float, lateral: float, tongue: float) -> None:
         """Paint the inside of the opened mouth over `region` (the warped lips), in layers from

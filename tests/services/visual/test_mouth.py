@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.visual.engines.portrait import PortraitEngine, RenderSpec
+from services.visual.engines.portrait import Animation, PortraitEngine, RenderSpec
 from services.visual.face import FaceAnalyzer
 from services.visual.visemes import tongue_track
 
@@ -158,3 +158,32 @@ def test_grey_photo_keeps_a_grey_mouth(portrait, face):
     x, y, w, h = anim.mouth_box
     box = frame[y:y + h, x:x + w].astype(int)
     assert (box.max(axis=2) - box.min(axis=2)).max() <= 12
+
+
+def test_the_lower_lip_stretches_thinner_as_the_jaw_drops(portrait, face, analyzer):
+    """Drawn over a picture whose every row holds its own row number, the open frame tells
+    where each output pixel came from: the lower lip (rest rows from its inner edge to its
+    bottom) comes out thinner, and the chin lower, while the forehead rows stay put."""
+    anim = _anim(portrait, face)
+    lm = analyzer.analyze(_pose(anim, 0.0))[0].landmarks
+    h, w = anim.height, anim.width
+    rows = np.repeat(np.arange(h, dtype=np.int32)[:, None], w, axis=1)
+    ramp = np.stack([rows % 256, np.zeros_like(rows), rows // 256 * 120], axis=2).astype(np.uint8)
+    striped = Animation(ramp, anim.tracks, anim._mouth, anim._eyes, anim._pose, anim.mouth_box)
+    frame = striped.draw(0.95, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0).astype(int)
+    cx = int(round((lm[61, 0] + lm[291, 0]) / 2))
+    source = frame[:, cx, 0] + 256 * (frame[:, cx, 2] > 60)  # the rest row each output row shows
+    painted = np.flatnonzero(frame[:, cx, 1] > 0)  # the mouth's inside: the ramp has no green
+    assert len(painted) > 0.1 * anim.mouth_width
+    start = int(painted.max()) + 1
+
+    def where(rest_row: float) -> int:
+        """The first output row below the painted inside showing rest row `rest_row`."""
+        return start + int(np.flatnonzero(source[start:] >= rest_row)[0])
+
+    inner, outer, chin = lm[14, 1], lm[17, 1], lm[152, 1]
+    lip_rest, lip_open = outer - inner, where(outer) - where(inner)
+    assert lip_open < lip_rest - 1.5  # thinner
+    assert where(chin) - chin > 0.12 * anim.mouth_width  # the chin went down
+    top = int(lm[10, 1])
+    assert source[top] == top  # the forehead did not move
