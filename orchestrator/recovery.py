@@ -40,6 +40,8 @@ def recover_from_disk(conn: redis.Redis, store: JobStore, data_dir: Path) -> Rec
         except (OSError, ValueError, ValidationError):
             report.unreadable += 1
             continue
+        if path.parent.name != avatar.id:  # a staging or half-deleted folder, not an avatar
+            continue
         if conn.set(keys.avatar(avatar.id), avatar.model_dump_json(), nx=True):
             conn.zadd(keys.AVATARS, {avatar.id: avatar.created_at})
             report.avatars_restored += 1

@@ -182,3 +182,29 @@ def _post_quietly(cluster: Cluster) -> None:
                                                       (DATA / "portrait.png").read_bytes())})
     except httpx.TransportError:
         pass  # the orchestrator was killed under it
+
+
+def test_recovery_skips_staging_folders(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A crash after avatar.json was written in staging, before the rename, leaves no avatar
+    for `jayavatar recover --from-disk` to bring back under a folder that is not its own."""
+    import redis
+
+    from orchestrator.recovery import recover_from_disk
+    from shared.jobs import JobStore
+    from shared.models import AvatarRecord
+    from shared.storage import atomic_write_json
+
+    conn = redis.Redis.from_url(redis_server.url)
+    data = tmp_path / "data"
+    (data / "jobs").mkdir(parents=True)
+    staged = AvatarRecord(id="5a5a5a5a5a5a5a5a", width=512, height=512,
+                          face_box=(1, 2, 3, 4), faces_found=1, portrait_sha256="0")
+    kept = staged.model_copy(update={"id": "6b6b6b6b6b6b6b6b"})
+    for folder, record in ((f".staging-0123456789ab-{staged.id}", staged), (kept.id, kept)):
+        atomic_write_json(data / "avatars" / folder / "avatar.json",
+                          record.model_dump(mode="json"))
+    report = recover_from_disk(conn, JobStore(conn, data), data)
+    assert report.avatars_restored == 1
+    assert conn.exists(f"ja:avatar:{kept.id}") and not conn.exists(f"ja:avatar:{staged.id}")
+    conn.delete(f"ja:avatar:{kept.id}")
+    conn.zrem("ja:avatars", kept.id)
