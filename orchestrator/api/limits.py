@@ -54,10 +54,8 @@ class BodyLimit:
                 await _refuse(scope, receive, send, 413, "body_too_large",
                               f"the request body is {_size(int(declared))}; {what}")
                 return
-            await self.app(scope, receive, send)  # the server delivers no more than declared
-            return
-        if b"transfer-encoding" not in headers:  # HTTP/1.1: no length, no chunks, no body
-            await self.app(scope, receive, send)
+        if b"transfer-encoding" not in headers:  # the server delivers no more than declared
+            await self.app(scope, receive, send)  # (and without a length, there is no body)
             return
         await self._streamed(scope, receive, send, limit, what)
 
