@@ -229,3 +229,51 @@ def test_takeover_after_sigkill(client, avatar_id, live_cluster, tmp_path: Path)
     assert streams["video"]["codec_name"] == "h264"
     audio = decode_audio(mp4)
     assert _speech_after(audio, 16000, start["media_time"] - restart["media_time"], 1.0) > 0.03
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_client_that_stops_reading_is_dropped(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Backpressure: a client that reads nothing is dropped with close code 4008 and its
+    session ended, while the orchestrator's memory stays flat."""
+    import json
+    import socket
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    sid = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 1024}).json()["id"]
+    orchestrator = live_cluster.procs["orchestrator"][-1].pid
+    rss_before = _rss_mb(orchestrator)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", live_cluster.port))
+    ws = connect(live_cluster.url.replace("http://", "ws://") + f"/v1/sessions/{sid}/ws",
+                 sock=sock, max_queue=1, max_size=None, ping_interval=None)
+    try:
+        deadline = time.monotonic() + 150
+        said = 0.0
+        while client.get(f"/v1/sessions/{sid}").status_code == 200:
+            assert time.monotonic() < deadline, "a client that reads nothing was never dropped"
+            if time.monotonic() - said > 4:  # speech makes the stream denser
+                ws.send(json.dumps({"type": "say", "text": "Talking to nobody. " * 6}))
+                said = time.monotonic()
+            time.sleep(0.5)
+        grown = _rss_mb(orchestrator) - rss_before
+        codes = None
+        try:
+            while True:
+                ws.recv(timeout=30)
+        except ConnectionClosed as exc:
+            codes = (exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
+    finally:
+        ws.close()
+    assert codes is not None and codes[0] == 4008, codes
+    assert "did not read" in codes[1]
+    assert grown < 30, f"the orchestrator grew {grown:.0f} MB"
+    assert client.get("/healthz").status_code == 200

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -36,6 +37,7 @@ CLOSE_NOT_FOUND = 4404  # no such session
 CLOSE_SLOW = 4008  # the client stopped reading: dropped, and the session ended
 CLOSE_NO_STREAM = 4503  # no live worker produced the stream in time
 SEND_TIMEOUT_S = 5.0  # a send blocked this long (socket buffer full) means the client stalled
+SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer of a live socket: ~2 s of a 512 px stream
 READY_TIMEOUT_S = 20.0
 TOUCH_EVERY_S = 5.0
 MAX_MESSAGE_CHARS = 20_000
@@ -259,10 +261,40 @@ class Relay:
         return {"type": "say", "text": line.strip(), "id": line_id or uuid.uuid4().hex[:12]}
 
 
+def _transport_socket(send: Any, depth: int = 0) -> Any:
+    """The TCP socket under an ASGI `send` (uvicorn's protocol, maybe wrapped by middlewares in
+    closures), or None where it cannot be found."""
+    owner = getattr(send, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if transport is not None:
+        sock = transport.get_extra_info("socket")  # asyncio's TransportSocket
+        return sock if hasattr(sock, "setsockopt") else None
+    if depth < 4:
+        for cell in getattr(send, "__closure__", None) or ():
+            if callable(cell.cell_contents):
+                found = _transport_socket(cell.cell_contents, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _bound_send_buffer(ws: WebSocket) -> None:
+    """Cap the kernel's send buffer of this connection (Linux grows it to 4 MB otherwise): a
+    client that stops reading then fills it within seconds, the relay's send blocks, and the
+    client is dropped (CLOSE_SLOW) instead of the stream piling up in buffers."""
+    sock = _transport_socket(getattr(ws, "_send", None))
+    if sock is None:
+        logger.debug("live socket: transport socket not found; kernel buffer left as is")
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
 @router.websocket("/{session_id}/ws")
 async def session_socket(ws: WebSocket, session_id: str) -> None:
     lv: LiveState = ws.app.state.live
     await ws.accept()
+    _bound_send_buffer(ws)
     raw = await lv.aconn.get(live.session(session_id)) if len(session_id) <= 64 else None
     if not raw:
         await ws.close(CLOSE_NOT_FOUND, "no live session with this id (it may have ended)")
