@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def test_registry_names_the_reshaped_voices() -> None:
         assert issubclass(cls, ShiftedPiperEngine) and cls.name == name
     assert get_engine("piper-match").needs_voice_sample
     assert not any(get_engine(name).needs_voice_sample for name in PRESETS)
+    # choosing plain piper loads no Praat; importing the reshaped voices loads it only when built
+    code = ("import sys, services.audio.engines.piper_match; "
+            "print('parselmouth' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True)
+    assert found.stdout.strip() == "False"
 
 
 def test_match_speaks_at_a_female_samples_pitch(

@@ -102,7 +102,7 @@ def read_wav(path: Path) -> tuple[wave._wave_params, np.ndarray]:
 
 def test_registry_imports_torch_only_when_chosen() -> None:
     assert get_engine("xtts") is XttsEngine
-    assert list(ENGINES) == ["piper", "xtts"]
+    assert list(ENGINES)[:2] == ["piper", "xtts"]
     code = (
         "import sys, services.audio.engines.xtts; "
         "print(sorted(m for m in ('torch', 'TTS', 'torchaudio') if m in sys.modules))"
