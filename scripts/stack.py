@@ -90,7 +90,14 @@ class Supervisor:
                     svc.restart_at = None  # it was never down (a drill scheduled it early)
                     continue
                 svc.restarts += 1
-                self._start(svc)
+                try:
+                    self._start(svc)
+                except OSError as exc:  # e.g. its files cannot be written on a full disk yet
+                    svc.restart_at = now + svc.backoff_s
+                    log(f"{svc.name} could not start ({exc}); trying again in "
+                        f"{svc.backoff_s:.0f}s")
+                    svc.backoff_s = min(svc.backoff_s * 2, BACKOFF_MAX_S)
+                    continue
                 restarted.append(svc.name)
         return restarted
 
