@@ -289,8 +289,8 @@ def _produce(ctx: StageContext, handler: Handler, t0: float) -> StageResult:
     is not the job's fault, so it costs no attempt. Past DISK_RETRIES it fails as transient."""
     disk_retries = 0
     while True:
-        ctx.work_dir.mkdir(parents=True)
         try:
+            ctx.work_dir.mkdir(parents=True)
             result = handler(ctx)
             ctx.check()
             write_manifest(ctx.work_dir, {

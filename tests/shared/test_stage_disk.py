@@ -147,3 +147,27 @@ def test_ffmpeg_style_disk_full_message_counts_as_full() -> None:
     wrapped = RuntimeError("write failed")
     wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
     assert is_disk_full(wrapped)
+
+
+def test_a_work_dir_that_cannot_be_made_waits_too(redis_server, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime, rec = audio_job(redis_server.url, tmp_path, min_free_mb=0)
+    monkeypatch.setattr(stage_mod, "DISK_POLL_S", 0.05)
+    real_mkdir = Path.mkdir
+    failures = [1]
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self.name.startswith("audio.tmp-") and failures:
+            failures.pop()
+            raise disk_full()
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+    def handler(ctx: StageContext) -> StageResult:
+        (ctx.work_dir / "speech.wav").write_bytes(b"\0" * 1000)
+        return StageResult(files=["speech.wav"], engine="test", engine_version="0")
+
+    assert execute(runtime, rec.id, "audio", 1, handler) == "done"
+    after = runtime.store.get(rec.id)
+    assert after is not None and after.stages["audio"].attempts == 1
