@@ -146,6 +146,7 @@ def test_stage_waits_for_space_uploads_get_507(tmp_path: Path) -> None:  # noqa:
             assert any(p.startswith("disk low") for p in h["problems"]), h
             assert_disk_low(client.post("/v1/jobs", json={"avatar_id": avatar, "text": "Hi."}))
             assert_disk_low(client.post("/v1/media", **image_upload()))
+            assert_disk_low(client.post("/v1/sessions", json={"avatar_id": avatar}))
             assert_disk_low(client.post("/v1/avatars", files={"portrait": (
                 "p.png", (DATA / "portrait.png").read_bytes())}))
 
