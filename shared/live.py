@@ -137,10 +137,16 @@ def end(conn: redis.Redis, session_id: str) -> bool:
     pipe.delete(session(session_id))
     pipe.zrem(SESSIONS, session_id)
     existed = pipe.execute()[1]
-    # the streams stay briefly so the workers and the relay read the close; then they expire
-    for key in session_keys(session_id)[1:]:
-        conn.expire(key, 10)
+    expire_soon(conn, session_id)
     return bool(existed)
+
+
+def expire_soon(conn: redis.Redis, session_id: str, seconds: int = 10) -> None:
+    """The keys of an ended session stay briefly (workers and relay read the close), then go."""
+    pipe = conn.pipeline(transaction=False)
+    for key in session_keys(session_id)[1:]:
+        pipe.expire(key, seconds)
+    pipe.execute()
 
 
 def xadd(conn: redis.Redis | Any, key: str, fields: dict[str, Any], maxlen: int,
@@ -257,6 +263,8 @@ class LiveWorker:
         finally:
             self.leases.pop(rec.id, None)
             try:
+                if not self.conn.exists(session(rec.id)):  # ended: what this worker wrote goes
+                    expire_soon(self.conn, rec.id)
                 held.release()
             except redis.RedisError:
                 pass

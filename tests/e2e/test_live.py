@@ -277,3 +277,49 @@ def test_client_that_stops_reading_is_dropped(client, avatar_id, live_cluster) -
     assert "did not read" in codes[1]
     assert grown < 30, f"the orchestrator grew {grown:.0f} MB"
     assert client.get("/healthz").status_code == 200
+
+
+def test_connect_disconnect_cycles_leak_nothing(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
+    """100 WebSocket connect/disconnect cycles (and 10 sessions made and ended): the
+    orchestrator's file descriptors and the live workers' sessions come back to where they
+    were, and an ended session's Redis keys expire."""
+    import os
+
+    import redis as redis_lib
+
+    conn = redis_lib.Redis.from_url(live_cluster.redis.url)
+    orchestrator = live_cluster.procs["orchestrator"][-1].pid
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{orchestrator}/fd"))
+
+    sid = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 256}).json()["id"]
+    first = LiveClient(live_cluster.url, sid)
+    first.wait_event("ready")
+    first.close()
+    before = fds()
+    for _ in range(100):
+        c = LiveClient(live_cluster.url, sid)
+        c.wait_event("ready")
+        c.close()
+    ended = [sid]
+    for _ in range(10):
+        other = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 256})
+        assert other.status_code == 201, other.text
+        c = LiveClient(live_cluster.url, other.json()["id"])
+        c.wait_event("ready")
+        c.close()
+        assert client.delete(f"/v1/sessions/{other.json()['id']}").status_code == 204
+        ended.append(other.json()["id"])
+    assert client.delete(f"/v1/sessions/{sid}").status_code == 204
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [k for s in ended for k in conn.keys(f"ja:live:*{s}*")]
+        held = [k for k in conn.keys("ja:live:*:lease:*")]
+        if not left and not held and fds() <= before + 3:
+            break
+        time.sleep(0.5)
+    assert not left, left[:5]
+    assert not held, held[:5]
+    assert fds() <= before + 3, (before, fds())
+    assert client.get("/v1/sessions").json() == []
