@@ -59,10 +59,11 @@ def write_manifest(work_dir: Path, manifest_fields: dict, files: list[str]) -> S
 
 
 def publish(work_dir: Path, final_dir: Path) -> bool:
-    """Rename a finished work dir into place. False if a valid result is already there."""
+    """Rename a finished work dir into place. False if a valid result of the same input is
+    already there (a twin's); one made from other input is replaced, never kept."""
     final_dir = Path(final_dir)
     if final_dir.exists():
-        if load_manifest(final_dir, verify=False) is not None:
+        if _same_input(final_dir, work_dir):
             return False
         trash = final_dir.with_name(f"{final_dir.name}.garbage-{time.time_ns()}")
         os.rename(final_dir, trash)
@@ -70,11 +71,20 @@ def publish(work_dir: Path, final_dir: Path) -> bool:
     try:
         os.rename(work_dir, final_dir)
     except OSError:
-        if load_manifest(final_dir, verify=False) is not None:  # lost a race to a twin
+        if _same_input(final_dir, work_dir):  # lost a race to a twin
             return False
         raise
     fsync_dir(final_dir.parent)
     return True
+
+
+def _same_input(final_dir: Path, work_dir: Path) -> bool:
+    """Whether `final_dir` holds a valid result made from the same input as `work_dir`'s."""
+    published = load_manifest(final_dir, verify=False)
+    if published is None:
+        return False
+    made = load_manifest(work_dir, verify=False)
+    return made is None or made.input_hash == published.input_hash
 
 
 def remove_tree(path: Path) -> None:
