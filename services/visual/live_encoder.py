@@ -15,6 +15,7 @@ import numpy as np
 from shared import mp4
 
 AUDIO_CODEC = "mp4a.40.2"  # AAC-LC
+AAC_PRIMING = 1024  # samples of encoder delay of ffmpeg's AAC encoder
 ENCODE_PRESET = "superfast"
 
 
@@ -86,6 +87,9 @@ class FragmentEncoder:
         self._frame = 0
         self._sample = 0
         self._timescale = 1
+        # AAC starts with one frame of encoder delay (priming) that a fragmented MP4 has no edit
+        # list to hide: the first samples fed are dropped instead, so audio plays with its frame
+        self._priming = AAC_PRIMING
         self._keys: set[int] = set()  # frame numbers of keyframes not yet in a fragment
 
     @property
@@ -108,6 +112,9 @@ class FragmentEncoder:
         self._frame += 1
         for packet in self._video.encode(frame):
             self._mux(packet, out)
+        if self._priming:  # so that decoders, which play the encoder's priming, stay in sync
+            skip = min(self._priming, len(pcm))
+            pcm, self._priming = pcm[skip:], self._priming - skip
         if len(pcm):
             samples = np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1)
             chunk = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")

@@ -1,0 +1,93 @@
+"""The live stream's pieces, in the visual venv: the in-process fragmented-MP4 encoder (checked
+by ffprobe/ffmpeg on its bytes) and the live motion (idle life, speech scheduling, stop)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from services.visual.live_encoder import FragmentEncoder
+from services.visual.live_motion import LiveMotion
+from shared import mp4
+
+RATE, FPS = 22050, 25
+
+
+def _encode(n: int, flash: int, key_at: int | None = None) -> tuple[list, FragmentEncoder]:
+    enc = FragmentEncoder(256, 256, FPS, RATE, 120)
+    pieces = []
+    for i in range(n):
+        img = np.full((256, 256, 3), 255 if i == flash else 20, np.uint8)
+        pcm = np.zeros(RATE // FPS, np.int16)
+        if i == flash:
+            pcm[:100] = 20000
+        pieces += enc.add(img, pcm, key=(i == key_at))
+    return pieces + enc.close(), enc
+
+
+def test_init_then_fragments_that_decode_in_sync(tmp_path: Path) -> None:
+    pieces, enc = _encode(100, flash=50, key_at=30)
+    assert pieces[0].kind == "init" and mp4.boxes(pieces[0].data)[0].kind == "ftyp"
+    frags = pieces[1:]
+    assert all(p.kind == "frag" and mp4.boxes(p.data)[0].kind == "moof" for p in frags)
+    starts = [round(p.t * FPS) for p in frags]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert max(np.diff(starts)) == 3  # 120 ms fragments: 3 frames each
+    assert frags[0].key and any(p.key and s <= 30 < s + 3 for p, s in zip(frags, starts,
+                                                                            strict=True))
+    assert enc.mime.startswith('video/mp4; codecs="avc1.4d') and enc.mime.endswith('mp4a.40.2"')
+    path = tmp_path / "s.mp4"
+    path.write_bytes(b"".join(p.data for p in pieces))
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    streams = {s["codec_type"]: s for s in json.loads(out)["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    grey = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt",
+                           "gray", "-"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(grey, np.uint8).reshape(-1, 256 * 256).mean(axis=1)
+    audio = np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le",
+                                          "-ac", "1", "-"], capture_output=True, check=True
+                                         ).stdout, np.float32)
+    assert len(frames) == 100 and int(np.argmax(frames)) == 50
+    click = np.argmax(np.abs(audio)) / RATE * FPS  # the AAC priming is not left in
+    assert 50 <= click < 50.25, click
+
+
+def _motion() -> LiveMotion:
+    return LiveMotion(FPS, RATE, mouth_width=60.0, face_width=240.0, seed=3)
+
+
+def test_idle_life_blinks_and_sways_without_jumps() -> None:
+    m = _motion()
+    params = [m.frame(i)[0] for i in range(60 * FPS)]
+    blink = np.array([p.blink for p in params])
+    shut = np.flatnonzero(np.diff((blink > 0.5).astype(int)) == 1)
+    assert 10 <= len(shut) <= 20, len(shut)  # blinks in one idle minute
+    tx = np.array([p.tx for p in params])
+    breath = np.array([p.breath for p in params])
+    for track in (tx, breath):
+        steps = np.abs(np.diff(track))
+        assert track.std() > 0.05  # never frozen
+        assert steps.max() < 0.1 * track.std() + 0.05  # never jumps
+    assert all(p.opening == 0 for p in params)
+
+
+def test_speech_is_scheduled_back_to_back_and_stop_fades() -> None:
+    m = _motion()
+    tone = (8000 * np.sin(np.arange(RATE) * 2 * np.pi * 220 / RATE)).astype(np.int16)
+    a = m.schedule(10, "l1", 0, False, tone, RATE, None, "one")
+    b = m.schedule(12, "l1", 1, True, tone, RATE, None, "two")
+    assert (a.start, a.end, b.start) == (10, 35, 35)
+    audio = [m.frame(i)[1] for i in range(40)]
+    assert all(len(x) == RATE // FPS for x in audio)
+    assert np.abs(audio[9]).max() == 0 and np.abs(audio[11]).max() > 4000
+    assert max(p for p in [m.frame(i)[0].opening for i in range(40, 45)]) > 0
+    cut = m.stop(45)
+    assert [p.line for p in cut] == ["l1"]
+    after = [m.frame(i) for i in range(45, 60)]
+    assert np.abs(after[0][1]).max() < np.abs(audio[20]).max()  # fading
+    assert all(np.abs(x).max() == 0 for _, x in after[2:])  # silent two frames on
+    assert all(p.opening == 0 for p, _ in after[2:])
