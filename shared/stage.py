@@ -127,11 +127,14 @@ def audit(runtime: Runtime, event: str, **fields: Any) -> None:
         return
     line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid(),
                        "worker": runtime.worker_name, **fields}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a full disk must not fail the stage for want of an audit line
+        logger.warning("audit log %s: %s event not written: %s", path, event, exc)
 
 
 def stage_input_hash(job: JobRecord, stage: str,
@@ -330,17 +333,18 @@ def _wait_for_space(ctx: StageContext, exc: Exception) -> None:
                    ctx.stage, ctx.attempt, exc, need)
     audit(ctx.runtime, "disk-wait", job=ctx.job.id, stage=ctx.stage, attempt=ctx.attempt,
           exec=ctx.exec_id)
-    t0 = time.monotonic()
+    t0, free = time.monotonic(), 0.0
     while True:
         ctx.check()
         try:
-            if free_mb(ctx.job_dir) >= need:
-                break
+            free = free_mb(ctx.job_dir)
         except OSError:
-            pass
+            free = 0.0
+        if free >= need:
+            break
         time.sleep(DISK_POLL_S)
     logger.info("job %s %s#%s: %.0f MB free again after %.1fs; running the stage again",
-                ctx.job.id, ctx.stage, ctx.attempt, free_mb(ctx.job_dir), time.monotonic() - t0)
+                ctx.job.id, ctx.stage, ctx.attempt, free, time.monotonic() - t0)
 
 
 def _failed(ctx: StageContext, exc: Exception) -> str:
