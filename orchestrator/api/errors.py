@@ -56,6 +56,22 @@ def _queue_error(exc: redis.RedisError) -> JSONResponse:
                         status_code=503, headers={"Retry-After": "2"})
 
 
+def _http_message(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's own refusals ("Not Found", "Method Not Allowed") as sentences."""
+    message = str(exc.detail)
+    where = f"{request.method} {request.url.path[:200]}"
+    if exc.status_code == 400 and "parsing the body" in message:
+        return ("the request body could not be parsed; send UTF-8 JSON with "
+                "Content-Type: application/json, or multipart/form-data for uploads")
+    if exc.status_code == 404 and message == "Not Found":
+        return (f"there is nothing at {where}; the API's routes are under /v1 (see the REST "
+                "API section of the README)")
+    if exc.status_code == 405:
+        return (f"{where} is not allowed; the REST API section of the README lists the methods "
+                "each path takes")
+    return message
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -69,13 +85,10 @@ def install(app: FastAPI) -> None:
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = str(exc.detail)
-        if exc.status_code == 400 and "parsing the body" in message:
-            message = ("the request body could not be parsed; send UTF-8 JSON with "
-                       "Content-Type: application/json, or multipart/form-data for uploads")
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(_body("bad_body" if exc.status_code == 400 else "http_error",
-                                  message), status_code=exc.status_code)
+                                  _http_message(request, exc)),
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
