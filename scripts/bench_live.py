@@ -166,7 +166,8 @@ async def end_session(http: httpx.AsyncClient, client: Client) -> None:
     await http.delete(f"/v1/sessions/{client.session_id}")  # type: ignore[attr-defined]
 
 
-async def latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int) -> dict:
+async def latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
+                  record: Path | None = None) -> dict:
     c = await new_session(http, avatar_id, size)
     out = []
     try:
@@ -183,6 +184,9 @@ async def latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int) ->
             out.append(1000 * (arrival - sent))
             await asyncio.sleep(random.uniform(0.4, 0.9))
         audio = decoded_audio(bytes(c.data))
+        if record is not None:  # for the lip-sync measure (scripts/live_lipsync.py)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_bytes(bytes(c.data))
         heard = sum(1 for _, e in c.events if e.get("type") == "speech.start"
                     and _rms(audio, e["media_time"] - c.offset, 0.3) > 0.02)
     finally:
@@ -288,7 +292,8 @@ async def concurrency(http: httpx.AsyncClient, avatar_id: str, size: int, most: 
 async def measure(api: str, avatar_id: str, args: argparse.Namespace) -> dict:
     async with httpx.AsyncClient(base_url=api, timeout=60) as http:
         report: dict[str, Any] = {"size": args.size, "fps": 25}
-        report["latency"] = await latency(http, avatar_id, args.size, args.lines)
+        report["latency"] = await latency(http, avatar_id, args.size, args.lines,
+                                          args.out.parent / "live_stream.mp4")
         log(f"latency: {report['latency']['p50_ms']} ms p50, {report['latency']['p95_ms']} p95")
         report["stalls"] = await stalls(http, avatar_id, args.size, args.seconds)
         log(f"stalls: {report['stalls']}")

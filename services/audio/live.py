@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     engine = PiperEngine(settings.models_dir)
+    engine.single_threaded()
+    with _SYNTH_LOCK:  # the first sentence of a process is slow (onnxruntime warm-up)
+        list(engine.sentences("Ready."))
     conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
 
     def serve(rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:

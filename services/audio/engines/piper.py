@@ -144,6 +144,7 @@ class PiperEngine:
             except Exception as exc:  # onnxruntime raises its own unrelated exception types
                 raise StageFailed(f"piper: cannot load voice {model}: {exc}") from exc
             _LOADED[model] = self._voice
+        self.model_path = model
         self.sample_rate: int = self._voice.config.sample_rate
         self.aligned = len(self._voice.session.get_outputs()) > 1
         self.load_seconds = time.perf_counter() - started
@@ -222,6 +223,18 @@ class PiperEngine:
             elapsed / duration,
         )
         return Speech(self.sample_rate, total, duration, phonemes)
+
+    def single_threaded(self) -> None:
+        """Run the voice on one thread that sleeps instead of spinning between operators: what
+        live sessions want beside a renderer on a small machine (first sentence ~30% sooner
+        under load here)."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._voice.session = onnxruntime.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"])
 
     def sentence_count(self, text: str) -> int:
         """How many sentences (chunks) Piper will speak `text` in."""
