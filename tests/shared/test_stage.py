@@ -108,6 +108,10 @@ def test_a_successful_stage_publishes_its_output_and_advances_the_job(runtime: R
     assert after.stages["audio"].status == "done" and not after.stages["audio"].skipped
     assert runtime.store.lease_holder(rec.id) is None
     assert _leftovers(runtime, rec.id) == []
+    again = Speech(data=b"RIFF other")  # the same rq job delivered twice
+    assert execute(runtime, rec.id, "audio", 1, again) == "stale"
+    assert again.calls == [] and (folder / "speech.wav").read_bytes() == SPEECH
+    assert _get(runtime.store, rec.id).stage == "visual"
 
 
 def test_a_long_stage_keeps_its_lease_by_heartbeat(runtime: Runtime) -> None:
@@ -341,7 +345,8 @@ def test_enospc_with_space_left_runs_again_in_the_same_execution(runtime: Runtim
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "speech.wav"]
 
 
-def test_scratch_of_dead_executions_is_removed(runtime: Runtime) -> None:
+@pytest.mark.parametrize("outcome", ["done", "retry"])
+def test_scratch_of_dead_executions_is_removed(runtime: Runtime, outcome: str) -> None:
     rec = _job(runtime)
     job_dir = runtime.store.job_dir(rec.id)
     dead = job_dir / "audio.tmp-0123456789ab"  # a worker SIGKILLed mid-stage
@@ -349,5 +354,10 @@ def test_scratch_of_dead_executions_is_removed(runtime: Runtime) -> None:
     (dead / "speech.wav").write_bytes(b"\0" * 5000)
     other_stage = job_dir / "visual.tmp-0123456789ab"  # not this stage's: left alone
     other_stage.mkdir()
-    assert execute(runtime, rec.id, "audio", 1, Speech()) == "done"
+
+    def crash(ctx: StageContext) -> None:
+        raise RuntimeError("the engine crashed")
+
+    handler = Speech(crash if outcome == "retry" else None)
+    assert execute(runtime, rec.id, "audio", 1, handler) == outcome
     assert _leftovers(runtime, rec.id) == ["visual.tmp-0123456789ab"]
