@@ -343,6 +343,29 @@ def test_requeue_enqueues_the_next_attempt_first_in_line(store: JobStore,
     assert keys.rq_job_id(others[0].id, "audio", 1) in queue
 
 
+def test_requeue_of_another_attempt_or_stage_does_nothing(store: JobStore,
+                                                          conn: redis.Redis) -> None:
+    """A reconciler acting on what it read a moment ago: the job has moved on since."""
+    rec = _new(store)
+    assert store.requeue(rec.id, "audio", 2, "x") is None
+    assert store.requeue(rec.id, "visual", 1, "x") is None
+    assert _state(_get(store, rec.id)) == ("queued", "audio", "queued", 1)
+    assert _queue(conn, "audio") == [keys.rq_job_id(rec.id, "audio", 1)]
+
+
+def test_a_running_stage_whose_lease_expired_may_be_taken_by_its_own_rq_job(
+        store: JobStore, conn: redis.Redis) -> None:
+    """The first worker died after taking the lease; the same attempt delivered again (before
+    the reconciler acts) may take the stage over, once the dead worker's lease is gone."""
+    rec = _new(store)
+    store.start_stage(rec.id, "audio", 1, "exec-a", "w1")
+    assert store.start_stage(rec.id, "audio", 1, "exec-b", "w2") is None
+    conn.delete(keys.lease(rec.id))  # expired
+    after = store.start_stage(rec.id, "audio", 1, "exec-b", "w2")
+    assert after is not None and after.stages["audio"].worker == "w2"
+    assert store.lease_holder(rec.id) == "exec-b"
+
+
 def test_requeue_leaves_a_leased_stage_alone(store: JobStore) -> None:
     rec = _new(store)
     store.start_stage(rec.id, "audio", 1, "exec-a", "w")
