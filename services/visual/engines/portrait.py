@@ -263,10 +263,13 @@ class _MouthRig:
         tip = tongue * big
         if tip > 0.02:
             tip_top = top + height * (0.08 + 0.92 * (1.0 - tip))
-            half = (0.3 * hw) * np.sqrt(np.clip((pV - tip_top) / (0.9 * height), 0, 1))
+            rx = 0.28 * hw  # a rounded tip (half an ellipse) on a column down to the floor
+            ry = np.minimum(0.7 * rx, np.maximum(height, 1.0))
+            dy = np.clip((pV - tip_top) / ry, 0, 1) - 1.0
+            half = rx * np.sqrt(1.0 - dy * dy) * (1.0 + 0.8 * pos)  # wider towards the floor
             cover = _cover(half - np.abs(pU), 1.2) * _cover(pV - tip_top, 1.2) * tip
             across = np.clip(1.0 - np.abs(pU) / np.maximum(half, 1e-3), 0, 1)
-            shade = (0.7 + 0.35 * np.sqrt(across)) * (1.0 - 0.25 * pos)
+            shade = (0.55 + 0.3 * np.sqrt(across)) * (0.7 + 0.3 * pos)  # in the teeth's shadow
             colour += cover[..., None] * (shade[..., None] * c["tongue_tip"] - colour)
         # the lower teeth: their edges show above the lower lip on wide-open vowels
         lower = (float(_smoothstep(0.4, 0.85, np.float32(gap / self.gap_px)))
