@@ -39,6 +39,20 @@ from shared.storage import atomic_write_json, publish_dir, sha256_file
 logger = logging.getLogger(__name__)
 
 
+def parse_avatar(avatar_id: str, raw: bytes | str) -> AvatarRecord:
+    """A stored avatar record; 409 saying what to do when it cannot be read, so that one
+    damaged record breaks neither the listing nor anything else."""
+    try:
+        return AvatarRecord.model_validate_json(raw)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        logger.warning("avatar %s: stored record cannot be read: %s", avatar_id,
+                       type(exc).__name__)
+        raise ApiError(409, "avatar_damaged",
+                       f"avatar {avatar_id}'s stored record is damaged and cannot be used; "
+                       f"delete it (DELETE /v1/avatars/{avatar_id}) and upload the portrait "
+                       "again") from exc
+
+
 class AvatarService:
     def __init__(self, conn: redis.Redis, settings: OrchestratorSettings, decoder: ImageDecoder,
                  staging: StagingArea) -> None:
@@ -52,13 +66,17 @@ class AvatarService:
         self.polls = anyio.CapacityLimiter(4)
 
     def get(self, avatar_id: str) -> AvatarRecord | None:
+        """The avatar, or None if there is none; 409 if its stored record cannot be read."""
         raw = self.conn.get(keys.avatar(avatar_id))
-        return AvatarRecord.model_validate_json(raw) if raw else None
+        return parse_avatar(avatar_id, raw) if raw else None
 
     def list(self) -> list[AvatarRecord]:
         out = []
         for raw_id in self.conn.zrevrange(keys.AVATARS, 0, 999):
-            rec = self.get(keys.text(raw_id))
+            try:
+                rec = self.get(keys.text(raw_id))
+            except ApiError:  # a damaged record hides no other avatar (its id still answers)
+                continue
             if rec is not None:
                 out.append(rec)
         return out

@@ -6,6 +6,7 @@ tests/orchestrator/test_api_errors.py checks the same through a real server and 
 from __future__ import annotations
 
 import io
+import json
 import struct
 import uuid
 import warnings
@@ -347,3 +348,22 @@ def test_unknown_paths_and_methods_say_what_exists(api: TestClient) -> None:
     resp = api.put("/v1/jobs")
     _assert_error(resp, 405, "put /v1/jobs is not allowed", "readme")
     assert "POST" in resp.headers["allow"]
+
+
+def test_a_damaged_avatar_record_breaks_nothing_else(api: TestClient, conn: redis.Redis,
+                                                     avatar_id: str) -> None:
+    """A record that no longer reads (an older version's, a hand edit): the listing still
+    answers with the others, the avatar itself says what to do, and it can be deleted."""
+    bad = uuid.uuid4().hex[:16]
+    conn.set(keys.avatar(bad), json.dumps({"id": bad, "width": 512}))
+    conn.zadd(keys.AVATARS, {bad: 1.0})
+    listing = api.get("/v1/avatars")
+    assert listing.status_code == 200, listing.text
+    assert [a["id"] for a in listing.json()] == [avatar_id]
+    body = _assert_error(api.get(f"/v1/avatars/{bad}"), 409, "damaged", "upload the portrait")
+    assert body["error"] == "avatar_damaged"
+    _assert_error(api.post("/v1/jobs", json={"avatar_id": bad, "text": "Hello."}), 409,
+                  "damaged")
+    assert api.delete(f"/v1/avatars/{bad}").status_code == 204
+    assert conn.get(keys.avatar(bad)) is None and conn.zscore(keys.AVATARS, bad) is None
+    _assert_error(api.get(f"/v1/avatars/{bad}"), 404, "no avatar")

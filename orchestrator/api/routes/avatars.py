@@ -70,6 +70,7 @@ def get_thumbnail(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Fi
 
 @router.delete("/{avatar_id}", status_code=204)
 def delete_avatar(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Response:
-    _get(st, avatar_id)
-    st.avatars.delete(avatar_id)
+    """Also for an avatar whose stored record is damaged: deleting it is how it goes."""
+    if not re.fullmatch(r"[0-9a-f]{1,64}", avatar_id) or not st.avatars.delete(avatar_id):
+        raise ApiError(404, "avatar_not_found", f"no avatar with id {avatar_id[:64]!r}")
     return Response(status_code=204)
