@@ -25,6 +25,7 @@ with warnings.catch_warnings():  # starlette 1.x would rather have httpx2; httpx
 from orchestrator.app import create_app
 from orchestrator.settings import OrchestratorSettings
 from shared import keys
+from shared.checkpoint import write_manifest
 from shared.jobs import JobStore
 from shared.models import AvatarRecord, JobOptions, JobRecord
 
@@ -273,6 +274,16 @@ def test_results_before_success_and_after_loss(api: TestClient, conn: redis.Redi
     _succeed(conn, data_dir, done.id)  # succeeded, but no compose output on disk
     _assert_error(api.get(f"/v1/jobs/{done.id}/result"), 410, "no longer on disk")
     _assert_error(api.get(f"/v1/jobs/{done.id}/captions"), 410)
+    compose = data_dir / "jobs" / done.id / "compose"
+    compose.mkdir(parents=True)
+    (compose / "result.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + b"\1" * 100)
+    _assert_error(api.get(f"/v1/jobs/{done.id}/result"), 410)  # no manifest: never served
+    write_manifest(compose, {"stage": "compose", "job_id": done.id, "engine": "ffmpeg",
+                             "engine_version": "1", "input_hash": "h", "execution_id": "e"},
+                   ["result.mp4"])
+    served = api.get(f"/v1/jobs/{done.id}/result")
+    assert served.status_code == 200 and served.content == (compose / "result.mp4").read_bytes()
+    _assert_error(api.get(f"/v1/jobs/{done.id}/captions"), 410, "no captions.srt")
     _assert_error(api.post(f"/v1/jobs/{done.id}/cancel"), 409, "already succeeded")
     failed = _stored_job(conn, data_dir, avatar_id)
     JobStore(conn, data_dir).fail_stage(failed.id, "audio", None, "the voice broke",
