@@ -361,3 +361,49 @@ def test_scratch_of_dead_executions_is_removed(runtime: Runtime, outcome: str) -
     handler = Speech(crash if outcome == "retry" else None)
     assert execute(runtime, rec.id, "audio", 1, handler) == outcome
     assert _leftovers(runtime, rec.id) == ["visual.tmp-0123456789ab"]
+
+
+def test_a_worker_cut_off_from_redis_stops_within_the_lease(runtime: Runtime,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The fault: every lease renewal fails (Redis unreachable from this worker). Past the
+    lease TTL another execution may own the stage, so this one stops and publishes nothing."""
+    rec = _job(runtime)
+
+    def unreachable(job_id: str, exec_id: str) -> bool:
+        raise redis.ConnectionError("Error 111 connecting to redis")
+
+    monkeypatch.setattr(runtime.store, "renew_lease", unreachable)
+    stopped_after: list[float] = []
+
+    def until_stopped(ctx: StageContext) -> None:
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < 5:
+                ctx.check()
+                time.sleep(0.02)
+        finally:
+            stopped_after.append(time.monotonic() - t0)
+
+    assert execute(runtime, rec.id, "audio", 1, Speech(until_stopped)) == "lease-lost"
+    assert stopped_after and stopped_after[0] < runtime.settings.lease_ttl_s + 1.0
+    after = _get(runtime.store, rec.id)
+    assert (after.stage, after.stage_state) == ("audio", "running")
+    assert not (runtime.store.job_dir(rec.id) / "audio").exists()
+    assert _leftovers(runtime, rec.id) == []
+
+
+def test_progress_is_visible_while_running_and_cleared_after(runtime: Runtime) -> None:
+    rec = _job(runtime)
+    seen: list[tuple[float, float]] = []
+
+    def halfway(ctx: StageContext) -> None:
+        ctx.progress(0.5, force=True)
+        during = _get(runtime.store, rec.id)
+        seen.append((during.stages["audio"].progress, during.progress()))
+
+    assert execute(runtime, rec.id, "audio", 1, Speech(halfway)) == "done"
+    assert seen == [(0.5, pytest.approx(0.075))]  # audio weighs 0.15 of the whole job
+    after = _get(runtime.store, rec.id)
+    assert after.progress() == pytest.approx(0.15)
+    assert runtime.conn.hget(keys.job(rec.id), "progress:audio") is None
