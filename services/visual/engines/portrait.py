@@ -169,6 +169,12 @@ class _MouthRig:
         self._row_lo, self._row_hi = self.pV.min(axis=1), self.pV.max(axis=1)
         self._col_u = np.abs(self.pU).min(axis=0)
 
+    @property
+    def palette(self) -> np.ndarray:
+        """The cavity's shadow and deep colours, the tongue's and the teeth's (4, 3) RGB."""
+        c = self.colours
+        return np.stack([c["shadow"], c["deep"], c["tongue"], c["teeth"]])
+
     def _uv(self, pts: np.ndarray) -> np.ndarray:
         d = pts - self.center
         return np.stack([d @ self.u_hat, d @ self.v_hat], axis=1)
