@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+import redis.asyncio as aredis
 from fastapi import FastAPI
 
 from orchestrator.api import disk, errors, limits, security
@@ -31,6 +32,7 @@ from orchestrator.staging import StagingArea
 from shared.errors import ConfigError
 from shared.jobs import JobStore
 from shared.logs import configure_logging
+from shared.mirror import MirrorWriter
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,11 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         staging = StagingArea(s.data_dir)  # uploads' staging; a dead process's is swept
         staging.sweep([s.data_dir / "avatars", s.data_dir / "media"])
         decoder = ImageDecoder(s)
+        aconn = aredis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10)
+        mirrors = MirrorWriter(s.data_dir)
         app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s, decoder, staging),
-                                       MediaService(s, decoder, staging))
+                                       MediaService(s, decoder, staging), aconn=aconn,
+                                       mirrors=mirrors)
         live_conn = sessions.install(app, app.state.jayavatar)
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
@@ -61,6 +66,8 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
             yield
         finally:
             reconciler.stop()
+            mirrors.close()
+            await aconn.aclose()
             await live_conn.aclose()
             conn.close()
             staging.close()
@@ -92,7 +99,10 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"jayavatar orchestrator: {exc}\n")
         raise SystemExit(2) from exc
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    several = settings.api_workers > 1  # then each process builds its app from the environment
+    uvicorn.run("orchestrator.app:create_app" if several else create_app(settings),
+                factory=several, workers=settings.api_workers, host=settings.host,
+                port=settings.port, access_log=settings.access_log,
                 log_level=settings.log_level.lower())
 
 

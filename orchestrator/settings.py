@@ -29,6 +29,9 @@ class OrchestratorSettings(Settings):
     api_token: SecretStr | None = None
     allowed_hosts: str = ""
     max_event_streams: int = Field(200, ge=1)  # open SSE streams per process; 503 past it
+    # Serving: API processes (one reconciler is active among them) and uvicorn's access log.
+    api_workers: int = Field(1, ge=1, le=32)
+    access_log: bool = False
 
     @property
     def max_upload_bytes(self) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+import redis.asyncio as aredis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -134,20 +135,42 @@ class JobStore:
                             if found is not None:
                                 return found, False
                     pipe.multi()
-                    pipe.hset(keys.job(rec.id), mapping=rec.to_hash())
-                    pipe.sadd(keys.ACTIVE_JOBS, rec.id)
-                    pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
-                    pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
-                    if idem:
-                        pipe.set(idem, rec.id, ex=max(1, int(self.idempotency_ttl_s)))
-                    self._event(pipe, rec)
-                    self._enqueue(pipe, rec.id, "audio", 1)
+                    self._queue_create(pipe, rec, idem)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
         self._mirror(rec)
         return rec, True
+
+    async def create_async(self, aconn: aredis.Redis, rec: JobRecord) -> JobRecord:
+        """`create` for a job without an idempotency key, on an asyncio connection: the same
+        MULTI/EXEC, done when it returns; the job.json mirror is left to the caller
+        (shared/mirror.py). The writes (rq's enqueue among them) are queued on a sync pipeline
+        that never runs, then sent as one transaction."""
+        if rec.idempotency_key:
+            raise ValueError("create_async takes no idempotency key; use create()")
+        rec.stages = {"audio": StageInfo(status="queued")}
+        recorder = self.conn.pipeline(transaction=True)
+        recorder.multi()
+        self._queue_create(recorder, rec, None)
+        async with aconn.pipeline(transaction=True) as pipe:
+            for args, options in recorder.command_stack:
+                pipe.pipeline_execute_command(*args, **options)
+            await pipe.execute()
+        recorder.reset()
+        return rec
+
+    def _queue_create(self, pipe: redis.client.Pipeline, rec: JobRecord, idem: str | None) -> None:
+        """The writes of a new job, queued on a pipeline in MULTI mode."""
+        pipe.hset(keys.job(rec.id), mapping=rec.to_hash())
+        pipe.sadd(keys.ACTIVE_JOBS, rec.id)
+        pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
+        pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
+        if idem:
+            pipe.set(idem, rec.id, ex=max(1, int(self.idempotency_ttl_s)))
+        self._event(pipe, rec)
+        self._enqueue(pipe, rec.id, "audio", 1)
 
     def restore(self, rec: JobRecord) -> bool:
         """Put a record read from job.json back into Redis (after Redis lost its data).

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
+import redis.asyncio as aredis
 from fastapi import Request
 
 from orchestrator.avatars import AvatarService
 from orchestrator.media import MediaService
 from orchestrator.settings import OrchestratorSettings
 from shared.jobs import JobStore
+from shared.mirror import MirrorWriter
+from shared.models import AvatarRecord
+
+
+class StreamCount:
+    """Event streams open in this process, bounded by MAX_EVENT_STREAMS: each holds a Redis
+    connection (its blocking XREAD) and a task for as long as its client stays."""
+
+    def __init__(self) -> None:
+        self.open = 0
 
 
 @dataclass
@@ -20,7 +31,15 @@ class AppState:
     store: JobStore
     avatars: AvatarService
     media: MediaService
+    aconn: aredis.Redis  # for async routes (POST /v1/jobs, event streams)
+    mirrors: MirrorWriter  # new jobs' job.json, written off the request path
+    # avatar id -> (monotonic time read, record): POST /v1/jobs reads an avatar from Redis at
+    # most every AVATAR_CACHE_S (routes/jobs.py)
+    avatar_cache: dict[str, tuple[float, AvatarRecord]] = field(default_factory=dict)
+    event_streams: StreamCount = field(default_factory=StreamCount)
 
 
-def state(request: Request) -> AppState:
+async def state(request: Request) -> AppState:
+    """Async so FastAPI calls it in the event loop: a sync dependency costs every request a
+    trip through the thread pool."""
     return request.app.state.jayavatar

@@ -22,7 +22,7 @@ import redis.asyncio as aredis
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 
-from orchestrator.api.deps import AppState, state
+from orchestrator.api.deps import AppState, StreamCount, state
 from orchestrator.api.errors import ApiError
 from orchestrator.schemas import JobPublic
 from shared import keys
@@ -36,6 +36,7 @@ BLOCK_MS = 1000  # one XREAD waits this long, so a gone client is noticed within
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and clients from timing out
 RECHECK_S = 5.0  # while idle, look at the record this often (covers a trimmed or expired stream)
 RETRY_MS = 2000  # how long an EventSource waits before reconnecting
+RETRY_AFTER_S = 5  # what a refused stream (past MAX_EVENT_STREAMS) is told
 _ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
@@ -81,8 +82,8 @@ async def _snapshot(conn: aredis.Redis, job_id: str) -> tuple[JobRecord | None, 
     return rec, keys.text(newest[0][0]) if newest else "0-0"
 
 
-async def _follow(conn: aredis.Redis, rec: JobRecord, cursor: str,
-                  resumed: bool) -> AsyncIterator[str]:
+async def _follow(conn: aredis.Redis, rec: JobRecord, cursor: str, resumed: bool,
+                  count: StreamCount) -> AsyncIterator[str]:
     try:
         yield f"retry: {RETRY_MS}\n\n"
         yield sse("snapshot", JobPublic.of(rec).model_dump(mode="json"))
@@ -92,6 +93,7 @@ async def _follow(conn: aredis.Redis, rec: JobRecord, cursor: str,
         async for chunk in _tail(conn, rec, cursor, None if resumed else rec.stage):
             yield chunk
     finally:
+        count.open -= 1
         with anyio.CancelScope(shield=True):
             await conn.aclose()
 
@@ -144,6 +146,15 @@ async def job_events(job_id: str, st: Annotated[AppState, Depends(state)],
         raise ApiError(400, "bad_last_event_id",
                        f"Last-Event-ID {last_event_id[:40]!r} is not an event id; expected the "
                        "'id' of an event from this stream, like '1712345678901-0'")
+    count = st.event_streams
+    limit = st.settings.max_event_streams
+    if count.open >= limit:
+        logger.warning("event stream for job %s refused: %d open (MAX_EVENT_STREAMS)", job_id,
+                       count.open)
+        raise ApiError(503, "too_many_streams",
+                       f"this server already follows {count.open} event streams (its limit is "
+                       f"{limit}); retry in a few seconds, or poll GET /v1/jobs/{job_id}",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
     conn = aredis.Redis.from_url(st.settings.redis_url, health_check_interval=10,
                                  client_name="jayavatar-events")
     try:
@@ -154,8 +165,10 @@ async def job_events(job_id: str, st: Annotated[AppState, Depends(state)],
     if rec is None:
         await conn.aclose()
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    count.open += 1  # given back when the stream ends (_follow)
     resumed = last_event_id is not None
     cursor = last_event_id.strip() if last_event_id is not None else newest
     logger.info("job %s: event stream opened from %s", job_id, cursor)
-    return StreamingResponse(_follow(conn, rec, cursor, resumed), media_type="text/event-stream",
+    return StreamingResponse(_follow(conn, rec, cursor, resumed, count),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -5,21 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from orchestrator import engines
 from orchestrator.api.deps import AppState, state
 from orchestrator.api.errors import ApiError
+from orchestrator.avatars import parse_avatar
 from orchestrator.schemas import JobAccepted, JobCreate, JobPublic
-from shared import spoken_text, textcheck
+from shared import keys, spoken_text, textcheck
 from shared.checkpoint import load_manifest
 from shared.models import (
     MIN_FACE_PX,
+    AvatarRecord,
     JobOptions,
     JobRecord,
     frame_size,
@@ -31,6 +35,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _IDEM = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _COLOUR = re.compile(r"^#[0-9a-f]{6}$")
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+AVATAR_CACHE_S = 2.0
 
 
 def _get(st: AppState, job_id: str) -> JobRecord:
@@ -41,15 +46,18 @@ def _get(st: AppState, job_id: str) -> JobRecord:
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
-def create_job(body: JobCreate, request: Request, response: Response,
-               st: Annotated[AppState, Depends(state)],
-               idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
+async def create_job(body: JobCreate, request: Request, response: Response,
+                     st: Annotated[AppState, Depends(state)],
+                     idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
+    """Async, so a submission costs no thread hop: its Redis reads and the MULTI/EXEC go over
+    the asyncio connection (202 only after EXEC), job.json is mirrored in the background, and
+    only a keyed (idempotent) submission runs the WATCHed path in a thread."""
     if idempotency_key is not None and not _IDEM.match(idempotency_key):
         raise ApiError(400, "bad_idempotency_key",
                        "the Idempotency-Key header must be 1-128 characters of letters, digits, "
                        "'_', '.', ':' or '-'")
     text = _checked_text(body.text, st.settings.max_text_chars)
-    avatar = st.avatars.get(body.avatar_id)
+    avatar = await _avatar(st, body.avatar_id)
     if avatar is None:
         raise ApiError(404, "avatar_not_found",
                        f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
@@ -78,7 +86,11 @@ def create_job(body: JobCreate, request: Request, response: Response,
                     idempotency_key=idempotency_key, engines=chosen, notes=notes,
                     idempotency_scope=_idempotency_scope(request, st) if idempotency_key else None,
                     request_hash=request_hash)
-    rec, created = st.store.create(rec)
+    if idempotency_key:
+        rec, created = await anyio.to_thread.run_sync(st.store.create, rec)
+    else:
+        rec, created = await st.store.create_async(st.aconn, rec), True
+        st.mirrors.submit(rec)
     if not created and rec.request_hash not in (None, request_hash):
         raise ApiError(422, "idempotency_key_reused",
                        f"the Idempotency-Key {idempotency_key!r} was already used for job "
@@ -89,6 +101,25 @@ def create_job(body: JobCreate, request: Request, response: Response,
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{rec.id}"
     return JobAccepted(id=rec.id, status=rec.status, status_url=f"/v1/jobs/{rec.id}")
+
+
+async def _avatar(st: AppState, avatar_id: str) -> AvatarRecord | None:
+    """The avatar, read from Redis at most every AVATAR_CACHE_S per process: a submission then
+    costs one Redis round trip (its transaction). An avatar deleted in the last seconds may
+    still be accepted; its job then fails with a message saying the avatar is gone."""
+    now = time.monotonic()
+    hit = st.avatar_cache.get(avatar_id)
+    if hit is not None and now - hit[0] < AVATAR_CACHE_S:
+        return hit[1]
+    raw = await st.aconn.get(keys.avatar(avatar_id))
+    if not raw:
+        st.avatar_cache.pop(avatar_id, None)
+        return None
+    avatar = parse_avatar(avatar_id, raw)  # 409 if its record is damaged
+    if len(st.avatar_cache) >= 1000:
+        st.avatar_cache.clear()
+    st.avatar_cache[avatar_id] = (now, avatar)
+    return avatar
 
 
 def _checked_text(raw: str, limit: int) -> str:
