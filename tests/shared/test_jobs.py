@@ -129,6 +129,27 @@ def test_restore_does_not_duplicate_a_job_redis_has(store: JobStore, conn: redis
     assert _queue(conn, "audio") == [keys.rq_job_id(rec.id, "audio", 1)]
 
 
+def test_restore_after_redis_lost_its_data_reenqueues_from_job_json(
+        store: JobStore, conn: redis.Redis) -> None:
+    """`jayavatar recover --from-disk`: the mirror brings a job back at its stage with
+    attempt+1 (its checkpoints on disk are then reused); a finished one is only listed."""
+    running, done = _new(store), _finished(store, "succeeded")
+    store.start_stage(running.id, "audio", 1, "exec-a", "w")
+    store.complete_stage(running.id, "audio", "exec-a", engine="piper", skipped=False)
+    mirrors = {job_id: JobRecord.model_validate_json(
+        (store.job_dir(job_id) / "job.json").read_text()) for job_id in (running.id, done.id)}
+    _clear(conn)  # Redis lost everything
+    assert store.restore(mirrors[running.id]) and store.restore(mirrors[done.id])
+    back = _get(store, running.id)
+    assert _state(back) == ("running", "visual", "queued", 2)
+    assert back.stages["audio"].status == "done"
+    assert _queue(conn, "visual") == [keys.rq_job_id(running.id, "visual", 2)]
+    assert _active(conn) == {running.id}
+    assert _get(store, done.id).status == "succeeded"
+    assert [r.id for r in store.list("succeeded")] == [done.id]
+    assert _queue(conn, "compose") == []
+
+
 # ---- start_stage ---------------------------------------------------------------------------
 
 def test_start_stage_takes_the_lease_and_marks_the_job_running(store: JobStore) -> None:
