@@ -247,8 +247,8 @@ async def stop_latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: in
             await c.ws.send(json.dumps({"type": "stop"}))
             arrived, ended = await c.wait("speech.end", id=line_id)
             walls.append(1000 * (arrived - sent))
-            # the media time playing when stop was sent: that of the fragment arriving then
-            playing = max((v for a, v, _ in c.frags if a <= sent), default=0.0)
+            # the media time at the client when stop was sent: where the next fragment begins
+            playing = min((v for a, v, _ in c.frags if a > sent), default=0.0)
             medias.append((playing, ended["media_time"]))
             await asyncio.sleep(1.0)
         audio = decoded_audio(bytes(c.data))
@@ -291,7 +291,9 @@ async def concurrency(http: httpx.AsyncClient, avatar_id: str, size: int, most: 
 
 async def measure(api: str, avatar_id: str, args: argparse.Namespace) -> dict:
     async with httpx.AsyncClient(base_url=api, timeout=60) as http:
-        report: dict[str, Any] = {"size": args.size, "fps": 25}
+        # the machine is shared: its load says how far the figures are from an idle machine's
+        report: dict[str, Any] = {"size": args.size, "fps": 25, "live_nice": args.live_nice,
+                                  "load_average_at_start": os.getloadavg()[0]}
         report["latency"] = await latency(http, avatar_id, args.size, args.lines,
                                           args.out.parent / "live_stream.mp4")
         log(f"latency: {report['latency']['p50_ms']} ms p50, {report['latency']['p95_ms']} p95")
@@ -302,6 +304,7 @@ async def measure(api: str, avatar_id: str, args: argparse.Namespace) -> dict:
         report["concurrency"] = [await concurrency(http, avatar_id, size, args.most,
                                                    args.concurrent_seconds)
                                  for size in args.concurrency_sizes]
+        report["load_average_at_end"] = os.getloadavg()[0]
         return report
 
 
@@ -313,12 +316,15 @@ def main() -> int:
     parser.add_argument("--concurrency-sizes", type=int, nargs="*", default=[512, 384])
     parser.add_argument("--most", type=int, default=8, help="most concurrent sessions tried")
     parser.add_argument("--concurrent-seconds", type=float, default=20.0)
+    parser.add_argument("--live-nice", type=int, default=0,
+                        help="LIVE_NICE of the live workers (e.g. -10 on a busy shared machine)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_live.json"))
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="jayavatar-bench-live-"))
     os.environ["LIVE_MAX_SESSIONS"] = "64"  # the bench finds the capacity; no cap while it does
     os.environ["LIVE_SESSIONS_PER_WORKER"] = str(args.most)
+    os.environ["LIVE_NICE"] = str(args.live_nice)
     stack = Stack(data_dir, 6394, 8794, data_dir / "logs")
     try:
         stack.start()
@@ -327,6 +333,9 @@ def main() -> int:
             resp = client.post("/v1/avatars", files={"portrait": ("p.png", portrait)})
             resp.raise_for_status()
             avatar_id = resp.json()["id"]
+        if args.live_nice:  # the rest of the live path (relay, Redis, this client) as well
+            for pid in [stack.procs[n].pid for n in ("orchestrator", "redis")] + [0]:
+                os.setpriority(os.PRIO_PROCESS, pid, args.live_nice)
         report = asyncio.run(measure(stack.api_url, avatar_id, args))
     finally:
         stack.stop()

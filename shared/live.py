@@ -204,8 +204,15 @@ class LiveWorker:
         self.threads: dict[str, threading.Thread] = {}
         self.leases: dict[str, Lease] = {}
 
-    def run(self, poll_s: float = 0.2) -> None:
-        logger.info("%s: serving live sessions (up to %d)", self.name, self.max_sessions)
+    def run(self, poll_s: float = 0.2, nice: int = 0) -> None:
+        if nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+            except OSError as exc:
+                logger.warning("%s: cannot take nice value %d (%s); running at %d", self.name,
+                               nice, exc, os.getpriority(os.PRIO_PROCESS, 0))
+        logger.info("%s: serving live sessions (up to %d, nice %d)", self.name,
+                    self.max_sessions, os.getpriority(os.PRIO_PROCESS, 0))
         beat = threading.Thread(target=self._heartbeat, name="live-heartbeat", daemon=True)
         beat.start()
         while not self.stopping.is_set():

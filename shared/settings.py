@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     live_fragment_ms: int = Field(120, ge=20, le=2000)
     live_lease_ttl_s: float = Field(1.0, gt=0.1)
     live_sessions_per_worker: int = Field(4, ge=1, le=64)
+    # Scheduling priority (nice value) the live workers take at start: interactive sessions
+    # before batch work on a busy machine; below 0 needs CAP_SYS_NICE (root).
+    live_nice: int = Field(0, ge=-20, le=19)
 
     # Job records: a finished job's record, its listing entries and its folder go this many days
     # after it ended (0: kept forever); an Idempotency-Key names its job this long.

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run()
+    worker.run(nice=settings.live_nice)
     return 0
 
 
