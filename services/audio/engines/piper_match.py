@@ -16,8 +16,9 @@ import tempfile
 import time
 import wave
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from services.audio.engines import Speech
 from services.audio.engines import voice_profile as profiles
@@ -37,24 +38,28 @@ FORMANT_LIMITS = (0.85, 1.3)  # past these Praat's resampling trick sounds artif
 RANGE_LIMITS = (0.5, 2.0)
 RATE_LIMITS = (0.8, 1.25)  # speaking-rate factor relative to joe; a sample's rate is noisy
 PEAK = 0.97  # full scale fraction the reshaped audio may reach
+PITCH_TOLERANCE = 0.02  # a reshaped median further off than this is aimed again, once
 
 
 @dataclass(frozen=True)
 class Shift:
-    """How to reshape joe: target pitch median (Hz), pitch spread factor, formant ratio, rate."""
+    """How to reshape joe: target pitch median (Hz; 0 = the speech's own median times
+    `pitch_factor`), pitch spread factor, formant ratio, rate."""
 
-    pitch_median: float
+    pitch_median: float = 0.0
+    pitch_factor: float = 1.0
     range_factor: float = 1.0
     formant_ratio: float = 1.0
     rate: float = 1.0  # > 1 speaks faster
 
     def to_json(self) -> dict[str, float]:
         return {"pitch_median": round(self.pitch_median, 2),
+                "pitch_factor": round(self.pitch_factor, 3),
                 "range_factor": round(self.range_factor, 3),
                 "formant_ratio": round(self.formant_ratio, 3), "rate": round(self.rate, 3)}
 
 
-# Presets: joe's pitch times a factor, and its formants scaled (semitones in the comments).
+# Presets: the pitch of joe's speech times a factor, its formants scaled (semitones noted).
 PRESETS: dict[str, tuple[float, float]] = {
     "piper-low": (0.84, 0.94),  # -3 st, a longer vocal tract: a deeper man
     "piper-high": (1.26, 1.06),  # +4 st, a shorter one: a younger, lighter man
@@ -94,9 +99,10 @@ class ShiftedPiperEngine:
         self.last_shift: Shift | None = None
 
     def joe(self) -> profiles.VoiceProfile:
-        """joe's own profile: from MODELS_DIR/piper/joe.profile.json or measured once."""
+        """joe's own profile: from MODELS_DIR/piper/<voice>.profile-v<METHOD>.json, or measured
+        once (Piper speaks REFERENCE_TEXT) and kept there."""
         if self._joe is None:
-            cache = self.models_dir / "piper" / f"{VOICE}.profile.json"
+            cache = self.models_dir / "piper" / f"{VOICE}.profile-v{profiles.METHOD}.json"
             try:
                 self._joe = profiles.VoiceProfile.from_json(_read_json(cache))
             except (OSError, ValueError, KeyError, TypeError):
@@ -111,9 +117,9 @@ class ShiftedPiperEngine:
         return self._joe
 
     def shift_for(self, voice_sample: Path | None, cache_dir: Path | None) -> Shift:
-        """The preset's shift, relative to joe's measured pitch."""
+        """The preset's shift: pitch relative to that of the speech at hand."""
         pitch, formants = PRESETS[self.name]
-        return Shift(pitch_median=self.joe().pitch_median * pitch, formant_ratio=formants)
+        return Shift(pitch_factor=pitch, formant_ratio=formants)
 
     def synthesize(
         self,
@@ -142,7 +148,7 @@ class ShiftedPiperEngine:
                                            progress=spoken, should_stop=should_stop)
             if should_stop is not None and should_stop():
                 raise Canceled("speech synthesis canceled before the voice was reshaped")
-            n = reshape(raw, out_wav, shift)
+            n, shift = reshape(raw, out_wav, shift)
         finally:
             raw.unlink(missing_ok=True)
         if progress is not None:
@@ -204,9 +210,10 @@ def stretched_length(n: int, shift: Shift) -> int:
     return round(n / shift.rate)
 
 
-def reshape(src: Path, dst: Path, shift: Shift) -> int:
+def reshape(src: Path, dst: Path, shift: Shift) -> tuple[int, Shift]:
     """Apply `shift` to the WAV `src`, written atomically to `dst` at the same sample rate and
-    loudness (peaks held under PEAK), exactly `stretched_length` samples long; returns that."""
+    loudness (peaks held under PEAK), exactly `stretched_length` samples long; returns that
+    length and the shift as applied (a relative pitch resolved to Hz)."""
     import numpy as np
     import parselmouth
     from parselmouth.praat import call
@@ -215,8 +222,21 @@ def reshape(src: Path, dst: Path, shift: Shift) -> int:
         sound = parselmouth.Sound(str(src))
         rate = int(sound.sampling_frequency)
         x = sound.values[0]
-        out = call(sound, "Change gender", profiles.PITCH_FLOOR, profiles.PITCH_CEILING,
-                   shift.formant_ratio, shift.pitch_median, shift.range_factor, 1.0 / shift.rate)
+        if shift.pitch_median <= 0:  # relative: Praat wants the new median in Hz
+            median = _pitch_median(sound)
+            if median is None:
+                raise StageFailed("voice shift: the speech has no voiced part to reshape")
+            shift = replace(shift, pitch_median=median * shift.pitch_factor)
+        # Praat aims at the median of its own pitch analysis, which strays a few per cent from
+        # ours on low voices: measure what came out and aim again once if it missed
+        ask = shift.pitch_median
+        for _ in range(2):
+            out = call(sound, "Change gender", profiles.PITCH_FLOOR, profiles.PITCH_CEILING,
+                       shift.formant_ratio, ask, shift.range_factor, 1.0 / shift.rate)
+            got = _pitch_median(out)
+            if got is None or abs(got / shift.pitch_median - 1) <= PITCH_TOLERANCE:
+                break
+            ask *= shift.pitch_median / got
     except parselmouth.PraatError as exc:
         raise StageFailed(f"voice shift: Praat could not reshape the speech: {exc}") from exc
     y = np.zeros(stretched_length(len(x), shift))
@@ -234,7 +254,16 @@ def reshape(src: Path, dst: Path, shift: Shift) -> int:
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(np.round(y * 32767).astype("<i2").tobytes())
-    return len(y)
+    return len(y), shift
+
+
+def _pitch_median(sound: Any) -> float | None:
+    """Median pitch (Hz) of a parselmouth Sound's voiced frames, measured as profiles do."""
+    import numpy as np
+
+    f0 = sound.to_pitch_ac(time_step=profiles.STEP, pitch_floor=profiles.PITCH_FLOOR,
+                           pitch_ceiling=profiles.PITCH_CEILING).selected_array["frequency"]
+    return float(np.median(f0[f0 > 0])) if (f0 > 0).any() else None
 
 
 def _read_json(path: Path) -> dict:

@@ -23,6 +23,7 @@ PITCH_FLOOR, PITCH_CEILING = 60.0, 500.0  # Hz: deep male to child voices
 MAX_FORMANT = 5500.0  # Hz: Praat's Burg analysis up to here, the same for every voice
 STEP = 0.01  # s between analysis frames
 MIN_VOICED_S = 0.5  # less voiced speech than this measures nothing reliable
+METHOD = 1  # bump when the measurement changes: cached profiles of older methods are not read
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ def _syllable_rate(sound: object, pitch_times: object, voiced: object) -> float:
 
 
 def cached(wav: Path, sha256: str, cache_dir: Path | None) -> VoiceProfile:
-    """`measure(wav)`, kept as voice_profile-<sha256>.json in `cache_dir` for the next job."""
-    cache = Path(cache_dir) / f"voice_profile-{sha256}.json" if cache_dir else None
+    """`measure(wav)`, kept as voice_profile-v<METHOD>-<sha256>.json in `cache_dir`."""
+    cache = Path(cache_dir) / f"voice_profile-v{METHOD}-{sha256}.json" if cache_dir else None
     if cache is not None and cache.is_file():
         try:
             return VoiceProfile.from_json(json.loads(cache.read_text()))

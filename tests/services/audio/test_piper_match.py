@@ -114,14 +114,39 @@ def test_phoneme_timings_cover_the_audio_at_the_samples_rate(
                                                                               abs=1e-4)
     assert all(a["end"] == b["start"] for a, b in zip(phonemes, phonemes[1:], strict=False))
     # the audio is stretched by the rate change, and every phoneme with it: the speech starts
-    # and ends in the audio where the timings say
-    spoken = [p for p in phonemes if any(c.isalpha() for c in p["phoneme"])]  # not pauses
+    # where the timings say, every pause they list is silent and every sound they list is not
+    # (timings left unscaled would be off by 1.6 s at the end)
+    spoken = [p for p in phonemes if any(c.isalpha() for c in p["phoneme"])]
     onset, offset = _speech_span(out)
     assert onset == pytest.approx(spoken[0]["start"], abs=0.04)
-    assert offset == pytest.approx(spoken[-1]["end"], abs=0.1)  # unscaled: 1.5 s off
+    assert offset == pytest.approx(spoken[-1]["end"], abs=0.15)
+    level = _levels(out)
+    pauses = [p for p in phonemes if p["phoneme"] in ("_", ".", ",") and
+              p["end"] - p["start"] > 0.05]
+    assert len(pauses) >= 4  # start, the full stop, the comma, the end
+    for p in pauses:
+        assert _loudest(level, p) < -35, p
+    loud = [_loudest(level, p) > -40 for p in spoken if p["end"] - p["start"] > 0.06]
+    assert np.mean(loud) > 0.85  # stop closures are quiet
     # slower than joe by the rate (Piper draws its durations with some noise: a few per cent)
     joe_onset, joe_offset = _speech_span(plain[0])
     assert (offset - onset) / (joe_offset - joe_onset) == pytest.approx(1 / rate, rel=0.06)
+
+
+def _levels(path: Path) -> np.ndarray:
+    """dB of each 10 ms frame relative to the loudest one."""
+    with wave.open(str(path), "rb") as wav:
+        hop = wav.getframerate() // 100
+        x = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(float)
+    frames = x[: len(x) // hop * hop].reshape(-1, hop)
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-9)
+    return level - level.max()
+
+
+def _loudest(level: np.ndarray, phoneme: dict) -> float:
+    """The loudest 10 ms frame in the middle half of a phoneme's span."""
+    a, b = phoneme["start"] * 100, phoneme["end"] * 100
+    return float(level[int(a + (b - a) / 4): int(b - (b - a) / 4) + 1].max())
 
 
 def _speech_span(path: Path) -> tuple[float, float]:
@@ -195,8 +220,8 @@ def test_reshape_keeps_length_and_level(plain: tuple[Path, object], tmp_path: Pa
     from services.audio.engines.piper_match import Shift
 
     out = tmp_path / "r.wav"
-    n = reshape(plain[0], out, Shift(pitch_median=180.0, formant_ratio=1.2))
-    assert n == wav_samples(out) == wav_samples(plain[0])
+    n, applied = reshape(plain[0], out, Shift(pitch_median=180.0, formant_ratio=1.2))
+    assert n == wav_samples(out) == wav_samples(plain[0]) and applied.pitch_median == 180.0
 
     def rms(path: Path) -> float:
         with wave.open(str(path), "rb") as wav:
