@@ -1,6 +1,7 @@
 """How close piper-match gets to a voice sample, and what it costs in intelligibility and time.
 
-For each generated speaker (espeak-ng voices; no real recordings ship) it speaks one passage with
+For each generated speaker (espeak-ng voices and joe transformed by WORLD; no real recordings
+ship) it speaks one passage with
 plain joe (what an avatar with a sample spoke before piper-match), with piper-match (Praat PSOLA,
 what runs) and, for comparison, with the same shift made by the WORLD vocoder (pyworld), and
 measures:
@@ -54,7 +55,11 @@ SPEAKERS = {  # name: espeak-ng voice, words per minute
     "espeak en+f1 (woman, faster)": ("en+f1", 185),
     "espeak en+m3 (man)": ("en+m3", 160),
     "espeak en+m1 (man, slow)": ("en+m1", 130),
+    # joe made into someone else by WORLD (not Praat, which would flatter piper-match); WORLD's
+    # own result on this one is flattered instead
+    "joe via WORLD (pitch x1.9, formants x1.15, slower)": ("world", 0),
 }
+OTHER_JOE = Shift(pitch_median=0.0, pitch_factor=1.9, formant_ratio=1.15, rate=0.9)
 
 
 def espeak(path: Path, voice: str, wpm: int) -> Path:
@@ -90,7 +95,7 @@ def world_reshape(src: Path, dst: Path, shift: Shift) -> float:
     ap = pyworld.d4c(x, f0, t, rate)
     voiced = f0 > 0
     median = float(np.median(f0[voiced]))
-    target = shift.pitch_median if shift.pitch_median > 0 else median
+    target = shift.pitch_median if shift.pitch_median > 0 else median * shift.pitch_factor
     f0[voiced] = target * (f0[voiced] / median) ** shift.range_factor
     bins = np.arange(sp.shape[1])
     source = np.clip(bins / shift.formant_ratio, 0, bins[-1])
@@ -160,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             world_reshape(plain, vocoded, Shift(pitch_median=0.0))
             vocoded_embedding = judges.embed(vocoded)
         for name, (voice, wpm) in SPEAKERS.items():
-            sample = espeak(tmp / f"{voice}-{wpm}.wav", voice, wpm)
+            if voice == "world":
+                sample = tmp / "other-joe.wav"
+                PiperEngine(args.models_dir).synthesize(SAMPLE_TEXT, tmp / "joe-sample.wav")
+                world_reshape(tmp / "joe-sample.wav", sample, OTHER_JOE)
+            else:
+                sample = espeak(tmp / f"{voice}-{wpm}.wav", voice, wpm)
             profile = measure(sample)
             reference = judges.embed(sample)
             shift = match(profile, joe_profile)
