@@ -220,15 +220,36 @@ async def talk(c: Client, seconds: float, share: float, tag: str) -> float:
     return spoken / seconds
 
 
-async def stalls(http: httpx.AsyncClient, avatar_id: str, size: int, seconds: float) -> dict:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system, all threads) each process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def stalls(http: httpx.AsyncClient, avatar_id: str, size: int, seconds: float,
+                 pids: dict[str, int]) -> dict:
     c = await new_session(http, avatar_id, size)
     try:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cpu_seconds(pids)
         share = await talk(c, seconds, 0.7, "st")
         lag = c.max_lag(t0)
+        wall, cpu1 = time.monotonic() - t0, cpu_seconds(pids)
     finally:
         await end_session(http, c)
+    # what one session costs, whatever else the machine runs: CPU seconds per second of stream
+    cost = {n: round((cpu1[n] - cpu0[n]) / wall, 3) for n in cpu1 if n in cpu0
+            and (n.startswith("live") or n in ("orchestrator", "redis"))}
+    cost = {n: v for n, v in cost.items() if v > 0.001}
     return {"seconds": seconds, "speech_share": round(share, 2),
+            "cpu_per_stream_second": cost,
+            "cpu_per_stream_second_total": round(sum(cost.values()), 3),
             "max_lag_ms": round(1000 * lag), "stalls_over_200ms": sum(
                 1 for f in c.frags if f[0] >= t0
                 and (f[0] - f[1]) - min(a - v for a, v, _ in c.frags if a >= t0) > LAG_LIMIT_S)}
@@ -247,21 +268,25 @@ async def stop_latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: in
             await c.ws.send(json.dumps({"type": "stop"}))
             arrived, ended = await c.wait("speech.end", id=line_id)
             walls.append(1000 * (arrived - sent))
-            # the media time at the client when stop was sent: where the next fragment begins
-            playing = min((v for a, v, _ in c.frags if a > sent), default=0.0)
-            medias.append((playing, ended["media_time"]))
+            # the media time at the client's live edge when stop was sent (arrival - media time
+            # is steady while nothing stalls: its least value maps wall time to media time)
+            edge = sent - min(a - v for a, v, _ in c.frags)
+            medias.append((edge, ended["media_time"]))
             await asyncio.sleep(1.0)
         audio = decoded_audio(bytes(c.data))
     finally:
         await end_session(http, c)
-    silence_ms = []
-    for playing, ended in medias:
+    cut_ms, fade_ms = [], []
+    for edge, ended in medias:
         t = ended - c.offset
-        while t < ended - c.offset + 1.0 and _rms(audio, t, 0.04) > 1e-3:
-            t += 0.02
-        silence_ms.append(round(1000 * (t + c.offset - playing)))
-    return {"stops": n, "event_ms": [round(v) for v in walls],
-            "media_to_silence_ms": silence_ms, "max_media_to_silence_ms": max(silence_ms)}
+        while t < ended - c.offset + 1.0 and _rms(audio, t, 0.02) > 1e-3:
+            t += 0.01
+        cut_ms.append(round(1000 * (ended - edge)))  # stop applied, after the live edge
+        fade_ms.append(round(1000 * (t + c.offset - ended)))  # silent, after it was applied
+    total = [a + b for a, b in zip(cut_ms, fade_ms, strict=True)]
+    return {"stops": n, "event_ms": [round(v) for v in walls], "cut_after_edge_ms": cut_ms,
+            "silent_after_cut_ms": fade_ms, "media_to_silence_ms": total,
+            "max_media_to_silence_ms": max(total)}
 
 
 async def concurrency(http: httpx.AsyncClient, avatar_id: str, size: int, most: int,
@@ -289,7 +314,8 @@ async def concurrency(http: httpx.AsyncClient, avatar_id: str, size: int, most: 
     return {"size": size, "stall_free_sessions": best, "runs": rows}
 
 
-async def measure(api: str, avatar_id: str, args: argparse.Namespace) -> dict:
+async def measure(api: str, avatar_id: str, args: argparse.Namespace,
+                  pids: dict[str, int]) -> dict:
     async with httpx.AsyncClient(base_url=api, timeout=60) as http:
         # the machine is shared: its load says how far the figures are from an idle machine's
         report: dict[str, Any] = {"size": args.size, "fps": 25, "live_nice": args.live_nice,
@@ -297,7 +323,7 @@ async def measure(api: str, avatar_id: str, args: argparse.Namespace) -> dict:
         report["latency"] = await latency(http, avatar_id, args.size, args.lines,
                                           args.out.parent / "live_stream.mp4")
         log(f"latency: {report['latency']['p50_ms']} ms p50, {report['latency']['p95_ms']} p95")
-        report["stalls"] = await stalls(http, avatar_id, args.size, args.seconds)
+        report["stalls"] = await stalls(http, avatar_id, args.size, args.seconds, pids)
         log(f"stalls: {report['stalls']}")
         report["stop"] = await stop_latency(http, avatar_id, args.size)
         log(f"stop: {report['stop']}")
@@ -336,7 +362,8 @@ def main() -> int:
         if args.live_nice:  # the rest of the live path (relay, Redis, this client) as well
             for pid in [stack.procs[n].pid for n in ("orchestrator", "redis")] + [0]:
                 os.setpriority(os.PRIO_PROCESS, pid, args.live_nice)
-        report = asyncio.run(measure(stack.api_url, avatar_id, args))
+        pids = {name: p.pid for name, p in stack.procs.items()}
+        report = asyncio.run(measure(stack.api_url, avatar_id, args, pids))
     finally:
         stack.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)

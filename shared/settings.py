@@ -41,13 +41,16 @@ class Settings(BaseSettings):
     # Free space (MB) DATA_DIR must keep: below it the API refuses new work (507) and /healthz
     # says "disk low"; a stage that hits a full disk waits for it before running again.
     min_free_mb: float = Field(500.0, ge=0)
+    # Stage workers lower their CPU priority by this much (nice): batch work yields the CPU to
+    # the API and Redis when both want it, and still gets all of it when the API is idle.
+    worker_nice: int = Field(10, ge=0, le=19)
 
     # Live sessions (shared/live.py): how many 512x512 25 fps sessions this machine holds
     # (smaller or slower sessions count in proportion to their pixels per second), how long an
     # unattended session lives, the stream's fragment length, and the lease a worker holds.
     live_max_sessions: float = Field(4.0, ge=0)
     live_idle_timeout_s: float = Field(300.0, gt=0)
-    live_fragment_ms: int = Field(120, ge=20, le=2000)
+    live_fragment_ms: int = Field(80, ge=20, le=2000)
     live_lease_ttl_s: float = Field(1.0, gt=0.1)
     live_sessions_per_worker: int = Field(4, ge=1, le=64)
     # Scheduling priority (nice value) the live workers take at start: interactive sessions

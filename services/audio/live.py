@@ -30,6 +30,18 @@ logger = logging.getLogger(__name__)
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 _RECORD_CHECK_S = 1.0
 _SYNTH_LOCK = threading.Lock()
+FIRST_SPLIT_WORDS = 8  # a first sentence this long is spoken clause first
+
+
+def first_clause(line: str) -> list[str]:
+    """The line, with a long first sentence's opening clause split off at its first comma:
+    Piper's time to the first sound grows with the sentence, and a clause is spoken sooner."""
+    line = line.strip()
+    first = _SENTENCE_END.split(line, maxsplit=1)[0]
+    comma = first.find(", ")
+    if len(first.split()) < FIRST_SPLIT_WORDS or comma < 0 or len(first[:comma].split()) < 2:
+        return [line]
+    return [line[:comma + 1], line[comma + 2:]]
 
 
 def split_sentences(line: str, count: int) -> list[str]:
@@ -99,31 +111,37 @@ class AudioSession:
         t0 = time.monotonic()
         try:
             with _SYNTH_LOCK:  # espeak-ng's phonemizer is one global per process
-                count = self.engine.sentence_count(line)
-            words = split_sentences(line, count)
-            pieces = self.engine.sentences(line)
-            for seq in range(count):
-                with _SYNTH_LOCK:
-                    piece = next(pieces, None)
-                if piece is None:
-                    return
-                pcm, phonemes = piece
-                last = seq >= count - 1
-                live.xadd(self.conn, live.speech(self.rec.id), {
-                    "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq,
-                    "last": int(last), "rate": self.engine.sample_rate,
-                    "pcm": pcm, "phonemes": json.dumps(phonemes),
-                    "text": words[seq] if seq < len(words) else ""}, live.SPEECH_MAXLEN, self.ttl)
-                if seq == 0:
-                    logger.info("session %s: line %s first sentence ready in %.0f ms",
-                                self.rec.id, line_id, 1000 * (time.monotonic() - t0))
-                if last or self._read(block_ms=0) or self._done():
-                    return  # a stop: the visual side drops what it has of this line
+                parts = [(part, self.engine.sentence_count(part)) for part in first_clause(line)]
+            total, seq = sum(count for _, count in parts), 0
+            for part, count in parts:
+                words = split_sentences(part, count)
+                pieces = self.engine.sentences(part)
+                for k in range(count):
+                    with _SYNTH_LOCK:
+                        piece = next(pieces, None)
+                    if piece is None:
+                        break
+                    last = seq >= total - 1
+                    self._publish(ctl_id, line_id, seq, last, piece, words[k])
+                    if seq == 0:
+                        logger.info("session %s: line %s first sentence ready in %.0f ms",
+                                    self.rec.id, line_id, 1000 * (time.monotonic() - t0))
+                    seq += 1
+                    if last or self._read(block_ms=0) or self._done():
+                        return  # a stop: the visual side drops what it has of this line
         except JayAvatarError as exc:
             logger.warning("session %s: cannot speak line %s: %s", self.rec.id, line_id, exc)
             live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(
                 {"type": "error", "message": f"line {line_id!r} could not be spoken: {exc}"})},
                 live.OUT_MAXLEN, self.ttl)
+
+    def _publish(self, ctl_id: str, line_id: str, seq: int, last: bool,
+                 piece: tuple[bytes, list[dict] | None], words: str) -> None:
+        pcm, phonemes = piece
+        live.xadd(self.conn, live.speech(self.rec.id), {
+            "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq, "last": int(last),
+            "rate": self.engine.sample_rate, "pcm": pcm, "phonemes": json.dumps(phonemes),
+            "text": words}, live.SPEECH_MAXLEN, self.ttl)
 
 
 def main(argv: list[str] | None = None) -> int:
