@@ -63,7 +63,7 @@ class Shift:
 PRESETS: dict[str, tuple[float, float]] = {
     "piper-low": (0.84, 0.94),  # -3 st, a longer vocal tract: a deeper man
     "piper-high": (1.26, 1.06),  # +4 st, a shorter one: a younger, lighter man
-    "piper-female": (2.2, 1.2),  # ~200 Hz and formants up a fifth: a woman's range
+    "piper-female": (2.2, 1.2),  # ~195 Hz and formants +20%: a woman's range
 }
 
 
@@ -96,7 +96,6 @@ class ShiftedPiperEngine:
         self.piper = PiperEngine(models_dir)
         self.sample_rate = self.piper.sample_rate
         self._joe: profiles.VoiceProfile | None = None
-        self.last_shift: Shift | None = None
 
     def joe(self) -> profiles.VoiceProfile:
         """joe's own profile: from MODELS_DIR/piper/<voice>.profile-v<METHOD>.json, or measured
@@ -132,7 +131,7 @@ class ShiftedPiperEngine:
         voice_sample: Path | None = None,
         cache_dir: Path | None = None,
     ) -> Speech:
-        """Speak `text` with Piper at the shift's rate, then reshape it in place."""
+        """Speak `text` with Piper, then reshape it (pitch, formants, rate) into `out_wav`."""
         if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
             raise InvalidInput(f"length_scale={length_scale}; expected a number in [0.1, 10]")
         shift = self.shift_for(voice_sample, cache_dir)
@@ -153,7 +152,6 @@ class ShiftedPiperEngine:
             raw.unlink(missing_ok=True)
         if progress is not None:
             progress(1.0)
-        self.last_shift = shift
         rate = speech.sample_rate
         logger.info("%s: %.2f s of speech reshaped to %s (%.2f s) in %.2f s", self.name,
                     speech.duration, shift.to_json(), n / rate, time.perf_counter() - started)
