@@ -25,10 +25,10 @@ SENTENCE = ("The north wind and the sun were disputing which was the stronger, w
 LATER = "Then the north wind blew as hard as he could, but the traveler held on to his cloak."
 
 
-def espeak(voice: str, text: str = SENTENCE, rate: int = 22050) -> np.ndarray:
-    """espeak-ng speech as floats in [-1, 1] at `rate`."""
-    raw = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True,
-                         check=True).stdout
+def espeak(voice: str, text: str = SENTENCE, rate: int = 22050, pitch: int = 50) -> np.ndarray:
+    """espeak-ng speech as floats in [-1, 1] at `rate`; `pitch` 0-99 moves the voice's base."""
+    raw = subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "--stdout", text],
+                         capture_output=True, check=True).stdout
     with wave.open(io.BytesIO(raw), "rb") as wav:
         x = np.frombuffer(wav.readframes(wav.getnframes()), "<i2") / 32768.0
         source = wav.getframerate()
@@ -100,6 +100,16 @@ def test_bad_voice_samples_are_refused_with_a_reason(client, cluster, kind) -> N
     for word in words:
         assert word in body["message"], body
     assert set((cluster.data_dir / "avatars").iterdir()) == before  # nothing stored
+
+
+def test_one_lively_voice_is_not_taken_for_two(client) -> None:  # type: ignore[no-untyped-def]
+    # the same woman low, then high and excited (~6 semitones up), then in between
+    lively = np.concatenate([espeak("en+f3", pitch=35),
+                             espeak("en+f3", "Was it really the stronger? Nobody knew!", pitch=65),
+                             espeak("en+f3", LATER, pitch=45)])
+    resp = upload(client, wav_bytes(0.6 * lively))
+    assert resp.status_code == 201, resp.text
+    client.delete(f"/v1/avatars/{resp.json()['id']}")
 
 
 def test_auto_follows_the_sample_with_piper_match(client, cluster, female_avatar) -> None:  # type: ignore[no-untyped-def]
