@@ -103,7 +103,7 @@ bench-voice: setup-neural test-deps $(VENVS)/audio/.bench ## piper-match against
 quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
 
-drill: setup ## crash-recovery drill: jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis; fails if a job is lost
+drill: setup ## crash-recovery drill: jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis, Redis restarted by the supervisor, a full disk (root: tmpfs); fails if a job is lost
 	$(VENVS)/orchestrator/bin/python scripts/crash_drill.py --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json
 
 clean: ## remove venvs, data and outputs
