@@ -27,6 +27,7 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
+from orchestrator import voice_sample
 from orchestrator.api.errors import ApiError
 from orchestrator.images import ImageDecoder
 from orchestrator.settings import OrchestratorSettings
@@ -144,6 +145,8 @@ class AvatarService:
                              "animated; send face=<number> to choose another (see the "
                              "avatar's thumbnail for the numbers)")
             notes.extend(found.get("notes", []))  # how a tight photo is framed
+            if seconds is not None:
+                notes.append(await run(voice_sample.note, staging / "voice.wav"))
             record = AvatarRecord(
                 id=avatar_id, name=name, width=found.get("width", picture.width),
                 height=found.get("height", picture.height),

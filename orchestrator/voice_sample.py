@@ -214,3 +214,12 @@ def check(wav: Path, original: Path | None = None) -> Findings:
                        f"one around {high:.0f} Hz); send a recording of the avatar's voice "
                        "alone")
     return found
+
+
+def note(wav: Path) -> str:
+    """What the avatar's notes say about an accepted sample: its pitch, and who will use it."""
+    found = analyse(wav)
+    pitch = f"a voice around {found.pitch_median:.0f} Hz" if found.pitch_median else "a voice"
+    return (f"the voice sample holds {pitch}; voice 'auto' reshapes Piper's joe toward it "
+            "(piper-match: pitch, formants, pace), or clones it with xtts when the XTTS weights "
+            "are installed")

@@ -69,7 +69,11 @@ def upload(client, voice: bytes, name: str = "voice.wav"):  # type: ignore[no-un
 def female_avatar(client) -> dict:  # type: ignore[no-untyped-def]
     resp = upload(client, wav_bytes(0.6 * espeak("en+f3")))
     assert resp.status_code == 201, resp.text
-    return resp.json()
+    avatar = resp.json()
+    # the notes say what the voice will do with the sample, and its pitch (en+f3: ~210 Hz)
+    (said,) = [n for n in avatar["notes"] if n.startswith("the voice sample holds")]
+    assert "piper-match" in said and 190 <= int(said.split("around ")[1].split(" Hz")[0]) <= 230
+    return avatar
 
 
 BAD_SAMPLES = {
