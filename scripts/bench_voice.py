@@ -12,7 +12,9 @@ measures:
   faster-whisper) against the passage;
 * seconds of reshaping per second of speech.
 
-Run in the audio venv after `make bench-voice-deps` (`make bench-voice` does both). Not a test.
+`make bench-voice` installs the judges (requirements/audio-bench.txt) and runs it; it exits 1 if
+a speaker misses a target (pitch within 5%, similarity above joe's, WER within 2 points of
+joe's). Not a test.
 """
 
 from __future__ import annotations
@@ -219,9 +221,17 @@ def main(argv: list[str] | None = None) -> int:
                      for k in ("joe", "piper_match", "world") if k in rows[0]},
     }
     print(json.dumps(summary, indent=2))  # noqa: T201
+    # the targets: pitch within 5%, closer to the sample than joe, WER within 2 points of joe's
+    missed = [r["speaker"] for r in rows
+              if abs(r["piper_match"]["pitch_error"]) > 0.05
+              or r["piper_match"]["similarity"] <= r["joe"]["similarity"]
+              or r["piper_match"]["wer"] > r["joe"]["wer"] + 0.02]
+    summary["missed_targets"] = missed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
-    return 0
+    if missed:
+        logger.error("piper-match missed its targets for: %s", ", ".join(missed))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
