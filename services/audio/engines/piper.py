@@ -137,13 +137,14 @@ class PiperEngine:
         except StageFailed as exc:
             logger.warning("piper: %s; using the plain voice without phoneme timings", exc)
             model = source_voice()
-        self._voice = _LOADED.get(model)
-        if self._voice is None:
+        voice = _LOADED.get(model)
+        if voice is None:
             try:
-                self._voice = PiperVoice.load(model, config_path=f"{model}.json")
+                voice = PiperVoice.load(model, config_path=f"{model}.json")
             except Exception as exc:  # onnxruntime raises its own unrelated exception types
                 raise StageFailed(f"piper: cannot load voice {model}: {exc}") from exc
-            _LOADED[model] = self._voice
+            _LOADED[model] = voice
+        self._voice = voice
         self.model_path = model
         self.sample_rate: int = self._voice.config.sample_rate
         self.aligned = len(self._voice.session.get_outputs()) > 1

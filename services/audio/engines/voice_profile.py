@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.errors import InvalidInput, StageFailed
 from shared.storage import atomic_write_json
@@ -84,12 +85,12 @@ def measure(wav: Path) -> VoiceProfile:
     )
 
 
-def _syllable_rate(sound: object, pitch_times: object, voiced: object) -> float:
+def _syllable_rate(sound: Any, pitch_times: Any, voiced: Any) -> float:
     """Syllable nuclei per second of speech, after de Jong & Wempe (2009): intensity peaks that
     stand 2 dB over the dips around them, within 25 dB of the loudest one and voiced."""
     import numpy as np
 
-    intensity = sound.to_intensity(minimum_pitch=PITCH_FLOOR, time_step=STEP)  # type: ignore[attr-defined]
+    intensity = sound.to_intensity(minimum_pitch=PITCH_FLOOR, time_step=STEP)
     db = intensity.values[0]
     t = intensity.xs()
     loud = db > np.max(db) - 25.0
