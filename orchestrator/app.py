@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-import redis.asyncio as aredis
 from fastapi import FastAPI
 
 from orchestrator.api import disk, errors, limits, security
@@ -43,6 +43,8 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         s = settings or OrchestratorSettings.load()
         configure_logging(s.log_level)
         security.check_exposure(s)
+        if s.api_workers > 1:
+            _die_with_parent()
         conn = redis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10,
                                     retry_on_timeout=True)
         store = JobStore.from_settings(conn, s)
@@ -52,11 +54,9 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         staging = StagingArea(s.data_dir)  # uploads' staging; a dead process's is swept
         staging.sweep([s.data_dir / "avatars", s.data_dir / "media"])
         decoder = ImageDecoder(s)
-        aconn = aredis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10)
         mirrors = MirrorWriter(s.data_dir)
         app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s, decoder, staging),
-                                       MediaService(s, decoder, staging), aconn=aconn,
-                                       mirrors=mirrors)
+                                       MediaService(s, decoder, staging), mirrors=mirrors)
         live_conn = sessions.install(app, app.state.jayavatar)
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
@@ -67,7 +67,6 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         finally:
             reconciler.stop()
             mirrors.close()
-            await aconn.aclose()
             await live_conn.aclose()
             conn.close()
             staging.close()
@@ -87,6 +86,32 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(web.router)
     return app
+
+
+def _die_with_parent() -> None:
+    """One of API_WORKERS processes: die with uvicorn's supervisor, even when it is killed
+    with SIGKILL, so a killed orchestrator never leaves processes serving its port (a crash of
+    the whole orchestrator, as for one process: accepted jobs are already in Redis). A thread
+    watches for this process being handed to another parent."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def alive() -> bool:
+        try:
+            state = open(f"/proc/{parent}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return os.getppid() == parent and state not in ("Z", "X")
+
+    def watch() -> None:
+        while alive():
+            time.sleep(0.5)
+        logger.warning("the API supervisor (pid %d) is gone; this API process stops", parent)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import ROOT, VENVS, Stack, log  # noqa: E402
+from stack import ROOT, Stack, log  # noqa: E402
 
 TEXT_10S = ("Good morning, and welcome. This short message was generated on this machine, from "
             "one photograph and a few lines of text, without sending anything to the cloud.")
@@ -142,33 +142,60 @@ def baseline_tree(ref: str) -> Path:
     return tree
 
 
-def api_rates(stack: Stack, avatar_id: str, args: argparse.Namespace) -> dict:
-    """Submission rate of this tree's orchestrator and, with --api-baseline, of that commit's
-    orchestrator beside it (same Redis, same workers, no reconciler), measured in turns."""
-    targets = {"current": (stack.api_url, "orchestrator")}
-    if args.api_baseline:
-        port = stack.api_port + 1
-        tree = baseline_tree(args.api_baseline)
-        python = VENVS / "orchestrator/bin/python"
-        stack.add("orchestrator-baseline", [
-            "sh", "-c", f'cd "{tree}" && PORT={port} RUN_RECONCILER=false exec "{python}" '
-            "-m orchestrator.app"])
-        stack._wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-        targets["baseline"] = (f"http://127.0.0.1:{port}", "orchestrator-baseline")
+class BaselineStack(Stack):
+    """The whole cluster as it was at another commit (its files exported to `tree`): every
+    process imports that tree first (PYTHONPATH; `-P` keeps the orchestrator's working
+    directory, this tree, off its path). Live workers did not exist then and are not started."""
+
+    def __init__(self, tree: Path, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.env["PYTHONPATH"] = str(tree)
+
+    def add(self, name: str, cmd: list[str]):  # type: ignore[no-untyped-def]
+        if name.startswith("live-"):
+            return None
+        if name == "orchestrator":
+            cmd = [cmd[0], "-P", *cmd[1:]]
+        return super().add(name, cmd)
+
+
+def _measure_on(stack: Stack, args: argparse.Namespace) -> dict:
+    """Start `stack`, make an avatar and one warm-up job, then time the submissions."""
+    try:
+        stack.start()
+        with httpx.Client(base_url=stack.api_url, timeout=120) as client:
+            portrait = (ROOT / "assets/sample_portrait.png").read_bytes()
+            avatar_id = client.post("/v1/avatars", files={"portrait": ("p.png", portrait)}
+                                    ).json()["id"]
+            run_job(client, avatar_id, "Warming up.")
+        return submissions_per_second(stack.api_url, avatar_id, args.submissions, args.clients,
+                                      {n: p.pid for n, p in stack.procs.items()})
+    finally:
+        stack.stop()
+
+
+def api_rates(args: argparse.Namespace) -> dict:
+    """Submission rate of this tree's cluster and, with --api-baseline, of that commit's whole
+    cluster (orchestrator and workers), each on a fresh Redis and data folder, in turns, so
+    both meet the same machine."""
+    targets = ["current"] + (["baseline"] if args.api_baseline else [])
+    tree = baseline_tree(args.api_baseline) if args.api_baseline else None
     runs: dict[str, list[dict]] = {name: [] for name in targets}
     for turn in range(args.api_rounds):
-        order = sorted(targets, reverse=turn % 2 == 1)
-        for name in order:
-            url, _ = targets[name]
-            result = submissions_per_second(url, avatar_id, args.submissions, args.clients,
-                                            {n: p.pid for n, p in stack.procs.items()})
+        for name in sorted(targets, reverse=turn % 2 == 1):
+            data_dir = Path(tempfile.mkdtemp(prefix=f"jayavatar-bench-{name}-"))
+            stack = (Stack(data_dir, 6393, 8793, data_dir / "logs") if name == "current" else
+                     BaselineStack(tree, data_dir, 6395, 8795, data_dir / "logs"))
+            if name == "current":
+                stack.env["API_WORKERS"] = str(args.api_workers)
+            result = _measure_on(stack, args)
             log(f"API {name} (turn {turn + 1}): {result}")
             runs[name].append(result)
     summary: dict = {"runs": runs}
     for name, results in runs.items():
         summary[name] = {k: statistics.median(r[k] for r in results)
                          for k in ("per_second", "p50_ms", "p99_ms")}
-    if "baseline" in runs:
+    if tree is not None:
         summary["baseline_ref"] = args.api_baseline
         summary["rate_ratio"] = round(summary["current"]["per_second"]
                                       / summary["baseline"]["per_second"], 2)
@@ -185,13 +212,23 @@ def main() -> int:
     parser.add_argument("--api-only", action="store_true",
                         help="only the API submission rate (workers running, no timed jobs)")
     parser.add_argument("--api-baseline", metavar="COMMIT",
-                        help="also measure that commit's orchestrator, in turns with this one")
+                        help="with --api-only: also measure that commit's cluster, in turns")
+    parser.add_argument("--api-workers", type=int, default=2,
+                        help="API_WORKERS of this tree's orchestrator in the API measurement")
     parser.add_argument("--api-rounds", type=int, default=1,
                         help="turns of the API measurement (each submits --submissions jobs)")
     args = parser.parse_args()
 
+    if args.api_only:
+        load = api_rates(args)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps({"api_submissions": load}, indent=2))
+        log(f"API: { {k: v for k, v in load.items() if k != 'runs'} }")
+        return 0
+
     data_dir = Path(tempfile.mkdtemp(prefix="jayavatar-bench-"))
     stack = Stack(data_dir, 6393, 8793, data_dir / "logs")
+    stack.env["API_WORKERS"] = str(args.api_workers)
     results = []
     try:
         stack.start()
@@ -200,19 +237,16 @@ def main() -> int:
             avatar_id = client.post("/v1/avatars", files={"portrait": ("p.png", portrait)}
                                     ).json()["id"]
             run_job(client, avatar_id, "Warming up.")
-            for _ in range(0 if args.api_only else args.jobs):
+            for _ in range(args.jobs):
                 results.append(run_job(client, avatar_id, args.text))
             rss = {name: round(peak_rss_mb(p.pid), 1) for name, p in stack.procs.items()}
             # RSS is read before the load test, so it is that of the measured jobs; the load's
             # jobs are only enqueued and are dropped with the stack.
-            load = api_rates(stack, avatar_id, args)
+            load = submissions_per_second(stack.api_url, avatar_id, args.submissions,
+                                          args.clients, {n: p.pid for n, p in
+                                                         stack.procs.items()})
     finally:
         stack.stop()
-    if args.api_only:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps({"api_submissions": load}, indent=2))
-        log(f"API: { {k: v for k, v in load.items() if k != 'runs'} }")
-        return 0
 
     rows = []
     for r in results:

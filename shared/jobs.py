@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-import redis.asyncio as aredis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -118,8 +117,9 @@ class JobStore:
 
     # ---- transitions ---------------------------------------------------------------------
 
-    def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
-        """Store a new job and enqueue its first stage atomically; (record, created)."""
+    def create(self, rec: JobRecord, *, mirror: bool = True) -> tuple[JobRecord, bool]:
+        """Store a new job and enqueue its first stage atomically; (record, created). With
+        `mirror` False the caller writes job.json (shared/mirror.py)."""
         idem = (keys.idempotency(rec.idempotency_key, rec.idempotency_scope)
                 if rec.idempotency_key else None)
         rec.stages = {"audio": StageInfo(status="queued")}
@@ -140,26 +140,9 @@ class JobStore:
                     break
                 except redis.WatchError:
                     continue
-        self._mirror(rec)
+        if mirror:
+            self._mirror(rec)
         return rec, True
-
-    async def create_async(self, aconn: aredis.Redis, rec: JobRecord) -> JobRecord:
-        """`create` for a job without an idempotency key, on an asyncio connection: the same
-        MULTI/EXEC, done when it returns; the job.json mirror is left to the caller
-        (shared/mirror.py). The writes (rq's enqueue among them) are queued on a sync pipeline
-        that never runs, then sent as one transaction."""
-        if rec.idempotency_key:
-            raise ValueError("create_async takes no idempotency key; use create()")
-        rec.stages = {"audio": StageInfo(status="queued")}
-        recorder = self.conn.pipeline(transaction=True)
-        recorder.multi()
-        self._queue_create(recorder, rec, None)
-        async with aconn.pipeline(transaction=True) as pipe:
-            for args, options in recorder.command_stack:
-                pipe.pipeline_execute_command(*args, **options)
-            await pipe.execute()
-        recorder.reset()
-        return rec
 
     def _queue_create(self, pipe: redis.client.Pipeline, rec: JobRecord, idem: str | None) -> None:
         """The writes of a new job, queued on a pipeline in MULTI mode."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from types import FrameType
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"jayavatar-worker: {exc}\n")
         return 2
     configure_logging(settings.log_level)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # accepting work never waits behind rendering (WORKER_NICE)
     try:
         module = importlib.import_module(MODULES[args.stage])
     except ImportError as exc:

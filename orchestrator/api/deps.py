@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import redis
-import redis.asyncio as aredis
 from fastapi import Request
 
 from orchestrator.avatars import AvatarService
@@ -31,7 +30,6 @@ class AppState:
     store: JobStore
     avatars: AvatarService
     media: MediaService
-    aconn: aredis.Redis  # for async routes (POST /v1/jobs, event streams)
     mirrors: MirrorWriter  # new jobs' job.json, written off the request path
     # avatar id -> (monotonic time read, record): POST /v1/jobs reads an avatar from Redis at
     # most every AVATAR_CACHE_S (routes/jobs.py)

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from conftest import CLUSTER_ENV, Cluster
 
 

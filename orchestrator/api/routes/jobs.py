@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
@@ -46,18 +45,17 @@ def _get(st: AppState, job_id: str) -> JobRecord:
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
-async def create_job(body: JobCreate, request: Request, response: Response,
-                     st: Annotated[AppState, Depends(state)],
-                     idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
-    """Async, so a submission costs no thread hop: its Redis reads and the MULTI/EXEC go over
-    the asyncio connection (202 only after EXEC), job.json is mirrored in the background, and
-    only a keyed (idempotent) submission runs the WATCHed path in a thread."""
+def create_job(body: JobCreate, request: Request, response: Response,
+               st: Annotated[AppState, Depends(state)],
+               idempotency_key: Annotated[str | None, Header()] = None) -> JobAccepted:
+    """202 only after the job's MULTI/EXEC (appendfsync always); its job.json mirror is written
+    in the background (shared/mirror.py), and its avatar read at most every AVATAR_CACHE_S."""
     if idempotency_key is not None and not _IDEM.match(idempotency_key):
         raise ApiError(400, "bad_idempotency_key",
                        "the Idempotency-Key header must be 1-128 characters of letters, digits, "
                        "'_', '.', ':' or '-'")
     text = _checked_text(body.text, st.settings.max_text_chars)
-    avatar = await _avatar(st, body.avatar_id)
+    avatar = _avatar(st, body.avatar_id)
     if avatar is None:
         raise ApiError(404, "avatar_not_found",
                        f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
@@ -86,10 +84,8 @@ async def create_job(body: JobCreate, request: Request, response: Response,
                     idempotency_key=idempotency_key, engines=chosen, notes=notes,
                     idempotency_scope=_idempotency_scope(request, st) if idempotency_key else None,
                     request_hash=request_hash)
-    if idempotency_key:
-        rec, created = await anyio.to_thread.run_sync(st.store.create, rec)
-    else:
-        rec, created = await st.store.create_async(st.aconn, rec), True
+    rec, created = st.store.create(rec, mirror=False)
+    if created:
         st.mirrors.submit(rec)
     if not created and rec.request_hash not in (None, request_hash):
         raise ApiError(422, "idempotency_key_reused",
@@ -103,7 +99,7 @@ async def create_job(body: JobCreate, request: Request, response: Response,
     return JobAccepted(id=rec.id, status=rec.status, status_url=f"/v1/jobs/{rec.id}")
 
 
-async def _avatar(st: AppState, avatar_id: str) -> AvatarRecord | None:
+def _avatar(st: AppState, avatar_id: str) -> AvatarRecord | None:
     """The avatar, read from Redis at most every AVATAR_CACHE_S per process: a submission then
     costs one Redis round trip (its transaction). An avatar deleted in the last seconds may
     still be accepted; its job then fails with a message saying the avatar is gone."""
@@ -111,7 +107,7 @@ async def _avatar(st: AppState, avatar_id: str) -> AvatarRecord | None:
     hit = st.avatar_cache.get(avatar_id)
     if hit is not None and now - hit[0] < AVATAR_CACHE_S:
         return hit[1]
-    raw = await st.aconn.get(keys.avatar(avatar_id))
+    raw = st.conn.get(keys.avatar(avatar_id))
     if not raw:
         st.avatar_cache.pop(avatar_id, None)
         return None
