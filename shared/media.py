@@ -62,6 +62,21 @@ def _exit_error(tool: str, rc: int, stderr: str | bytes, doing: str) -> Exceptio
     return StageFailed(f"{tool} exited with code {rc} while {doing}: {_tail(stderr)}")
 
 
+# ffmpeg 5.1 exits 0 when the disk fills while it writes the trailer (an MP4's index), leaving a
+# file no player opens: these lines in its error log mean the output is incomplete.
+_WRITE_FAILURES = ("Error writing trailer", "Error closing file", "No space left on device")
+
+
+def _write_failed(stderr: str | bytes) -> bool:
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    return any(line in text for line in _WRITE_FAILURES)
+
+
+def _unfinished(tool: str, out: Path, stderr: str | bytes, doing: str) -> Exception:
+    return StageFailed(f"{tool} could not finish writing {out.name} while {doing} (the disk "
+                       f"may be full): {_tail(stderr)}")
+
+
 def _remove(path: Path) -> None:
     try:
         path.unlink()
@@ -82,6 +97,9 @@ def _run(args: list[str], doing: str, out: Path | None = None) -> str:
         if out is not None:
             _remove(out)
         raise _exit_error(tool, proc.returncode, proc.stderr, doing)
+    if out is not None and _write_failed(proc.stderr):
+        _remove(out)
+        raise _unfinished(tool, out, proc.stderr, doing)
     return proc.stdout.decode("utf-8", "replace")
 
 
@@ -268,12 +286,14 @@ class FrameWriter:
         except OSError:
             pass  # broken pipe: the exit code below says what happened
         rc = self._proc.wait()
-        if rc != 0 or self.n_written == 0:
-            text = self._stderr_text()
+        text = self._stderr_text()
+        if rc != 0 or self.n_written == 0 or _write_failed(text):
             _remove(self.out)
             self._finish()
             if rc != 0:
                 raise _exit_error("ffmpeg", rc, text, f"finishing {self.out.name}")
+            if self.n_written:
+                raise _unfinished("ffmpeg", self.out, text, "encoding")
             raise StageFailed(f"ffmpeg: no frames were written to {self.out.name}; expected >= 1")
         self._finish()
         logger.debug("wrote %d frames to %s", self.n_written, self.out)
