@@ -2,7 +2,7 @@
 
 `make run` uses it. Each process runs from its own venv and is supervised: Redis, the
 orchestrator and every worker are restarted when they exit, after a pause that doubles on each
-quick exit (1 s up to 30 s) and resets once the process has stayed up for a minute. So a Redis
+quick exit (1 s up to 10 s) and resets once the process has stayed up for 10 s. So a Redis
 that exits on an AOF write error (a full disk, with `appendfsync always`) comes back by itself
 once space is freed, and the workers and the orchestrator reconnect to it; a dead worker's stage
 is re-enqueued by the orchestrator's reconciler. Ctrl-C, SIGINT or SIGTERM stops everything:
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
 STAGES = ("audio", "visual", "compose")
 VENV_OF = {"audio": "audio", "visual": "visual", "compose": "compositor"}
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
-STABLE_S = 60.0  # up this long: the next exit restarts after BACKOFF_FIRST_S again
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 10.0  # at most 10 s between tries: Redis back soon
+STABLE_S = 10.0  # up this long: the next exit restarts after BACKOFF_FIRST_S again
 
 
 def log(msg: str) -> None:
