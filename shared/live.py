@@ -34,6 +34,7 @@ SESSIONS = f"{PREFIX}:live:sessions"  # sorted set: session id -> created_at
 CTL_MAXLEN = 200  # client commands kept per session
 SPEECH_MAXLEN = 400  # speech pieces (one per sentence) kept per session
 OUT_MAXLEN = 250  # media fragments and events kept per session (~30 s of stream)
+CLAIM_STAGGER_S = 0.5  # per session already served: how long a busier worker lets others claim
 WORKER_SEEN_S = 5.0  # a live worker not seen for this long is gone
 STREAM_TTL_MARGIN_S = 60.0  # stream keys outlive the session record by this much
 
@@ -245,6 +246,10 @@ class LiveWorker:
             return
         for rec in active(self.conn):
             if rec.id in self.threads or len(self.threads) >= self.max_sessions:
+                continue
+            # spread sessions over the workers (each draws its sessions under one GIL): a
+            # worker that already serves k waits k x CLAIM_STAGGER_S, so an idler one wins
+            if time.time() - rec.created_at < CLAIM_STAGGER_S * len(self.threads):
                 continue
             held = Lease(self.conn, rec.id, self.role, self.name, self.ttl_s)
             if not held.claim():
