@@ -147,7 +147,7 @@ def test_capacity_gives_503_with_a_sentence(client, avatar_id, live_cluster) -> 
     made = []
     try:
         for _ in range(20):
-            resp = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 1024})
+            resp = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 512})
             if resp.status_code != 201:
                 break
             made.append(resp.json()["id"])
@@ -247,7 +247,7 @@ def test_client_that_stops_reading_is_dropped(client, avatar_id, live_cluster) -
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    sid = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 1024}).json()["id"]
+    sid = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 720}).json()["id"]
     orchestrator = live_cluster.procs["orchestrator"][-1].pid
     rss_before = _rss_mb(orchestrator)
     sock = socket.socket()
