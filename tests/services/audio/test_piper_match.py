@@ -177,12 +177,12 @@ def test_presets_differ_in_pitch_as_named(models_dir: Path, plain: tuple[Path, o
 def test_the_sample_is_measured_once_and_cached(
     engine: PiperMatchEngine, samples: dict[str, Path], tmp_path: Path,
 ) -> None:
-    engine.synthesize("Hi there, friend.", tmp_path / "a.wav", voice_sample=samples["female"],
+    engine.synthesize(TEXT, tmp_path / "a.wav", voice_sample=samples["female"],
                       cache_dir=tmp_path)
     (cache,) = tmp_path.glob("voice_profile-*.json")
     profile = VoiceProfile.from_json(json.loads(cache.read_text()))
     cache.write_text(json.dumps({**profile.to_json(), "pitch_median": 300.0}))
-    engine.synthesize("Hi there, friend.", tmp_path / "b.wav", voice_sample=samples["female"],
+    engine.synthesize(TEXT, tmp_path / "b.wav", voice_sample=samples["female"],
                       cache_dir=tmp_path)
     assert abs(measure(tmp_path / "b.wav").pitch_median / 300.0 - 1) < 0.05
 
