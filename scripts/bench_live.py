@@ -319,6 +319,7 @@ async def measure(api: str, avatar_id: str, args: argparse.Namespace,
     async with httpx.AsyncClient(base_url=api, timeout=60) as http:
         # the machine is shared: its load says how far the figures are from an idle machine's
         report: dict[str, Any] = {"size": args.size, "fps": 25, "live_nice": args.live_nice,
+                                  "live_renderers": args.live_renderers,
                                   "load_average_at_start": os.getloadavg()[0]}
         report["latency"] = await latency(http, avatar_id, args.size, args.lines,
                                           args.out.parent / "live_stream.mp4")
@@ -344,6 +345,8 @@ def main() -> int:
     parser.add_argument("--concurrent-seconds", type=float, default=20.0)
     parser.add_argument("--live-nice", type=int, default=0,
                         help="LIVE_NICE of the live workers (e.g. -10 on a busy shared machine)")
+    parser.add_argument("--live-renderers", type=int, default=2,
+                        help="live-visual worker processes (make run starts 2)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_live.json"))
     args = parser.parse_args()
 
@@ -351,7 +354,7 @@ def main() -> int:
     os.environ["LIVE_MAX_SESSIONS"] = "64"  # the bench finds the capacity; no cap while it does
     os.environ["LIVE_SESSIONS_PER_WORKER"] = str(args.most)
     os.environ["LIVE_NICE"] = str(args.live_nice)
-    stack = Stack(data_dir, 6394, 8794, data_dir / "logs")
+    stack = Stack(data_dir, 6394, 8794, data_dir / "logs", live_renderers=args.live_renderers)
     try:
         stack.start()
         with httpx.Client(base_url=stack.api_url, timeout=120) as client:

@@ -104,11 +104,12 @@ class Supervisor:
 
 class Stack:
     def __init__(self, data_dir: Path, redis_port: int, api_port: int, log_dir: Path,
-                 workers: int = 1) -> None:
+                 workers: int = 1, live_renderers: int = 2) -> None:
         self.data_dir = data_dir.resolve()
         self.redis_port, self.api_port = redis_port, api_port
         self.log_dir = log_dir
         self.workers = workers
+        self.live_renderers = live_renderers
         self.supervisor = Supervisor(self._spawn, log_dir)
         self.redis_password = redis_auth.ensure()  # .secrets/redis_password, made once
         self.env = dict(os.environ, REDIS_URL=redis_auth.url(self.redis_password,
@@ -157,7 +158,7 @@ class Stack:
                 self.add(f"{stage}-{n}", [str(VENVS / VENV_OF[stage] / "bin/jayavatar-worker"),
                                           stage])
         # live sessions: one speaker, two renderers (either takes over the other's sessions)
-        for role, count in (("audio", 1), ("visual", 2)):
+        for role, count in (("audio", 1), ("visual", self.live_renderers)):
             for n in range(count):
                 self.add(f"live-{role}-{n}", [str(VENVS / role / "bin/python"), "-m",
                                               f"services.{role}.live"])
