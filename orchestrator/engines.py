@@ -1,60 +1,24 @@
 """Which engine runs each stage of a job: chosen and validated at submission.
 
 The orchestrator imports no engine code; it only knows each engine's name and the model files it
-needs under MODELS_DIR. `auto` picks the first engine in AUTO_ORDER whose files (and voice sample,
-for cloning voices) are present, and says why in the job's notes; a named engine never falls
-back: if its files are missing, the submission is refused with the list of missing files.
+needs under MODELS_DIR, from shared/engine_catalog.py. `auto` picks the first engine in AUTO_ORDER
+whose files (and voice sample, for cloning voices) are present, and says why in the job's notes;
+a named engine never falls back: if its files are missing, the submission is refused with the
+list of missing files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.api.errors import ApiError
+from shared.engine_catalog import AUTO_ORDER, RENDERERS, VOICES, EngineSpec, Kind
 from shared.models import AvatarRecord
 
 DOWNLOAD_HINT = "run scripts/download_models.sh (it needs internet) or copy the files there"
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    name: str
-    stage: str
-    files: tuple[str, ...] = ()  # relative to MODELS_DIR
-    needs_voice_sample: bool = False
-
-    def missing(self, models_dir: Path) -> list[str]:
-        return [f for f in self.files if not (models_dir / f).is_file()]
-
-
-VOICES: dict[str, EngineSpec] = {
-    "piper": EngineSpec("piper", "audio"),
-    "xtts": EngineSpec("xtts", "audio",
-                       ("xtts_v2/config.json", "xtts_v2/model.pth", "xtts_v2/vocab.json"),
-                       needs_voice_sample=True),
-    # Piper's joe reshaped (pitch, formants, rate) toward the avatar's voice sample, no weights
-    "piper-match": EngineSpec("piper-match", "audio", needs_voice_sample=True),
-    # joe reshaped by fixed amounts; mirrors services/audio/engines/piper_match.py PRESETS
-    "piper-low": EngineSpec("piper-low", "audio"),
-    "piper-high": EngineSpec("piper-high", "audio"),
-    "piper-female": EngineSpec("piper-female", "audio"),
-}
-RENDERERS: dict[str, EngineSpec] = {
-    "portrait": EngineSpec("portrait", "visual"),
-    "wav2lip": EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",)),
-    # the SadTalker installation (or a link to it) at MODELS_DIR/sadtalker; the list mirrors
-    # services/visual/engines/sadtalker.py REQUIRED
-    "sadtalker": EngineSpec("sadtalker", "visual", tuple(f"sadtalker/{f}" for f in (
-        "inference.py", "src/config/facerender_still.yaml",
-        "checkpoints/SadTalker_V0.0.2_256.safetensors", "checkpoints/mapping_00109-model.pth.tar",
-        "gfpgan/weights/alignment_WFLW_4HG.pth", "gfpgan/weights/detection_Resnet50_Final.pth",
-    ))),
-}
-AUTO_ORDER = {"audio": ["xtts", "piper-match", "piper"], "visual": ["portrait"]}
-
-
-def _pick(kind: str, table: dict[str, EngineSpec], stage: str, requested: str,
+def _pick(kind: str, table: dict[str, EngineSpec], stage: Kind, requested: str,
           models_dir: Path, avatar: AvatarRecord) -> tuple[str, str | None]:
     if requested != "auto":
         spec = table.get(requested)

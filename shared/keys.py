@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import pipeline
+
 PREFIX = "ja"
 
 
@@ -11,17 +13,14 @@ def text(value: Any) -> str:
     """A Redis reply as str: connections here do not decode, so replies arrive as bytes."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
-STAGES = ("audio", "visual", "compose")
-NEXT_STAGE = {"audio": "visual", "visual": "compose", "compose": None}
-# rq queue served by each stage's workers; the visual workers also serve avatar analysis.
-QUEUES = {"audio": "audio", "visual": "visual", "compose": "compose"}
-AVATAR_QUEUE = "avatar"
-STAGE_FUNCS = {
-    "audio": "services.audio.worker.run",
-    "visual": "services.visual.worker.run",
-    "compose": "services.compositor.worker.run",
-}
-ANALYZE_FUNC = "services.visual.avatar.analyze"
+
+# The stages, their queues and entry points are declared in shared/pipeline.py.
+STAGES = tuple(pipeline.STAGES)
+NEXT_STAGE = {s.name: s.next_stage for s in pipeline.STAGES.values()}
+QUEUES = {s.name: s.work.queue for s in pipeline.STAGES.values()}
+AVATAR_QUEUE = pipeline.AVATAR_ANALYSIS.queue
+STAGE_FUNCS = {s.name: s.work.entry_point for s in pipeline.STAGES.values()}
+ANALYZE_FUNC = pipeline.AVATAR_ANALYSIS.entry_point
 
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of non-terminal job ids (the reconciler's work list)
 ALL_JOBS = f"{PREFIX}:jobs:all"  # sorted set: job id -> created_at

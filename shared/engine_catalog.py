@@ -1,0 +1,76 @@
+"""Every engine by name: its stage, the model files it needs, and what it can do. Data only.
+
+The orchestrator chooses and validates engines from this list without importing engine code;
+the engines read their own entries for their weight checks, so each name and file list is
+written once. Files are paths relative to MODELS_DIR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Kind = Literal["audio", "visual"]  # the stage an engine runs in
+
+XTTS_DIR = "xtts_v2"
+SADTALKER_DIR = "sadtalker"  # the SadTalker installation (or a link to it)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine: `live` if live sessions may use it; `thread_safe` if its frames may be drawn
+    from several threads at once (the visual stage then renders chunks in lanes)."""
+
+    name: str
+    kind: Kind
+    files: tuple[str, ...] = ()  # relative to MODELS_DIR
+    needs_voice_sample: bool = False
+    live: bool = False
+    thread_safe: bool = False
+
+    def missing(self, models_dir: Path) -> list[str]:
+        """The required files absent under `models_dir`, as paths relative to it."""
+        return [f for f in self.files if not (models_dir / f).is_file()]
+
+
+CATALOG: tuple[EngineSpec, ...] = (
+    EngineSpec("piper", "audio", live=True),
+    EngineSpec("xtts", "audio",  # speakers_xtts.pth is optional
+               tuple(f"{XTTS_DIR}/{f}" for f in ("config.json", "model.pth", "vocab.json")),
+               needs_voice_sample=True),
+    # Piper's joe reshaped (pitch, formants, rate) toward the avatar's voice sample, no weights
+    EngineSpec("piper-match", "audio", needs_voice_sample=True),
+    # joe reshaped by fixed amounts (services/audio/engines/piper_match.py PRESETS)
+    EngineSpec("piper-low", "audio"),
+    EngineSpec("piper-high", "audio"),
+    EngineSpec("piper-female", "audio"),
+    EngineSpec("portrait", "visual", live=True, thread_safe=True),
+    EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",)),
+    # what SadTalker's `inference.py --preprocess full --size 256 --still` reads
+    EngineSpec("sadtalker", "visual", tuple(f"{SADTALKER_DIR}/{f}" for f in (
+        "inference.py", "src/config/facerender_still.yaml",
+        "checkpoints/SadTalker_V0.0.2_256.safetensors", "checkpoints/mapping_00109-model.pth.tar",
+        "gfpgan/weights/alignment_WFLW_4HG.pth",  # facexlib's face alignment (the cropper's)
+        "gfpgan/weights/detection_Resnet50_Final.pth",  # facexlib's face detector
+    )), thread_safe=True),
+)
+
+VOICES: dict[str, EngineSpec] = {e.name: e for e in CATALOG if e.kind == "audio"}
+RENDERERS: dict[str, EngineSpec] = {e.name: e for e in CATALOG if e.kind == "visual"}
+# what `auto` tries, in order: the first whose files (and voice sample) are present
+AUTO_ORDER: dict[Kind, tuple[str, ...]] = {
+    "audio": ("xtts", "piper-match", "piper"), "visual": ("portrait",)}
+
+
+def live_names(kind: Kind) -> tuple[str, ...]:
+    """The engines of `kind` that live sessions may use, in catalogue order."""
+    return tuple(e.name for e in CATALOG if e.kind == kind and e.live)
+
+
+def spec(name: str) -> EngineSpec:
+    """The catalogue entry called `name`; KeyError if there is none."""
+    for entry in CATALOG:
+        if entry.name == name:
+            return entry
+    raise KeyError(name)

@@ -1,0 +1,91 @@
+"""The pipeline, declared once: the stages in order, and for each what runs it and where.
+
+Everything that names the stages reads `STAGES`: the job state machine (queue, entry point,
+next stage), `execute` (upstream outputs, scratch cleanup), job records (progress weights), the
+worker CLI (queues served, entry points allowed), the API (listings, metrics, health) and the
+scripts that start workers (venv). It imports nothing but the standard library and names the
+service code only as dotted strings, so `shared` never imports a service and the stdlib-only
+scripts (scripts/stack.py) can read it from any Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Work:
+    """One kind of rq job: the queue it is enqueued on and the function that runs it (a dotted
+    name: rq imports it in the worker, and the worker CLI runs nothing else)."""
+
+    queue: str
+    entry_point: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of every job. Its published output is `jobs/<id>/<name>/`: `output` always,
+    `optional_outputs` when the job's options ask for them. `scratch` is a folder in
+    `jobs/<id>/` where the stage keeps resumable partial work across executions (a crash
+    resumes from it); `execute` removes it once the stage is done, skipped or canceled."""
+
+    name: str
+    work: Work
+    upstream: tuple[str, ...]  # stages whose published outputs it reads
+    next_stage: str | None  # None: the job has succeeded when this stage is done
+    venv: str  # .venvs/<venv> holds the stage's libraries (its service's name)
+    weight: float  # share of the whole job, for one overall progress figure
+    output: str
+    optional_outputs: tuple[str, ...] = ()
+    scratch: str | None = None
+    also_serves: tuple[Work, ...] = ()  # other work its workers take, before the stage's own
+
+    @property
+    def module(self) -> str:
+        """The worker module (`warm_up` loads its engine once per process)."""
+        return self.work.entry_point.rpartition(".")[0]
+
+    @property
+    def worker_queues(self) -> tuple[str, ...]:
+        """The rq queues this stage's workers listen on, in the order they are served."""
+        return (*(w.queue for w in self.also_serves), self.work.queue)
+
+    @property
+    def entry_points(self) -> frozenset[str]:
+        """The only functions this stage's workers run."""
+        return frozenset({self.work.entry_point, *(w.entry_point for w in self.also_serves)})
+
+
+# Avatar analysis (face detection on an uploaded portrait) runs in the visual workers, which
+# hold the face mesh; it comes first so a new avatar is never stuck behind rendering.
+AVATAR_ANALYSIS = Work("avatar", "services.visual.avatar.analyze")
+
+STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
+    StageSpec(
+        name="audio", work=Work("audio", "services.audio.worker.run"),
+        upstream=(), next_stage="visual", venv="audio", weight=0.15,
+        output="speech.wav", optional_outputs=("phonemes.json",),
+        scratch="audio.sentences",  # per-sentence checkpoints of cloned voices
+    ),
+    StageSpec(
+        name="visual", work=Work("visual", "services.visual.worker.run"),
+        upstream=("audio",), next_stage="compose", venv="visual", weight=0.75,
+        output="video.mp4", optional_outputs=("mask.mkv",),
+        scratch="visual.chunks",  # rendered chunks, each published on its own
+        also_serves=(AVATAR_ANALYSIS,),
+    ),
+    StageSpec(
+        name="compose", work=Work("compose", "services.compositor.worker.run"),
+        upstream=("audio", "visual"), next_stage=None, venv="compositor", weight=0.10,
+        output="result.mp4", optional_outputs=("captions.srt",),
+    ),
+)}
+FIRST_STAGE = next(iter(STAGES))
+
+
+def stage(name: str) -> StageSpec:
+    """The stage called `name`; a ValueError that lists the stages if there is none."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"no stage {name!r}: expected one of {', '.join(STAGES)}") from None

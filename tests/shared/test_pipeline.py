@@ -1,0 +1,83 @@
+"""The stage table (shared/pipeline.py): one chain from the first stage to the last, every name
+it holds pointing at something that exists (entry points, venvs), read from the source files
+without importing any service."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import pytest
+
+from shared import pipeline
+from shared.pipeline import AVATAR_ANALYSIS, FIRST_STAGE, STAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_stages_form_one_chain_in_table_order() -> None:
+    names = list(STAGES)
+    assert names == ["audio", "visual", "compose"]
+    assert FIRST_STAGE == "audio"
+    assert [STAGES[n].next_stage for n in names] == [*names[1:], None]
+    for i, name in enumerate(names):
+        assert STAGES[name].name == name
+        assert set(STAGES[name].upstream) <= set(names[:i]), f"{name} reads a later stage"
+
+
+def test_weights_cover_the_whole_job() -> None:
+    assert [s.weight for s in STAGES.values()] == [0.15, 0.75, 0.10]
+    assert math.isclose(sum(s.weight for s in STAGES.values()), 1.0)
+
+
+def _defines(dotted: str) -> bool:
+    module, _, func = dotted.rpartition(".")
+    source = ROOT / (module.replace(".", "/") + ".py")
+    tree = ast.parse(source.read_text())
+    return any(isinstance(node, ast.FunctionDef) and node.name == func for node in tree.body)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_entry_point_is_a_function_of_the_project(name: str) -> None:
+    spec = STAGES[name]
+    assert spec.entry_points, name
+    for dotted in spec.entry_points:
+        assert dotted.startswith("services."), dotted
+        assert _defines(dotted), f"{dotted} is not a module-level function"
+    assert (ROOT / (spec.module.replace(".", "/") + ".py")).is_file()
+
+
+def test_each_stage_runs_from_a_service_venv_the_makefile_builds() -> None:
+    assert {s: STAGES[s].venv for s in STAGES} == {
+        "audio": "audio", "visual": "visual", "compose": "compositor"}
+    for spec in STAGES.values():
+        assert (ROOT / "requirements" / f"{spec.venv}.txt").is_file(), spec.venv
+        assert spec.module.startswith(f"services.{spec.venv}."), spec.module
+
+
+def test_visual_workers_serve_avatar_analysis_first() -> None:
+    assert STAGES["visual"].worker_queues == ("avatar", "visual")
+    assert STAGES["visual"].entry_points == frozenset({
+        "services.visual.worker.run", "services.visual.avatar.analyze"})
+    assert STAGES["audio"].worker_queues == ("audio",)
+    assert AVATAR_ANALYSIS.queue not in {s.work.queue for s in STAGES.values()}
+
+
+def test_queues_outputs_and_scratch_folders_never_collide() -> None:
+    queues = [q for s in STAGES.values() for q in s.worker_queues]
+    assert len(queues) == len(set(queues))
+    outputs = [f for s in STAGES.values() for f in (s.output, *s.optional_outputs)]
+    assert len(outputs) == len(set(outputs)) and "manifest.json" not in outputs
+    scratch = [s.scratch for s in STAGES.values() if s.scratch is not None]
+    assert scratch == ["audio.sentences", "visual.chunks"]
+    for folder in scratch:  # never a stage's published dir or one of its work dirs
+        assert folder not in STAGES and ".tmp-" not in folder
+        assert folder.split(".")[0] in STAGES
+
+
+def test_an_unknown_stage_is_refused_with_the_valid_names() -> None:
+    assert pipeline.stage("visual") is STAGES["visual"]
+    with pytest.raises(ValueError, match="no stage 'render': expected one of audio, visual, "
+                                         "compose"):
+        pipeline.stage("render")
