@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from enum import Enum, auto
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from shared import keys
+from shared import keys, pipeline
 from shared.errors import LeaseLost
 from shared.models import JobRecord, StageInfo
 from shared.settings import Settings
@@ -40,6 +42,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class Verdict(Enum):
+    """What a transition's `change` decided about the record it was handed."""
+
+    DECLINE = auto()  # not this transition's case: nothing is written
+    WRITE = auto()  # write the changed record
+    WRITE_AND_RERUN = auto()  # write it and enqueue its stage again, first in line
 
 
 class JobStore:
@@ -91,7 +101,7 @@ class JobStore:
                     out.append(rec)
         return out[:limit]
 
-    def _parse(self, job_id: str, raw: dict) -> JobRecord | None:
+    def _parse(self, job_id: str, raw: dict[Any, Any]) -> JobRecord | None:
         if not raw:
             return None
         try:
@@ -122,7 +132,7 @@ class JobStore:
         `mirror` False the caller writes job.json (shared/mirror.py)."""
         idem = (keys.idempotency(rec.idempotency_key, rec.idempotency_scope)
                 if rec.idempotency_key else None)
-        rec.stages = {"audio": StageInfo(status="queued")}
+        rec.stages = {pipeline.FIRST_STAGE: StageInfo(status="queued")}
         with self.conn.pipeline() as pipe:
             while True:
                 try:
@@ -153,7 +163,7 @@ class JobStore:
         if idem:
             pipe.set(idem, rec.id, ex=max(1, int(self.idempotency_ttl_s)))
         self._event(pipe, rec)
-        self._enqueue(pipe, rec.id, "audio", 1)
+        self._enqueue(pipe, rec.id, pipeline.FIRST_STAGE, 1)
 
     def restore(self, rec: JobRecord) -> bool:
         """Put a record read from job.json back into Redis (after Redis lost its data).
@@ -198,36 +208,36 @@ class JobStore:
     def start_stage(self, job_id: str, stage: str, attempt: int, exec_id: str,
                     worker: str) -> JobRecord | None:
         """Take the stage's lease and mark it running; None if this execution is stale."""
-        def change(rec: JobRecord) -> bool:
+        def change(rec: JobRecord) -> Verdict:
             if rec.terminal or rec.stage != stage or rec.attempt != attempt:
-                return False
+                return Verdict.DECLINE
             if rec.stage_state not in ("queued", "running"):
-                return False
+                return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
             info.status, info.worker, info.attempts = "running", worker, attempt
             info.started_at, info.error = time.time(), None
             rec.stage_state, rec.status = "running", "running"
-            return True
+            return Verdict.WRITE
 
         return self._transition(job_id, change, lease=("acquire", exec_id))
 
     def complete_stage(self, job_id: str, stage: str, exec_id: str, *, engine: str,
                        skipped: bool) -> JobRecord:
         """Publish a finished stage: advance to the next one (or succeed). Fenced by the lease."""
-        def change(rec: JobRecord) -> bool:
+        def change(rec: JobRecord) -> Verdict:
             if rec.terminal or rec.stage != stage:
-                return False
+                return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
             info.status, info.progress, info.engine = "done", 1.0, engine
             info.finished_at, info.skipped = time.time(), skipped
-            nxt = keys.NEXT_STAGE[stage]
+            nxt = pipeline.STAGES[stage].next_stage
             if nxt is None:
                 rec.status, rec.stage_state, rec.finished_at = "succeeded", "done", time.time()
             else:
                 rec.stage, rec.attempt, rec.stage_state = nxt, 1, "queued"
                 rec.queued_at = time.time()
                 rec.stages[nxt] = StageInfo(status="queued")
-            return True
+            return Verdict.WRITE
 
         rec = self._transition(job_id, change, lease=("release", exec_id))
         if rec is None:
@@ -237,9 +247,9 @@ class JobStore:
     def fail_stage(self, job_id: str, stage: str, exec_id: str | None, error: str, *,
                    permanent: bool) -> JobRecord | None:
         """Record a failed execution: retry later with backoff, or fail the job for good."""
-        def change(rec: JobRecord) -> bool:
+        def change(rec: JobRecord) -> Verdict:
             if rec.terminal or rec.stage != stage:
-                return False
+                return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
             info.error = error
             if permanent or rec.attempt >= self.max_attempts:
@@ -251,40 +261,40 @@ class JobStore:
                 info.status = "retry_wait"
                 rec.stage_state = "retry_wait"
                 rec.retry_at = time.time() + self.retry_backoff_s * 2 ** (rec.attempt - 1)
-            return True
+            return Verdict.WRITE
 
         lease = ("release", exec_id) if exec_id else None
         return self._transition(job_id, change, lease=lease)
 
     def requeue(self, job_id: str, stage: str, attempt: int, reason: str) -> JobRecord | None:
         """Enqueue the stage again with attempt+1 (reconciler); fails the job past the limit."""
-        def change(rec: JobRecord) -> bool | str:
+        def change(rec: JobRecord) -> Verdict:
             if rec.terminal or rec.stage != stage or rec.attempt != attempt:
-                return False
+                return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
             if rec.attempt >= self.max_attempts:
                 info.status, info.finished_at, info.error = "failed", time.time(), reason
                 rec.status, rec.stage_state, rec.finished_at = "failed", "failed", time.time()
                 rec.error = f"{stage} stage gave up after {rec.attempt} attempts: {reason}"
-                return True
+                return Verdict.WRITE
             rec.attempt += 1
             rec.stage_state, rec.queued_at, rec.retry_at = "queued", time.time(), None
             info.status, info.error = "queued", reason
-            return "enqueue"
+            return Verdict.WRITE_AND_RERUN
 
         return self._transition(job_id, change, lease=("absent", ""))
 
     def cancel(self, job_id: str) -> JobRecord | None:
-        def change(rec: JobRecord) -> bool:
+        def change(rec: JobRecord) -> Verdict:
             if rec.terminal:
-                return False
+                return Verdict.DECLINE
             rec.status, rec.finished_at = "canceled", time.time()
             rec.error = "canceled by request"
             info = rec.stages.get(rec.stage)
             if info is not None and info.status != "done":
                 info.status = "canceled"
             rec.stage_state = "canceled"
-            return True
+            return Verdict.WRITE
 
         self._transition(job_id, change)
         return self.get(job_id)
@@ -304,9 +314,10 @@ class JobStore:
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, stage: str, attempt: int,
                  *, at_front: bool = False) -> None:
-        queue = Queue(keys.QUEUES[stage], connection=self.conn, serializer=JSONSerializer)
+        work = pipeline.STAGES[stage].work
+        queue = Queue(work.queue, connection=self.conn, serializer=JSONSerializer)
         queue.enqueue_call(
-            func=keys.STAGE_FUNCS[stage],
+            func=work.entry_point,
             kwargs={"job_id": job_id, "stage": stage, "attempt": attempt},
             job_id=keys.rq_job_id(job_id, stage, attempt),
             timeout=RQ_JOB_TIMEOUT,
@@ -333,7 +344,7 @@ class JobStore:
             "progress": f"{rec.progress():.4f}", "error": rec.error or "",
         }, maxlen=EVENTS_MAXLEN, approximate=True)
 
-    def _transition(self, job_id: str, change: Callable[[JobRecord], bool | str],
+    def _transition(self, job_id: str, change: Callable[[JobRecord], Verdict],
                     lease: tuple[str, str] | None = None) -> JobRecord | None:
         """Apply `change` to the record under WATCH; commit, enqueue and mirror on success.
 
@@ -360,12 +371,12 @@ class JobStore:
                         return None
                     old_status = rec.status
                     verdict = change(rec)
-                    if not verdict:
+                    if verdict is Verdict.DECLINE:
                         pipe.reset()
                         return None
                     rec.updated_at = time.time()
                     pipe.multi()
-                    self._write(pipe, rec, lease, enqueue=verdict == "enqueue",
+                    self._write(pipe, rec, lease, rerun=verdict is Verdict.WRITE_AND_RERUN,
                                 status_changed=rec.status != old_status)
                     pipe.execute()
                     break
@@ -375,13 +386,13 @@ class JobStore:
         return rec
 
     def _write(self, pipe: redis.client.Pipeline, rec: JobRecord,
-               lease: tuple[str, str] | None, *, enqueue: bool, status_changed: bool) -> None:
+               lease: tuple[str, str] | None, *, rerun: bool, status_changed: bool) -> None:
         """The writes of one transition, queued on a pipeline in MULTI mode."""
         job_key, lease_key = keys.job(rec.id), keys.lease(rec.id)
         pipe.hset(job_key, mapping=rec.to_hash())
         if status_changed:
             self._relist(pipe, rec)
-        stale = [f"progress:{s}" for s in keys.STAGES
+        stale = [f"progress:{s}" for s in pipeline.STAGES
                  if s not in rec.stages or rec.stages[s].status != "running"]
         if stale:
             pipe.hdel(job_key, *stale)
@@ -395,7 +406,7 @@ class JobStore:
             pipe.expire(keys.events(rec.id), EVENTS_TTL_S)
             if self.retention_s:
                 pipe.expire(job_key, max(1, int(self.retention_s)))
-        elif enqueue:  # a re-run after a crash goes first: its job was accepted long ago
+        elif rerun:  # a re-run after a crash goes first: its job was accepted long ago
             self._enqueue(pipe, rec.id, rec.stage, rec.attempt, at_front=True)
         elif rec.stage_state == "queued" and lease and lease[0] == "release":
             self._enqueue(pipe, rec.id, rec.stage, rec.attempt)

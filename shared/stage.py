@@ -7,7 +7,8 @@ does the real work into `ctx.work_dir`. Everything about crash safety lives here
 * a valid published checkpoint whose input hash matches is reused, not redone;
 * a heartbeat thread renews the lease and notices cancel requests and lost leases;
 * the result is published by renaming the finished temp dir, and the job advances only while
-  this execution still holds the lease (the transaction in `JobStore.complete_stage`).
+  this execution still holds the lease (the transaction in `JobStore.complete_stage`);
+* the stage's scratch folder (shared/pipeline.py) is removed once it is no longer wanted.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from shared import keys
+from shared import keys, pipeline
 from shared.checkpoint import load_manifest, publish, remove_tree, write_manifest
 from shared.disk import free_mb, is_disk_full
 from shared.errors import Canceled, DiskFull, InvalidInput, LeaseLost, StageFailed
@@ -38,9 +40,26 @@ from shared.storage import sha256_file, sha256_json
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM = {"audio": (), "visual": ("audio",), "compose": ("audio", "visual")}
 DISK_RETRIES = 5  # runs again after a full disk within one execution, before it counts
 DISK_POLL_S = 1.0
+
+
+class Outcome(StrEnum):
+    """What one execution came to: `execute`'s return value (rq's result) and the audit log's
+    "end" line. A StrEnum, so logs and JSON hold the same words as plain strings would."""
+
+    DONE = "done"  # published, and the job moved on
+    SKIPPED = "skipped"  # a valid checkpoint was already published
+    STALE = "stale"  # a duplicate or outdated rq job: nothing done
+    CANCELED = "canceled"
+    LEASE_LOST = "lease-lost"  # another execution owns the stage now: nothing published
+    FAILED = "failed"  # permanently: the job failed
+    RETRY = "retry"  # will run again after a backoff
+    ERROR = "error"  # the execution itself was interrupted (never returned)
+
+
+# After these the stage's scratch is superseded (done, skipped) or unwanted (canceled).
+_SCRATCH_DONE = frozenset({Outcome.DONE, Outcome.SKIPPED, Outcome.CANCELED})
 
 
 @dataclass
@@ -92,6 +111,14 @@ class StageContext:
     @property
     def settings(self) -> Settings:
         return self.runtime.settings
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where the stage keeps resumable partial work across executions (jobs/<id>/...)."""
+        name = pipeline.STAGES[self.stage].scratch
+        if name is None:
+            raise ValueError(f"the {self.stage} stage has no scratch folder")
+        return self.job_dir / name
 
     def should_stop(self) -> bool:
         return self._stop.is_set()
@@ -187,35 +214,41 @@ def current_runtime(stage: str) -> Runtime:
     return _RUNTIME[stage]
 
 
-def execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: Handler) -> str:
+def execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
+            handler: Handler) -> Outcome:
     """Run one stage execution; returns what happened, for logs and rq's result."""
+    scratch = pipeline.STAGES[stage].scratch
     with job_context(job_id, stage):
-        return _execute(runtime, job_id, stage, attempt, handler)
+        outcome = _execute(runtime, job_id, stage, attempt, handler)
+        if scratch is not None and outcome in _SCRATCH_DONE:
+            remove_tree(runtime.store.job_dir(job_id) / scratch)
+        return outcome
 
 
-def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: Handler) -> str:
+def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
+             handler: Handler) -> Outcome:
     store = runtime.store
     job = store.get(job_id)
     if job is None or job.terminal or job.stage != stage or job.attempt != attempt:
         logger.info("job %s %s#%s: stale execution, nothing to do", job_id, stage, attempt)
-        return "stale"
+        return Outcome.STALE
     exec_id = uuid.uuid4().hex[:12]
     job = store.start_stage(job_id, stage, attempt, exec_id, runtime.worker_name)
     if job is None:
         logger.info("job %s %s#%s: another execution holds the stage", job_id, stage, attempt)
-        return "stale"
+        return Outcome.STALE
 
     job_dir = store.job_dir(job_id)
     try:
         upstream = {}
-        for up in UPSTREAM[stage]:
+        for up in pipeline.STAGES[stage].upstream:
             manifest = load_manifest(job_dir / up)
             if manifest is None:
                 raise StageFailed(f"the {up} stage's output is missing or corrupt in {job_dir}")
             upstream[up] = (job_dir / up, manifest)
     except StageFailed as exc:
         store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
-        return "failed"
+        return Outcome.FAILED
 
     input_hash = stage_input_hash(job, stage, upstream)
     work_dir = job_dir / f"{stage}.tmp-{exec_id}"
@@ -227,7 +260,7 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: H
     t0 = time.monotonic()
     ids = {"job": job_id, "stage": stage, "attempt": attempt, "exec": exec_id}
     audit(runtime, "start", **ids)
-    outcome = "error"
+    outcome = Outcome.ERROR
     try:
         outcome = _run(ctx, handler, t0)
         return outcome
@@ -238,7 +271,7 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int, handler: H
         audit(runtime, "end", outcome=outcome, **ids)
 
 
-def _run(ctx: StageContext, handler: Handler, t0: float) -> str:
+def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
     """The body of `execute`, once the lease is held and the heartbeat runs."""
     runtime, store = ctx.runtime, ctx.runtime.store
     job_id, stage, attempt, exec_id = ctx.job.id, ctx.stage, ctx.attempt, ctx.exec_id
@@ -249,7 +282,7 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> str:
             logger.info("job %s %s#%s: valid checkpoint found, not redone", job_id, stage, attempt)
             ctx.check()
             store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True)
-            return "skipped"
+            return Outcome.SKIPPED
         _remove_stale_work_dirs(job_dir, stage, keep=work_dir)
         logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
         result = _produce(ctx, handler, t0)
@@ -263,25 +296,25 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> str:
         _remove_stale_work_dirs(job_dir, stage, keep=work_dir)  # a woken twin's leftovers
         logger.info("job %s %s#%s: done in %.2fs", job_id, stage, attempt,
                     time.monotonic() - t0)
-        return "done"
+        return Outcome.DONE
     except Canceled:
         if ctx._stop_reason not in ("", "canceled"):
             # An engine (piper) raised Canceled because the lease was lost: the lease key may
             # now belong to a newer execution, so it must not be deleted here.
             logger.warning("job %s %s#%s: stopped (%s); not publishing",
                            job_id, stage, attempt, ctx._stop_reason)
-            return "lease-lost"
+            return Outcome.LEASE_LOST
         logger.info("job %s %s#%s: canceled", job_id, stage, attempt)
         store.conn.delete(keys.lease(job_id))
-        return "canceled"
+        return Outcome.CANCELED
     except LeaseLost as exc:
         logger.warning("job %s %s#%s: %s; not publishing", job_id, stage, attempt, exc)
-        return "lease-lost"
+        return Outcome.LEASE_LOST
     except Exception as exc:
         if store.lease_holder(job_id) != exec_id:  # a stale execution's errors change nothing
             logger.warning("job %s %s#%s: lease lost (%s: %s); not publishing", job_id, stage,
                            attempt, type(exc).__name__, exc)
-            return "lease-lost"
+            return Outcome.LEASE_LOST
         return _failed(ctx, exc)
 
 
@@ -347,18 +380,18 @@ def _wait_for_space(ctx: StageContext, exc: Exception) -> None:
                 ctx.job.id, ctx.stage, ctx.attempt, free, time.monotonic() - t0)
 
 
-def _failed(ctx: StageContext, exc: Exception) -> str:
+def _failed(ctx: StageContext, exc: Exception) -> Outcome:
     """Record a failure of the execution that still owns the stage: permanent or retried."""
     store, job_id, stage, attempt = ctx.runtime.store, ctx.job.id, ctx.stage, ctx.attempt
     exec_id = ctx.exec_id
     if isinstance(exc, InvalidInput | StageFailed):
         logger.error("job %s %s#%s: failed: %s", job_id, stage, attempt, exc)
         store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
-        return "failed"
+        return Outcome.FAILED
     # the worker's top loop: anything else is retried with backoff
     logger.error("job %s %s#%s: error, will retry", job_id, stage, attempt, exc_info=exc)
     store.fail_stage(job_id, stage, exec_id, f"{type(exc).__name__}: {exc}", permanent=False)
-    return "retry"
+    return Outcome.RETRY
 
 
 def _remove_stale_work_dirs(job_dir: Path, stage: str, keep: Path) -> None:

@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from shared import spoken_text
-from shared.checkpoint import remove_tree
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 from shared.storage import atomic_write_json
@@ -14,7 +13,6 @@ from shared.storage import atomic_write_json
 logger = logging.getLogger(__name__)
 
 _engines: dict[str, Any] = {}
-SENTENCES = "audio.sentences"  # per-sentence checkpoints of cloned voices, in the job dir
 
 
 def warm_up(settings: Settings) -> None:
@@ -32,21 +30,17 @@ def _engine(name: str, settings: Settings) -> Any:
 
 def run(job_id: str, stage: str = "audio", attempt: int = 1) -> str:
     """rq entry point (enqueued by dotted name)."""
-    runtime = current_runtime("audio")
-    outcome = execute(runtime, job_id, stage, attempt, synthesize)
-    if outcome in ("done", "skipped", "canceled"):  # sentences are superseded or unwanted
-        remove_tree(runtime.store.job_dir(job_id) / SENTENCES)
-    return outcome
+    return execute(current_runtime("audio"), job_id, stage, attempt, synthesize)
 
 
 def synthesize(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("audio", "piper")
     engine = _engine(name, ctx.settings)
     cloning: dict[str, Any] = {}
-    avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
+    avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
     if name == "xtts":
         cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir,
-                   "checkpoint_dir": ctx.job_dir / SENTENCES}
+                   "checkpoint_dir": ctx.scratch_dir}
     elif getattr(engine, "needs_voice_sample", False):  # piper-match: measured once, cached
         cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir}
     text, tags = spoken_text.strip_tags(ctx.job.text)

@@ -12,7 +12,6 @@ import numpy as np
 
 from services.visual import avatar as avatar_analysis
 from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus
-from shared.checkpoint import remove_tree
 from shared.errors import StageFailed
 from shared.media import concat, probe
 from shared.settings import Settings
@@ -39,11 +38,7 @@ def _engine(name: str, settings: Settings) -> Any:
 
 def run(job_id: str, stage: str = "visual", attempt: int = 1) -> str:
     """rq entry point (enqueued by dotted name)."""
-    runtime = current_runtime("visual")
-    outcome = execute(runtime, job_id, stage, attempt, render)
-    if outcome in ("done", "skipped", "canceled"):  # chunks are superseded or unwanted
-        remove_tree(runtime.store.job_dir(job_id) / "visual.chunks")
-    return outcome
+    return execute(current_runtime("visual"), job_id, stage, attempt, render)
 
 
 def read_wav(path: Any) -> tuple[np.ndarray, int]:
@@ -96,7 +91,7 @@ def render(ctx: StageContext) -> StageResult:
     lanes = (ctx.settings.render_lanes or usable_cpus()) if animation.thread_safe else 1
     plan = ChunkPlan.for_lanes(animation.n_frames, ctx.settings.chunk_frames, lanes)
     segments, reused = render_chunks(
-        animation, plan, ctx.job_dir / "visual.chunks", input_hash=ctx.input_hash,
+        animation, plan, ctx.scratch_dir, input_hash=ctx.input_hash,
         width=animation.width, height=animation.height, fps=opts.fps, tag=ctx.exec_id,
         check=ctx.check, progress=ctx.progress, lanes=lanes)
     t2 = time.monotonic()

@@ -363,6 +363,81 @@ def test_scratch_of_dead_executions_is_removed(runtime: Runtime, outcome: str) -
     assert _leftovers(runtime, rec.id) == ["visual.tmp-0123456789ab"]
 
 
+def _partial_work(ctx: StageContext) -> None:
+    """What a resumable engine leaves between executions (xtts' sentences, visual chunks)."""
+    ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.scratch_dir / "sentence_0000.wav").write_bytes(b"\0" * 100)
+
+
+def _then(outcome: str, runtime: Runtime) -> Callable[[StageContext], None]:
+    """A fault after some partial work, bringing the execution to `outcome`."""
+    def fault(ctx: StageContext) -> None:
+        _partial_work(ctx)
+        if outcome == "retry":
+            raise RuntimeError("the engine crashed")
+        if outcome == "failed":
+            raise StageFailed("the voice sample is silent")
+        if outcome == "lease-lost":
+            runtime.conn.set(keys.lease(ctx.job.id), "newer-exec", px=10_000)
+            raise RuntimeError("a stale execution's error")
+        if outcome == "canceled":
+            runtime.store.cancel(ctx.job.id)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                ctx.check()
+                time.sleep(0.02)
+    return fault
+
+
+@pytest.mark.parametrize(("outcome", "removed"), [
+    ("done", True), ("canceled", True), ("retry", False), ("failed", False),
+    ("lease-lost", False)])
+def test_the_stage_scratch_folder_goes_once_it_is_not_wanted(
+        runtime: Runtime, outcome: str, removed: bool) -> None:
+    """`execute` removes the stage's scratch folder (shared/pipeline.py) once the stage is done
+    or canceled; a retry, or a newer execution, still needs it to resume."""
+    rec = _job(runtime)
+    scratch = runtime.store.job_dir(rec.id) / "audio.sentences"
+    assert execute(runtime, rec.id, "audio", 1, Speech(_then(outcome, runtime))) == outcome
+    assert scratch.exists() != removed
+    if not removed:
+        assert [p.name for p in scratch.iterdir()] == ["sentence_0000.wav"]
+
+
+def test_a_skipped_stage_drops_its_scratch_and_a_stale_one_keeps_it(runtime: Runtime) -> None:
+    rec = _job(runtime)
+    store = runtime.store
+    scratch = store.job_dir(rec.id) / "audio.sentences"
+    scratch.mkdir(parents=True)
+    assert execute(runtime, rec.id, "audio", 2, Speech()) == "stale"  # not its attempt
+    assert scratch.is_dir()  # the live execution may be resuming from it
+    assert store.start_stage(rec.id, "audio", 1, "dead-exec", "dead-worker") is not None
+    work = store.job_dir(rec.id) / "audio.tmp-dead-exec"  # published, then the worker died
+    work.mkdir()
+    (work / "speech.wav").write_bytes(SPEECH)
+    write_manifest(work, {"stage": "audio", "job_id": rec.id, "engine": "test",
+                          "engine_version": "1", "execution_id": "dead-exec",
+                          "input_hash": stage_input_hash(rec, "audio", {})}, ["speech.wav"])
+    assert publish(work, store.job_dir(rec.id) / "audio")
+    runtime.conn.delete(keys.lease(rec.id))
+    assert store.requeue(rec.id, "audio", 1, "the worker stopped responding") is not None
+    assert execute(runtime, rec.id, "audio", 2, Speech()) == "skipped"
+    assert not scratch.exists()
+
+
+def test_scratch_dir_is_the_stage_s_folder_and_compose_has_none(runtime: Runtime) -> None:
+    rec = _job(runtime)
+    job_dir = runtime.store.job_dir(rec.id)
+
+    def ctx(stage: str) -> StageContext:
+        return StageContext(rec, stage, 1, "e", runtime, "", job_dir / f"{stage}.tmp-e", {})
+
+    assert ctx("audio").scratch_dir == job_dir / "audio.sentences"
+    assert ctx("visual").scratch_dir == job_dir / "visual.chunks"
+    with pytest.raises(ValueError, match="the compose stage has no scratch folder"):
+        ctx("compose").scratch_dir  # noqa: B018
+
+
 def test_a_worker_cut_off_from_redis_stops_within_the_lease(runtime: Runtime,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
