@@ -37,7 +37,7 @@ def synthesize(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("audio", "piper")
     engine = _engine(name, ctx.settings)
     cloning: dict[str, Any] = {}
-    avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
+    avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
     if name == "xtts":
         cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir,
                    "checkpoint_dir": ctx.scratch_dir}
