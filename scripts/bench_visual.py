@@ -92,7 +92,8 @@ class _Timed:
 def _setup(size: int, seconds: float):
     import cv2
 
-    from services.visual.engines.portrait import PortraitEngine, RenderSpec
+    from services.visual.engines.base import RenderSpec
+    from services.visual.engines.portrait import PortraitEngine
     from services.visual.face import FaceAnalyzer
 
     image = cv2.cvtColor(cv2.imread(str(ROOT / "tests/data/portrait.png")), cv2.COLOR_BGR2RGB)

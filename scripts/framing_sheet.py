@@ -18,7 +18,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.visual.engines.portrait import PortraitEngine, RenderSpec  # noqa: E402
+from services.visual.engines.base import RenderSpec  # noqa: E402
+from services.visual.engines.portrait import PortraitEngine  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
 
 # (rows, cols) of tests/data/portrait.png: the photo ends at the hair, beside the face, under

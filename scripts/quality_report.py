@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus  # noqa: E402
-from services.visual.engines.portrait import PortraitEngine, RenderSpec  # noqa: E402
+from services.visual.engines.base import RenderSpec  # noqa: E402
+from services.visual.engines.portrait import PortraitEngine  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
 from shared.media import concat  # noqa: E402
 from tests.services.visual.turned import turned  # noqa: E402

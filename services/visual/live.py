@@ -46,7 +46,8 @@ class VisualSession:
 
     def __init__(self, conn: redis.Redis, settings: Settings, rec: live.SessionRecord,
                  held: live.Lease, stopping: threading.Event) -> None:
-        from services.visual.engines.portrait import PortraitEngine, RenderSpec, frame_input
+        from services.visual.engines.base import LiveAnimation, RenderSpec
+        from services.visual.engines.portrait import PortraitEngine, frame_input
         from services.visual.face import FaceInfo
 
         self.conn, self.settings, self.rec = conn, settings, rec
@@ -57,7 +58,8 @@ class VisualSession:
         face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
         spec = RenderSpec(fps=rec.fps, size=rec.size, aspect=rec.aspect, framing=rec.framing)
         silence = np.zeros(SAMPLE_RATE // rec.fps, np.float32)
-        self.animation = PortraitEngine().prepare(portrait, face, silence, SAMPLE_RATE, None, spec)
+        self.animation: LiveAnimation = PortraitEngine().prepare(portrait, face, silence,
+                                                                  SAMPLE_RATE, None, spec)
         landmarks = frame_input(portrait, face, silence, SAMPLE_RATE, spec)[1]
         face_width = float(np.ptp(landmarks[:, 0]))
         # the session's media clock: 0 at its first frame; a worker taking over continues it

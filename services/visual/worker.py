@@ -12,6 +12,7 @@ import numpy as np
 
 from services.visual import avatar as avatar_analysis
 from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus
+from services.visual.engines.base import RenderSpec, VisualEngine
 from shared.errors import StageFailed
 from shared.media import concat, probe
 from shared.settings import Settings
@@ -19,7 +20,7 @@ from shared.stage import StageContext, StageResult, current_runtime, execute
 
 logger = logging.getLogger(__name__)
 
-_engines: dict[str, Any] = {}
+_engines: dict[str, VisualEngine] = {}
 
 
 def warm_up(settings: Settings) -> None:
@@ -28,7 +29,7 @@ def warm_up(settings: Settings) -> None:
     _engine("portrait", settings)
 
 
-def _engine(name: str, settings: Settings) -> Any:
+def _engine(name: str, settings: Settings) -> VisualEngine:
     if name not in _engines:
         from services.visual.engines import get_engine
 
@@ -54,7 +55,6 @@ def read_wav(path: Any) -> tuple[np.ndarray, int]:
 
 
 def render(ctx: StageContext) -> StageResult:
-    from services.visual.engines.portrait import RenderSpec
     from services.visual.face import FaceInfo
 
     name = ctx.job.engines.get("visual", "portrait")

@@ -1,31 +1,49 @@
 """Visual engines by name. Heavy libraries load inside each engine's module, on first use.
 
 `get_engine(name)` returns a factory: call it with MODELS_DIR to build the engine. Engines
-that need weights raise MissingWeights from that call, naming the missing file.
+that need weights raise MissingWeights from that call, naming the missing file. The names are
+the catalogue's (shared/engine_catalog.py); the interface is in `base`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from services.visual.engines.base import Animation, LiveAnimation, RenderSpec, VisualEngine
+from shared.engine_catalog import RENDERERS
 from shared.errors import InvalidInput
 
-ENGINES = ("portrait", "wav2lip", "sadtalker")
+__all__ = ["ENGINES", "Animation", "LiveAnimation", "RenderSpec", "VisualEngine", "get_engine"]
+
+Factory = Callable[[Path], VisualEngine]
 
 
-def get_engine(name: str) -> Callable[[Path], Any]:
-    if name == "portrait":
-        from services.visual.engines.portrait import PortraitEngine
+def _portrait() -> Factory:
+    from services.visual.engines.portrait import PortraitEngine
 
-        return lambda models_dir: PortraitEngine()
-    if name == "wav2lip":
-        from services.visual.engines.wav2lip import Wav2LipEngine
+    return lambda models_dir: PortraitEngine()
 
-        return Wav2LipEngine
-    if name == "sadtalker":
-        from services.visual.engines.sadtalker import SadTalkerEngine
 
-        return SadTalkerEngine
-    raise InvalidInput(f"unknown renderer {name!r}; expected one of: {', '.join(ENGINES)}")
+def _wav2lip() -> Factory:
+    from services.visual.engines.wav2lip import Wav2LipEngine
+
+    return Wav2LipEngine
+
+
+def _sadtalker() -> Factory:
+    from services.visual.engines.sadtalker import SadTalkerEngine
+
+    return SadTalkerEngine
+
+
+_LOADERS: dict[str, Callable[[], Factory]] = {
+    "portrait": _portrait, "wav2lip": _wav2lip, "sadtalker": _sadtalker}
+ENGINES = tuple(RENDERERS)  # every renderer the catalogue names has a loader above
+
+
+def get_engine(name: str) -> Factory:
+    """The factory of the renderer called `name` (its module imported now)."""
+    if name not in RENDERERS:
+        raise InvalidInput(f"unknown renderer {name!r}; expected one of: {', '.join(ENGINES)}")
+    return _LOADERS[name]()

@@ -1,23 +1,23 @@
 """The default talking-head engine: one portrait, warped per frame by speech-driven landmark rigs.
 
 `prepare` does all the thinking once (framing, audio features, per-frame parameter tracks, warp
-fields); `Animation.frame(i)` only warps and paints, and is a pure function of `i`, so chunks can
-be rendered in any order, in any process, and resumed after a crash.
+fields); `PortraitAnimation.frame(i)` only warps and paints, and is a pure function of `i`, so
+chunks can be rendered in any order, in any process, and resumed after a crash.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from services.visual.engines.base import RenderSpec
 from services.visual.face import N_LANDMARKS, FaceInfo, to_rgb
 from services.visual.framing import frame_face, frame_original
 from services.visual.motion import Tracks, audio_features, build_tracks, mono
+from shared import engine_catalog
 from shared.errors import InvalidInput
-from shared.models import ASPECTS, frame_size
 from shared.models import MIN_FACE_PX as MIN_FACE_PX  # re-exported: the renderers' limit
 
 logger = logging.getLogger(__name__)
@@ -34,33 +34,6 @@ LOWER_INNER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
 CHIN, NOSE_BASE, LOWER_LIP_BOTTOM = 152, 2, 17
 RIGHT_EYE = (33, 133, [246, 161, 160, 159, 158, 157, 173], [7, 163, 144, 145, 153, 154, 155])
 LEFT_EYE = (263, 362, [466, 388, 387, 386, 385, 384, 398], [249, 390, 373, 374, 380, 381, 382])
-
-
-@dataclass(frozen=True)
-class RenderSpec:
-    """Output frame rate, short side in pixels, frame shape, framing, and the seed of blinks and
-    head motion. `framing="face"` crops around the face; "original" keeps the whole photo."""
-
-    fps: int = 25
-    size: int = 512
-    seed: int = 0
-    aspect: str = "1:1"
-    framing: str = "face"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.fps <= 120:
-            raise InvalidInput(f"fps is {self.fps}, expected 1..120")
-        if not 256 <= self.size <= 1024 or self.size % 2:
-            raise InvalidInput(f"size is {self.size}, expected an even 256..1024 pixels")
-        if self.aspect not in ASPECTS:
-            raise InvalidInput(f"aspect is {self.aspect!r}, expected one of {', '.join(ASPECTS)}")
-        if self.framing not in ("face", "original"):
-            raise InvalidInput(f"framing is {self.framing!r}, expected 'face' or 'original'")
-
-    @property
-    def frame(self) -> tuple[int, int]:
-        """(width, height) of the output frames."""
-        return frame_size(self.size, self.aspect)
 
 
 def _smoothstep(e0: float | np.ndarray, e1: float | np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -448,10 +421,11 @@ class _PoseRig:
                                       borderMode=cv2.BORDER_REFLECT_101)
 
 
-class Animation:
+class PortraitAnimation:
     """Everything needed to draw frame i of one clip; frame(i) is a pure function of i."""
 
-    thread_safe = True  # frame(i) reads shared state only: chunks may be drawn side by side
+    # frame(i) reads shared state only: chunks may be drawn side by side
+    thread_safe = engine_catalog.RENDERERS["portrait"].thread_safe
 
     def __init__(self, base: np.ndarray, tracks: Tracks, mouth: _MouthRig, eyes: list[_EyeRig],
                  pose: _PoseRig, mouth_box: tuple[int, int, int, int]) -> None:
@@ -507,7 +481,8 @@ class PortraitEngine:
     version = "1"
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec) -> Animation:
+                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec
+                ) -> PortraitAnimation:
         base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         frame = spec.frame
         mouth = _MouthRig(lm, frame, base)
@@ -526,7 +501,7 @@ class PortraitEngine:
         logger.info("portrait: %d frames at %d fps, %dx%d, %s framing, mouth %.0f px wide, %s",
                     n, spec.fps, *frame, spec.framing, mouth.mw,
                     "phonemes" if phonemes else "loudness only")
-        return Animation(base, tracks, mouth, eyes, pose, mouth_box)
+        return PortraitAnimation(base, tracks, mouth, eyes, pose, mouth_box)
 
 
 def frame_input(portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray, sample_rate: int,

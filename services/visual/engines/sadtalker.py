@@ -6,7 +6,7 @@ portrait.png --result_dir DIR --still --preprocess full --size 256`. The source 
 portrait already framed as the portrait engine frames it (a size x size square), so with
 `--preprocess full` SadTalker pastes the animated face back into a frame of that size. Its
 output, DIR/<timestamp>.mp4, is decoded once by ffmpeg into a raw frame file, which
-`Animation.frame(i)` reads (pure in i).
+`SadTalkerAnimation.frame(i)` reads (pure in i).
 
 Where it lives: SADTALKER_HOME (default MODELS_DIR/sadtalker, where the orchestrator checks
 for its files); the interpreter: SADTALKER_PYTHON, else SADTALKER_HOME/venv/bin/python, else
@@ -27,22 +27,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.visual.engines.portrait import RenderSpec, frame_input
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import frame_input
 from services.visual.face import FaceInfo
+from shared import engine_catalog
 from shared.errors import MissingWeights, StageFailed
 from shared.media import FFMPEG
 
 logger = logging.getLogger(__name__)
 
+SPEC = engine_catalog.RENDERERS["sadtalker"]
 # relative to SADTALKER_HOME: what `inference.py --preprocess full --size 256 --still` reads
-REQUIRED = (
-    "inference.py",
-    "src/config/facerender_still.yaml",
-    "checkpoints/SadTalker_V0.0.2_256.safetensors",
-    "checkpoints/mapping_00109-model.pth.tar",
-    "gfpgan/weights/alignment_WFLW_4HG.pth",  # facexlib's face alignment, used by the cropper
-    "gfpgan/weights/detection_Resnet50_Final.pth",  # facexlib's face detector
-)
+REQUIRED = tuple(Path(f).relative_to(engine_catalog.SADTALKER_DIR).as_posix() for f in SPEC.files)
 FACE_SIZE = 256
 TIMEOUT_S = 3600.0
 
@@ -60,7 +56,8 @@ class SadTalkerEngine:
     def __init__(self, models_dir: Path, *, home: Path | None = None, python: str | None = None,
                  timeout_s: float = TIMEOUT_S) -> None:
         env_home = os.environ.get("SADTALKER_HOME")
-        self.home = Path(home or env_home or Path(models_dir) / "sadtalker").resolve()
+        default = Path(models_dir) / engine_catalog.SADTALKER_DIR
+        self.home = Path(home or env_home or default).resolve()
         source = ("the home argument" if home else "SADTALKER_HOME" if env_home
                   else "MODELS_DIR/sadtalker (SADTALKER_HOME is not set)")
         if not self.home.is_dir():
@@ -88,7 +85,8 @@ class SadTalkerEngine:
         return found
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec) -> Animation:
+                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec
+                ) -> SadTalkerAnimation:
         base, _, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         work = Path(tempfile.mkdtemp(prefix="jayavatar-sadtalker-"))
         try:
@@ -100,7 +98,7 @@ class SadTalkerEngine:
             shutil.rmtree(work, ignore_errors=True)
             raise
         logger.info("sadtalker: %d frames decoded from %s (%d expected)", len(frames), video, n)
-        return Animation(frames, n, work)
+        return SadTalkerAnimation(frames, n, work)
 
     def run(self, image: Path, speech: Path, result_dir: Path) -> Path:
         """Run SadTalker's inference.py; return the video it made."""
@@ -159,11 +157,11 @@ def decode(video: Path, out: Path, frame: tuple[int, int], fps: int) -> np.ndarr
     return np.memmap(out, dtype=np.uint8, mode="r", shape=(n, height, width, 3))
 
 
-class Animation:
+class SadTalkerAnimation:
     """SadTalker's decoded frames, fitted to the speech: n_frames long, the last frame held if
     SadTalker's video is shorter. The raw frame file is removed with the animation."""
 
-    thread_safe = True  # frame(i) only reads the decoded frames
+    thread_safe = SPEC.thread_safe  # frame(i) only reads the decoded frames
 
     def __init__(self, frames: np.ndarray, n_frames: int, work: Path) -> None:
         self._frames = frames

@@ -19,19 +19,16 @@ import cv2
 import numpy as np
 
 from services.visual.engines import mel as melspec
-from services.visual.engines.portrait import (
-    CHIN,
-    NOSE_BASE,
-    OUTER_LIPS,
-    RenderSpec,
-    frame_input,
-)
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import CHIN, NOSE_BASE, OUTER_LIPS, frame_input
 from services.visual.face import FaceInfo
+from shared import engine_catalog
 from shared.errors import InvalidInput, MissingWeights, StageFailed
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = Path("wav2lip") / "wav2lip_gan.pth"
+SPEC = engine_catalog.RENDERERS["wav2lip"]
+CHECKPOINT = Path(SPEC.files[0])  # wav2lip/wav2lip_gan.pth
 IMG = 96  # the network's face side
 BOTTOM_PAD = 0.08  # the face box reaches this fraction of its height below the chin (as the
 # official inference's 10 px pad below a detector box does)
@@ -93,7 +90,8 @@ class Wav2LipEngine:
         logger.info("wav2lip: loaded %s on %s%s", path, self.device, " (fp16)" if self.fp16 else "")
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec) -> Animation:
+                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec
+                ) -> Wav2LipAnimation:
         base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         box = face_box(lm, spec.frame)
         alpha, blend_box = blend_mask(lm, box, spec.frame)
@@ -101,7 +99,7 @@ class Wav2LipEngine:
         windows = melspec.mel_windows(mel, n, spec.fps)
         logger.info("wav2lip: %d frames at %d fps, %dx%d, face box %s, batch %d on %s", n,
                     spec.fps, *spec.frame, box, self.batch_size, self.device)
-        return Animation(self, base, box, alpha, blend_box, windows)
+        return Wav2LipAnimation(self, base, box, alpha, blend_box, windows)
 
     def face_input(self, base: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """(6, 96, 96) float32: the masked face then the reference face, BGR in [0, 1]."""
@@ -134,11 +132,12 @@ class Wav2LipEngine:
         return t.half() if self.fp16 else t
 
 
-class Animation:
+class Wav2LipAnimation:
     """Frame i of a lip-synced clip; frame(i) is pure in i. Frames are generated a batch at a
     time (the batch holding i) and the last batch is kept, so sequential reads run batched."""
 
-    thread_safe = False  # the batch cache is per call sequence; the network has its own threads
+    # the batch cache is per call sequence; the network has its own threads
+    thread_safe = SPEC.thread_safe
 
     def __init__(self, engine: Wav2LipEngine, base: np.ndarray, box: tuple[int, int, int, int],
                  alpha: np.ndarray, blend_box: tuple[int, int, int, int],

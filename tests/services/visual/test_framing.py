@@ -9,12 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.visual.engines.portrait import (
-    MIN_FACE_PX,
-    PortraitEngine,
-    RenderSpec,
-    frame_original,
-)
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import MIN_FACE_PX, PortraitEngine, frame_original
 from services.visual.face import FaceAnalyzer
 from services.visual.framing import frame_face, plan_face
 from shared.errors import InvalidInput

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.visual.engines.portrait import Animation, PortraitEngine, RenderSpec
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import PortraitAnimation, PortraitEngine
 from services.visual.face import FaceAnalyzer
 from services.visual.visemes import tongue_track
 
@@ -169,7 +170,8 @@ def test_the_lower_lip_stretches_thinner_as_the_jaw_drops(portrait, face, analyz
     h, w = anim.height, anim.width
     rows = np.repeat(np.arange(h, dtype=np.int32)[:, None], w, axis=1)
     ramp = np.stack([rows % 256, np.zeros_like(rows), rows // 256 * 120], axis=2).astype(np.uint8)
-    striped = Animation(ramp, anim.tracks, anim._mouth, anim._eyes, anim._pose, anim.mouth_box)
+    striped = PortraitAnimation(ramp, anim.tracks, anim._mouth, anim._eyes, anim._pose,
+                                anim.mouth_box)
     frame = striped.draw(0.95, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0).astype(int)
     cx = int(round((lm[61, 0] + lm[291, 0]) / 2))
     source = frame[:, cx, 0] + 256 * (frame[:, cx, 2] > 60)  # the rest row each output row shows

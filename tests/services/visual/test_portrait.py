@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.visual.engines.portrait import PortraitEngine, RenderSpec
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import PortraitEngine
 from services.visual.face import FaceAnalyzer
 from shared.errors import InvalidInput
 

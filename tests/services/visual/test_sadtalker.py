@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from services.visual.engines import get_engine
-from services.visual.engines.portrait import RenderSpec
+from services.visual.engines.base import RenderSpec
 from services.visual.engines.sadtalker import REQUIRED, SadTalkerEngine
 from services.visual.face import FaceAnalyzer
 from shared.errors import MissingWeights, StageFailed

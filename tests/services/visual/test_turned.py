@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.visual.engines.portrait import PortraitEngine, RenderSpec
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import PortraitEngine
 from services.visual.face import FaceAnalyzer
 from tests.services.visual.turned import turned
 

@@ -18,7 +18,8 @@ import torch
 from services.visual.chunks import ChunkPlan, render_chunks
 from services.visual.engines import get_engine
 from services.visual.engines import mel as melspec
-from services.visual.engines.portrait import RenderSpec, frame_face
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.portrait import frame_face
 from services.visual.engines.wav2lip import CHECKPOINT, Wav2LipEngine
 from services.visual.engines.wav2lip_model import Wav2Lip, strip_prefix
 from services.visual.face import FaceAnalyzer
