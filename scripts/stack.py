@@ -17,89 +17,27 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import redis_auth  # noqa: E402
+from launcher import (  # noqa: E402
+    ROOT,
+    STAGES,
+    Processes,
+    Supervised,
+    Supervisor,
+    api_command,
+    live_command,
+    log,
+    redis_command,
+    wait_http,
+    wait_redis,
+    worker_command,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-VENVS = ROOT / ".venvs"
-STAGES = ("audio", "visual", "compose")
-VENV_OF = {"audio": "audio", "visual": "visual", "compose": "compositor"}
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 10.0  # at most 10 s between tries: Redis back soon
-STABLE_S = 10.0  # up this long: the next exit restarts after BACKOFF_FIRST_S again
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"[stack] {msg}\n")
-    sys.stderr.flush()
-
-
-@dataclass
-class Supervised:
-    """One process kept running: its command, and when to start it again."""
-
-    name: str
-    cmd: list[str]
-    proc: subprocess.Popen | None = None
-    started_at: float = 0.0
-    restart_at: float | None = None  # monotonic time of the pending restart
-    backoff_s: float = BACKOFF_FIRST_S
-    restarts: int = 0
-
-
-class Supervisor:
-    """Restarts every process it holds when it exits, with backoff. `spawn(svc)` starts one
-    (and sets `svc.proc`); `check()` is one pass, to be called about every 0.2 s."""
-
-    def __init__(self, spawn: Callable[[Supervised], None], log_dir: Path) -> None:
-        self.spawn, self.log_dir = spawn, log_dir
-        self.services: dict[str, Supervised] = {}
-
-    def add(self, name: str, cmd: list[str]) -> Supervised:
-        svc = self.services[name] = Supervised(name, cmd)
-        self._start(svc)
-        return svc
-
-    def _start(self, svc: Supervised) -> None:
-        self.spawn(svc)
-        svc.started_at, svc.restart_at = time.monotonic(), None
-
-    def restart_after(self, name: str, delay_s: float) -> None:
-        """Start `name` again `delay_s` from now, whatever its backoff (a drill's own fault)."""
-        self.services[name].restart_at = time.monotonic() + delay_s
-
-    def check(self) -> list[str]:
-        """One pass: schedule a restart for what exited, restart what is due; returns those."""
-        now = time.monotonic()
-        restarted = []
-        for svc in self.services.values():
-            if svc.restart_at is None and svc.proc is not None and svc.proc.poll() is not None:
-                if now - svc.started_at >= STABLE_S:
-                    svc.backoff_s = BACKOFF_FIRST_S
-                svc.restart_at = now + svc.backoff_s
-                log(f"{svc.name} exited with {svc.proc.returncode} after "
-                    f"{now - svc.started_at:.0f}s; restarting it in {svc.backoff_s:.0f}s "
-                    f"(see {self.log_dir / (svc.name + '.log')})")
-                svc.backoff_s = min(svc.backoff_s * 2, BACKOFF_MAX_S)
-            elif svc.restart_at is not None and now >= svc.restart_at:
-                if svc.proc is not None and svc.proc.poll() is None:
-                    svc.restart_at = None  # it was never down (a drill scheduled it early)
-                    continue
-                svc.restarts += 1
-                try:
-                    self._start(svc)
-                except OSError as exc:  # e.g. its files cannot be written on a full disk yet
-                    svc.restart_at = now + svc.backoff_s
-                    log(f"{svc.name} could not start ({exc}); trying again in "
-                        f"{svc.backoff_s:.0f}s")
-                    svc.backoff_s = min(svc.backoff_s * 2, BACKOFF_MAX_S)
-                    continue
-                restarted.append(svc.name)
-        return restarted
+__all__ = ["ROOT", "Stack", "Supervised", "Supervisor", "log"]
 
 
 class Stack:
@@ -110,12 +48,13 @@ class Stack:
         self.log_dir = log_dir
         self.workers = workers
         self.live_renderers = live_renderers
-        self.supervisor = Supervisor(self._spawn, log_dir)
         self.redis_password = redis_auth.ensure()  # .secrets/redis_password, made once
         self.env = dict(os.environ, REDIS_URL=redis_auth.url(self.redis_password,
                                                              port=redis_port),
                         DATA_DIR=str(self.data_dir), PORT=str(api_port),
                         PYTHONUNBUFFERED="1")
+        self.processes = Processes(self.env, log_dir)
+        self.supervisor = Supervisor(self.processes)
 
     @property
     def api_url(self) -> str:
@@ -126,69 +65,37 @@ class Stack:
         return self.supervisor.services
 
     @property
-    def procs(self) -> dict[str, subprocess.Popen]:
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
         """The processes running now, by name."""
         return {n: s.proc for n, s in self.services.items() if s.proc is not None}
 
     def redis_cmd(self) -> list[str]:
-        redis_dir = self.data_dir / "redis"
-        redis_dir.mkdir(parents=True, exist_ok=True)
-        acl = redis_auth.write_acl(redis_dir / "users.acl", self.redis_password)
-        return ["redis-server", str(ROOT / "redis.conf"), "--dir", str(redis_dir),
-                "--aclfile", str(acl), "--port", str(self.redis_port)]
+        return redis_command(self.redis_port, self.data_dir / "redis", self.redis_password)
 
-    def _spawn(self, svc: Supervised) -> None:
-        if svc.name == "redis":
-            svc.cmd = self.redis_cmd()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{svc.name}.log", "ab") as out:  # the child keeps its copy
-            svc.proc = subprocess.Popen(svc.cmd, cwd=ROOT, env=self.env, stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def add(self, name: str, cmd: list[str]) -> Supervised:
+    def add(self, name: str, cmd: list[str] | Callable[[], list[str]]) -> Supervised:
         return self.supervisor.add(name, cmd)
 
     def start(self) -> None:
-        self.add("redis", self.redis_cmd())
-        self._wait_redis()
-        self.add("orchestrator", [str(VENVS / "orchestrator/bin/python"), "-m",
-                                  "orchestrator.app"])
-        for stage in STAGES:
-            for n in range(self.workers):
-                self.add(f"{stage}-{n}", [str(VENVS / VENV_OF[stage] / "bin/jayavatar-worker"),
-                                          stage])
-        # live sessions: one speaker, two renderers (either takes over the other's sessions)
-        for role, count in (("audio", 1), ("visual", self.live_renderers)):
-            for n in range(count):
-                self.add(f"live-{role}-{n}", [str(VENVS / role / "bin/python"), "-m",
-                                              f"services.{role}.live"])
-        self._wait_http(f"{self.api_url}/healthz", 60)
+        """Start Redis, the orchestrator, `workers` workers per stage and the live workers;
+        SystemExit (saying which log to read) when Redis or the API does not come up."""
+        self.add("redis", self.redis_cmd)  # a fresh ACL file on every restart
+        try:
+            wait_redis(self.redis_port, self.redis_password,
+                       lambda: self.processes.alive("redis"), self.processes.log_of("redis"))
+            self.add("orchestrator", api_command())
+            for stage in STAGES:
+                for n in range(self.workers):
+                    self.add(f"{stage}-{n}", worker_command(stage))
+            # live sessions: one speaker, two renderers (either takes over the other's sessions)
+            for role, count in (("audio", 1), ("visual", self.live_renderers)):
+                for n in range(count):
+                    self.add(f"live-{role}-{n}", live_command(role))
+            wait_http(f"{self.api_url}/healthz", lambda: self.processes.alive("orchestrator"),
+                      self.processes.log_of("orchestrator"))
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         log(f"up: API {self.api_url}, Redis 127.0.0.1:{self.redis_port}, data {self.data_dir}, "
             f"logs {self.log_dir}")
-
-    def _wait_redis(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if redis_auth.ping(self.redis_port, self.redis_password):
-                return
-            if self.services["redis"].proc.poll() is not None:  # type: ignore[union-attr]
-                raise SystemExit(f"redis-server exited; see {self.log_dir / 'redis.log'}")
-            time.sleep(0.1)
-        raise SystemExit("redis-server did not answer within 20 s")
-
-    def _wait_http(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.services["orchestrator"].proc.poll() is not None:  # type: ignore[union-attr]
-                raise SystemExit(f"the orchestrator exited; see {self.log_dir}/orchestrator.log")
-            time.sleep(0.2)
-        raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
     def check(self) -> None:
         """One supervision pass (see Supervisor.check)."""
@@ -200,18 +107,8 @@ class Stack:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        order = [n for n in self.services if n != "redis"] + ["redis"]
-        for name in order:
-            svc = self.services.get(name)
-            proc = svc.proc if svc else None
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM if name != "redis" else signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Workers and orchestrator first (SIGTERM), Redis last (SIGINT)."""
+        self.processes.stop()
         log("stopped")
 
 

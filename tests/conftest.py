@@ -1,38 +1,41 @@
 """Fixtures shared by every suite. Top-level imports are stdlib only: each service's suite runs
 in that service's own venv. The cluster fixtures start REAL processes: redis-server (AOF on, in a
-temp dir, on a free port), the orchestrator (uvicorn) and the stage workers from their venvs."""
+temp dir, on a free port), the orchestrator (uvicorn) and the stage workers from their venvs,
+through scripts/launcher.py (the launcher of scripts/stack.py and the drill too), loaded by path."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
+import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-VENVS = ROOT / ".venvs"
-VENV_OF = {"audio": "audio", "visual": "visual", "compose": "compositor"}
-_spec = importlib.util.spec_from_file_location("redis_auth", ROOT / "scripts" / "redis_auth.py")
-assert _spec is not None and _spec.loader is not None
-redis_auth = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(redis_auth)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _load_launcher() -> ModuleType:
+    """scripts/launcher.py by path (scripts/ is no package); one module for every user."""
+    if "launcher" in sys.modules:
+        return sys.modules["launcher"]
+    spec = importlib.util.spec_from_file_location("launcher", ROOT / "scripts" / "launcher.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["launcher"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+launcher = _load_launcher()
+VENVS, STAGES, free_port = launcher.VENVS, launcher.STAGES, launcher.free_port
 
 
 def _require(tool: str) -> None:
@@ -41,36 +44,31 @@ def _require(tool: str) -> None:
 
 
 class RedisServer:
+    """A redis-server of our own: AOF in `workdir`, the app's ACL user with a fresh password."""
+
     def __init__(self, workdir: Path) -> None:
         _require("redis-server")
         self.dir = workdir
         self.port = free_port()
         # Like `make run`: the default user is off; the app's ACL user has a fresh password.
         self.password = secrets.token_hex(16)
-        self.url = redis_auth.url(self.password, port=self.port)
-        self.proc: subprocess.Popen | None = None
+        self.url = launcher.redis_auth.url(self.password, port=self.port)
+        self.processes = launcher.Processes(launcher.env_with(), workdir)  # logs: redis.log
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.processes.latest("redis")
 
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        acl = redis_auth.write_acl(self.dir / "users.acl", self.password)
-        self.proc = subprocess.Popen(
-            ["redis-server", str(ROOT / "redis.conf"), "--port", str(self.port),
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
-             "--aclfile", str(acl)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not redis_auth.wait(self.port, self.password, alive=lambda: self.proc.poll() is None):
-            raise RuntimeError(f"redis-server did not start; see {self.dir}/redis.log")
+        self.processes.start("redis", launcher.redis_command(self.port, self.dir, self.password))
+        launcher.wait_redis(self.port, self.password, lambda: self.processes.alive("redis"),
+                            self.dir / "redis.log")
 
     def kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        self.processes.signal("redis", signal.SIGKILL)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
+        self.processes.stop(timeout=20)
 
 
 @pytest.fixture(scope="session")
@@ -82,96 +80,69 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 class Cluster:
-    """The orchestrator and workers as real processes, with handles to kill and restart them."""
+    """The orchestrator and workers as real processes, with handles to kill and restart them.
+    `procs[name]` lists every process started as `name` (a stage, "orchestrator",
+    "live-audio"...), the latest last."""
 
     def __init__(self, redis: RedisServer, data_dir: Path, env: dict[str, str]) -> None:
         self.redis = redis
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.logs = data_dir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
         self.audit_log = data_dir / "audit.jsonl"
-        self.env = dict(os.environ, REDIS_URL=redis.url, DATA_DIR=str(data_dir),
-                        PORT=str(self.port), PYTHONUNBUFFERED="1",
-                        AUDIT_LOG=str(self.audit_log), **env)
-        self.procs: dict[str, list[subprocess.Popen]] = {}
-        self._logs: list = []
+        self.env = launcher.env_with(REDIS_URL=redis.url, DATA_DIR=str(data_dir),
+                                     PORT=str(self.port), AUDIT_LOG=str(self.audit_log), **env)
+        self.processes = launcher.Processes(self.env, data_dir / "logs")
+        self.logs.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        out = open(self.logs / f"{name}.log", "ab")
-        self._logs.append(out)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        self.procs.setdefault(name, []).append(proc)
+    @property
+    def logs(self) -> Path:
+        return Path(self.processes.log_dir)
+
+    @logs.setter
+    def logs(self, path: Path) -> None:
+        self.processes.log_dir = path
+
+    @property
+    def procs(self) -> dict[str, list[subprocess.Popen[bytes]]]:
+        return self.processes.started
+
+    def start_orchestrator(self) -> subprocess.Popen[bytes]:
+        proc = self.processes.start("orchestrator", launcher.api_command())
+        launcher.wait_http(f"{self.url}/healthz", lambda: proc.poll() is None,
+                           self.processes.log_of("orchestrator"))
         return proc
 
-    def start_orchestrator(self) -> subprocess.Popen:
-        proc = self._spawn("orchestrator", [str(VENVS / "orchestrator/bin/python"), "-m",
-                                            "orchestrator.app"])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return proc
-            except OSError:
-                time.sleep(0.1)
-            if proc.poll() is not None:
-                raise RuntimeError(f"orchestrator died; see {self.logs}/orchestrator.log")
-        raise RuntimeError("orchestrator did not answer /healthz within 60 s")
+    def start_worker(self, stage: str, *args: str) -> subprocess.Popen[bytes]:
+        return self.processes.start(stage, launcher.worker_command(stage, *args))
 
-    def start_worker(self, stage: str, *args: str) -> subprocess.Popen:
-        exe = VENVS / VENV_OF[stage] / "bin" / "jayavatar-worker"
-        return self._spawn(stage, [str(exe), stage, *args])
-
-    def start_live(self, role: str) -> subprocess.Popen:
+    def start_live(self, role: str) -> subprocess.Popen[bytes]:
         """A live-session worker (`audio` or `visual`) from its service's venv."""
-        exe = VENVS / role / "bin" / "python"
-        return self._spawn(f"live-{role}", [str(exe), "-m", f"services.{role}.live"])
+        return self.processes.start(f"live-{role}", launcher.live_command(role))
 
     def audit(self) -> list[dict]:
-        import json
-
         if not self.audit_log.exists():
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
 
-    def worker(self, stage: str) -> subprocess.Popen:
+    def worker(self, stage: str) -> subprocess.Popen[bytes]:
         live = [p for p in self.procs.get(stage, []) if p.poll() is None]
         assert live, f"no live {stage} worker"
         return live[-1]
 
     def wait_workers_ready(self, timeout: float = 90) -> None:
         """Wait until every stage has a registered rq worker (engines loaded)."""
-        import redis as redis_lib
+        def dead() -> str | None:
+            for stage in STAGES:
+                procs = self.procs.get(stage, [])
+                if procs and all(p.poll() is not None for p in procs):
+                    return f"{stage} worker died; see {self.logs}/{stage}.log"
+            return None
 
-        conn = redis_lib.Redis.from_url(self.redis.url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            names = [n.decode() for n in conn.smembers("rq:workers")]
-            if all(any(f"{s}." in n for n in names) for s in VENV_OF):
-                return
-            for stage, procs in self.procs.items():
-                if stage in VENV_OF and all(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"{stage} worker died; see {self.logs}/{stage}.log")
-            time.sleep(0.2)
-        raise RuntimeError("workers did not register within the timeout")
+        launcher.wait_workers(self.redis.url, dict.fromkeys(STAGES, 1), dead, timeout)
 
     def stop(self) -> None:
-        for procs in self.procs.values():
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        for procs in self.procs.values():
-            for p in procs:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for fh in self._logs:
-            fh.close()
+        self.processes.stop()
 
 
 CLUSTER_ENV = {
@@ -189,7 +160,7 @@ def cluster(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     c = Cluster(redis_server, tmp_path_factory.mktemp("data"), CLUSTER_ENV)
     try:
         c.start_orchestrator()
-        for stage in VENV_OF:
+        for stage in STAGES:
             c.start_worker(stage)
         c.wait_workers_ready()
         yield c
