@@ -34,8 +34,10 @@ FPS = 25
 SPEAK = """
 import json, sys
 from pathlib import Path
+from services.audio.engines import SpeechRequest
 from services.audio.engines.piper import PiperEngine
-speech = PiperEngine(Path(sys.argv[1])).synthesize(sys.argv[2], Path(sys.argv[3]) / "speech.wav")
+request = SpeechRequest(sys.argv[2], Path(sys.argv[3]) / "speech.wav")
+speech = PiperEngine(Path(sys.argv[1])).synthesize(request)
 (Path(sys.argv[3]) / "phonemes.json").write_text(json.dumps(speech.phonemes))
 print(speech.duration)
 """

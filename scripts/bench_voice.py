@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.audio.engines import SpeechRequest  # noqa: E402
 from services.audio.engines.piper import PiperEngine  # noqa: E402
 from services.audio.engines.piper_match import PiperMatchEngine, Shift, match  # noqa: E402
 from services.audio.engines.voice_profile import measure  # noqa: E402
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         plain = tmp / "joe.wav"
         started = time.perf_counter()
-        joe_speech = PiperEngine(args.models_dir).synthesize(PASSAGE, plain)
+        joe_speech = PiperEngine(args.models_dir).synthesize(SpeechRequest(PASSAGE, plain))
         joe_rtf = (time.perf_counter() - started) / joe_speech.duration
         joe_wer = judges.wer(plain, PASSAGE)
         joe_embedding = judges.embed(plain)
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (voice, wpm) in SPEAKERS.items():
             if voice == "world":
                 sample = tmp / "other-joe.wav"
-                PiperEngine(args.models_dir).synthesize(SAMPLE_TEXT, tmp / "joe-sample.wav")
+                PiperEngine(args.models_dir).synthesize(
+                    SpeechRequest(SAMPLE_TEXT, tmp / "joe-sample.wav"))
                 world_reshape(tmp / "joe-sample.wav", sample, OTHER_JOE)
             else:
                 sample = espeak(tmp / f"{voice}-{wpm}.wav", voice, wpm)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             shift = match(profile, joe_profile)
             out = tmp / f"match-{voice}-{wpm}.wav"
             started = time.perf_counter()
-            speech = engine.synthesize(PASSAGE, out, voice_sample=sample)
+            speech = engine.synthesize(SpeechRequest(PASSAGE, out, voice_sample=sample))
             match_s = time.perf_counter() - started
             row = {
                 "speaker": name, "sample_pitch_hz": round(profile.pitch_median, 1),

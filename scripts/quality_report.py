@@ -60,10 +60,11 @@ VOWELS = set("aæɑɐɒɔəɜʌɛeiɪoʊuɚɝ")
 _SPEAK = """
 import json, sys
 from pathlib import Path
+from services.audio.engines import SpeechRequest
 from services.audio.engines.piper import PiperEngine
 engine = PiperEngine(Path(sys.argv[1]))
 for text, wav in json.loads(sys.argv[2]):
-    speech = engine.synthesize(text, Path(wav))
+    speech = engine.synthesize(SpeechRequest(text, Path(wav)))
     Path(wav).with_suffix(".json").write_text(json.dumps(speech.phonemes))
 """
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from services.audio.engines import AudioEngine, SpeechRequest
 from shared import spoken_text
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -12,7 +12,7 @@ from shared.storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-_engines: dict[str, Any] = {}
+_engines: dict[str, AudioEngine] = {}
 
 
 def warm_up(settings: Settings) -> None:
@@ -20,7 +20,7 @@ def warm_up(settings: Settings) -> None:
     _engine("piper", settings)
 
 
-def _engine(name: str, settings: Settings) -> Any:
+def _engine(name: str, settings: Settings) -> AudioEngine:
     if name not in _engines:
         from services.audio.engines import get_engine
 
@@ -36,19 +36,17 @@ def run(job_id: str, stage: str = "audio", attempt: int = 1) -> str:
 def synthesize(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("audio", "piper")
     engine = _engine(name, ctx.settings)
-    cloning: dict[str, Any] = {}
     avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
-    if name == "xtts":
-        cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir,
-                   "checkpoint_dir": ctx.scratch_dir}
-    elif getattr(engine, "needs_voice_sample", False):  # piper-match: measured once, cached
-        cloning = {"voice_sample": avatar_dir / "voice.wav", "cache_dir": avatar_dir}
     text, tags = spoken_text.strip_tags(ctx.job.text)
     if tags:
         logger.info("audio: %d SSML-like tags left unspoken", tags)
-    speech = engine.synthesize(
-        text, ctx.work_dir / "speech.wav", length_scale=1.0 / ctx.job.options.speed,
-        progress=ctx.progress, should_stop=ctx.should_stop, **cloning)
+    # every voice gets the same request; the ones that follow a voice sample read it (and keep
+    # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir
+    request = SpeechRequest(text, ctx.work_dir / "speech.wav",
+                            length_scale=1.0 / ctx.job.options.speed,
+                            voice_sample=avatar_dir / "voice.wav", cache_dir=avatar_dir,
+                            checkpoint_dir=ctx.scratch_dir)
+    speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
     ctx.check()
     files = ["speech.wav"]
     if speech.phonemes is not None:

@@ -2,6 +2,8 @@
 
 Each engine lives in its own module, imported only when chosen (`get_engine`), and loads its
 heavy libraries in its constructor, so choosing one engine never loads another engine's models.
+Every engine takes the same `SpeechRequest` and uses what it needs of it; the names are the
+catalogue's (shared/engine_catalog.py).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from shared.engine_catalog import VOICES
 from shared.errors import InvalidInput
 
-__all__ = ["ENGINES", "Speech", "SpeechEngine", "get_engine"]
+__all__ = ["ENGINES", "AudioEngine", "Speech", "SpeechRequest", "get_engine"]
 
 
 @dataclass(frozen=True)
@@ -27,43 +30,57 @@ class Speech:
     sample_rate: int
     n_samples: int
     duration: float
-    phonemes: list[dict] | None
-    info: dict | None = None  # engine-specific facts for the stage manifest (e.g. a voice shift)
+    phonemes: list[dict[str, Any]] | None
+    info: dict[str, Any] | None = None  # engine-specific facts for the manifest (a voice shift)
 
 
-class SpeechEngine(Protocol):
-    """Turns text into a WAV file plus phoneme timings; constructed once, kept warm."""
+@dataclass(frozen=True)
+class SpeechRequest:
+    """What to speak and where, the same for every engine; each uses the parts it needs.
+
+    `voice_sample` is the avatar's recording for the voices that follow one (xtts, piper-match),
+    `cache_dir` where what they measure in it is kept, and `checkpoint_dir` where a slow voice
+    (xtts) keeps each finished sentence, so a crashed job resumes at the next one.
+    """
+
+    text: str
+    out_wav: Path
+    length_scale: float = 1.0  # > 1 speaks slower
+    voice_sample: Path | None = None
+    cache_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+
+
+class AudioEngine(Protocol):
+    """Turns text into a WAV file plus phoneme timings; constructed once, kept warm.
+
+    `check` is called before each sentence and raises to stop (a canceled job, a lost lease);
+    `progress` gets the finished fraction, 0..1.
+    """
 
     name: str
     version: str
 
     def __init__(self, models_dir: Path) -> None: ...
 
-    def synthesize(
-        self,
-        text: str,
-        out_wav: Path,
-        *,
-        length_scale: float = 1.0,
-        progress: Callable[[float], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> Speech: ...
+    def synthesize(self, request: SpeechRequest, *, check: Callable[[], None] | None = None,
+                   progress: Callable[[float], None] | None = None) -> Speech: ...
 
 
-def _piper() -> type[SpeechEngine]:
+def _piper() -> type[AudioEngine]:
     from services.audio.engines.piper import PiperEngine
 
     return PiperEngine
 
 
-def _xtts() -> type[SpeechEngine]:
+def _xtts() -> type[AudioEngine]:
     from services.audio.engines.xtts import XttsEngine
 
     return XttsEngine
 
 
-def _shifted(name: str) -> Callable[[], type[SpeechEngine]]:
-    def load() -> type[SpeechEngine]:
+def _shifted(name: str) -> Callable[[], type[AudioEngine]]:
+    def load() -> type[AudioEngine]:
         from services.audio.engines import piper_match
 
         return piper_match.ENGINES[name]
@@ -71,18 +88,16 @@ def _shifted(name: str) -> Callable[[], type[SpeechEngine]]:
     return load
 
 
-ENGINES: dict[str, Callable[[], type[SpeechEngine]]] = {
+# one loader per voice the catalogue lists, in its order
+ENGINES: dict[str, Callable[[], type[AudioEngine]]] = {
     "piper": _piper, "xtts": _xtts,
     **{name: _shifted(name) for name in ("piper-match", "piper-low", "piper-high", "piper-female")},
 }
 
 
-def get_engine(name: str) -> type[SpeechEngine]:
+def get_engine(name: str) -> type[AudioEngine]:
     """The engine class called `name` (its module imported now); construct it with MODELS_DIR."""
-    try:
-        load = ENGINES[name]
-    except KeyError:
+    if name not in VOICES:
         raise InvalidInput(
-            f"unknown speech engine {name!r}; expected one of: {', '.join(sorted(ENGINES))}"
-        ) from None
-    return load()
+            f"unknown speech engine {name!r}; expected one of: {', '.join(sorted(VOICES))}")
+    return ENGINES[name]()

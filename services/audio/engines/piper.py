@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from services.audio.engines import Speech
-from shared.errors import Canceled, InvalidInput, MissingWeights, StageFailed
+from services.audio.engines import Speech, SpeechRequest
+from shared.errors import InvalidInput, MissingWeights, StageFailed
 from shared.storage import atomic_writer
 
 logger = logging.getLogger(__name__)
@@ -159,16 +159,15 @@ class PiperEngine:
 
     def synthesize(
         self,
-        text: str,
-        out_wav: Path,
+        request: SpeechRequest,
         *,
-        length_scale: float = 1.0,
+        check: Callable[[], None] | None = None,
         progress: Callable[[float], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
     ) -> Speech:
-        """Speak `text` into a 16-bit mono WAV at the voice's rate, sentence by sentence."""
+        """Speak the text into a 16-bit mono WAV at the voice's rate, sentence by sentence."""
         from piper import SynthesisConfig
 
+        text, out_wav, length_scale = request.text, request.out_wav, request.length_scale
         if not any(ch.isalnum() for ch in text):
             raise InvalidInput(
                 f"text {text[:60]!r} has nothing to speak; expected words or numbers"
@@ -192,7 +191,7 @@ class PiperEngine:
             wav.setsampwidth(2)
             wav.setframerate(self.sample_rate)
             wav.writeframes(bytes(2 * pad))
-            for done, chunk in enumerate(self._chunks(chunks, should_stop, n_sentences)):
+            for done, chunk in enumerate(self._chunks(chunks, check)):
                 audio = chunk.audio_int16_bytes
                 wav.writeframes(audio)
                 n = len(audio) // 2
@@ -242,14 +241,14 @@ class PiperEngine:
         return sum(1 for s in self._voice.phonemize(text) if s)
 
     def sentences(self, text: str, *, length_scale: float = 1.0
-                  ) -> Iterator[tuple[bytes, list[dict] | None]]:
+                  ) -> Iterator[tuple[bytes, list[dict[str, Any]] | None]]:
         """Speak `text` one sentence at a time, as soon as each is ready (live sessions): 16-bit
         mono PCM at the voice's rate without padding, and its phoneme timings (or None)."""
         from piper import SynthesisConfig
 
         config = SynthesisConfig(length_scale=length_scale)
         chunks = self._voice.synthesize(text, syn_config=config, include_alignments=self.aligned)
-        for chunk in self._chunks(chunks, None, 0):
+        for chunk in self._chunks(chunks, None):
             audio = chunk.audio_int16_bytes
             n = len(audio) // 2
             timings = self._collect([] if self.aligned else None, chunk, n)
@@ -264,14 +263,12 @@ class PiperEngine:
             yield audio, phonemes
 
     @staticmethod
-    def _chunks(
-        chunks: Iterator[Any], should_stop: Callable[[], bool] | None, n_sentences: int
-    ) -> Iterator[Any]:
-        """Piper's per-sentence chunks, checking for cancellation before each one."""
+    def _chunks(chunks: Iterator[Any], check: Callable[[], None] | None) -> Iterator[Any]:
+        """Piper's per-sentence chunks, calling `check` (which raises to stop) before each one."""
         done = 0
         while True:
-            if should_stop is not None and should_stop():
-                raise Canceled(f"speech synthesis canceled after {done} of {n_sentences} sentences")
+            if check is not None:
+                check()
             try:
                 chunk = next(chunks)
             except StopIteration:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from services.audio.engines import Speech
+from services.audio.engines import Speech, SpeechRequest
 from services.audio.engines import voice_profile as profiles
 from services.audio.engines.piper import VOICE, PiperEngine
-from shared.errors import Canceled, InvalidInput, StageFailed
+from shared.errors import InvalidInput, StageFailed
 from shared.storage import atomic_write_json, atomic_writer, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,6 @@ class ShiftedPiperEngine:
 
     name = "piper-shifted"
     version = f"piper-tts 1.8.0 / {VOICE} / praat-parselmouth 0.4.7 change-gender"
-    needs_voice_sample = False
 
     def __init__(self, models_dir: Path) -> None:
         import parselmouth  # noqa: F401  (fail at start, not mid-job, if it is missing)
@@ -107,7 +106,7 @@ class ShiftedPiperEngine:
             except (OSError, ValueError, KeyError, TypeError):
                 with tempfile.TemporaryDirectory() as tmp:
                     wav = Path(tmp) / "joe.wav"
-                    self.piper.synthesize(REFERENCE_TEXT, wav)
+                    self.piper.synthesize(SpeechRequest(REFERENCE_TEXT, wav))
                     self._joe = profiles.measure(wav)
                 try:
                     atomic_write_json(cache, self._joe.to_json())
@@ -122,19 +121,16 @@ class ShiftedPiperEngine:
 
     def synthesize(
         self,
-        text: str,
-        out_wav: Path,
+        request: SpeechRequest,
         *,
-        length_scale: float = 1.0,
+        check: Callable[[], None] | None = None,
         progress: Callable[[float], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        voice_sample: Path | None = None,
-        cache_dir: Path | None = None,
     ) -> Speech:
-        """Speak `text` with Piper, then reshape it (pitch, formants, rate) into `out_wav`."""
+        """Speak the text with Piper, then reshape it (pitch, formants, rate) into the WAV."""
+        length_scale, out_wav = request.length_scale, request.out_wav
         if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
             raise InvalidInput(f"length_scale={length_scale}; expected a number in [0.1, 10]")
-        shift = self.shift_for(voice_sample, cache_dir)
+        shift = self.shift_for(request.voice_sample, request.cache_dir)
         started = time.perf_counter()
 
         def spoken(done: float) -> None:
@@ -143,10 +139,10 @@ class ShiftedPiperEngine:
 
         raw = out_wav.with_name(f".{out_wav.name}.piper.wav")
         try:
-            speech = self.piper.synthesize(text, raw, length_scale=length_scale,
-                                           progress=spoken, should_stop=should_stop)
-            if should_stop is not None and should_stop():
-                raise Canceled("speech synthesis canceled before the voice was reshaped")
+            speech = self.piper.synthesize(replace(request, out_wav=raw), check=check,
+                                           progress=spoken)
+            if check is not None:  # before the voice is reshaped
+                check()
             n, shift = reshape(raw, out_wav, shift)
         finally:
             raw.unlink(missing_ok=True)
@@ -176,7 +172,6 @@ class PiperMatchEngine(ShiftedPiperEngine):
     """joe moved toward the avatar's voice sample: pitch, spread, formants and rate."""
 
     name = "piper-match"
-    needs_voice_sample = True
 
     def shift_for(self, voice_sample: Path | None, cache_dir: Path | None) -> Shift:
         if voice_sample is None:
@@ -191,8 +186,8 @@ ENGINES: dict[str, type[ShiftedPiperEngine]] = {
     e.name: e for e in (PiperMatchEngine, PiperLowEngine, PiperHighEngine, PiperFemaleEngine)}
 
 
-def scale_timings(phonemes: list[dict] | None, factor: float, duration: float
-                  ) -> list[dict] | None:
+def scale_timings(phonemes: list[dict[str, Any]] | None, factor: float, duration: float
+                  ) -> list[dict[str, Any]] | None:
     """Phoneme timings stretched by `factor`, the last one ending at `duration` exactly."""
     if phonemes is None:
         return None
@@ -264,7 +259,7 @@ def _pitch_median(sound: Any) -> float | None:
     return float(np.median(f0[f0 > 0])) if (f0 > 0).any() else None
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     data = json.loads(path.read_text())

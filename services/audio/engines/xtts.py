@@ -19,14 +19,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from services.audio.engines import Speech
-from shared.errors import Canceled, InvalidInput, MissingWeights, StageFailed
+from services.audio.engines import Speech, SpeechRequest
+from shared.engine_catalog import VOICES, XTTS_DIR
+from shared.errors import InvalidInput, MissingWeights, StageFailed
 from shared.storage import atomic_write_json, atomic_writer, sha256_file
 
 logger = logging.getLogger(__name__)
 
-MODEL_DIR = "xtts_v2"
-REQUIRED_FILES = ("config.json", "model.pth", "vocab.json")  # speakers_xtts.pth is optional
+MODEL_DIR = XTTS_DIR
 LANGUAGE = "en"
 SAMPLE_RATE = 22050  # what the visual stage and Piper use; XTTS itself speaks at 24 kHz
 PAD_SECONDS = 0.15  # silence before and after the speech, so the face starts and ends closed
@@ -66,8 +66,7 @@ def _pack(sentence: str, max_chars: int) -> list[str]:
 
 def missing_files(models_dir: Path) -> list[str]:
     """The required model files absent under `models_dir`, as paths relative to it."""
-    return [f"{MODEL_DIR}/{f}" for f in REQUIRED_FILES
-            if not (models_dir / MODEL_DIR / f).is_file()]
+    return VOICES["xtts"].missing(models_dir)
 
 
 class XttsEngine:
@@ -125,20 +124,18 @@ class XttsEngine:
 
     def synthesize(
         self,
-        text: str,
-        out_wav: Path,
+        request: SpeechRequest,
         *,
-        length_scale: float = 1.0,
+        check: Callable[[], None] | None = None,
         progress: Callable[[float], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        voice_sample: Path | None = None,
-        cache_dir: Path | None = None,
-        checkpoint_dir: Path | None = None,
     ) -> Speech:
-        """Speak `text` in the voice of `voice_sample` into a 16-bit mono 22.05 kHz WAV.
+        """Speak the text in the voice of the voice sample into a 16-bit mono 22.05 kHz WAV.
 
-        Sentences already in `checkpoint_dir` (same text, sample and model) are reused.
+        Sentences already in the checkpoint dir (same text, sample and model) are reused.
         """
+        text, out_wav, length_scale = request.text, request.out_wav, request.length_scale
+        voice_sample, cache_dir = request.voice_sample, request.cache_dir
+        checkpoint_dir = request.checkpoint_dir
         if voice_sample is None:
             raise InvalidInput("xtts clones a voice and needs a voice sample; none was given")
         if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
@@ -162,10 +159,8 @@ class XttsEngine:
             wav.setframerate(SAMPLE_RATE)
             wav.writeframes(pad)
             for i, sentence in enumerate(sentences):
-                if should_stop is not None and should_stop():
-                    raise Canceled(
-                        f"speech synthesis canceled after {i} of {len(sentences)} sentences"
-                    )
+                if check is not None:
+                    check()
                 key = hashlib.sha256(json.dumps(
                     [sentence, i, sample_sha, self.model_id, length_scale, SAMPLE_RATE]
                 ).encode()).hexdigest()
@@ -243,7 +238,8 @@ class XttsEngine:
         except Exception as exc:  # torch / transformers errors
             raise StageFailed(f"xtts: synthesis failed at sentence {index + 1}: {exc}") from exc
         self.sentences_synthesized += 1
-        return pcm.numpy().astype("<i2").tobytes()
+        pcm_bytes: bytes = pcm.numpy().astype("<i2").tobytes()
+        return pcm_bytes
 
     @staticmethod
     def _checkpoint(checkpoint_dir: Path | None, index: int, key: str) -> bytes | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.audio.engines import ENGINES, Speech, get_engine
+from services.audio.engines import ENGINES, Speech, SpeechRequest, get_engine
 from services.audio.engines.piper import (
     PAD_SECONDS,
     SILENCE,
@@ -20,6 +20,7 @@ from services.audio.engines.piper import (
     aligned_path,
     prepare,
 )
+from shared.engine_catalog import VOICES
 from shared.errors import Canceled, InvalidInput
 
 TEXT = "Hello world. This is JayAvatar."
@@ -50,6 +51,7 @@ def rms(x: np.ndarray) -> float:
 def test_registry() -> None:
     assert get_engine("piper") is PiperEngine
     assert list(ENGINES)[:2] == ["piper", "xtts"]
+    assert list(ENGINES) == list(VOICES)  # a loader for every voice the orchestrator offers
     # Importing the package loads no engine and no inference library.
     code = (
         "import sys, services.audio.engines; "
@@ -67,7 +69,7 @@ def test_registry() -> None:
 def test_wav_format_and_loudness(engine: PiperEngine, tmp_path: Path) -> None:
     out = tmp_path / "speech.wav"
     seen: list[float] = []
-    speech = engine.synthesize(TEXT, out, progress=seen.append)
+    speech = engine.synthesize(SpeechRequest(TEXT, out), progress=seen.append)
     assert isinstance(speech, Speech)
     params, audio = read_wav(out)
     assert (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 22050)
@@ -85,7 +87,7 @@ def test_wav_format_and_loudness(engine: PiperEngine, tmp_path: Path) -> None:
 
 def test_phonemes_cover_audio_and_follow_it(engine: PiperEngine, tmp_path: Path) -> None:
     out = tmp_path / "speech.wav"
-    speech = engine.synthesize("Mama bought a map. " + TEXT, out)
+    speech = engine.synthesize(SpeechRequest("Mama bought a map. " + TEXT, out))
     phonemes = speech.phonemes
     assert phonemes, "the aligned voice should give phoneme timings"
     assert phonemes[0]["start"] == 0.0
@@ -112,9 +114,10 @@ def test_phonemes_cover_audio_and_follow_it(engine: PiperEngine, tmp_path: Path)
 
 
 def test_longer_text_longer_audio(engine: PiperEngine, tmp_path: Path) -> None:
-    short = engine.synthesize("Hello.", tmp_path / "a.wav")
-    long = engine.synthesize(TEXT + " " + TEXT + " It speaks every word.", tmp_path / "b.wav")
-    slow = engine.synthesize("Hello.", tmp_path / "c.wav", length_scale=2.0)
+    short = engine.synthesize(SpeechRequest("Hello.", tmp_path / "a.wav"))
+    long = engine.synthesize(SpeechRequest(TEXT + " " + TEXT + " It speaks every word.",
+                                           tmp_path / "b.wav"))
+    slow = engine.synthesize(SpeechRequest("Hello.", tmp_path / "c.wav", length_scale=2.0))
     assert long.duration > 2 * short.duration
     speaking = short.duration - 2 * PAD_SECONDS
     assert slow.duration - 2 * PAD_SECONDS > 1.4 * speaking
@@ -124,25 +127,28 @@ def test_longer_text_longer_audio(engine: PiperEngine, tmp_path: Path) -> None:
 def test_nothing_speakable(engine: PiperEngine, tmp_path: Path, text: str) -> None:
     out = tmp_path / "x.wav"
     with pytest.raises(InvalidInput, match="nothing to speak"):
-        engine.synthesize(text, out)
+        engine.synthesize(SpeechRequest(text, out))
     assert not out.exists()
 
 
 def test_bad_length_scale(engine: PiperEngine, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="length_scale=0"):
-        engine.synthesize(TEXT, tmp_path / "x.wav", length_scale=0)
+        engine.synthesize(SpeechRequest(TEXT, tmp_path / "x.wav", length_scale=0))
 
 
-def test_should_stop_cancels(engine: PiperEngine, tmp_path: Path) -> None:
+def test_check_cancels_between_sentences(engine: PiperEngine, tmp_path: Path) -> None:
     out = tmp_path / "x.wav"
+    progress: list[float] = []
     calls: list[int] = []
 
-    def stop() -> bool:
+    def check() -> None:
         calls.append(1)
-        return len(calls) > 1  # let the first sentence through, then cancel
+        if len(calls) > 1:  # let the first sentence through, then cancel
+            raise Canceled("job j was canceled")
 
-    with pytest.raises(Canceled, match="after 1 of 2 sentences"):
-        engine.synthesize(TEXT, out, should_stop=stop)
+    with pytest.raises(Canceled, match="job j was canceled"):
+        engine.synthesize(SpeechRequest(TEXT, out), check=check, progress=progress.append)
+    assert progress == [0.5]  # one of the two sentences was spoken, the second never started
     assert list(tmp_path.iterdir()) == []  # neither the WAV nor its temp file
 
 
@@ -199,6 +205,6 @@ def test_patch_failure_falls_back_to_plain_voice(
         plain = PiperEngine(blocked)
     assert not plain.aligned
     assert "using the plain voice without phoneme timings" in caplog.text
-    speech = plain.synthesize("Hello.", tmp_path / "x.wav")
+    speech = plain.synthesize(SpeechRequest("Hello.", tmp_path / "x.wav"))
     assert speech.phonemes is None
     assert speech.duration > 2 * PAD_SECONDS

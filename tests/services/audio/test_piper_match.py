@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.audio.engines import get_engine
+from services.audio.engines import SpeechRequest, get_engine
 from services.audio.engines.piper import PiperEngine
 from services.audio.engines.piper_match import (
     PRESETS,
@@ -20,6 +20,7 @@ from services.audio.engines.piper_match import (
     reshape,
 )
 from services.audio.engines.voice_profile import VoiceProfile, measure
+from shared.engine_catalog import VOICES
 from shared.errors import Canceled, InvalidInput
 
 TEXT = ("Good morning. I recorded this message so that you can hear how the new voice sounds, "
@@ -64,7 +65,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def plain(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("plain") / "joe.wav"
-    speech = PiperEngine(models_dir).synthesize(TEXT, out)
+    speech = PiperEngine(models_dir).synthesize(SpeechRequest(TEXT, out))
     return out, speech
 
 
@@ -72,8 +73,8 @@ def test_registry_names_the_reshaped_voices() -> None:
     for name in ("piper-match", *PRESETS):
         cls = get_engine(name)
         assert issubclass(cls, ShiftedPiperEngine) and cls.name == name
-    assert get_engine("piper-match").needs_voice_sample
-    assert not any(get_engine(name).needs_voice_sample for name in PRESETS)
+    assert VOICES["piper-match"].needs_voice_sample  # the orchestrator asks the avatar for one
+    assert not any(VOICES[name].needs_voice_sample for name in PRESETS)
     # choosing plain piper loads no Praat; importing the reshaped voices loads it only when built
     code = ("import sys, services.audio.engines.piper_match; "
             "print('parselmouth' in sys.modules)")
@@ -89,7 +90,8 @@ def test_match_speaks_at_a_female_samples_pitch(
     sample = measure(samples["female"])
     assert sample.pitch_median > 170  # espeak-ng's en+f3 is a woman's range
     out = tmp_path / "speech.wav"
-    speech = engine.synthesize(TEXT, out, voice_sample=samples["female"], cache_dir=tmp_path)
+    speech = engine.synthesize(SpeechRequest(TEXT, out, voice_sample=samples["female"],
+                                             cache_dir=tmp_path))
     spoken = measure(out)
     assert abs(spoken.pitch_median / sample.pitch_median - 1) < 0.05, (spoken, sample)
     # plain joe is nowhere near: this is what the avatar spoke before
@@ -104,7 +106,7 @@ def test_phoneme_timings_cover_the_audio_at_the_samples_rate(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "speech.wav"
-    speech = engine.synthesize(TEXT, out, voice_sample=samples["slow_male"])
+    speech = engine.synthesize(SpeechRequest(TEXT, out, voice_sample=samples["slow_male"]))
     rate = speech.info["shift"]["rate"]  # type: ignore[index]
     assert rate < 0.95  # espeak at 120 words a minute speaks slower than joe
     assert wav_samples(out) == speech.n_samples
@@ -167,7 +169,7 @@ def test_presets_differ_in_pitch_as_named(models_dir: Path, plain: tuple[Path, o
     medians = {}
     for name, (factor, _) in PRESETS.items():
         out = tmp_path / f"{name}.wav"
-        speech = get_engine(name)(models_dir).synthesize(TEXT, out)
+        speech = get_engine(name)(models_dir).synthesize(SpeechRequest(TEXT, out))
         assert wav_samples(out) == speech.n_samples
         medians[name] = measure(out).pitch_median
         assert medians[name] / joe == pytest.approx(factor, rel=0.06), (name, medians)
@@ -177,19 +179,19 @@ def test_presets_differ_in_pitch_as_named(models_dir: Path, plain: tuple[Path, o
 def test_the_sample_is_measured_once_and_cached(
     engine: PiperMatchEngine, samples: dict[str, Path], tmp_path: Path,
 ) -> None:
-    engine.synthesize(TEXT, tmp_path / "a.wav", voice_sample=samples["female"],
-                      cache_dir=tmp_path)
+    engine.synthesize(SpeechRequest(TEXT, tmp_path / "a.wav", voice_sample=samples["female"],
+                                    cache_dir=tmp_path))
     (cache,) = tmp_path.glob("voice_profile-*.json")
     profile = VoiceProfile.from_json(json.loads(cache.read_text()))
     cache.write_text(json.dumps({**profile.to_json(), "pitch_median": 300.0}))
-    engine.synthesize(TEXT, tmp_path / "b.wav", voice_sample=samples["female"],
-                      cache_dir=tmp_path)
+    engine.synthesize(SpeechRequest(TEXT, tmp_path / "b.wav", voice_sample=samples["female"],
+                                    cache_dir=tmp_path))
     assert abs(measure(tmp_path / "b.wav").pitch_median / 300.0 - 1) < 0.05
 
 
 def test_samples_without_voice_are_refused(engine: PiperMatchEngine, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="voice sample"):
-        engine.synthesize(TEXT, tmp_path / "x.wav")
+        engine.synthesize(SpeechRequest(TEXT, tmp_path / "x.wav"))
     noise = tmp_path / "noise.wav"
     with wave.open(str(noise), "wb") as wav:
         wav.setnchannels(1)
@@ -198,7 +200,7 @@ def test_samples_without_voice_are_refused(engine: PiperMatchEngine, tmp_path: P
         hiss = np.random.default_rng(0).standard_normal(22050 * 4) * 3000
         wav.writeframes(hiss.astype("<i2").tobytes())
     with pytest.raises(InvalidInput, match="voiced speech"):
-        engine.synthesize(TEXT, tmp_path / "y.wav", voice_sample=noise)
+        engine.synthesize(SpeechRequest(TEXT, tmp_path / "y.wav", voice_sample=noise))
     assert not (tmp_path / "y.wav").exists()
 
 
@@ -206,13 +208,14 @@ def test_cancel_before_reshaping_leaves_nothing(engine: PiperMatchEngine,
                                                 samples: dict[str, Path], tmp_path: Path) -> None:
     asked = []
 
-    def stop() -> bool:
+    def check() -> None:
         asked.append(1)
-        return len(asked) > 1  # Piper finishes its only sentence, then the job is canceled
+        if len(asked) > 1:  # Piper finishes its only sentence, then the job is canceled
+            raise Canceled("job j was canceled")
 
-    with pytest.raises(Canceled):
-        engine.synthesize("Hello there.", tmp_path / "c.wav", voice_sample=samples["female"],
-                          should_stop=stop)
+    request = SpeechRequest("Hello there.", tmp_path / "c.wav", voice_sample=samples["female"])
+    with pytest.raises(Canceled, match="job j was canceled"):
+        engine.synthesize(request, check=check)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.audio.engines import ENGINES, Speech, get_engine
+from services.audio.engines import ENGINES, Speech, SpeechRequest, get_engine
 from services.audio.engines.xtts import (
     GAP_SECONDS,
     MAX_CHARS,
@@ -141,7 +141,8 @@ def test_split_sentences_keeps_each_call_within_the_limit() -> None:
 def test_wav_format_and_length(engine: XttsEngine, voice: Path, tmp_path: Path) -> None:
     seen: list[float] = []
     out = tmp_path / "speech.wav"
-    speech = engine.synthesize(THREE, out, voice_sample=voice, progress=seen.append)
+    speech = engine.synthesize(SpeechRequest(THREE, out, voice_sample=voice),
+                               progress=seen.append)
     assert isinstance(speech, Speech) and speech.phonemes is None
     params, audio = read_wav(out)
     assert (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 22050)
@@ -153,16 +154,16 @@ def test_wav_format_and_length(engine: XttsEngine, voice: Path, tmp_path: Path) 
     edge = round(PAD_SECONDS * 22050)
     assert not audio[:edge].any() and not audio[-edge:].any(), "start or end is not silent"
 
-    short = engine.synthesize(ONE, tmp_path / "one.wav", voice_sample=voice)
+    short = engine.synthesize(SpeechRequest(ONE, tmp_path / "one.wav", voice_sample=voice))
     assert short.duration > 2 * PAD_SECONDS
     assert speech.duration > short.duration + 2 * GAP_SECONDS  # two more sentences, two gaps
 
 
 def test_rejects_bad_input(engine: XttsEngine, voice: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="voice sample"):
-        engine.synthesize(ONE, tmp_path / "a.wav")
+        engine.synthesize(SpeechRequest(ONE, tmp_path / "a.wav"))
     with pytest.raises(InvalidInput, match="nothing to speak"):
-        engine.synthesize(" ... !", tmp_path / "a.wav", voice_sample=voice)
+        engine.synthesize(SpeechRequest(" ... !", tmp_path / "a.wav", voice_sample=voice))
     assert not (tmp_path / "a.wav").exists()
 
 
@@ -171,14 +172,15 @@ def test_voice_latents_are_cached_per_sample(engine: XttsEngine, tmp_path: Path)
     b = write_voice(tmp_path / "b.wav", pitch=110)
     cache = tmp_path / "cache"
     before = engine.latents_computed
-    engine.synthesize(ONE, tmp_path / "1.wav", voice_sample=a, cache_dir=cache)
+    engine.synthesize(SpeechRequest(ONE, tmp_path / "1.wav", voice_sample=a, cache_dir=cache))
     assert engine.latents_computed == before + 1
     (cached,) = cache.glob("xtts_latents-*.pt")
     stamp = cached.stat().st_mtime_ns
-    engine.synthesize(ONE, tmp_path / "2.wav", voice_sample=a, cache_dir=cache)
-    engine.synthesize(ONE, tmp_path / "3.wav", voice_sample=b, cache_dir=cache)
+    engine.synthesize(SpeechRequest(ONE, tmp_path / "2.wav", voice_sample=a, cache_dir=cache))
+    engine.synthesize(SpeechRequest(ONE, tmp_path / "3.wav", voice_sample=b, cache_dir=cache))
     assert engine.latents_computed == before + 2  # only b was new
-    engine.synthesize(ONE, tmp_path / "4.wav", voice_sample=a, cache_dir=cache)  # from disk
+    engine.synthesize(SpeechRequest(ONE, tmp_path / "4.wav", voice_sample=a,
+                                    cache_dir=cache))  # from disk
     assert engine.latents_computed == before + 2
     assert cached.stat().st_mtime_ns == stamp
     assert len(list(cache.glob("xtts_latents-*.pt"))) == 2
@@ -190,36 +192,43 @@ def test_resumes_at_the_next_sentence_after_a_crash(
     checkpoints, out = tmp_path / "audio.sentences", tmp_path / "speech.wav"
     calls = 0
 
-    def crash_before_second_sentence() -> bool:
+    def crash_before_second_sentence() -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("worker killed")
-        return False
 
     before = engine.sentences_synthesized
     with pytest.raises(RuntimeError, match="worker killed"):
-        engine.synthesize(THREE, out, voice_sample=voice, checkpoint_dir=checkpoints,
-                          should_stop=crash_before_second_sentence)
+        engine.synthesize(SpeechRequest(THREE, out, voice_sample=voice,
+                                        checkpoint_dir=checkpoints),
+                          check=crash_before_second_sentence)
     assert engine.sentences_synthesized == before + 1
     assert not out.exists()
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "sentence_0000.json", "sentence_0000.wav"]
     first = checkpoints.joinpath("sentence_0000.wav").read_bytes()
 
-    speech = engine.synthesize(THREE, out, voice_sample=voice, checkpoint_dir=checkpoints)
+    speech = engine.synthesize(SpeechRequest(THREE, out, voice_sample=voice,
+                                             checkpoint_dir=checkpoints))
     assert engine.sentences_synthesized == before + 3  # sentence 1 was reused
     assert checkpoints.joinpath("sentence_0000.wav").read_bytes() == first
     assert read_wav(out)[0].nframes == speech.n_samples
 
     # Other text (or another voice) invalidates a sentence's checkpoint.
-    engine.synthesize("Goodbye world. This is JayAvatar speaking. It clones your voice!", out,
-                      voice_sample=voice, checkpoint_dir=checkpoints)
+    other = "Goodbye world. This is JayAvatar speaking. It clones your voice!"
+    engine.synthesize(SpeechRequest(other, out, voice_sample=voice, checkpoint_dir=checkpoints))
     assert engine.sentences_synthesized == before + 4
 
 
 def test_cancel_leaves_no_output(engine: XttsEngine, voice: Path, tmp_path: Path) -> None:
     out = tmp_path / "speech.wav"
-    with pytest.raises(Canceled, match="after 0 of 3 sentences"):
-        engine.synthesize(THREE, out, voice_sample=voice, should_stop=lambda: True)
+    before = engine.sentences_synthesized
+
+    def canceled() -> None:
+        raise Canceled("job j was canceled")
+
+    with pytest.raises(Canceled, match="job j was canceled"):
+        engine.synthesize(SpeechRequest(THREE, out, voice_sample=voice), check=canceled)
+    assert engine.sentences_synthesized == before  # checked before the first sentence
     assert list(tmp_path.iterdir()) == []
