@@ -7,7 +7,7 @@ VENVS := .venvs
 DATA_DIR ?= data
 PORT ?= 8000
 REDIS_PORT ?= 6390
-STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.installed)
+STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.editable)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup secrets setup-neural system-deps test-deps run demo test lint typecheck bench bench-voice bench-live drill quality clean
@@ -28,13 +28,19 @@ system-deps: ## apt-get install redis-server, ffmpeg, libgl1, a font for caption
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(VENVS)/%/.installed: requirements/%.txt pyproject.toml
+# A venv is rebuilt when its requirements change; the project's own editable install (and with it
+# the console scripts jayavatar and jayavatar-worker) is redone when pyproject.toml changes.
+$(VENVS)/%/.installed: requirements/%.txt
 	@echo "setting up $(VENVS)/$* ..."
 	@rm -rf $(VENVS)/$*
 	$(PY) -m venv $(VENVS)/$*
 	$(VENVS)/$*/bin/pip install -q --disable-pip-version-check -r requirements/$*.txt
+	@touch $@
+
+$(VENVS)/%/.editable: $(VENVS)/%/.installed pyproject.toml
 	$(VENVS)/$*/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
+.PRECIOUS: $(VENVS)/%/.installed  # a stamp, never an intermediate file to delete
 
 models/piper/.prepared: $(VENVS)/audio/.installed
 	$(VENVS)/audio/bin/python -m services.audio.engines.piper --prepare models

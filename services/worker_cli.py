@@ -2,11 +2,14 @@
 
 Workers are rq SimpleWorkers (no fork per job) so an engine loaded once stays warm across jobs;
 crash isolation comes from the supervisor and the orchestrator's reconciler, not from forking.
-Each stage must run from its own venv (.venvs/<stage>), which holds that engine's libraries.
+Each stage must run from its own venv (its `venv` in shared/pipeline.py), which holds that
+engine's libraries. This is an application entry point that imports a stage's service module,
+so it lives beside the services rather than in `shared/`, which names no service module.
 
-Workers run only the project's entry points: an rq job is checked against `ALLOWED` (its
-function's dotted name, no instance, callbacks or webhooks) before anything is imported, and
-anything else is logged and failed without running (rq would import and call any name).
+Workers run only the project's entry points: an rq job is checked against its stage's
+`entry_points` (its function's dotted name, no instance, callbacks or webhooks) before anything
+is imported, and anything else is logged and failed without running (rq would import and call
+any name).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from shared import keys
+from shared import pipeline
 from shared.errors import ConfigError
 from shared.logs import configure_logging
 from shared.presence import Presence
@@ -35,30 +38,15 @@ from shared.stage import Runtime, install_runtime
 
 logger = logging.getLogger(__name__)
 
-MODULES = {
-    "audio": "services.audio.worker",
-    "visual": "services.visual.worker",
-    "compose": "services.compositor.worker",
-}
-QUEUES = {
-    "audio": [keys.QUEUES["audio"]],
-    "visual": [keys.AVATAR_QUEUE, keys.QUEUES["visual"]],
-    "compose": [keys.QUEUES["compose"]],
-}
-# The only functions each stage's workers run: what shared.jobs and the avatar service enqueue.
-ALLOWED = {
-    "audio": frozenset({keys.STAGE_FUNCS["audio"]}),
-    "visual": frozenset({keys.STAGE_FUNCS["visual"], keys.ANALYZE_FUNC}),
-    "compose": frozenset({keys.STAGE_FUNCS["compose"]}),
-}
 REFUSED_TTL_S = 24 * 3600  # how long a refused rq job stays in rq's failed registry
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jayavatar-worker", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=sorted(MODULES))
+    parser.add_argument("stage", choices=sorted(pipeline.STAGES))
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     args = parser.parse_args(argv)
+    spec = pipeline.STAGES[args.stage]
 
     try:
         settings = Settings.load()
@@ -69,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # accepting work never waits behind rendering (WORKER_NICE)
     try:
-        module = importlib.import_module(MODULES[args.stage])
+        module = importlib.import_module(spec.module)
     except ImportError as exc:
         sys.stderr.write(
             f"jayavatar-worker: the {args.stage} worker cannot start in this Python "
-            f"({sys.prefix}): {exc}. Run it from .venvs/{args.stage} (make setup creates it).\n")
+            f"({sys.prefix}): {exc}. Run it from .venvs/{spec.venv} (make setup creates it).\n")
         return 2
 
     runtime = Runtime.create(settings, args.stage)
@@ -85,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     presence = Presence(runtime.conn, args.stage, lambda: runtime.worker_name)
     presence.start()  # /healthz counts this worker while it beats
     try:
-        return _work(runtime, args.stage, args.burst, settings.log_level.upper())
+        return _work(runtime, spec, args.burst, settings.log_level.upper())
     except KeyboardInterrupt:  # Ctrl-C while waiting for Redis to come back
         return 130
     finally:
@@ -138,20 +126,20 @@ class StageWorker(SimpleWorker):
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
         try:
-            super().request_stop(signum, frame)
+            super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
         except redis.exceptions.ConnectionError:
             raise StopRequested() from None
 
 
-def _work(runtime: Runtime, stage: str, burst: bool, log_level: str) -> int:
+def _work(runtime: Runtime, spec: pipeline.StageSpec, burst: bool, log_level: str) -> int:
     """Run the rq worker; while Redis is unreachable, wait and start it again."""
     delay = 0.5
     while True:
         worker = None
         try:
-            worker = StageWorker(QUEUES[stage], connection=runtime.conn,
-                                  serializer=JSONSerializer, name=runtime.worker_name)
-            worker.allowed = ALLOWED[stage]
+            worker = StageWorker(list(spec.worker_queues), connection=runtime.conn,
+                                 serializer=JSONSerializer, name=runtime.worker_name)
+            worker.allowed = spec.entry_points
             worker.work(burst=burst, with_scheduler=False, logging_level=log_level)
             return 0
         except redis.exceptions.BusyLoadingError:

@@ -120,9 +120,6 @@ class StageContext:
             raise ValueError(f"the {self.stage} stage has no scratch folder")
         return self.job_dir / name
 
-    def should_stop(self) -> bool:
-        return self._stop.is_set()
-
     def check(self) -> None:
         """Raise if this execution must stop (job canceled, lease lost)."""
         if self._stop.is_set():
@@ -299,8 +296,8 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
         return Outcome.DONE
     except Canceled:
         if ctx._stop_reason not in ("", "canceled"):
-            # An engine (piper) raised Canceled because the lease was lost: the lease key may
-            # now belong to a newer execution, so it must not be deleted here.
+            # Canceled raised after the lease was lost: the lease key may now belong to a
+            # newer execution, so it must not be deleted here.
             logger.warning("job %s %s#%s: stopped (%s); not publishing",
                            job_id, stage, attempt, ctx._stop_reason)
             return Outcome.LEASE_LOST

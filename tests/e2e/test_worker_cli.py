@@ -1,4 +1,5 @@
-"""The worker command line: burst mode, and stopping while Redis is unreachable."""
+"""The worker command line: what each stage serves and runs, burst mode, the wrong venv, and
+stopping while Redis is unreachable."""
 
 from __future__ import annotations
 
@@ -9,16 +10,54 @@ import time
 import pytest
 import redis
 from conftest import ROOT, VENVS, RedisServer
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from services.worker_cli import refusal
+from shared.pipeline import AVATAR_ANALYSIS, STAGES
 
 pytestmark = pytest.mark.slow
 
 
 def _worker(stage: str, redis_url: str, *args: str) -> subprocess.Popen:
-    venv = {"compose": "compositor"}.get(stage, stage)
+    return _worker_in(STAGES[stage].venv, stage, redis_url, *args)
+
+
+def _worker_in(venv: str, stage: str, redis_url: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([str(VENVS / venv / "bin/jayavatar-worker"), stage, *args],
                             cwd=ROOT, env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url,
                                            "LOG_LEVEL": "WARNING"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_each_stage_runs_only_its_own_entry_points(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The allowlist comes from the pipeline table: a stage's worker runs its own entry point
+    (the visual one also avatar analysis) and refuses every other stage's and any other name."""
+    conn = redis.Redis.from_url(redis_server.url.replace("/0", "/7"))
+    names = [*(s.work.entry_point for s in STAGES.values()), AVATAR_ANALYSIS.entry_point,
+             "os.makedirs", "services.visual.worker.read_wav"]
+    runs = {stage: sorted(n for n in names
+                          if refusal(Job.create(n, connection=conn, serializer=JSONSerializer),
+                                     spec.entry_points) is None)
+            for stage, spec in STAGES.items()}
+    assert runs == {
+        "audio": ["services.audio.worker.run"],
+        "visual": ["services.visual.avatar.analyze", "services.visual.worker.run"],
+        "compose": ["services.compositor.worker.run"],
+    }
+    job = Job.create("services.audio.worker.run", connection=conn, serializer=JSONSerializer)
+    assert refusal(job, STAGES["compose"].entry_points) == (
+        "function 'services.audio.worker.run' is not a JayAvatar entry point "
+        "(allowed: services.compositor.worker.run)")
+    conn.close()
+
+
+def test_a_worker_started_from_another_stage_s_venv_names_the_right_one() -> None:
+    proc = _worker_in("compositor", "visual", "redis://127.0.0.1:1/0")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "the visual worker cannot start in this Python" in err, err
+    assert "Run it from .venvs/visual (make setup creates it)" in err, err
 
 
 def test_burst_worker_exits_when_its_queue_is_empty(redis_server) -> None:  # type: ignore[no-untyped-def]
