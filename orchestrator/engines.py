@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.api.errors import ApiError
 from shared.engine_catalog import AUTO_ORDER, RENDERERS, VOICES, EngineSpec, Kind
+from shared.errors import InvalidInput
 from shared.models import AvatarRecord
 
 DOWNLOAD_HINT = "run scripts/download_models.sh (it needs internet) or copy the files there"
@@ -24,18 +24,18 @@ def _pick(kind: str, table: dict[str, EngineSpec], stage: Kind, requested: str,
         spec = table.get(requested)
         if spec is None:
             names = ", ".join(["auto", *table])
-            raise ApiError(422, f"unknown_{kind}",
-                           f"unknown {kind} {requested!r}; expected one of: {names}")
+            raise InvalidInput(f"unknown {kind} {requested!r}; expected one of: {names}",
+                               code=f"unknown_{kind}")
         missing = spec.missing(models_dir)
         if missing:
-            raise ApiError(422, "missing_weights",
-                           f"the {kind} {requested!r} needs these files in {models_dir}: "
-                           f"{', '.join(missing)}; {DOWNLOAD_HINT}")
+            raise InvalidInput(f"the {kind} {requested!r} needs these files in {models_dir}: "
+                               f"{', '.join(missing)}; {DOWNLOAD_HINT}", code="missing_weights")
         if spec.needs_voice_sample and not avatar.has_voice_sample:
-            raise ApiError(422, "no_voice_sample",
-                           f"the {kind} {requested!r} follows a voice sample, and avatar "
-                           f"{avatar.id} has none; create the avatar with a 3-30 s voice_sample "
-                           "or choose another voice (piper, piper-low, piper-high, piper-female)")
+            raise InvalidInput(
+                f"the {kind} {requested!r} follows a voice sample, and avatar "
+                f"{avatar.id} has none; create the avatar with a 3-30 s voice_sample "
+                "or choose another voice (piper, piper-low, piper-high, piper-female)",
+                code="no_voice_sample")
         return requested, None
     skipped = []
     for name in AUTO_ORDER[stage]:
@@ -48,7 +48,7 @@ def _pick(kind: str, table: dict[str, EngineSpec], stage: Kind, requested: str,
         else:
             note = f"{kind} 'auto' chose {name}"
             return name, note + (f"; skipped {'; '.join(skipped)}" if skipped else "")
-    raise ApiError(422, f"no_{kind}", f"no {kind} is usable: {'; '.join(skipped)}")
+    raise InvalidInput(f"no {kind} is usable: {'; '.join(skipped)}", code=f"no_{kind}")
 
 
 def choose(voice: str, renderer: str, models_dir: Path,

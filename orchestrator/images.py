@@ -30,8 +30,8 @@ import anyio
 import anyio.to_thread
 from PIL import Image, UnidentifiedImageError
 
-from orchestrator.api.errors import ApiError
 from orchestrator.settings import OrchestratorSettings
+from shared.errors import InvalidInput, TooLarge, Unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def _accepted(what: str) -> str:
 
 
 def read_header(data: bytes, s: OrchestratorSettings, what: str) -> Header:
-    """Format, sides and pixel count from the header; 4xx for anything not worth decoding."""
+    """Format, sides and pixel count from the header; InvalidInput (or one of its kinds) for
+    anything not worth decoding."""
     why = " (a face needs pixels to animate)" if what == "portrait" else ""
     try:
         with warnings.catch_warnings():
@@ -106,26 +107,26 @@ def read_header(data: bytes, s: OrchestratorSettings, what: str) -> Header:
             probe = Image.open(io.BytesIO(data))
             fmt = probe.format or "unknown"
             if fmt not in IMAGE_FORMATS:
-                raise ApiError(415, "unsupported_image",
-                               f"the {what} is a {fmt} image; send {_accepted(what)}")
+                raise Unsupported(f"the {what} is a {fmt} image; send {_accepted(what)}",
+                                  code="unsupported_image")
             w, h = probe.size
             _check_size(w, h, s, what, why)
             if getattr(probe, "n_frames", 1) > 1:
-                raise ApiError(422, "animated_image",
-                               f"the {what} is animated; send a still picture ({_accepted(what)})")
+                raise InvalidInput(
+                    f"the {what} is animated; send a still picture ({_accepted(what)})",
+                    code="animated_image")
             probe.verify()
             mode = probe.mode
-    except ApiError:
+    except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(None, s, what) from exc
     except UnidentifiedImageError as exc:
-        raise ApiError(415, "not_an_image",
-                       f"the {what} could not be read as an image ({exc.__class__.__name__}); "
-                       f"send {_accepted(what)}") from exc
+        raise Unsupported(f"the {what} could not be read as an image ({exc.__class__.__name__}); "
+                          f"send {_accepted(what)}", code="not_an_image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(422, "corrupt_image",
-                       f"the {what} file is damaged or truncated; send {_accepted(what)}") from exc
+        raise InvalidInput(f"the {what} file is damaged or truncated; send {_accepted(what)}",
+                           code="corrupt_image") from exc
     keep = s.max_analysis_pixels
     dw, dh = _draft_size(fmt, w, h, keep)
     per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
@@ -138,21 +139,19 @@ def _check_size(w: int, h: int, s: OrchestratorSettings, what: str, why: str) ->
     if w * h > s.max_image_pixels:
         raise _too_many_pixels((w, h), s, what)
     if max(w, h) > s.max_image_side:
-        raise ApiError(413, "image_too_large",
-                       f"the {what} is {w}x{h} pixels; the largest side may be "
-                       f"{s.max_image_side} pixels")
+        raise TooLarge(f"the {what} is {w}x{h} pixels; the largest side may be "
+                       f"{s.max_image_side} pixels", code="image_too_large")
     if min(w, h) < s.min_image_side:
-        raise ApiError(422, "image_too_small",
-                       f"the {what} is {w}x{h} pixels; it must be at least "
-                       f"{s.min_image_side}x{s.min_image_side}{why}")
+        raise InvalidInput(f"the {what} is {w}x{h} pixels; it must be at least "
+                           f"{s.min_image_side}x{s.min_image_side}{why}", code="image_too_small")
 
 
 def _too_many_pixels(size: tuple[int, int] | None, s: OrchestratorSettings,
-                     what: str) -> ApiError:
+                     what: str) -> TooLarge:
     told = f" is {size[0]}x{size[1]} pixels ({_megapixels(size[0] * size[1])}) and" if size else ""
-    return ApiError(413, "image_too_large",
-                    f"the {what}{told} has too many pixels to decode safely; send at most "
-                    f"{_megapixels(s.max_image_pixels)}, at most {s.max_image_side} pixels a side")
+    return TooLarge(f"the {what}{told} has too many pixels to decode safely; send at most "
+                    f"{_megapixels(s.max_image_pixels)}, at most {s.max_image_side} pixels a side",
+                    code="image_too_large")
 
 
 def _draft_size(fmt: str, w: int, h: int, keep: int) -> tuple[int, int]:
@@ -180,8 +179,8 @@ def store(data: bytes, header: Header, s: OrchestratorSettings, what: str, out: 
             image.draft("RGB", _draft_size("JPEG", header.width, header.height, keep))
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(422, "corrupt_image",
-                       f"the {what} file is damaged or truncated; send {_accepted(what)}") from exc
+        raise InvalidInput(f"the {what} file is damaged or truncated; send {_accepted(what)}",
+                           code="corrupt_image") from exc
     image = _reduce(image, keep)  # the only reference: the full-size pixels go here
     if (image.width, image.height) != (header.width, header.height):
         notes.append(f"the {what} ({header.width}x{header.height}) was reduced to "

@@ -8,12 +8,12 @@ import uuid
 
 import redis
 
-from orchestrator.api.errors import ApiError
 from orchestrator.avatars import AvatarService
 from orchestrator.schemas import SessionCreate
 from orchestrator.settings import OrchestratorSettings
 from shared import live
 from shared.engine_catalog import live_names
+from shared.errors import Busy, InvalidInput, NotFound
 from shared.models import MIN_FACE_PX, frame_size, original_face_width
 
 LIVE_VOICES = ("auto", *live_names("audio"))
@@ -28,33 +28,32 @@ class SessionService:
     def create(self, body: SessionCreate) -> live.SessionRecord:
         avatar = self.avatars.get(body.avatar_id)
         if avatar is None:
-            raise ApiError(404, "avatar_not_found", f"no avatar with id {body.avatar_id!r}; "
-                           "create one with POST /v1/avatars")
+            raise NotFound(f"no avatar with id {body.avatar_id!r}; "
+                           "create one with POST /v1/avatars", code="avatar_not_found")
         if body.voice not in LIVE_VOICES:
-            raise ApiError(422, "unknown_voice",
-                           f"voice {body.voice!r} cannot speak live; live sessions accept: "
-                           f"{', '.join(LIVE_VOICES)}")
+            raise InvalidInput(f"voice {body.voice!r} cannot speak live; live sessions accept: "
+                               f"{', '.join(LIVE_VOICES)}", code="unknown_voice")
         if body.renderer not in LIVE_RENDERERS:
-            raise ApiError(422, "unknown_renderer",
-                           f"renderer {body.renderer!r} cannot draw live; live sessions accept: "
-                           f"{', '.join(LIVE_RENDERERS)}")
+            raise InvalidInput(
+                f"renderer {body.renderer!r} cannot draw live; live sessions accept: "
+                f"{', '.join(LIVE_RENDERERS)}", code="unknown_renderer")
         width, height = frame_size(body.size, body.aspect)
         if body.framing == "original":
             face = original_face_width(avatar.face_box[2], (avatar.width, avatar.height),
                                        (width, height))
             if face < MIN_FACE_PX:
-                raise ApiError(422, "face_too_small",
-                               f"with framing 'original' the face would be {face:.0f} px wide in "
-                               f"the {width}x{height} video; it needs at least {MIN_FACE_PX} px: "
-                               "use framing 'face', a larger size, or a closer photo")
+                raise InvalidInput(
+                    f"with framing 'original' the face would be {face:.0f} px wide in "
+                    f"the {width}x{height} video; it needs at least {MIN_FACE_PX} px: "
+                    "use framing 'face', a larger size, or a closer photo", code="face_too_small")
         rec = live.SessionRecord(id=uuid.uuid4().hex, avatar_id=avatar.id, size=body.size,
                                  fps=body.fps, aspect=body.aspect, framing=body.framing,
                                  width=width, height=height, created_at=time.time())
         for role in live.ROLES:
             if live.live_workers(self.conn, role) == 0:
-                raise ApiError(503, "no_live_worker",
-                               f"no live {role} worker is running, so no session can start; "
-                               f"start one (make run starts them) and try again")
+                raise Busy(f"no live {role} worker is running, so no session can start; "
+                           f"start one (make run starts them) and try again",
+                           code="no_live_worker")
         self._admit(rec)
         return rec
 
@@ -69,11 +68,11 @@ class SessionService:
                     pipe.watch(live.SESSIONS)
                     used = sum(s.cost for s in live.active(self.conn))
                     if used + rec.cost > limit + 1e-6:
-                        raise ApiError(503, "live_capacity",
-                                       f"this machine is already running {used:g} of the "
-                                       f"{limit:g} live sessions it can hold without stalling "
-                                       f"(LIVE_MAX_SESSIONS, counted as 512x512 at 25 fps; this "
-                                       f"one counts {rec.cost:.2g}); close a session or try later")
+                        raise Busy(f"this machine is already running {used:g} of the "
+                                   f"{limit:g} live sessions it can hold without stalling "
+                                   f"(LIVE_MAX_SESSIONS, counted as 512x512 at 25 fps; this "
+                                   f"one counts {rec.cost:.2g}); close a session or try later",
+                                   code="live_capacity")
                     pipe.multi()
                     pipe.set(live.session(rec.id), rec.model_dump_json(), ex=ttl)
                     pipe.zadd(live.SESSIONS, {rec.id: rec.created_at})
@@ -81,13 +80,13 @@ class SessionService:
                     return
                 except redis.WatchError:
                     continue
-        raise ApiError(503, "live_busy", "too many sessions are starting at once; retry")
+        raise Busy("too many sessions are starting at once; retry", code="live_busy")
 
     def get(self, session_id: str) -> live.SessionRecord:
         rec = live.load(self.conn, session_id) if len(session_id) <= 64 else None
         if rec is None:
-            raise ApiError(404, "session_not_found",
-                           f"no live session with id {session_id[:64]!r} (it may have ended)")
+            raise NotFound(f"no live session with id {session_id[:64]!r} (it may have ended)",
+                           code="session_not_found")
         return rec
 
     def list(self) -> list[live.SessionRecord]:

@@ -1,7 +1,7 @@
 """Checking uploads (file names, display names, voice samples, music) before anything is stored;
 pictures are decoded in images.py.
 
-Every rejection raises `InvalidInput`-style `ApiError`s with a sentence a person can act on.
+Every rejection raises an `InvalidInput` (or one of its kinds) with a sentence a person can act on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import UploadFile
 
 from orchestrator import voice_sample
-from orchestrator.api.errors import ApiError
+from shared.errors import InvalidInput, Malformed, TooLarge, Unsupported
 
 MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
 MIN_MUSIC_S, MAX_MUSIC_S = 1.0, 600.0
@@ -28,9 +28,9 @@ def check_file_name(upload: UploadFile, field: str) -> None:
     if not name:
         return
     if "/" in name or "\\" in name or ".." in name or "\x00" in name or not _SAFE_NAME.match(name):
-        raise ApiError(400, "bad_file_name",
-                       f"the {field} file name {name[:80]!r} looks like a path; send a plain file "
-                       "name such as 'me.jpg' (letters, digits, spaces, '-', '_', '.')")
+        raise Malformed(f"the {field} file name {name[:80]!r} looks like a path; send a plain file "
+                        "name such as 'me.jpg' (letters, digits, spaces, '-', '_', '.')",
+                        code="bad_file_name")
 
 
 def check_name(name: str | None, what: str) -> str | None:
@@ -40,25 +40,23 @@ def check_name(name: str | None, what: str) -> str | None:
         return None
     name = name.strip()
     if len(name) > 200:
-        raise ApiError(422, "bad_name", f"the {what} name may be at most 200 characters")
+        raise InvalidInput(f"the {what} name may be at most 200 characters", code="bad_name")
     for i, ch in enumerate(name):
         kind = unicodedata.category(ch)
         if kind in ("Cc", "Cs") or (kind == "Cf" and ch not in _JOINERS) or ch == "\ufffd":
-            raise ApiError(422, "bad_name",
-                           f"the {what} name has a control or invisible character "
-                           f"(U+{ord(ch):04X} at position {i + 1}); send plain text in UTF-8: "
-                           "letters, digits, spaces and punctuation")
+            raise InvalidInput(f"the {what} name has a control or invisible character "
+                               f"(U+{ord(ch):04X} at position {i + 1}); send plain text in UTF-8: "
+                               "letters, digits, spaces and punctuation", code="bad_name")
     return name
 
 
 def read_limited(upload: UploadFile, field: str, limit: int) -> bytes:
     data = upload.file.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, "too_large",
-                       f"the {field} upload is larger than {limit // (1024 * 1024)} MB; "
-                       "send a smaller file")
+        raise TooLarge(f"the {field} upload is larger than {limit // (1024 * 1024)} MB; "
+                       "send a smaller file", code="too_large")
     if not data:
-        raise ApiError(422, "empty_file", f"the {field} upload is empty")
+        raise InvalidInput(f"the {field} upload is empty", code="empty_file")
     return data
 
 
@@ -76,21 +74,21 @@ def check_voice_sample(original: Path, out_wav: Path) -> float:
     except (ValueError, TypeError):
         has_audio, duration = False, float("nan")
     if proc.returncode != 0 or not has_audio or duration != duration:
-        raise ApiError(415, "not_audio",
-                       f"the voice sample could not be read as audio; send {accepted}")
+        raise Unsupported(f"the voice sample could not be read as audio; send {accepted}",
+                          code="not_audio")
     if not MIN_VOICE_S <= duration <= MAX_VOICE_S:
-        raise ApiError(422, "voice_duration",
-                       f"the voice sample lasts {duration:.1f} s; send {accepted}")
+        raise InvalidInput(f"the voice sample lasts {duration:.1f} s; send {accepted}",
+                           code="voice_duration")
     proc = subprocess.run(
         ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
          "-ac", "1", "-ar", "22050", "-c:a", "pcm_s16le",
          str(out_wav)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise ApiError(422, "bad_audio", f"the voice sample could not be decoded; send {accepted}")
+        raise InvalidInput(f"the voice sample could not be decoded; send {accepted}",
+                           code="bad_audio")
     if _peak_db(out_wav, timeout=60) < -45.0:
-        raise ApiError(422, "silent_audio",
-                       "the voice sample is silent; record yourself speaking for "
-                       f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds")
+        raise InvalidInput("the voice sample is silent; record yourself speaking for "
+                           f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds", code="silent_audio")
     voice_sample.check(out_wav, original)  # one person speaking: no music, clipping, 2nd voice
     return duration
 
@@ -130,15 +128,17 @@ def check_music(original: Path, out_flac: Path) -> float:
                 "seconds (it is looped or cut to the speech)")
     duration = _audio_seconds(original)
     if duration is None:
-        raise ApiError(415, "not_audio", f"the music could not be read as audio; send {accepted}")
+        raise Unsupported(f"the music could not be read as audio; send {accepted}",
+                          code="not_audio")
     if not MIN_MUSIC_S <= duration <= MAX_MUSIC_S:
-        raise ApiError(422, "music_duration", f"the music lasts {duration:.1f} s; send {accepted}")
+        raise InvalidInput(f"the music lasts {duration:.1f} s; send {accepted}",
+                           code="music_duration")
     proc = subprocess.run(
         ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
          "-ac", "2", "-ar", "48000", "-c:a", "flac", str(out_flac)],
         capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise ApiError(422, "bad_audio", f"the music could not be decoded; send {accepted}")
+        raise InvalidInput(f"the music could not be decoded; send {accepted}", code="bad_audio")
     if _peak_db(out_flac, timeout=120) < -50.0:
-        raise ApiError(422, "silent_audio", f"the music is silent; send {accepted}")
+        raise InvalidInput(f"the music is silent; send {accepted}", code="silent_audio")
     return duration

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.api.errors import ApiError
+from shared.errors import InvalidInput
 
 FRAME_S = 0.02  # energy frames
 MIN_SOUND_S = 1.5  # seconds above the noise floor
@@ -184,35 +184,31 @@ def native_clipping(original: Path) -> float:
 
 
 def check(wav: Path, original: Path | None = None) -> Findings:
-    """Refuse a sample that is not one person speaking (ApiError 422); return the findings.
+    """Refuse a sample that is not one person speaking (InvalidInput); return the findings.
 
     `wav` is the sample as the avatar stores it; `original` the upload, checked for clipping."""
     found = analyse(wav)
     retry = "send 3-30 s of one person speaking, recorded close to the microphone"
     if found.sound_seconds < MIN_SOUND_S:
-        raise ApiError(422, "too_little_speech",
-                       f"the voice sample has only {found.sound_seconds:.1f} s of sound, the "
-                       f"rest is (near) silence; {retry}")
+        raise InvalidInput(f"the voice sample has only {found.sound_seconds:.1f} s of sound, the "
+                           f"rest is (near) silence; {retry}", code="too_little_speech")
     if found.quiet_share < MIN_QUIET_SHARE or found.pitch_median is None:
-        raise ApiError(422, "not_speech",
-                       "the voice sample sounds like music or a steady sound, not speech (it "
-                       f"hardly ever pauses: {found.quiet_share:.0%} of it is quiet between "
-                       f"sounds, speech has {MIN_QUIET_SHARE:.0%} or more); {retry}, "
-                       "without music")
+        raise InvalidInput("the voice sample sounds like music or a steady sound, not speech (it "
+                           f"hardly ever pauses: {found.quiet_share:.0%} of it is quiet between "
+                           f"sounds, speech has {MIN_QUIET_SHARE:.0%} or more); {retry}, "
+                           "without music", code="not_speech")
     clipped = found.clipped_share
     if original is not None:
         clipped = max(clipped, native_clipping(original))
     if clipped > MAX_CLIPPED:
-        raise ApiError(422, "clipped_audio",
-                       f"the voice sample is clipped ({clipped:.1%} of its samples are cut "
-                       "flat at the loudest level), which distorts the voice; record it again "
-                       "with the input level lower")
+        raise InvalidInput(f"the voice sample is clipped ({clipped:.1%} of its samples are cut "
+                           "flat at the loudest level), which distorts the voice; record it again "
+                           "with the input level lower", code="clipped_audio")
     if len(found.pitch_groups) > 1:
         low, high = found.pitch_groups
-        raise ApiError(422, "several_speakers",
-                       f"the voice sample seems to hold two voices (one around {low:.0f} Hz, "
-                       f"one around {high:.0f} Hz); send a recording of the avatar's voice "
-                       "alone")
+        raise InvalidInput(f"the voice sample seems to hold two voices (one around {low:.0f} Hz, "
+                           f"one around {high:.0f} Hz); send a recording of the avatar's voice "
+                           "alone", code="several_speakers")
     return found
 
 

@@ -1,8 +1,14 @@
-"""Every API error is JSON `{error, message}`: never a stack trace, never a 5xx for bad input."""
+"""Every API error is JSON `{error, message}`: never a stack trace, never a 5xx for bad input.
+
+The domain (orchestrator/*.py outside api/) refuses with shared.errors classes; STATUS says which
+HTTP status each class answers with. ApiError is for refusals that only HTTP knows (a missing
+token, a file gone from disk).
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
@@ -11,6 +17,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.disk import is_disk_full
+from shared.errors import (
+    Busy,
+    Conflict,
+    InvalidInput,
+    JayAvatarError,
+    Malformed,
+    NotFound,
+    TooLarge,
+    Unsupported,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +39,25 @@ class ApiError(Exception):
         self.headers = headers  # e.g. Retry-After on a 503
 
 
+STATUS: dict[type[JayAvatarError], int] = {
+    Malformed: 400, NotFound: 404, Conflict: 409, TooLarge: 413, Unsupported: 415,
+    InvalidInput: 422, Busy: 503,
+}
+
+
+def status_of(exc: JayAvatarError) -> int | None:
+    """The HTTP status of a domain error: its nearest class in STATUS (None: not a refusal)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return None
+
+
 def _body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
     kind = err.get("type", "")
     if kind == "missing":
@@ -77,6 +107,15 @@ def install(app: FastAPI) -> None:
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(_body(exc.code, exc.message), status_code=exc.status,
                             headers=exc.headers)
+
+    @app.exception_handler(JayAvatarError)
+    async def refused(request: Request, exc: JayAvatarError) -> JSONResponse:
+        status = status_of(exc)
+        if status is None:  # StageFailed, ConfigError...: not a refusal of the request
+            return await unexpected(request, exc)
+        headers = ({"Retry-After": str(exc.retry_after)}
+                   if isinstance(exc, Busy) and exc.retry_after is not None else None)
+        return JSONResponse(_body(exc.code, exc.message), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
