@@ -9,7 +9,7 @@ resumed after a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -88,7 +88,8 @@ class VisualEngine(Protocol):
     version: str
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec) -> Animation:
+                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
+                ) -> Animation:
         """Everything one clip needs, worked out once: the speech `audio` (mono float samples at
         `sample_rate`) and its `phonemes` timings, when the audio stage gave them."""
         ...

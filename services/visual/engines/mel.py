@@ -56,7 +56,8 @@ def mel_filterbank() -> np.ndarray:
     upper = ramps[2:] / widths[1:, None]
     weights = np.maximum(0, np.minimum(lower, upper))
     weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return weights.astype(np.float32)
+    out: np.ndarray = weights.astype(np.float32)
+    return out
 
 
 def resample(audio: np.ndarray, rate: int) -> np.ndarray:
@@ -67,7 +68,8 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     g = gcd(int(rate), SAMPLE_RATE)
-    return resample_poly(audio, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
+    out: np.ndarray = resample_poly(audio, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
+    return out
 
 
 def melspectrogram(audio: np.ndarray) -> np.ndarray:
@@ -85,7 +87,8 @@ def melspectrogram(audio: np.ndarray) -> np.ndarray:
     min_level = 10 ** (MIN_LEVEL_DB / 20)
     db = 20 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
     scaled = 2 * MAX_ABS * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS
-    return np.clip(scaled, -MAX_ABS, MAX_ABS).astype(np.float32)
+    out: np.ndarray = np.clip(scaled, -MAX_ABS, MAX_ABS).astype(np.float32)
+    return out
 
 
 def mel_windows(mel: np.ndarray, n_frames: int, fps: int) -> np.ndarray:

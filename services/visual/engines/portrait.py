@@ -8,6 +8,7 @@ chunks can be rendered in any order, in any process, and resumed after a crash.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,9 +37,11 @@ RIGHT_EYE = (33, 133, [246, 161, 160, 159, 158, 157, 173], [7, 163, 144, 145, 15
 LEFT_EYE = (263, 362, [466, 388, 387, 386, 385, 384, 398], [249, 390, 373, 374, 380, 381, 382])
 
 
-def _smoothstep(e0: float | np.ndarray, e1: float | np.ndarray, x: np.ndarray) -> np.ndarray:
+def _smoothstep(e0: float | np.ndarray, e1: float | np.ndarray,
+                x: np.ndarray | np.floating[Any]) -> np.ndarray:
     t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    out: np.ndarray = t * t * (3.0 - 2.0 * t)
+    return out
 
 
 def _grid(x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +181,8 @@ class _MouthRig:
             mx, my = cv2.scaleAdd(self.Gx, lateral, mx), cv2.scaleAdd(self.Gy, lateral, my)
         if gap > 0.3:
             self._thin(mx, my, gap)
-        region = cv2.remap(base, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        region: np.ndarray = cv2.remap(base, mx, my, cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE)
         if gap > 0.3:
             self._paint(region[self.paint], gap, lateral, tongue)
         return region
@@ -282,7 +286,8 @@ class _MouthRig:
     @staticmethod
     def _gaps(u: np.ndarray, width: float, phase: float) -> np.ndarray:
         """Brightness across a row of teeth `width` wide: a faint dark line between two."""
-        return 1.0 - 0.12 * np.abs(np.cos(np.pi * (u / np.float32(width) + phase))) ** 24
+        out: np.ndarray = 1.0 - 0.12 * np.abs(np.cos(np.pi * (u / np.float32(width) + phase))) ** 24
+        return out
 
 
 def _cover(distance: np.ndarray, feather: float) -> np.ndarray:
@@ -360,7 +365,9 @@ class _EyeRig:
         stretch = (self.yu - self.ytop) / np.maximum(lid_edge - self.ytop, 1e-3)
         inside = (self.Y >= self.ytop) & (self.Y < lid_edge)
         my = np.where(inside, self.ytop + (self.Y - self.ytop) * stretch, self.Y).astype(np.float32)
-        return cv2.remap(base, self.X, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out: np.ndarray = cv2.remap(base, self.X, my, cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+        return out
 
 
 def _sorted_xy(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -481,7 +488,7 @@ class PortraitEngine:
     version = "1"
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec
+                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
                 ) -> PortraitAnimation:
         base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         frame = spec.frame

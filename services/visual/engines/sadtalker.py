@@ -23,6 +23,7 @@ import tempfile
 import wave
 import weakref
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -85,7 +86,7 @@ class SadTalkerEngine:
         return found
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec
+                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
                 ) -> SadTalkerAnimation:
         base, _, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         work = Path(tempfile.mkdtemp(prefix="jayavatar-sadtalker-"))

@@ -90,7 +90,7 @@ class Wav2LipEngine:
         logger.info("wav2lip: loaded %s on %s%s", path, self.device, " (fp16)" if self.fp16 else "")
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict] | None, spec: RenderSpec
+                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
                 ) -> Wav2LipAnimation:
         base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         box = face_box(lm, spec.frame)
@@ -108,13 +108,15 @@ class Wav2LipEngine:
         ref = crop[:, :, ::-1].astype(np.float32) / 255.0  # the network was trained on BGR
         masked = ref.copy()
         masked[IMG // 2:] = 0
-        return np.concatenate([masked, ref], axis=2).transpose(2, 0, 1).copy()
+        face: np.ndarray = np.concatenate([masked, ref], axis=2).transpose(2, 0, 1).copy()
+        return face
 
     def encode_face(self, face: np.ndarray) -> list[Any]:
         import torch
 
         with torch.inference_mode():
-            return self.model.encode_face(self._tensor(face[None]))
+            skips: list[Any] = self.model.encode_face(self._tensor(face[None]))
+            return skips
 
     def generate(self, windows: np.ndarray, skips: list[Any]) -> np.ndarray:
         """(B, 80, 16) mel windows -> (B, 96, 96, 3) uint8 RGB faces."""
@@ -123,7 +125,8 @@ class Wav2LipEngine:
         with torch.inference_mode():
             out = self.model.decode(self._tensor(windows[:, None]), skips)
             faces = out.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-            return faces.permute(0, 2, 3, 1).flip(-1).cpu().numpy()  # BGR -> RGB
+            rgb: np.ndarray = faces.permute(0, 2, 3, 1).flip(-1).cpu().numpy()  # BGR -> RGB
+            return rgb
 
     def _tensor(self, a: np.ndarray) -> Any:
         import torch
