@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -28,12 +27,13 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from orchestrator import voice_sample
-from orchestrator.api.errors import ApiError
 from orchestrator.images import ImageDecoder
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.staging import StagingArea
+from orchestrator.staging import StagingArea, discard
 from orchestrator.uploads import check_file_name, check_name, check_voice_sample, read_limited
-from shared import keys
+from shared import keys, pipeline
+from shared.errors import Busy, Conflict, InvalidInput
+from shared.layout import AVATAR_RECORD, PORTRAIT, VOICE_SAMPLE
 from shared.models import AvatarRecord
 from shared.storage import atomic_write_json, publish_dir, sha256_file
 
@@ -41,17 +41,16 @@ logger = logging.getLogger(__name__)
 
 
 def parse_avatar(avatar_id: str, raw: bytes | str) -> AvatarRecord:
-    """A stored avatar record; 409 saying what to do when it cannot be read, so that one
+    """A stored avatar record; Conflict saying what to do when it cannot be read, so that one
     damaged record breaks neither the listing nor anything else."""
     try:
         return AvatarRecord.model_validate_json(raw)
     except ValueError as exc:  # pydantic's ValidationError is one
         logger.warning("avatar %s: stored record cannot be read: %s", avatar_id,
                        type(exc).__name__)
-        raise ApiError(409, "avatar_damaged",
-                       f"avatar {avatar_id}'s stored record is damaged and cannot be used; "
+        raise Conflict(f"avatar {avatar_id}'s stored record is damaged and cannot be used; "
                        f"delete it (DELETE /v1/avatars/{avatar_id}) and upload the portrait "
-                       "again") from exc
+                       "again", code="avatar_damaged") from exc
 
 
 class AvatarService:
@@ -61,13 +60,13 @@ class AvatarService:
         self.settings = settings
         self.decoder = decoder
         self.staging = staging
-        self.root = settings.data_dir / "avatars"
+        self.layout = settings.layout
         self.pending = 0  # uploads in progress in this process
         # threads for the analysis's short Redis calls: never queued behind long upload work
         self.polls = anyio.CapacityLimiter(4)
 
     def get(self, avatar_id: str) -> AvatarRecord | None:
-        """The avatar, or None if there is none; 409 if its stored record cannot be read."""
+        """The avatar, or None if there is none; Conflict if its stored record cannot be read."""
         raw = self.conn.get(keys.avatar(avatar_id))
         return parse_avatar(avatar_id, raw) if raw else None
 
@@ -76,7 +75,7 @@ class AvatarService:
         for raw_id in self.conn.zrevrange(keys.AVATARS, 0, 999):
             try:
                 rec = self.get(keys.text(raw_id))
-            except ApiError:  # a damaged record hides no other avatar (its id still answers)
+            except Conflict:  # a damaged record hides no other avatar (its id still answers)
                 continue
             if rec is not None:
                 out.append(rec)
@@ -86,22 +85,19 @@ class AvatarService:
         if not self.conn.delete(keys.avatar(avatar_id)):
             return False
         self.conn.zrem(keys.AVATARS, avatar_id)
-        folder = self.root / avatar_id
+        folder = self.layout.avatar_dir(avatar_id)
         if folder.exists():
-            trash = self.root / f".deleted-{avatar_id}-{time.time_ns()}"
-            os.rename(folder, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            discard(folder)
         return True
 
     async def create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
                      face: int | None = None) -> tuple[AvatarRecord, builtins.list[str]]:
         """Check, stage, analyse and publish an avatar. Waiting for the analysis holds no
-        thread; past MAX_PENDING_AVATARS uploads at once, the next gets 503 at the door."""
+        thread; past MAX_PENDING_AVATARS uploads at once, the next is refused (Busy) at the door."""
         limit = self.settings.max_pending_avatars
         if self.pending >= limit:
-            raise ApiError(503, "too_many_uploads",
-                           f"{limit} avatar uploads are already being checked and analysed; "
-                           "retry in a few seconds", headers={"Retry-After": "5"})
+            raise Busy(f"{limit} avatar uploads are already being checked and analysed; "
+                       "retry in a few seconds", code="too_many_uploads", retry_after=5)
         self.pending += 1
         try:
             return await self._create(portrait, voice, name, face)
@@ -120,22 +116,22 @@ class AvatarService:
                       if voice else None)
 
         avatar_id = uuid.uuid4().hex[:16]
-        staging = self.staging.folder(self.root, avatar_id)
+        staging = self.staging.folder(self.layout.avatars, avatar_id)
         try:
-            picture = await self.decoder.store(data, "portrait", staging / "portrait.png")
+            picture = await self.decoder.store(data, "portrait", staging / PORTRAIT)
             del data
             seconds = await run(self._store_voice, staging, voice_data)
             found = await self._analyze(staging, face or 0)
             if found["faces"] == 0:
-                raise ApiError(422, "no_face",
-                               "no face was found in the portrait; send a photo in which one "
-                               "face is clearly visible and turned towards the camera")
+                raise InvalidInput("no face was found in the portrait; send a photo in which one "
+                                   "face is clearly visible and turned towards the camera",
+                                   code="no_face")
             chosen = found.get("chosen", 0)
             if chosen is None:
-                raise ApiError(422, "no_such_face",
-                               f"face {face} was asked for, but the portrait has "
-                               f"{found['faces']} face(s), numbered 0 to {found['faces'] - 1} "
-                               "from the largest; send one of those numbers")
+                raise InvalidInput(f"face {face} was asked for, but the portrait has "
+                                   f"{found['faces']} face(s), numbered 0 to {found['faces'] - 1} "
+                                   "from the largest; send one of those numbers",
+                                   code="no_such_face")
             notes = list(picture.notes)
             if found.get("turned"):
                 notes.append(f"the photo lay on its side or upside down: it was turned "
@@ -146,7 +142,7 @@ class AvatarService:
                              "avatar's thumbnail for the numbers)")
             notes.extend(found.get("notes", []))  # how a tight photo is framed
             if seconds is not None:
-                notes.append(await run(voice_sample.note, staging / "voice.wav"))
+                notes.append(await run(voice_sample.note, staging / VOICE_SAMPLE))
             record = AvatarRecord(
                 id=avatar_id, name=name, width=found.get("width", picture.width),
                 height=found.get("height", picture.height),
@@ -163,23 +159,23 @@ class AvatarService:
         return record, notes
 
     def _store_voice(self, staging: Path, voice_data: bytes | None) -> float | None:
-        """Check the voice sample and store it as voice.wav; its seconds (None without one)."""
+        """Check the voice sample and store it (VOICE_SAMPLE); its seconds (None without one)."""
         if voice_data is None:
             return None
         original = staging / "voice_original"
         original.write_bytes(voice_data)
-        seconds = check_voice_sample(original, staging / "voice.wav")
+        seconds = check_voice_sample(original, staging / VOICE_SAMPLE)
         original.unlink()
         return seconds
 
     def _publish(self, staging: Path, record: AvatarRecord) -> AvatarRecord:
-        """Hash the files, write avatar.json and rename the staging folder into place."""
-        voice = staging / "voice.wav"
+        """Hash the files, write the record and rename the staging folder into place."""
+        voice = staging / VOICE_SAMPLE
         record = record.model_copy(update={
-            "portrait_sha256": sha256_file(staging / "portrait.png"),
+            "portrait_sha256": sha256_file(staging / PORTRAIT),
             "voice_sha256": sha256_file(voice) if record.has_voice_sample else None})
-        atomic_write_json(staging / "avatar.json", record.model_dump(mode="json"))
-        publish_dir(staging, self.root / record.id)
+        atomic_write_json(staging / AVATAR_RECORD, record.model_dump(mode="json"))
+        publish_dir(staging, self.layout.avatar_dir(record.id))
         return record
 
     def _index(self, record: AvatarRecord) -> None:
@@ -188,16 +184,17 @@ class AvatarService:
             pipe.zadd(keys.AVATARS, {record.id: record.created_at})
             pipe.execute()
 
-    async def _analyze(self, folder: Path, face: int) -> dict:
+    async def _analyze(self, folder: Path, face: int) -> dict[str, Any]:
         """Face analysis by a visual worker (rq job on the avatar queue), awaited by polling
         its status from a thread a moment at a time: no thread waits for it."""
 
-        async def run(call: partial) -> Any:
+        async def run(call: partial[Any]) -> Any:
             return await anyio.to_thread.run_sync(call, limiter=self.polls)
 
-        queue = Queue(keys.AVATAR_QUEUE, connection=self.conn, serializer=JSONSerializer)
+        queue = Queue(pipeline.AVATAR_ANALYSIS.queue, connection=self.conn,
+                      serializer=JSONSerializer)
         job = await run(partial(
-            queue.enqueue_call, func=keys.ANALYZE_FUNC,
+            queue.enqueue_call, func=pipeline.AVATAR_ANALYSIS.entry_point,
             kwargs={"avatar_dir": str(folder.resolve()), "face": face}, timeout=120,
             result_ttl=60, failure_ttl=600, ttl=int(self.settings.analyze_timeout_s) + 5))
         deadline = time.monotonic() + self.settings.analyze_timeout_s
@@ -205,16 +202,14 @@ class AvatarService:
         while time.monotonic() < deadline:
             status = await run(partial(job.get_status, refresh=True))
             if status == JobStatus.FINISHED:
-                return cast(dict, await run(partial(job.return_value, refresh=True)))
+                return cast(dict[str, Any], await run(partial(job.return_value, refresh=True)))
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                raise ApiError(422, "unreadable_portrait",
-                               "the portrait could not be analysed for a face; send a "
-                               "different photo (PNG or JPEG)")
+                raise InvalidInput("the portrait could not be analysed for a face; send a "
+                                   "different photo (PNG or JPEG)", code="unreadable_portrait")
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         await run(partial(job.cancel))
-        raise ApiError(503, "no_visual_worker",
-                       f"no visual worker analysed the portrait within "
-                       f"{self.settings.analyze_timeout_s:.0f} s; start one with "
-                       "'jayavatar-worker visual' (make run starts it) and retry",
-                       headers={"Retry-After": "10"})
+        raise Busy(f"no visual worker analysed the portrait within "
+                   f"{self.settings.analyze_timeout_s:.0f} s; start one with "
+                   "'jayavatar-worker visual' (make run starts it) and retry",
+                   code="no_visual_worker", retry_after=10)
