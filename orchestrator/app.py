@@ -25,7 +25,7 @@ from orchestrator.api.routes import (
 )
 from orchestrator.avatars import AvatarService
 from orchestrator.images import ImageDecoder
-from orchestrator.media import MediaService
+from orchestrator.media_library import MediaLibrary
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea
@@ -48,15 +48,14 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         conn = redis.Redis.from_url(s.redis_url, socket_timeout=10, health_check_interval=10,
                                     retry_on_timeout=True)
         store = JobStore.from_settings(conn, s)
-        (s.data_dir / "avatars").mkdir(parents=True, exist_ok=True)
-        (s.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
-        (s.data_dir / "media").mkdir(parents=True, exist_ok=True)
-        staging = StagingArea(s.data_dir)  # uploads' staging; a dead process's is swept
-        staging.sweep([s.data_dir / "avatars", s.data_dir / "media"])
+        for root in (s.layout.avatars, s.layout.jobs, s.layout.media):
+            root.mkdir(parents=True, exist_ok=True)
+        staging = StagingArea(s.layout)  # uploads' staging; a dead process's is swept
+        staging.sweep(s.layout.upload_roots)
         decoder = ImageDecoder(s)
         mirrors = MirrorWriter(s.data_dir)
         app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s, decoder, staging),
-                                       MediaService(s, decoder, staging), mirrors=mirrors)
+                                       MediaLibrary(s, decoder, staging), mirrors=mirrors)
         live_conn = sessions.install(app, app.state.jayavatar)
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from shared import keys
 from shared.jobs import JobStore
+from shared.layout import AVATAR_RECORD, JOB_RECORD, Layout
 from shared.models import AvatarRecord, JobRecord
 from shared.storage import read_json
 
@@ -34,7 +35,8 @@ class RecoveryReport:
 
 def recover_from_disk(conn: redis.Redis, store: JobStore, data_dir: Path) -> RecoveryReport:
     report = RecoveryReport()
-    for path in sorted((data_dir / "avatars").glob("*/avatar.json")):
+    layout = Layout(data_dir)
+    for path in sorted(layout.avatars.glob(f"*/{AVATAR_RECORD}")):
         try:
             avatar = AvatarRecord.model_validate(read_json(path))
         except (OSError, ValueError, ValidationError):
@@ -45,7 +47,7 @@ def recover_from_disk(conn: redis.Redis, store: JobStore, data_dir: Path) -> Rec
         if conn.set(keys.avatar(avatar.id), avatar.model_dump_json(), nx=True):
             conn.zadd(keys.AVATARS, {avatar.id: avatar.created_at})
             report.avatars_restored += 1
-    for path in sorted((data_dir / "jobs").glob("*/job.json")):
+    for path in sorted(layout.jobs.glob(f"*/{JOB_RECORD}")):
         try:
             rec = JobRecord.model_validate(read_json(path))
         except (OSError, ValueError, ValidationError):

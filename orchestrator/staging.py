@@ -16,19 +16,21 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+
+from shared.layout import Layout
 
 logger = logging.getLogger(__name__)
 
-OWNERS = ".staging-owners"
 _STAGED = re.compile(r"^\.staging-(?:([0-9a-f]{12})-)?[0-9a-f]+$")
 
 
 class StagingArea:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.owners = data_dir / OWNERS
+    def __init__(self, layout: Layout) -> None:
+        self.owners = layout.staging_owners
         self.owners.mkdir(parents=True, exist_ok=True)
         self.owner = uuid.uuid4().hex[:12]
         self._fd = _lock_new(self.owners / f"{self.owner}.lock")
@@ -39,7 +41,7 @@ class StagingArea:
         path.mkdir(parents=True)
         return path
 
-    def sweep(self, roots: list[Path]) -> int:
+    def sweep(self, roots: Iterable[Path]) -> int:
         """Remove staging folders of dead owners and half-deleted folders; how many went."""
         dead: dict[str | None, bool] = {self.owner: False}
         removed = 0
@@ -81,6 +83,14 @@ class StagingArea:
     def close(self) -> None:
         (self.owners / f"{self.owner}.lock").unlink(missing_ok=True)
         os.close(self._fd)
+
+
+def discard(folder: Path) -> None:
+    """Remove a published folder: renamed aside in one step first (readers see it whole or not
+    at all), then deleted; a crash in between leaves a `.deleted-*` folder for the next sweep."""
+    trash = folder.with_name(f".deleted-{folder.name}-{time.time_ns()}")
+    os.rename(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _lock_new(path: Path) -> int:

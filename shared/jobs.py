@@ -26,6 +26,7 @@ from rq.serializers import JSONSerializer
 
 from shared import keys, pipeline
 from shared.errors import LeaseLost
+from shared.layout import JOB_RECORD, Layout
 from shared.models import JobRecord, StageInfo
 from shared.settings import Settings
 from shared.storage import atomic_write_json
@@ -119,7 +120,7 @@ class JobStore:
         return ended + self.retention_s < (now or time.time())
 
     def job_dir(self, job_id: str) -> Path:
-        return self.data_dir / "jobs" / job_id
+        return Layout(self.data_dir).job_dir(job_id)
 
     def lease_holder(self, job_id: str) -> str | None:
         value = self.conn.get(keys.lease(job_id))
@@ -413,7 +414,7 @@ class JobStore:
 
     def _mirror(self, rec: JobRecord) -> None:
         try:
-            atomic_write_json(self.job_dir(rec.id) / "job.json", rec.model_dump(mode="json"))
+            atomic_write_json(self.job_dir(rec.id) / JOB_RECORD, rec.model_dump(mode="json"))
         except OSError as exc:  # the Redis record stays the truth; the mirror is for disaster
             logger.warning("job %s: could not mirror job.json: %s", rec.id, exc)
 

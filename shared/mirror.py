@@ -19,6 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from shared.layout import Layout
 from shared.models import JobRecord
 from shared.storage import fsync_dir
 
@@ -39,7 +40,7 @@ def write_mirrors(data_dir: Path, recs: list[JobRecord]) -> None:
     """
     staged: list[tuple[JobRecord, Path, Path]] = []
     for rec in recs:
-        path = Path(data_dir) / "jobs" / rec.id / "job.json"
+        path = Layout(data_dir).job_record(rec.id)
         data = json.dumps(rec.model_dump(mode="json"), indent=2, sort_keys=True).encode()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

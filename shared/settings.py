@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.layout import Layout
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,11 @@ class Settings(BaseSettings):
 
     # Append-only audit log of stage executions (one JSON line per event); off when empty.
     audit_log: Path | None = None
+
+    @property
+    def layout(self) -> Layout:
+        """The paths under DATA_DIR."""
+        return Layout(self.data_dir)
 
     @property
     def heartbeat_interval(self) -> float:

@@ -8,7 +8,7 @@ import redis
 from fastapi import Request
 
 from orchestrator.avatars import AvatarService
-from orchestrator.media import MediaService
+from orchestrator.media_library import MediaLibrary
 from orchestrator.settings import OrchestratorSettings
 from shared.jobs import JobStore
 from shared.mirror import MirrorWriter
@@ -29,7 +29,7 @@ class AppState:
     conn: redis.Redis
     store: JobStore
     avatars: AvatarService
-    media: MediaService
+    media: MediaLibrary
     mirrors: MirrorWriter  # new jobs' job.json, written off the request path
     # avatar id -> (monotonic time read, record): POST /v1/jobs reads an avatar from Redis at
     # most every AVATAR_CACHE_S (routes/jobs.py)

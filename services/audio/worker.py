@@ -36,7 +36,7 @@ def run(job_id: str, stage: str = "audio", attempt: int = 1) -> str:
 def synthesize(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("audio", "piper")
     engine = _engine(name, ctx.settings)
-    avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
+    avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
     text, tags = spoken_text.strip_tags(ctx.job.text)
     if tags:
         logger.info("audio: %d SSML-like tags left unspoken", tags)

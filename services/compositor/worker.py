@@ -18,7 +18,7 @@ from typing import Any
 from services.compositor import captions
 from services.compositor.layers import Layers, video_graph
 from services.compositor.mixing import AudioPlan, MusicBed, plan_music
-from shared import assets
+from shared import media_refs
 from shared.errors import StageFailed
 from shared.media import MediaInfo, ffmpeg, probe, verify_result
 from shared.models import JobOptions
@@ -61,7 +61,7 @@ def compose(ctx: StageContext) -> StageResult:
         layers = replace(layers, **_background(ctx, opts, visual_dir))
     music = None
     if opts.music is not None:
-        path = assets.resolve(ctx.settings.data_dir, opts.music, "audio", "music")
+        path = media_refs.resolve(ctx.settings.layout, opts.music, "audio", "music")
         music = MusicBed(path, opts.music_volume)
     ctx.check()
     out = ctx.work_dir / "result.mp4"
@@ -87,7 +87,7 @@ def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[s
                           f"{opts.background!r}; the renderer must write the person mask")
     if opts.background.startswith("#"):
         return {"mask": mask, "colour": opts.background}
-    image = assets.resolve(ctx.settings.data_dir, opts.background, "image", "background")
+    image = media_refs.resolve(ctx.settings.layout, opts.background, "image", "background")
     return {"mask": mask, "image": image}
 
 

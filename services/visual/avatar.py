@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from services.visual.framing import FramePlan, plan_face
+from shared.layout import PORTRAIT, THUMBNAIL
 from shared.storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -43,13 +44,13 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
     face number `face` and thumbnail.jpg showing every face box, the chosen one highlighted.
     A `face` beyond the faces found writes neither and reports `chosen: None`."""
     folder = Path(avatar_dir)
-    rgb = load_rgb(folder / "portrait.png")
+    rgb = load_rgb(folder / PORTRAIT)
     faces = analyzer().analyze(rgb)
     turned = 0
     if not faces or quarter_turn(faces[0]) or faces[0].score <= UNVOUCHED:  # lying on its
         # side or upside down, with no EXIF to say so (an upside-down face is meshed as if
         # upright, but no detection vouches for it)
-        rgb, faces, turned = upright(rgb, faces, folder / "portrait.png")
+        rgb, faces, turned = upright(rgb, faces, folder / PORTRAIT)
     boxes = [list(map(int, f.box)) for f in faces]
     chosen = face if 0 <= face < len(faces) else None
     found: dict[str, Any] = {"faces": len(faces), "boxes": boxes, "chosen": chosen,
@@ -58,7 +59,7 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
         atomic_write_json(folder / "face.json", faces[chosen].to_json())
         # how the default video (framing 'face', 1:1) frames this photo: said when it is tight
         plan = plan_face(faces[chosen].landmarks, (rgb.shape[1], rgb.shape[0]), (512, 512))
-        write_thumbnail(rgb, boxes, chosen, folder / "thumbnail.jpg", plan)
+        write_thumbnail(rgb, boxes, chosen, folder / THUMBNAIL, plan)
         found["framing"] = plan.to_json()
         found["notes"] = [f"{plan.note} (framing 'face', 1:1)"] if plan.note else []
     logger.info("avatar %s: %d face(s) found, face %s chosen", folder.name, len(faces), chosen)

@@ -25,6 +25,7 @@ from services.visual.live_motion import LiveMotion, Scheduled, viseme_items
 from shared import live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
+from shared.layout import PORTRAIT
 from shared.logs import configure_logging, job_context
 from shared.settings import Settings
 
@@ -53,8 +54,8 @@ class VisualSession:
         self.conn, self.settings, self.rec = conn, settings, rec
         self.held, self.stopping = held, stopping
         self.ttl = settings.live_idle_timeout_s
-        avatar_dir = settings.data_dir / "avatars" / rec.avatar_id
-        portrait = avatar_analysis.load_rgb(avatar_dir / "portrait.png")
+        avatar_dir = settings.layout.avatar_dir(rec.avatar_id)
+        portrait = avatar_analysis.load_rgb(avatar_dir / PORTRAIT)
         face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
         spec = RenderSpec(fps=rec.fps, size=rec.size, aspect=rec.aspect, framing=rec.framing)
         silence = np.zeros(SAMPLE_RATE // rec.fps, np.float32)

@@ -14,6 +14,7 @@ from services.visual import avatar as avatar_analysis
 from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus
 from services.visual.engines.base import RenderSpec, VisualEngine
 from shared.errors import StageFailed
+from shared.layout import PORTRAIT
 from shared.media import concat, probe
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -59,9 +60,9 @@ def render(ctx: StageContext) -> StageResult:
 
     name = ctx.job.engines.get("visual", "portrait")
     engine = _engine(name, ctx.settings)
-    avatar_dir = ctx.settings.data_dir / "avatars" / ctx.job.avatar_id
+    avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
     try:
-        portrait = avatar_analysis.load_rgb(avatar_dir / "portrait.png")
+        portrait = avatar_analysis.load_rgb(avatar_dir / PORTRAIT)
         face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
     except (OSError, ValueError) as exc:
         raise StageFailed(f"avatar {ctx.job.avatar_id} is missing or damaged on disk: {exc}. "

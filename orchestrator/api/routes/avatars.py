@@ -51,8 +51,7 @@ def get_avatar(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Avata
 @router.get("/{avatar_id}/portrait")
 def get_portrait(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
     _get(st, avatar_id)
-    return FileResponse(st.settings.data_dir / "avatars" / avatar_id / "portrait.png",
-                        media_type="image/png")
+    return FileResponse(st.settings.layout.portrait(avatar_id), media_type="image/png")
 
 
 @router.get("/{avatar_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
@@ -60,7 +59,7 @@ def get_thumbnail(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Fi
     """A small JPEG of the portrait with every face found boxed and numbered, the animated one
     in green."""
     _get(st, avatar_id)
-    path = st.settings.data_dir / "avatars" / avatar_id / "thumbnail.jpg"
+    path = st.settings.layout.thumbnail(avatar_id)
     if not path.is_file():
         raise ApiError(404, "thumbnail_missing",
                        f"avatar {avatar_id} has no thumbnail (it was made by an older version); "

@@ -197,7 +197,7 @@ def _published(st: AppState, rec: JobRecord, what: str) -> Path:
         reason = f": {rec.error}" if rec.error else ""
         raise ApiError(409, "not_ready", f"job {rec.id} is {rec.status}{reason}; the {what} "
                        "exists only once the job has succeeded")
-    folder = st.store.job_dir(rec.id) / "compose"
+    folder = st.settings.layout.stage_dir(rec.id, "compose")
     if load_manifest(folder, verify=False) is None:
         raise ApiError(410, "result_missing",
                        f"job {rec.id} succeeded but its {what} is no longer on disk")

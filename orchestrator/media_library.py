@@ -1,28 +1,28 @@
-"""Uploaded media for compose options: background images and music tracks.
+"""The library of uploaded media for compose options: background images and music tracks.
 
 An upload is checked whole (decodable, sane size or length) and normalised (images to RGB PNG,
 audio to 48 kHz stereo FLAC) in a staging directory, which is renamed to `media/<id>/` with its
 `media.json` only when everything checked out; a rejected upload leaves nothing behind. Those
-files are the whole record (see shared/assets.py): no Redis state to lose or rebuild.
+files are the whole record (see shared/media_refs.py): no Redis state to lose or rebuild.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from fastapi import UploadFile
 
-from orchestrator.api.errors import ApiError
 from orchestrator.images import ImageDecoder, Picture
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.staging import StagingArea
+from orchestrator.staging import StagingArea, discard
 from orchestrator.uploads import check_file_name, check_music, check_name, read_limited
-from shared import assets
+from shared import media_refs
+from shared.errors import InvalidInput, NotFound
+from shared.layout import MEDIA_RECORD
 from shared.models import MediaRecord
 from shared.storage import atomic_write_json, publish_dir, sha256_file
 
@@ -33,53 +33,53 @@ KINDS = {"image": "a background image (PNG, JPEG, WebP or BMP)",
 LIST_LIMIT = 1000
 
 
-class MediaService:
+class MediaLibrary:
     def __init__(self, settings: OrchestratorSettings, decoder: ImageDecoder,
                  staging: StagingArea) -> None:
         self.settings = settings
         self.decoder = decoder
         self.staging = staging
-        self.root = assets.media_root(settings.data_dir)
+        self.layout = settings.layout
 
     def get(self, media_id: str) -> MediaRecord | None:
-        return assets.load_record(self.settings.data_dir, media_id)
+        return media_refs.load_record(self.layout, media_id)
 
     def file(self, record: MediaRecord) -> Path:
-        return self.root / record.id / record.file
+        return self.layout.media_dir(record.id) / record.file
 
     def list(self) -> list[MediaRecord]:
         """Every upload, newest first (at most LIST_LIMIT)."""
-        if not self.root.is_dir():
+        root = self.layout.media
+        if not root.is_dir():
             return []
-        found = (self.get(p.name) for p in self.root.iterdir() if assets.MEDIA_ID.match(p.name))
+        found = (self.get(p.name) for p in root.iterdir() if media_refs.MEDIA_ID.match(p.name))
         records = [r for r in found if r is not None]
         return sorted(records, key=lambda r: r.created_at, reverse=True)[:LIST_LIMIT]
 
     def delete(self, media_id: str) -> bool:
-        folder = self.root / media_id
+        folder = self.layout.media_dir(media_id)
         if self.get(media_id) is None or not folder.is_dir():
             return False
-        trash = self.root / f".deleted-{media_id}-{time.time_ns()}"
-        os.rename(folder, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        discard(folder)
         return True
 
     async def create(self, upload: UploadFile, kind: str, name: str | None) -> MediaRecord:
         if kind not in KINDS:
-            raise ApiError(422, "bad_kind", f"kind {kind[:40]!r} is not known; expected 'image' "
-                           f"({KINDS['image']}) or 'audio' ({KINDS['audio']})")
+            raise InvalidInput(f"kind {kind[:40]!r} is not known; expected 'image' "
+                               f"({KINDS['image']}) or 'audio' ({KINDS['audio']})",
+                               code="bad_kind")
         name = check_name(name, "media")
         check_file_name(upload, "file")
         run = self.decoder.run
         data = await run(read_limited, upload, "file", self.settings.max_upload_bytes)
         media_id = uuid.uuid4().hex[:16]
-        staging = self.staging.folder(self.root, media_id)
+        staging = self.staging.folder(self.layout.media, media_id)
         try:
             picture = (await self.decoder.store(data, "background image", staging / "image.png")
                        if kind == "image" else None)
             record = await run(self._store, staging, media_id, kind, data, picture,
                                name or upload.filename or None)
-            await run(publish_dir, staging, self.root / media_id)
+            await run(publish_dir, staging, self.layout.media_dir(media_id))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -89,7 +89,7 @@ class MediaService:
     def _store(self, staging: Path, media_id: str, kind: str, data: bytes,
                picture: Picture | None, name: str | None) -> MediaRecord:
         """Normalise the checked upload into `staging`, with its media.json written last."""
-        fields: dict = {}
+        fields: dict[str, Any] = {}
         if picture is not None:  # already stored by the decoder
             file = "image.png"
             fields = {"width": picture.width, "height": picture.height}
@@ -102,20 +102,20 @@ class MediaService:
         path = staging / file
         record = MediaRecord(id=media_id, kind=kind, name=name, file=file,  # type: ignore[arg-type]
                              size=path.stat().st_size, sha256=sha256_file(path), **fields)
-        atomic_write_json(staging / assets.RECORD_FILE, record.model_dump(mode="json"))
+        atomic_write_json(staging / MEDIA_RECORD, record.model_dump(mode="json"))
         return record
 
     def require(self, ref: str, kind: str, option: str) -> MediaRecord:
-        """The upload a job option names, of the right kind; a 4xx saying what to send if not."""
-        media_id = assets.parse_ref(ref)
+        """The upload a job option names, of the right kind; NotFound or InvalidInput saying
+        what to send if not."""
+        media_id = media_refs.parse_ref(ref)
         record = self.get(media_id) if media_id else None
         if record is None:
-            raise ApiError(404, "media_not_found",
-                           f"'{option}' names {ref[:60]!r}, which is not an upload here; upload "
+            raise NotFound(f"'{option}' names {ref[:60]!r}, which is not an upload here; upload "
                            f"{KINDS[kind]} with POST /v1/media (kind={kind}) and use its ref "
-                           "'media:<id>'")
+                           "'media:<id>'", code="media_not_found")
         if record.kind != kind:
-            raise ApiError(422, "wrong_media_kind",
-                           f"'{option}' names {ref!r}, which is an {record.kind} upload; "
-                           f"'{option}' takes {KINDS[kind]} (kind={kind})")
+            raise InvalidInput(f"'{option}' names {ref!r}, which is an {record.kind} upload; "
+                               f"'{option}' takes {KINDS[kind]} (kind={kind})",
+                               code="wrong_media_kind")
         return record

@@ -1,0 +1,79 @@
+"""Where everything lives under DATA_DIR: the one module that knows the folder layout.
+
+    DATA_DIR/
+      avatars/<id>/        portrait.png, voice.wav (when a sample was sent), avatar.json,
+                           and the visual worker's face.json and thumbnail.jpg
+      jobs/<id>/           job.json (mirror of the Redis record) and one folder per stage
+                           (audio/, visual/, compose/), each with its manifest.json
+      media/<id>/          an upload (image.png or audio.flac) and its media.json
+      .staging-owners/     one lock file per running orchestrator (see orchestrator/staging.py)
+
+Uploads are assembled in `.staging-*` folders beside their final place (under avatars/ and
+media/) and renamed into place whole; the file names inside an avatar's folder are the
+constants below, so a folder being staged and a published one read the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PORTRAIT = "portrait.png"
+VOICE_SAMPLE = "voice.wav"
+AVATAR_RECORD = "avatar.json"
+THUMBNAIL = "thumbnail.jpg"
+JOB_RECORD = "job.json"
+MEDIA_RECORD = "media.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one DATA_DIR."""
+
+    data_dir: Path
+
+    @property
+    def avatars(self) -> Path:
+        return Path(self.data_dir) / "avatars"
+
+    @property
+    def jobs(self) -> Path:
+        return Path(self.data_dir) / "jobs"
+
+    @property
+    def media(self) -> Path:
+        return Path(self.data_dir) / "media"
+
+    @property
+    def staging_owners(self) -> Path:
+        return Path(self.data_dir) / ".staging-owners"
+
+    @property
+    def upload_roots(self) -> tuple[Path, Path]:
+        """The folders uploads are staged in (and deleted from): avatars/ and media/."""
+        return self.avatars, self.media
+
+    def avatar_dir(self, avatar_id: str) -> Path:
+        return self.avatars / avatar_id
+
+    def portrait(self, avatar_id: str) -> Path:
+        return self.avatar_dir(avatar_id) / PORTRAIT
+
+    def thumbnail(self, avatar_id: str) -> Path:
+        return self.avatar_dir(avatar_id) / THUMBNAIL
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs / job_id
+
+    def job_record(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / JOB_RECORD
+
+    def stage_dir(self, job_id: str, stage: str) -> Path:
+        """Where a stage's published output lives (audio/, visual/ or compose/)."""
+        return self.job_dir(job_id) / stage
+
+    def media_dir(self, media_id: str) -> Path:
+        return self.media / media_id
+
+    def media_record(self, media_id: str) -> Path:
+        return self.media_dir(media_id) / MEDIA_RECORD
