@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from shared import keys, listings
+from shared import keys, listings, pipeline
 from shared.jobs import JobStore
 from shared.models import TERMINAL, JobRecord
 
@@ -141,7 +141,7 @@ class Reconciler:
         return False
 
     def _waiting(self, stage: str, queued: dict[str, set[str]]) -> set[str]:
-        queue = keys.QUEUES[stage]
+        queue = pipeline.STAGES[stage].work.queue
         if queue not in queued:
             queued[queue] = {keys.text(i) for i in self.conn.lrange(f"rq:queue:{queue}", 0, -1)}
         return queued[queue]

@@ -28,6 +28,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import ROOT, Stack, log  # noqa: E402
 
+from shared.pipeline import STAGES  # noqa: E402
+
+# (stage, the next one): a hand-off is the next one's start after this one's end
+HANDOFFS = [(s.name, s.next_stage) for s in STAGES.values() if s.next_stage is not None]
 TEXT_10S = ("Good morning, and welcome. This short message was generated on this machine, from "
             "one photograph and a few lines of text, without sending anything to the cloud.")
 
@@ -254,10 +258,10 @@ def main() -> int:
     for r in results:
         stages = r["record"]["stages"]
         manifests = {s: json.loads((data_dir / "jobs" / r["id"] / s / "manifest.json")
-                                   .read_text()) for s in ("audio", "visual", "compose")}
+                                   .read_text()) for s in STAGES}
         speech = manifests["audio"]["info"]["duration"]
         handoff = [stages[b]["started_at"] - stages[a]["finished_at"]
-                   for a, b in (("audio", "visual"), ("visual", "compose"))]
+                   for a, b in HANDOFFS]
         rows.append({
             "speech_s": round(speech, 2), "wall_s": round(r["wall"], 2),
             "rtf": round(r["wall"] / speech, 3),
@@ -267,7 +271,7 @@ def main() -> int:
     med = {k: round(statistics.median(row[k] for row in rows), 3)
            for k in ("speech_s", "wall_s", "rtf")}
     med["stage_s"] = {s: round(statistics.median(row["stage_s"][s] for row in rows), 3)
-                      for s in ("audio", "visual", "compose")}
+                      for s in STAGES}
     handoffs = sorted(h for row in rows for h in row["handoff_ms"])
     med["handoff_ms_p50"] = handoffs[len(handoffs) // 2]
     med["handoff_ms_max"] = handoffs[-1]

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import ROOT, Stack, log  # noqa: E402
 
 from orchestrator.cli import main as cli  # noqa: E402
+from shared.pipeline import STAGES  # noqa: E402
 
 TEXT = ("Hello! I am JayAvatar. I turn one photo and a few lines of text into a video of you "
         "speaking, made entirely on your own machine.")
@@ -45,7 +46,7 @@ def main() -> int:
     jobs = sorted((args.data_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
     job_dir = jobs[-1]
     seconds = {s: json.loads((job_dir / s / "manifest.json").read_text())["timings"]["seconds"]
-               for s in ("audio", "visual", "compose")}
+               for s in STAGES}
     speech = json.loads((job_dir / "audio/manifest.json").read_text())["info"]["duration"]
     log(f"wrote {args.output}: {speech:.2f} s of speech in {wall:.2f} s wall "
         f"(real-time factor {wall / speech:.2f}); stages: "

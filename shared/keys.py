@@ -1,10 +1,8 @@
-"""Every Redis key and queue name JayAvatar uses, in one place."""
+"""Every Redis key JayAvatar uses, in one place (the rq queues are in shared/pipeline.py)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from shared import pipeline
 
 PREFIX = "ja"
 
@@ -13,14 +11,6 @@ def text(value: Any) -> str:
     """A Redis reply as str: connections here do not decode, so replies arrive as bytes."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
-
-# The stages, their queues and entry points are declared in shared/pipeline.py.
-STAGES = tuple(pipeline.STAGES)
-NEXT_STAGE = {s.name: s.next_stage for s in pipeline.STAGES.values()}
-QUEUES = {s.name: s.work.queue for s in pipeline.STAGES.values()}
-AVATAR_QUEUE = pipeline.AVATAR_ANALYSIS.queue
-STAGE_FUNCS = {s.name: s.work.entry_point for s in pipeline.STAGES.values()}
-ANALYZE_FUNC = pipeline.AVATAR_ANALYSIS.entry_point
 
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of non-terminal job ids (the reconciler's work list)
 ALL_JOBS = f"{PREFIX}:jobs:all"  # sorted set: job id -> created_at

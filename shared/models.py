@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared import keys, textcheck
+from shared import keys, pipeline, textcheck
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 StageState = Literal["pending", "queued", "running", "retry_wait", "done", "failed", "canceled"]
@@ -20,9 +20,6 @@ BACKGROUND_PATTERN = r"^(keep|#[0-9a-f]{6}|media:[0-9a-f]{16})$"
 
 UNENCODABLE_NOTE = ("the text was stored with characters that are not valid Unicode; they are "
                     "shown as U+FFFD")
-
-# Share of the whole job each stage stands for, for one overall progress figure.
-STAGE_WEIGHTS = {"audio": 0.15, "visual": 0.75, "compose": 0.10}
 
 
 class JobOptions(BaseModel):
@@ -104,7 +101,7 @@ class JobRecord(BaseModel):
     engines: dict[str, str] = {}  # stage -> engine chosen at submission
     notes: list[str] = []  # warnings a person should see (e.g. engine fallbacks)
     status: JobStatus = "queued"
-    stage: str = "audio"
+    stage: str = pipeline.FIRST_STAGE
     attempt: int = 1
     stage_state: StageState = "queued"
     retry_at: float | None = None
@@ -123,10 +120,10 @@ class JobRecord(BaseModel):
         if self.status == "succeeded":
             return 1.0
         total = 0.0
-        for stage, weight in STAGE_WEIGHTS.items():
+        for stage, spec in pipeline.STAGES.items():
             info = self.stages.get(stage)
             if info is not None:
-                total += weight * (1.0 if info.status == "done" else info.progress)
+                total += spec.weight * (1.0 if info.status == "done" else info.progress)
         return round(min(total, 0.999), 4)
 
     def to_hash(self) -> dict[Any, str]:
@@ -152,7 +149,7 @@ class JobRecord(BaseModel):
             if isinstance(decoded.get(field), str):
                 decoded[field] = textcheck.scrub(decoded[field])
         # progress:<stage> fields are written by workers outside transitions.
-        for stage in STAGE_WEIGHTS:
+        for stage in pipeline.STAGES:
             value = decoded.pop(f"progress:{stage}", None)
             info = decoded.get("stages", {}).get(stage)
             if value is not None and info is not None and info.get("status") == "running":
@@ -180,11 +177,12 @@ class JobRecord(BaseModel):
             reason = f"field {textcheck.scrub(where)!r}: {textcheck.scrub(first['msg'])}"
         else:
             reason = textcheck.scrub(f"{type(exc).__name__}: {exc}")[:200]
-        stage = pick("stage", str, "audio")
+        stage = pick("stage", str, pipeline.FIRST_STAGE)
         return cls(id=job_id, avatar_id=textcheck.scrub(pick("avatar_id", str, "")),
                    text=textcheck.scrub(pick("text", str, "")),
                    options=JobOptions.model_validate({}),
-                   status="failed", stage=stage if stage in STAGE_WEIGHTS else "audio",
+                   status="failed",
+                   stage=stage if stage in pipeline.STAGES else pipeline.FIRST_STAGE,
                    stage_state="failed", created_at=pick("created_at", (int, float), 0.0),
                    finished_at=pick("finished_at", (int, float), None),
                    error=f"this job's stored record is damaged ({reason}); it cannot run, "

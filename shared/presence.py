@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from shared import keys
+from shared import keys, pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Presence:
                 return
 
 
-def live_workers(conn: redis.Redis, stages: Iterable[str] = keys.STAGES) -> dict[str, int]:
+def live_workers(conn: redis.Redis, stages: Iterable[str] = pipeline.STAGES) -> dict[str, int]:
     """Workers per stage whose last beat is at most LIVE_S old (by Redis's clock)."""
     stages = list(stages)
     counts = conn.eval(_COUNT, len(stages), *[keys.workers(s) for s in stages], LIVE_S)

@@ -28,6 +28,7 @@ from shared import keys
 from shared.checkpoint import write_manifest
 from shared.jobs import JobStore
 from shared.models import AvatarRecord, JobOptions, JobRecord
+from shared.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = (ROOT / "tests" / "data" / "portrait.png").read_bytes()
@@ -248,7 +249,7 @@ def _stored_job(conn: redis.Redis, data_dir: Path, avatar_id: str, **options: An
 
 def _succeed(conn: redis.Redis, data_dir: Path, job_id: str) -> None:
     store = JobStore(conn, data_dir)
-    for stage in keys.STAGES:
+    for stage in STAGES:
         assert store.start_stage(job_id, stage, 1, "e", "w") is not None
         store.complete_stage(job_id, stage, "e", engine="e", skipped=False)
 

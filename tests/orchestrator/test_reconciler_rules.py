@@ -16,6 +16,7 @@ from orchestrator.reconciler import Reconciler
 from shared import keys
 from shared.jobs import JobStore
 from shared.models import JobOptions, JobRecord
+from shared.pipeline import STAGES
 
 DB = 8  # away from the other suites' databases
 TTL_S = 0.3
@@ -50,12 +51,13 @@ def _get(store: JobStore, job_id: str) -> JobRecord:
 
 
 def _queue(store: JobStore, stage: str) -> list[str]:
-    return [keys.text(i) for i in store.conn.lrange(f"rq:queue:{keys.QUEUES[stage]}", 0, -1)]
+    return [keys.text(i) for i in store.conn.lrange(f"rq:queue:{STAGES[stage].work.queue}", 0, -1)]
 
 
 def _take(store: JobStore, job_id: str, stage: str, attempt: int, exec_id: str) -> None:
     """What a worker does first: pop the stage's rq job and take the lease."""
-    store.conn.lrem(f"rq:queue:{keys.QUEUES[stage]}", 0, keys.rq_job_id(job_id, stage, attempt))
+    store.conn.lrem(f"rq:queue:{STAGES[stage].work.queue}", 0,
+                    keys.rq_job_id(job_id, stage, attempt))
     assert store.start_stage(job_id, stage, attempt, exec_id, f"worker-{exec_id}") is not None
 
 

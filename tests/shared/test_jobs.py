@@ -19,6 +19,7 @@ from shared import keys
 from shared.errors import LeaseLost
 from shared.jobs import JobStore
 from shared.models import JobOptions, JobRecord
+from shared.pipeline import STAGES
 
 DB = 6  # away from the other suites' databases
 
@@ -52,7 +53,7 @@ def _new(store: JobStore, **fields: object) -> JobRecord:
 
 
 def _queue(conn: redis.Redis, stage: str) -> list[str]:
-    return [keys.text(i) for i in conn.lrange(f"rq:queue:{keys.QUEUES[stage]}", 0, -1)]
+    return [keys.text(i) for i in conn.lrange(f"rq:queue:{STAGES[stage].work.queue}", 0, -1)]
 
 
 def _get(store: JobStore, job_id: str) -> JobRecord:
@@ -486,7 +487,7 @@ def _finished(store: JobStore, end: str) -> JobRecord:
     elif end == "failed":
         store.fail_stage(rec.id, "audio", None, "the portrait has no face", permanent=True)
     else:
-        for stage in keys.STAGES:
+        for stage in STAGES:
             store.start_stage(rec.id, stage, 1, "e", "w")
             store.complete_stage(rec.id, stage, "e", engine="e", skipped=False)
     done = _get(store, rec.id)

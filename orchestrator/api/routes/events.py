@@ -25,8 +25,8 @@ from fastapi.responses import StreamingResponse
 from orchestrator.api.deps import AppState, StreamCount, state
 from orchestrator.api.errors import ApiError
 from orchestrator.schemas import JobPublic
-from shared import keys
-from shared.models import STAGE_WEIGHTS, TERMINAL, JobRecord
+from shared import keys, pipeline
+from shared.models import TERMINAL, JobRecord
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ _ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 def overall_progress(stage: str, value: float) -> float:
     """The whole job's progress while `stage` is at `value` (earlier stages are done)."""
     done = 0.0
-    for name in keys.STAGES:
+    for name, spec in pipeline.STAGES.items():
         if name == stage:
-            return round(min(done + STAGE_WEIGHTS[name] * value, 0.999), 4)
-        done += STAGE_WEIGHTS[name]
+            return round(min(done + spec.weight * value, 0.999), 4)
+        done += spec.weight
     return 0.0
 
 

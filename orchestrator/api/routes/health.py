@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from rq import Queue
 
 from orchestrator.api.deps import AppState, state
-from shared import keys
+from shared import keys, pipeline
 from shared.disk import free_mb
 from shared.presence import live_workers
 
@@ -38,7 +38,8 @@ def healthz(st: Annotated[AppState, Depends(state)]) -> JSONResponse:
     try:
         st.conn.ping()
         workers = live_workers(st.conn)
-        queued = {stage: Queue(q, connection=st.conn).count for stage, q in keys.QUEUES.items()}
+        queued = {name: Queue(s.work.queue, connection=st.conn).count
+                  for name, s in pipeline.STAGES.items()}
         active = st.conn.scard(keys.ACTIVE_JOBS)
     except redis.RedisError as exc:
         return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc}",

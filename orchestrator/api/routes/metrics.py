@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse
 from rq import Queue
 
 from orchestrator.api.deps import AppState, state
-from shared import keys
+from shared import keys, pipeline
 from shared.disk import free_mb
 from shared.models import JobStatus
 from shared.presence import live_workers
@@ -50,9 +50,9 @@ class Histogram:
 class JobTally:
     by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     durations: dict[str, Histogram] = field(
-        default_factory=lambda: {s: Histogram() for s in keys.STAGES})
-    retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(keys.STAGES, 0))
-    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(keys.STAGES, 0))
+        default_factory=lambda: {s: Histogram() for s in pipeline.STAGES})
+    retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(pipeline.STAGES, 0))
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(pipeline.STAGES, 0))
 
     def add(self, status: str, stages: dict[str, dict]) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -130,7 +130,7 @@ def render(tally: JobTally, depth: dict[str, int], workers: dict[str, int],
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(st: Annotated[AppState, Depends(state)]) -> PlainTextResponse:
-    queues = {stage: Queue(q, connection=st.conn) for stage, q in keys.QUEUES.items()}
+    queues = {name: Queue(s.work.queue, connection=st.conn) for name, s in pipeline.STAGES.items()}
     depth = {stage: q.count for stage, q in queues.items()}
     workers = live_workers(st.conn)
     try:
