@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from services.compositor.layers import Layers  # noqa: E402
 from services.compositor.mixing import MusicBed  # noqa: E402
 from services.compositor.worker import encode, write_captions  # noqa: E402
-from shared.media import probe  # noqa: E402
+from shared.ffmpeg import probe  # noqa: E402
 
 TEXT_10S = ("Good morning, and welcome. This short message was generated on this machine, from "
             "one photograph and a few lines of text, without sending anything to the cloud.")

@@ -109,7 +109,7 @@ def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
     """One measurement, in this (fresh) process: prepare + render_chunks + concat + probe, as
     the visual worker runs them."""
     from services.visual import chunks
-    from shared.media import concat, probe
+    from shared.ffmpeg import concat, probe
     from shared.settings import Settings
 
     rss_before = _status_mb("VmRSS")

@@ -34,7 +34,7 @@ from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus  # noqa
 from services.visual.engines.base import RenderSpec  # noqa: E402
 from services.visual.engines.portrait import PortraitEngine  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
-from shared.media import concat  # noqa: E402
+from shared.ffmpeg import concat  # noqa: E402
 from tests.services.visual.turned import turned  # noqa: E402
 
 TEXTS = [

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import StageFailed
-from shared.media import ffmpeg_report
+from shared.ffmpeg import ffmpeg_report
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from services.compositor.layers import Layers, video_graph
 from services.compositor.mixing import AudioPlan, MusicBed, plan_music
 from shared import media_refs
 from shared.errors import StageFailed
-from shared.media import MediaInfo, ffmpeg, probe, verify_result
+from shared.ffmpeg import MediaInfo, ffmpeg, probe, verify_result
 from shared.models import JobOptions
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute

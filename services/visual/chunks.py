@@ -27,7 +27,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from shared.media import FrameWriter
+from shared.ffmpeg import FrameWriter
 from shared.storage import atomic_write_json, read_json, sha256_file
 
 logger = logging.getLogger(__name__)

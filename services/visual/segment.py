@@ -26,7 +26,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from shared.errors import StageFailed, TransientError
-from shared.media import FFMPEG, probe
+from shared.ffmpeg import FFMPEG, probe
 
 logger = logging.getLogger(__name__)
 

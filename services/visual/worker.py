@@ -14,8 +14,8 @@ from services.visual import avatar as avatar_analysis
 from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus
 from services.visual.engines.base import RenderSpec, VisualEngine
 from shared.errors import StageFailed
+from shared.ffmpeg import concat, probe
 from shared.layout import PORTRAIT
-from shared.media import concat, probe
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import submit, wait_job, wav_duration
 
-from shared.media import ffmpeg_report, probe
+from shared.ffmpeg import ffmpeg_report, probe
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import read_frames, submit, wait_job, wav_duration
 
-from shared.media import probe
+from shared.ffmpeg import probe
 from shared.storage import sha256_file
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ from services.visual.engines.portrait import frame_input
 from services.visual.face import FaceInfo
 from shared import engine_catalog
 from shared.errors import MissingWeights, StageFailed
-from shared.media import FFMPEG
+from shared.ffmpeg import FFMPEG
 
 logger = logging.getLogger(__name__)
 

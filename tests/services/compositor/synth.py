@@ -11,7 +11,7 @@ import subprocess
 import wave
 from pathlib import Path
 
-from shared.media import FrameWriter, ffmpeg_report
+from shared.ffmpeg import FrameWriter, ffmpeg_report
 
 RATE = 22050
 

@@ -14,7 +14,7 @@ from synth import half_mask, music
 
 from services.compositor import worker
 from shared.checkpoint import load_manifest, write_manifest
-from shared.media import FrameWriter, probe
+from shared.ffmpeg import FrameWriter, probe
 from shared.models import JobOptions, JobRecord, MediaRecord, StageInfo
 from shared.settings import Settings
 from shared.stage import Runtime

@@ -23,7 +23,7 @@ from services.compositor.captions import Cue, to_ass
 from services.compositor.layers import Layers, filter_value
 from services.compositor.mixing import TARGET_LUFS, MusicBed
 from services.compositor.worker import encode
-from shared.media import verify_result
+from shared.ffmpeg import verify_result
 
 FPS = 25
 PERSON = (200, 40, 40)

@@ -12,7 +12,7 @@ import pytest
 
 from services.visual.chunks import ChunkPlan, render_chunks, valid_chunk
 from shared.errors import Canceled
-from shared.media import concat, probe
+from shared.ffmpeg import concat, probe
 
 W, H, FPS = 64, 48, 25
 

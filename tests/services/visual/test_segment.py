@@ -11,7 +11,7 @@ import pytest
 
 from services.visual.segment import MASK_FILE, write_mask
 from shared.errors import Canceled, StageFailed
-from shared.media import FrameWriter, probe
+from shared.ffmpeg import FrameWriter, probe
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 FPS, N = 25, 12

@@ -24,7 +24,7 @@ from services.visual.engines.wav2lip import CHECKPOINT, Wav2LipEngine
 from services.visual.engines.wav2lip_model import Wav2Lip, strip_prefix
 from services.visual.face import FaceAnalyzer
 from shared.errors import MissingWeights
-from shared.media import FrameWriter, probe
+from shared.ffmpeg import FrameWriter, probe
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 SR = 16000

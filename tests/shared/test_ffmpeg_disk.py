@@ -13,7 +13,7 @@ import pytest
 
 from shared.disk import is_disk_full
 from shared.errors import StageFailed
-from shared.media import FrameWriter, concat, probe
+from shared.ffmpeg import FrameWriter, concat, probe
 
 W = H = 256
 FPS, FRAMES = 25, 50

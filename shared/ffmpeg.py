@@ -1,4 +1,4 @@
-"""ffmpeg and ffprobe, wrapped for every service: probe, stream frames in, concat, mux, verify.
+"""ffmpeg and ffprobe, wrapped for every service: probe, stream frames in, concat, verify.
 
 Only the standard library is used. ffmpeg's stderr is captured (never shown on the terminal)
 and its last lines are quoted in the StageFailed raised when it fails. Outputs are written to
@@ -358,33 +358,6 @@ def concat(segments: list[Path], out: Path) -> None:
         )
     finally:
         os.unlink(listing)
-
-
-def mux(video: Path, speech: Path, out: Path) -> None:
-    """Combine a video with the speech track: H.264 yuv420p + AAC 128k 48 kHz, full audio kept."""
-    info = probe(video)
-    if info.video_codec is None:
-        raise StageFailed(f"mux: {video} has no video stream; expected a video file")
-    if info.video_codec == "h264" and info.pix_fmt == "yuv420p":
-        vcodec = ["-c:v", "copy"]
-    else:
-        vcodec = "-c:v libx264 -preset veryfast -crf 18 -pix_fmt yuv420p".split()
-    _run(
-        [
-            FFMPEG,
-            *_FFMPEG_FLAGS,
-            "-i",
-            str(video),
-            "-i",
-            str(speech),
-            *"-map 0:v:0 -map 1:a:0".split(),
-            *vcodec,
-            *"-c:a aac -b:a 128k -ar 48000 -movflags +faststart".split(),
-            str(out),
-        ],
-        f"muxing {Path(video).name} with {Path(speech).name} into {Path(out).name}",
-        Path(out),
-    )
 
 
 def verify_result(path: Path, speech_duration: float, fps: int) -> MediaInfo:
