@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The stages' published files (in jobs/<id>/<stage>/), named here for the stage that writes
+# each one, the stages that read it and the API that serves the result.
+SPEECH, PHONEMES = "speech.wav", "phonemes.json"  # audio; phonemes when the engine times them
+VIDEO, MASK = "video.mp4", "mask.mkv"  # visual; the person mask when the background is replaced
+RESULT, CAPTIONS = "result.mp4", "captions.srt"  # compose; captions when asked for
+
 
 @dataclass(frozen=True)
 class Work:
@@ -64,20 +70,20 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
     StageSpec(
         name="audio", work=Work("audio", "services.audio.worker.run"),
         upstream=(), next_stage="visual", venv="audio", weight=0.15,
-        output="speech.wav", optional_outputs=("phonemes.json",),
+        output=SPEECH, optional_outputs=(PHONEMES,),
         scratch="audio.sentences",  # per-sentence checkpoints of cloned voices
     ),
     StageSpec(
         name="visual", work=Work("visual", "services.visual.worker.run"),
         upstream=("audio",), next_stage="compose", venv="visual", weight=0.75,
-        output="video.mp4", optional_outputs=("mask.mkv",),
+        output=VIDEO, optional_outputs=(MASK,),
         scratch="visual.chunks",  # rendered chunks, each published on its own
         also_serves=(AVATAR_ANALYSIS,),
     ),
     StageSpec(
         name="compose", work=Work("compose", "services.compositor.worker.run"),
         upstream=("audio", "visual"), next_stage=None, venv="compositor", weight=0.10,
-        output="result.mp4", optional_outputs=("captions.srt",),
+        output=RESULT, optional_outputs=(CAPTIONS,),
     ),
 )}
 FIRST_STAGE = next(iter(STAGES))

@@ -6,6 +6,7 @@ import logging
 
 from services.audio.engines import AudioEngine, SpeechRequest
 from shared import spoken_text
+from shared.pipeline import PHONEMES, SPEECH
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 from shared.storage import atomic_write_json
@@ -42,16 +43,16 @@ def synthesize(ctx: StageContext) -> StageResult:
         logger.info("audio: %d SSML-like tags left unspoken", tags)
     # every voice gets the same request; the ones that follow a voice sample read it (and keep
     # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir
-    request = SpeechRequest(text, ctx.work_dir / "speech.wav",
+    request = SpeechRequest(text, ctx.work_dir / SPEECH,
                             length_scale=1.0 / ctx.job.options.speed,
                             voice_sample=avatar_dir / "voice.wav", cache_dir=avatar_dir,
                             checkpoint_dir=ctx.scratch_dir)
     speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
     ctx.check()
-    files = ["speech.wav"]
+    files = [SPEECH]
     if speech.phonemes is not None:
-        atomic_write_json(ctx.work_dir / "phonemes.json", speech.phonemes)
-        files.append("phonemes.json")
+        atomic_write_json(ctx.work_dir / PHONEMES, speech.phonemes)
+        files.append(PHONEMES)
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "duration": speech.duration, "sample_rate": speech.sample_rate,
         "n_samples": speech.n_samples, "phonemes": speech.phonemes is not None,

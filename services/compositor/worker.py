@@ -22,6 +22,7 @@ from shared import media_refs
 from shared.errors import StageFailed
 from shared.ffmpeg import MediaInfo, ffmpeg, probe, verify_result
 from shared.models import JobOptions
+from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 from shared.storage import atomic_writer
@@ -29,7 +30,6 @@ from shared.storage import atomic_writer
 logger = logging.getLogger(__name__)
 
 ENGINE_VERSION = "ffmpeg-compose/2"
-MASK_FILE = "mask.mkv"  # written by the visual stage when the background is replaced
 
 
 def warm_up(settings: Settings) -> None:
@@ -46,10 +46,10 @@ def compose(ctx: StageContext) -> StageResult:
     visual_dir, _ = ctx.upstream["visual"]
     opts = ctx.job.options
     duration = float(audio.info["duration"])
-    video = probe(visual_dir / "video.mp4")
+    video = probe(visual_dir / VIDEO)
     if not video.width or not video.height:
-        raise StageFailed(f"{visual_dir / 'video.mp4'} has no picture; expected a video stream")
-    files = ["result.mp4"]
+        raise StageFailed(f"{visual_dir / VIDEO} has no picture; expected a video stream")
+    files = [RESULT]
     srt: Path | None = None
     layers = Layers(video.width, video.height, opts.fps)
     if opts.captions != "off":
@@ -64,8 +64,8 @@ def compose(ctx: StageContext) -> StageResult:
         path = media_refs.resolve(ctx.settings.layout, opts.music, "audio", "music")
         music = MusicBed(path, opts.music_volume)
     ctx.check()
-    out = ctx.work_dir / "result.mp4"
-    sound = encode(visual_dir / "video.mp4", audio_dir / "speech.wav", out, layers=layers,
+    out = ctx.work_dir / RESULT
+    sound = encode(visual_dir / VIDEO, audio_dir / SPEECH, out, layers=layers,
                    music=music, duration=duration, crf=opts.crf,
                    soft_subtitles=srt if opts.captions == "srt" else None)
     ctx.check()
@@ -81,9 +81,9 @@ def compose(ctx: StageContext) -> StageResult:
 
 def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[str, Any]:
     """Layers fields for the job's background: the person mask, and a colour or an image."""
-    mask = visual_dir / MASK_FILE
+    mask = visual_dir / MASK
     if not mask.is_file():
-        raise StageFailed(f"the visual stage left no {MASK_FILE} for background "
+        raise StageFailed(f"the visual stage left no {MASK} for background "
                           f"{opts.background!r}; the renderer must write the person mask")
     if opts.background.startswith("#"):
         return {"mask": mask, "colour": opts.background}
@@ -94,13 +94,13 @@ def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[s
 def write_captions(text: str, audio_dir: Path, duration: float, video: MediaInfo,
                    work_dir: Path) -> tuple[Path, Path]:
     """captions.srt (published) and captions.ass (for burning in) timed from the phonemes."""
-    phonemes_path = audio_dir / "phonemes.json"
+    phonemes_path = audio_dir / PHONEMES
     phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
     width, height = int(video.width or 0), int(video.height or 0)
     cues = captions.build_cues(text, phonemes, duration, captions.max_line_for(width, height))
     if not cues:
         raise StageFailed("the text gave no captions; expected words to show")
-    srt, ass = work_dir / "captions.srt", work_dir / "captions.ass"
+    srt, ass = work_dir / CAPTIONS, work_dir / "captions.ass"
     with atomic_writer(srt, "w") as fh:
         fh.write(captions.to_srt(cues))
     with atomic_writer(ass, "w") as fh:

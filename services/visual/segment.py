@@ -30,7 +30,6 @@ from shared.ffmpeg import FFMPEG, probe
 
 logger = logging.getLogger(__name__)
 
-MASK_FILE = "mask.mkv"
 TEMPORAL = 0.7  # weight of the current frame's probability against the previous frame's
 SOFT_LOW, SOFT_HIGH = 0.3, 0.7  # probabilities mapped onto 0..255 with a smoothstep
 MODEL_SIDE = 256  # the general selfie model's input size

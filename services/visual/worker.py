@@ -16,6 +16,7 @@ from services.visual.engines.base import RenderSpec, VisualEngine
 from shared.errors import StageFailed
 from shared.ffmpeg import concat, probe
 from shared.layout import PORTRAIT
+from shared.pipeline import MASK, PHONEMES, SPEECH, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 
@@ -68,8 +69,8 @@ def render(ctx: StageContext) -> StageResult:
         raise StageFailed(f"avatar {ctx.job.avatar_id} is missing or damaged on disk: {exc}. "
                           "Upload the portrait again.") from exc
     audio_dir, _ = ctx.upstream["audio"]
-    audio, rate = read_wav(audio_dir / "speech.wav")
-    phonemes_path = audio_dir / "phonemes.json"
+    audio, rate = read_wav(audio_dir / SPEECH)
+    phonemes_path = audio_dir / PHONEMES
     phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
 
     opts = ctx.job.options
@@ -99,7 +100,7 @@ def render(ctx: StageContext) -> StageResult:
     if reused:
         logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
                     plan.n_chunks)
-    out = ctx.work_dir / "video.mp4"
+    out = ctx.work_dir / VIDEO
     concat(segments, out)
     info = probe(out)
     seconds = {"prepare": round(t1 - t0, 3), "render": round(t2 - t1, 3),
@@ -109,12 +110,12 @@ def render(ctx: StageContext) -> StageResult:
                 seconds["prepare"], seconds["render"], plan.n_chunks, lanes, seconds["join"])
     if info.n_frames != animation.n_frames:
         raise StageFailed(f"video has {info.n_frames} frames, expected {animation.n_frames}")
-    files = ["video.mp4"]
+    files = [VIDEO]
     if opts.needs_mask:  # the compositor replaces the background and has no segmenter itself
-        from services.visual.segment import MASK_FILE, write_mask
+        from services.visual.segment import write_mask
 
-        write_mask(out, ctx.work_dir / MASK_FILE, fps=opts.fps, check=ctx.check)
-        files.append(MASK_FILE)
+        write_mask(out, ctx.work_dir / MASK, fps=opts.fps, check=ctx.check)
+        files.append(MASK)
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
         "chunks": plan.n_chunks, "chunks_reused": reused, "lanes": lanes, "seconds": seconds,

@@ -28,6 +28,7 @@ from shared.models import (
     frame_size,
     original_face_width,
 )
+from shared.pipeline import CAPTIONS, RESULT
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -207,7 +208,7 @@ def _published(st: AppState, rec: JobRecord, what: str) -> Path:
 @router.get("/{job_id}/result")
 def job_result(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
     folder = _published(st, _get(st, job_id), "result")
-    return FileResponse(folder / "result.mp4", media_type="video/mp4",
+    return FileResponse(folder / RESULT, media_type="video/mp4",
                         filename=f"jayavatar-{job_id[:8]}.mp4")
 
 
@@ -219,7 +220,7 @@ def job_captions(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileRe
         raise ApiError(404, "no_captions", f"job {job_id} was made without captions; submit "
                        "it again with \"captions\": \"srt\" (or \"burn\")")
     folder = _published(st, rec, "captions file")
-    if not (folder / "captions.srt").is_file():
-        raise ApiError(410, "result_missing", f"job {job_id} has no captions.srt on disk")
-    return FileResponse(folder / "captions.srt", media_type="application/x-subrip",
+    if not (folder / CAPTIONS).is_file():
+        raise ApiError(410, "result_missing", f"job {job_id} has no {CAPTIONS} on disk")
+    return FileResponse(folder / CAPTIONS, media_type="application/x-subrip",
                         filename=f"jayavatar-{job_id[:8]}.srt")

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from services.visual.segment import MASK_FILE, write_mask
+from services.visual.segment import write_mask
 from shared.errors import Canceled, StageFailed
 from shared.ffmpeg import FrameWriter, probe
+from shared.pipeline import MASK
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 FPS, N = 25, 12
@@ -34,7 +35,7 @@ def video(portrait: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def masks(video: Path) -> np.ndarray:
-    out = video.parent / MASK_FILE
+    out = video.parent / MASK
     assert write_mask(video, out, fps=FPS) == N
     raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(out), "-f", "rawvideo",
                           "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
@@ -43,7 +44,7 @@ def masks(video: Path) -> np.ndarray:
 
 def test_mask_is_lossless_grey_with_one_frame_per_video_frame(video: Path,
                                                               masks: np.ndarray) -> None:
-    info = probe(video.parent / MASK_FILE)
+    info = probe(video.parent / MASK)
     assert (info.video_codec, info.pix_fmt, info.width, info.height) == ("ffv1", "gray", 512,
                                                                          512)
     assert info.n_frames == N == len(masks) and info.fps == FPS
@@ -82,7 +83,7 @@ def test_a_damaged_video_fails_and_leaves_no_mask(video: Path, tmp_path: Path) -
     broken = tmp_path / "video.mp4"
     data = video.read_bytes()
     broken.write_bytes(data[: len(data) // 2])
-    out = tmp_path / MASK_FILE
+    out = tmp_path / MASK
     with pytest.raises(StageFailed):
         write_mask(broken, out, fps=FPS)
     assert not out.exists()
@@ -96,7 +97,7 @@ def test_cancel_stops_and_leaves_no_mask(video: Path, tmp_path: Path) -> None:
         if len(calls) > 1:
             raise Canceled("job was canceled")
 
-    out = tmp_path / MASK_FILE
+    out = tmp_path / MASK
     with pytest.raises(Canceled):
         write_mask(video, out, fps=FPS, check=check)
     assert not out.exists() and len(calls) == 2
