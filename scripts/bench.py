@@ -28,6 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import ROOT, Stack, log  # noqa: E402
 
+from shared.layout import Layout  # noqa: E402
 from shared.pipeline import STAGES  # noqa: E402
 
 # (stage, the next one): a hand-off is the next one's start after this one's end
@@ -257,7 +258,7 @@ def main() -> int:
     rows = []
     for r in results:
         stages = r["record"]["stages"]
-        manifests = {s: json.loads((data_dir / "jobs" / r["id"] / s / "manifest.json")
+        manifests = {s: json.loads((Layout(data_dir).stage_dir(r["id"], s) / "manifest.json")
                                    .read_text()) for s in STAGES}
         speech = manifests["audio"]["info"]["duration"]
         handoff = [stages[b]["started_at"] - stages[a]["finished_at"]

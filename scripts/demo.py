@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import ROOT, Stack, log  # noqa: E402
 
 from orchestrator.cli import main as cli  # noqa: E402
+from shared.layout import Layout  # noqa: E402
 from shared.pipeline import STAGES  # noqa: E402
 
 TEXT = ("Hello! I am JayAvatar. I turn one photo and a few lines of text into a video of you "
@@ -43,7 +44,7 @@ def main() -> int:
     if rc != 0:
         log(f"demo failed; logs are in {args.data_dir / 'logs'}")
         return rc
-    jobs = sorted((args.data_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+    jobs = sorted(Layout(args.data_dir).jobs.iterdir(), key=lambda p: p.stat().st_mtime)
     job_dir = jobs[-1]
     seconds = {s: json.loads((job_dir / s / "manifest.json").read_text())["timings"]["seconds"]
                for s in STAGES}

@@ -1,7 +1,8 @@
-"""Atomic, durable file writes and the on-disk layout of DATA_DIR.
+"""Atomic, durable file writes, published folders, and the hashes that name their contents.
 
 Every file JayAvatar publishes is written to a temp name beside its target, flushed, fsynced and
 then `os.replace`d, so a reader sees either the old file, the new file, or nothing: never half.
+Where those files live under DATA_DIR is shared/layout.py's business.
 """
 
 from __future__ import annotations
