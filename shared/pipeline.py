@@ -87,11 +87,3 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
     ),
 )}
 FIRST_STAGE = next(iter(STAGES))
-
-
-def stage(name: str) -> StageSpec:
-    """The stage called `name`; a ValueError that lists the stages if there is none."""
-    try:
-        return STAGES[name]
-    except KeyError:
-        raise ValueError(f"no stage {name!r}: expected one of {', '.join(STAGES)}") from None

@@ -214,11 +214,12 @@ def current_runtime(stage: str) -> Runtime:
 def execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
             handler: Handler) -> Outcome:
     """Run one stage execution; returns what happened, for logs and rq's result."""
-    scratch = pipeline.STAGES[stage].scratch
     with job_context(job_id, stage):
         outcome = _execute(runtime, job_id, stage, attempt, handler)
-        if scratch is not None and outcome in _SCRATCH_DONE:
-            remove_tree(runtime.store.job_dir(job_id) / scratch)
+        if outcome in _SCRATCH_DONE:  # the job was at this stage, so `stage` is one of ours
+            scratch = pipeline.STAGES[stage].scratch
+            if scratch is not None:
+                remove_tree(runtime.store.job_dir(job_id) / scratch)
         return outcome
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from shared import pipeline
 from shared.pipeline import AVATAR_ANALYSIS, FIRST_STAGE, STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,10 +73,3 @@ def test_queues_outputs_and_scratch_folders_never_collide() -> None:
     for folder in scratch:  # never a stage's published dir or one of its work dirs
         assert folder not in STAGES and ".tmp-" not in folder
         assert folder.split(".")[0] in STAGES
-
-
-def test_an_unknown_stage_is_refused_with_the_valid_names() -> None:
-    assert pipeline.stage("visual") is STAGES["visual"]
-    with pytest.raises(ValueError, match="no stage 'render': expected one of audio, visual, "
-                                         "compose"):
-        pipeline.stage("render")

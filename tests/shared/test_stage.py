@@ -311,6 +311,7 @@ def test_stale_and_duplicate_executions_do_nothing(runtime: Runtime) -> None:
     assert execute(runtime, rec.id, "audio", 2, handler) == "stale"  # not this attempt
     assert execute(runtime, rec.id, "visual", 1, handler) == "stale"  # not this stage
     assert execute(runtime, uuid.uuid4().hex, "audio", 1, handler) == "stale"  # no such job
+    assert execute(runtime, rec.id, "render", 1, handler) == "stale"  # no such stage
     assert runtime.store.start_stage(rec.id, "audio", 1, "other-exec", "w") is not None
     assert execute(runtime, rec.id, "audio", 1, handler) == "stale"  # a twin holds the lease
     assert handler.calls == []
