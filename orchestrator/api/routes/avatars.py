@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from orchestrator.api.deps import AppState, state
-from orchestrator.api.errors import ApiError
 from orchestrator.schemas import AvatarPublic
+from shared.errors import NotFound
 from shared.models import AvatarRecord
 
 router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
 def _get(st: AppState, avatar_id: str) -> AvatarRecord:
     rec = st.avatars.get(avatar_id) if re.fullmatch(r"[0-9a-f]{1,64}", avatar_id) else None
     if rec is None:
-        raise ApiError(404, "avatar_not_found", f"no avatar with id {avatar_id[:64]!r}")
+        raise NotFound(f"no avatar with id {avatar_id[:64]!r}", code="avatar_not_found")
     return rec
 
 
@@ -61,9 +61,8 @@ def get_thumbnail(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Fi
     _get(st, avatar_id)
     path = st.settings.layout.thumbnail(avatar_id)
     if not path.is_file():
-        raise ApiError(404, "thumbnail_missing",
-                       f"avatar {avatar_id} has no thumbnail (it was made by an older version); "
-                       "upload the portrait again to get one")
+        raise NotFound(f"avatar {avatar_id} has no thumbnail (it was made by an older version); "
+                       "upload the portrait again to get one", code="thumbnail_missing")
     return FileResponse(path, media_type="image/jpeg")
 
 
@@ -71,5 +70,5 @@ def get_thumbnail(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Fi
 def delete_avatar(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Response:
     """Also for an avatar whose stored record is damaged: deleting it is how it goes."""
     if not re.fullmatch(r"[0-9a-f]{1,64}", avatar_id) or not st.avatars.delete(avatar_id):
-        raise ApiError(404, "avatar_not_found", f"no avatar with id {avatar_id[:64]!r}")
+        raise NotFound(f"no avatar with id {avatar_id[:64]!r}", code="avatar_not_found")
     return Response(status_code=204)

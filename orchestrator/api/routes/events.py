@@ -23,9 +23,9 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 
 from orchestrator.api.deps import AppState, StreamCount, state
-from orchestrator.api.errors import ApiError
 from orchestrator.schemas import JobPublic
 from shared import keys, pipeline
+from shared.errors import Busy, Malformed, NotFound
 from shared.models import TERMINAL, JobRecord
 
 logger = logging.getLogger(__name__)
@@ -141,20 +141,19 @@ def _state_of(rec: JobRecord) -> dict[str, Any]:
 async def job_events(job_id: str, st: Annotated[AppState, Depends(state)],
                      last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
     if not re.fullmatch(r"[0-9a-f]{1,64}", job_id):
-        raise ApiError(404, "job_not_found", f"no job with id {job_id[:64]!r}")
+        raise NotFound(f"no job with id {job_id[:64]!r}", code="job_not_found")
     if last_event_id is not None and not _ENTRY_ID.match(last_event_id.strip()):
-        raise ApiError(400, "bad_last_event_id",
-                       f"Last-Event-ID {last_event_id[:40]!r} is not an event id; expected the "
-                       "'id' of an event from this stream, like '1712345678901-0'")
+        raise Malformed(f"Last-Event-ID {last_event_id[:40]!r} is not an event id; expected the "
+                        "'id' of an event from this stream, like '1712345678901-0'",
+                        code="bad_last_event_id")
     count = st.event_streams
     limit = st.settings.max_event_streams
     if count.open >= limit:
         logger.warning("event stream for job %s refused: %d open (MAX_EVENT_STREAMS)", job_id,
                        count.open)
-        raise ApiError(503, "too_many_streams",
-                       f"this server already follows {count.open} event streams (its limit is "
-                       f"{limit}); retry in a few seconds, or poll GET /v1/jobs/{job_id}",
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        raise Busy(f"this server already follows {count.open} event streams (its limit is "
+                   f"{limit}); retry in a few seconds, or poll GET /v1/jobs/{job_id}",
+                   code="too_many_streams", retry_after=RETRY_AFTER_S)
     conn = aredis.Redis.from_url(st.settings.redis_url, health_check_interval=10,
                                  client_name="jayavatar-events")
     try:
@@ -164,7 +163,7 @@ async def job_events(job_id: str, st: Annotated[AppState, Depends(state)],
         raise
     if rec is None:
         await conn.aclose()
-        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+        raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
     count.open += 1  # given back when the stream ends (_follow)
     resumed = last_event_id is not None
     cursor = last_event_id.strip() if last_event_id is not None else newest

@@ -20,6 +20,7 @@ from orchestrator.avatars import parse_avatar
 from orchestrator.schemas import JobAccepted, JobCreate, JobPublic
 from shared import keys, spoken_text, textcheck
 from shared.checkpoint import load_manifest
+from shared.errors import Conflict, InvalidInput, Malformed, NotFound
 from shared.models import (
     MIN_FACE_PX,
     AvatarRecord,
@@ -41,7 +42,7 @@ AVATAR_CACHE_S = 2.0
 def _get(st: AppState, job_id: str) -> JobRecord:
     rec = st.store.get(job_id) if re.fullmatch(r"[0-9a-f]{1,64}", job_id) else None
     if rec is None:
-        raise ApiError(404, "job_not_found", f"no job with id {job_id[:64]!r}")
+        raise NotFound(f"no job with id {job_id[:64]!r}", code="job_not_found")
     return rec
 
 
@@ -52,27 +53,26 @@ def create_job(body: JobCreate, request: Request, response: Response,
     """202 only after the job's MULTI/EXEC (appendfsync always); its job.json mirror is written
     in the background (shared/mirror.py), and its avatar read at most every AVATAR_CACHE_S."""
     if idempotency_key is not None and not _IDEM.match(idempotency_key):
-        raise ApiError(400, "bad_idempotency_key",
-                       "the Idempotency-Key header must be 1-128 characters of letters, digits, "
-                       "'_', '.', ':' or '-'")
+        raise Malformed("the Idempotency-Key header must be 1-128 characters of letters, digits, "
+                        "'_', '.', ':' or '-'", code="bad_idempotency_key")
     text = _checked_text(body.text, st.settings.max_text_chars)
     avatar = _avatar(st, body.avatar_id)
     if avatar is None:
-        raise ApiError(404, "avatar_not_found",
-                       f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars")
+        raise NotFound(f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars",
+                       code="avatar_not_found")
     chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
     if not any(ch.isalnum() for ch in spoken_text.strip_tags(text)[0]):
-        raise ApiError(422, "nothing_to_say", "the text is only SSML-like tags, which are not "
-                       "spoken; write the words to say")
+        raise InvalidInput("the text is only SSML-like tags, which are not "
+                           "spoken; write the words to say", code="nothing_to_say")
     notes += spoken_text.notes(text)  # tags left unspoken, languages the voice cannot speak
     if body.framing == "original":
         frame = frame_size(body.size, body.aspect)
         width = original_face_width(avatar.face_box[2], (avatar.width, avatar.height), frame)
         if width < MIN_FACE_PX:
-            raise ApiError(422, "face_too_small",
-                           f"with framing 'original' the face would be {width:.0f} px wide in "
-                           f"the {frame[0]}x{frame[1]} video; it needs at least {MIN_FACE_PX} "
-                           "px: use framing 'face', a larger size, or a closer photo")
+            raise InvalidInput(f"with framing 'original' the face would be {width:.0f} px wide in "
+                               f"the {frame[0]}x{frame[1]} video; it needs at least {MIN_FACE_PX} "
+                               "px: use framing 'face', a larger size, or a closer photo",
+                               code="face_too_small")
     background, music = _compose_media(body, st)
     options = JobOptions(voice=body.voice, renderer=body.renderer, fps=body.fps,
                          size=body.size, seed=body.seed, speed=body.speed,
@@ -89,11 +89,11 @@ def create_job(body: JobCreate, request: Request, response: Response,
     if created:
         st.mirrors.submit(rec)
     if not created and rec.request_hash not in (None, request_hash):
-        raise ApiError(422, "idempotency_key_reused",
-                       f"the Idempotency-Key {idempotency_key!r} was already used for job "
-                       f"{rec.id} with a different request; use a new key for a new request "
-                       "(keys are kept "
-                       f"{st.settings.idempotency_ttl_s / 3600:g} h)")
+        raise InvalidInput(f"the Idempotency-Key {idempotency_key!r} was already used for job "
+                           f"{rec.id} with a different request; use a new key for a new request "
+                           "(keys are kept "
+                           f"{st.settings.idempotency_ttl_s / 3600:g} h)",
+                           code="idempotency_key_reused")
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{rec.id}"
@@ -123,16 +123,15 @@ def _checked_text(raw: str, limit: int) -> str:
     """The text to speak, stripped; 422 if it is not valid text, empty, too long or wordless."""
     problem = textcheck.problem(raw)
     if problem:
-        raise ApiError(422, "bad_text", f"the text cannot be spoken: {problem}")
+        raise InvalidInput(f"the text cannot be spoken: {problem}", code="bad_text")
     text = raw.strip()
     if not text:
-        raise ApiError(422, "empty_text", "the text is empty; send the words to speak")
+        raise InvalidInput("the text is empty; send the words to speak", code="empty_text")
     if len(text) > limit:
-        raise ApiError(422, "text_too_long",
-                       f"the text has {len(text)} characters; the limit is {limit} "
-                       "(split it into several jobs)")
+        raise InvalidInput(f"the text has {len(text)} characters; the limit is {limit} "
+                           "(split it into several jobs)", code="text_too_long")
     if not any(ch.isalnum() for ch in text):
-        raise ApiError(422, "nothing_to_say", "the text has no letters or digits to speak")
+        raise InvalidInput("the text has no letters or digits to speak", code="nothing_to_say")
     return text
 
 
@@ -154,17 +153,16 @@ def _compose_media(body: JobCreate, st: AppState) -> tuple[str, str | None]:
     if background.startswith("media:"):
         st.media.require(background, "image", "background")
     elif background != "keep" and not _COLOUR.match(background):
-        raise ApiError(422, "bad_background",
-                       f"background {body.background[:40]!r} is not understood; send 'keep', a "
-                       "colour as '#rrggbb' (e.g. '#1e90ff') or 'media:<id>' of an image "
-                       "uploaded with POST /v1/media")
+        raise InvalidInput(f"background {body.background[:40]!r} is not understood; send 'keep', a "
+                           "colour as '#rrggbb' (e.g. '#1e90ff') or 'media:<id>' of an image "
+                           "uploaded with POST /v1/media", code="bad_background")
     if body.music is None:
         return background, None
     music = body.music.strip().lower()
     if not music.startswith("media:"):
-        raise ApiError(422, "bad_music",
-                       f"music {body.music[:40]!r} is not understood; send 'media:<id>' of "
-                       "a track uploaded with POST /v1/media (kind=audio), or leave it out")
+        raise InvalidInput(f"music {body.music[:40]!r} is not understood; send 'media:<id>' of "
+                           "a track uploaded with POST /v1/media (kind=audio), or leave it out",
+                           code="bad_music")
     st.media.require(music, "audio", "music")
     return background, music
 
@@ -173,8 +171,8 @@ def _compose_media(body: JobCreate, st: AppState) -> tuple[str, str | None]:
 def list_jobs(st: Annotated[AppState, Depends(state)], status: str | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobPublic]:
     if status is not None and status not in STATUSES:
-        raise ApiError(422, "bad_status",
-                       f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}")
+        raise InvalidInput(f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}",
+                           code="bad_status")
     return [JobPublic.of(r) for r in st.store.list(status, limit)]
 
 
@@ -187,7 +185,8 @@ def get_job(job_id: str, st: Annotated[AppState, Depends(state)]) -> JobPublic:
 def cancel_job(job_id: str, st: Annotated[AppState, Depends(state)]) -> JobPublic:
     rec = _get(st, job_id)
     if rec.status in ("succeeded", "failed"):
-        raise ApiError(409, "job_finished", f"job {job_id} already {rec.status}; nothing to cancel")
+        raise Conflict(f"job {job_id} already {rec.status}; nothing to cancel",
+                       code="job_finished")
     rec = st.store.cancel(job_id) or rec
     return JobPublic.of(rec)
 
@@ -196,8 +195,8 @@ def _published(st: AppState, rec: JobRecord, what: str) -> Path:
     """The compose stage's folder of a succeeded job; 409 before that, 410 if it is gone."""
     if rec.status != "succeeded":
         reason = f": {rec.error}" if rec.error else ""
-        raise ApiError(409, "not_ready", f"job {rec.id} is {rec.status}{reason}; the {what} "
-                       "exists only once the job has succeeded")
+        raise Conflict(f"job {rec.id} is {rec.status}{reason}; the {what} "
+                       "exists only once the job has succeeded", code="not_ready")
     folder = st.settings.layout.stage_dir(rec.id, "compose")
     if load_manifest(folder, verify=False) is None:
         raise ApiError(410, "result_missing",
@@ -217,8 +216,8 @@ def job_captions(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileRe
     """The captions as SubRip, for jobs submitted with captions 'srt' or 'burn'."""
     rec = _get(st, job_id)
     if rec.options.captions == "off":
-        raise ApiError(404, "no_captions", f"job {job_id} was made without captions; submit "
-                       "it again with \"captions\": \"srt\" (or \"burn\")")
+        raise NotFound(f"job {job_id} was made without captions; submit "
+                       "it again with \"captions\": \"srt\" (or \"burn\")", code="no_captions")
     folder = _published(st, rec, "captions file")
     if not (folder / CAPTIONS).is_file():
         raise ApiError(410, "result_missing", f"job {job_id} has no {CAPTIONS} on disk")

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from orchestrator.api.deps import AppState, state
-from orchestrator.api.errors import ApiError
 from orchestrator.schemas import MediaPublic
+from shared.errors import NotFound
 from shared.models import MediaRecord
 
 router = APIRouter(prefix="/v1/media", tags=["media"])
@@ -20,7 +20,7 @@ MEDIA_TYPES = {"image": "image/png", "audio": "audio/flac"}
 def _get(st: AppState, media_id: str) -> MediaRecord:
     rec = st.media.get(media_id)
     if rec is None:
-        raise ApiError(404, "media_not_found", f"no uploaded media with id {media_id[:64]!r}")
+        raise NotFound(f"no uploaded media with id {media_id[:64]!r}", code="media_not_found")
     return rec
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from orchestrator.api.errors import ApiError
+from shared.errors import NotFound
 
 router = APIRouter(tags=["web"], include_in_schema=False)
 
@@ -22,7 +22,7 @@ def _file(name: str) -> FileResponse:
     path = STATIC / name
     match = _NAME.match(name)
     if match is None or not path.is_file():
-        raise ApiError(404, "not_found", f"no static file {name[:64]!r}")
+        raise NotFound(f"no static file {name[:64]!r}", code="not_found")
     return FileResponse(path, media_type=_TYPES[match.group(1)],
                         headers={"Cache-Control": "no-cache"})
 
