@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from fastapi import Request
@@ -40,4 +41,4 @@ class AppState:
 async def state(request: Request) -> AppState:
     """Async so FastAPI calls it in the event loop: a sync dependency costs every request a
     trip through the thread pool."""
-    return request.app.state.jayavatar
+    return cast(AppState, request.app.state.jayavatar)
