@@ -6,6 +6,7 @@ import logging
 
 from services.audio.engines import AudioEngine, SpeechRequest
 from shared import spoken_text
+from shared.layout import VOICE_SAMPLE
 from shared.pipeline import PHONEMES, SPEECH
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -45,7 +46,7 @@ def synthesize(ctx: StageContext) -> StageResult:
     # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir
     request = SpeechRequest(text, ctx.work_dir / SPEECH,
                             length_scale=1.0 / ctx.job.options.speed,
-                            voice_sample=avatar_dir / "voice.wav", cache_dir=avatar_dir,
+                            voice_sample=avatar_dir / VOICE_SAMPLE, cache_dir=avatar_dir,
                             checkpoint_dir=ctx.scratch_dir)
     speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
     ctx.check()
