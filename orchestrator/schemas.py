@@ -93,11 +93,6 @@ class AvatarPublic(AvatarRecord):
     notes: list[str] = []
 
 
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
 class SessionCreate(BaseModel):
     """POST /v1/sessions: a live session's avatar and stream shape (options as for jobs)."""
 

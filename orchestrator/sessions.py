@@ -92,10 +92,5 @@ class SessionService:
     def list(self) -> list[live.SessionRecord]:
         return live.active(self.conn)
 
-    def touch(self, session_id: str) -> bool:
-        """Keep a session in use alive for another LIVE_IDLE_TIMEOUT_S."""
-        return bool(self.conn.expire(live.session(session_id),
-                                     int(self.settings.live_idle_timeout_s)))
-
     def end(self, session_id: str) -> bool:
         return live.end(self.conn, session_id)
