@@ -1,8 +1,9 @@
 """Every API error is JSON `{error, message}`: never a stack trace, never a 5xx for bad input.
 
-The domain (orchestrator/*.py outside api/) refuses with shared.errors classes; STATUS says which
-HTTP status each class answers with. ApiError is for refusals that only HTTP knows (a missing
-token, a file gone from disk).
+The orchestrator and its routes refuse with shared.errors kinds (InvalidInput, NotFound, Busy...)
+and never name a status; STATUS says which HTTP status each kind answers with, and a Busy error's
+retry_after becomes Retry-After. ApiError is for the refusals only HTTP knows (401 for a wrong
+token, 410 for a result gone from disk).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    """A refusal with an HTTP status of its own; domain refusals are shared.errors kinds."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-        self.headers = headers  # e.g. Retry-After on a 503
 
 
 STATUS: dict[type[JayAvatarError], int] = {
@@ -105,8 +106,7 @@ def _http_message(request: Request, exc: StarletteHTTPException) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message), status_code=exc.status,
-                            headers=exc.headers)
+        return JSONResponse(_body(exc.code, exc.message), status_code=exc.status)
 
     @app.exception_handler(JayAvatarError)
     async def refused(request: Request, exc: JayAvatarError) -> JSONResponse:
