@@ -109,8 +109,8 @@ bench-voice: setup-neural test-deps $(VENVS)/audio/.bench ## piper-match against
 quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
 
-drill: setup ## crash-recovery drill: jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis, Redis restarted by the supervisor, a full disk (root: tmpfs); fails if a job is lost
-	$(VENVS)/orchestrator/bin/python scripts/crash_drill.py --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json
+drill: setup ## crash-recovery drill (scripts/drill/): jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis, Redis restarted by the supervisor, a full disk (root: tmpfs); fails if a job is lost
+	$(VENVS)/orchestrator/bin/python scripts/drill --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json
 
 clean: ## remove venvs, data and outputs
 	rm -rf $(VENVS) $(DATA_DIR) out models/piper

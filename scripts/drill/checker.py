@@ -1,0 +1,341 @@
+"""The guarantees, checked on the history and the data dir once every job has ended.
+
+* No accepted job lost: every job a 202 answered is terminal.
+* At most one published output per job and stage, and the manifest on disk is the one published.
+* Every succeeded job's outputs are intact: each file matches its manifest's size and sha256,
+  result.mp4 has audio and video (ffprobe), no temp dir is left behind.
+Also measured, not judged: concurrent duplicate executions (fenced when a SIGSTOPped worker is
+one of them), the re-run ratio, recovery time per fault, and where each fault landed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from launcher import STAGES
+
+from .history import TERMINAL, Exec, Fault, History
+
+Report = dict[str, Any]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return round(ordered[k], 3)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- executions -----------------------------------------------------------------------------
+
+
+def by_job_stage(execs: list[Exec]) -> dict[tuple[str, str], list[Exec]]:
+    out: dict[tuple[str, str], list[Exec]] = {}
+    for e in sorted(execs, key=lambda e: e.start):
+        out.setdefault((e.job, e.stage), []).append(e)
+    return out
+
+
+def overlaps(groups: dict[tuple[str, str], list[Exec]], stopped_pids: set[int | None],
+             t_end: float) -> list[dict[str, Any]]:
+    """Executions of one job+stage that ran at the same time."""
+    out = []
+    for (job, stage), group in groups.items():
+        for i, x in enumerate(group):
+            for y in group[i + 1:]:
+                if y.start < (x.end or t_end):
+                    out.append({
+                        "job": job, "stage": stage, "execs": [x.exec_id, y.exec_id],
+                        "overlap_s": round(min(x.end or t_end, y.end or t_end) - y.start, 3),
+                        "outcomes": [x.outcome, y.outcome],
+                        "involves_stopped_worker": x.pid in stopped_pids
+                        or y.pid in stopped_pids,
+                    })
+    return out
+
+
+def duplicate_publishes(groups: dict[tuple[str, str], list[Exec]]) -> list[dict[str, Any]]:
+    out = []
+    for (job, stage), group in groups.items():
+        pubs = [p for e in group for p in e.publishes]
+        if len(pubs) > 1:
+            out.append({"job": job, "stage": stage, "execs": [p["exec"] for p in pubs]})
+    return out
+
+
+# ---- outputs on disk ------------------------------------------------------------------------
+
+
+def check_manifest(job_dir: Path, stage: str) -> list[str]:
+    """Every file of a stage's manifest has the size and sha256 it promises."""
+    try:
+        manifest = json.loads((job_dir / stage / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{stage}: manifest unreadable: {exc}"]
+    problems = []
+    for f in manifest["files"]:
+        path = job_dir / stage / f["name"]
+        try:
+            size, digest = path.stat().st_size, sha256(path)
+        except OSError as exc:
+            problems.append(f"{stage}/{f['name']}: {exc}")
+            continue
+        if size != f["size"] or digest != f["sha256"]:
+            problems.append(f"{stage}/{f['name']}: size/sha256 do not match the manifest")
+    return problems
+
+
+def check_result(result: Path) -> list[str]:
+    """result.mp4 has one audio and one video stream and a duration (ffprobe)."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                            "stream=codec_type:format=duration", "-of", "json", str(result)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return [f"ffprobe failed: {probe.stderr.strip()[:300]}"]
+    info = json.loads(probe.stdout)
+    types = sorted(s.get("codec_type") for s in info.get("streams", []))
+    duration = float(info.get("format", {}).get("duration", 0) or 0)
+    if types != ["audio", "video"] or duration <= 0:
+        return [f"result.mp4: streams {types}, duration {duration}"]
+    return []
+
+
+def check_outputs(job_dir: Path, status: str) -> list[str]:
+    leftovers = sorted(p.name for p in job_dir.glob("*.tmp-*"))
+    if status != "succeeded":
+        return []
+    problems = [f"temp dirs left: {leftovers}"] if leftovers else []
+    for stage in STAGES:
+        problems += check_manifest(job_dir, stage)
+    return problems + check_result(job_dir / "compose" / "result.mp4")
+
+
+def corrupt_outputs(data_dir: Path, statuses: dict[str, Any],
+                    groups: dict[tuple[str, str], list[Exec]]) -> dict[str, list[str]]:
+    """Per job, what is wrong with its outputs (a manifest on disk that is not the published one
+    included)."""
+    corrupt: dict[str, list[str]] = {}
+    for job, status in statuses.items():
+        if status not in TERMINAL:
+            continue
+        problems = check_outputs(data_dir / "jobs" / job, status)
+        if status == "succeeded":
+            for stage in STAGES:
+                pubs = [p for e in groups.get((job, stage), []) for p in e.publishes]
+                mpath = data_dir / "jobs" / job / stage / "manifest.json"
+                if pubs and mpath.exists() and sha256(mpath) != pubs[-1]["manifest_sha256"]:
+                    problems.append(f"{job}/{stage}: manifest on disk is not the published one")
+        if problems:
+            corrupt[job] = problems
+    return corrupt
+
+
+def leftover_dirs(data_dir: Path, jobs: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for job in jobs:
+        left = [n for n in sorted(p.name for p in (data_dir / "jobs" / job).glob("*"))
+                if ".tmp-" in n or ".garbage-" in n or n.endswith(".chunks")]
+        if left:
+            out[job] = left
+    return out
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+
+def recovery_of(f: Fault, starts: list[Exec], by_id: dict[str, Exec],
+                records: dict[str, dict[str, Any]]) -> float | None:
+    """Seconds from the fault until the work it hit makes progress again.
+
+    * A fault that hit running executions: for each one, until another execution of the same
+      job+stage starts, the job moves on (a later stage starts, or the job ends), or the
+      execution itself finishes (it survived); the fault's figure is the slowest of them.
+    * A worker killed idle or before pickup: until the next execution of its stage starts.
+    * The orchestrator: also until /healthz answers again (`api_back_s` in the fault list),
+      and that is its figure when no execution was running.
+    * Redis killed while idle: until the next execution anywhere starts after it is back.
+    """
+    order = {s: i for i, s in enumerate(STAGES)}
+    samples = []
+    for job, stage, exec_id in f.affected:
+        t = next((e.start for e in starts if e.start > f.t and e.job == job and (
+            (e.stage == stage and e.exec_id != exec_id) or order[e.stage] > order[stage])),
+            None)
+        own = by_id.get(exec_id)
+        if own is not None and own.outcome in ("done", "skipped") and own.end:
+            t = own.end if t is None else min(t, own.end)  # it simply went on
+        if t is None:
+            t = records.get(job, {}).get("finished_at") or None
+        if t is not None:
+            samples.append(t - f.t)
+    if not f.affected:
+        stage = f.kind.split("-")[1]
+        nxt: float | None
+        if stage in STAGES:
+            nxt = next((e.start for e in starts if e.start > f.t and e.stage == stage), None)
+        elif f.kind == "kill-orchestrator":
+            nxt = f.t + f.api_back_s if f.api_back_s is not None else None
+        else:
+            back = f.back_at or f.t
+            nxt = next((e.start for e in starts if e.start > back), None)
+        if nxt is not None:
+            samples.append(nxt - f.t)
+    return round(max(samples), 3) if samples else None
+
+
+def recovery_times(faults: list[Fault], execs: list[Exec], by_id: dict[str, Exec],
+                   records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sets each fault's `recovery_s`; the figures by kind."""
+    starts = sorted(execs, key=lambda e: e.start)
+    by_kind: dict[str, list[float]] = {}
+    for f in faults:
+        f.recovery_s = recovery_of(f, starts, by_id, records)
+        if f.recovery_s is not None:
+            by_kind.setdefault(f.kind, []).append(f.recovery_s)
+    return {k: {"n": len(v), "p50": pct(v, 0.5), "max": round(max(v), 3)}
+            for k, v in by_kind.items()}
+
+
+def fault_figures(faults: list[Fault]) -> dict[str, Any]:
+    """How many of each kind, what phase each hit, and where they landed."""
+    kinds: dict[str, int] = {}
+    phases: dict[str, dict[str, int]] = {}
+    landed = {"running": 0, "queued": 0, "idle": 0}
+    by_stage = dict.fromkeys(STAGES, 0)
+    for f in faults:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        phases.setdefault(f.kind, {})
+        phases[f.kind][f.phase] = phases[f.kind].get(f.phase, 0) + 1
+        landed[f.landed] = landed.get(f.landed, 0) + 1
+        for stage in f.stages_hit:
+            by_stage[stage] += 1
+    return {"injected": len(faults), "by_kind": kinds, "phase_hit": phases,
+            "hit_running_stage": landed["running"], "hit_by_stage": by_stage,
+            "hit_queued_work": landed["queued"], "hit_idle_cluster": landed["idle"],
+            "list": [dict(f.__dict__, stages_hit=f.stages_hit) for f in faults]}
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+
+def check(history: History, args: argparse.Namespace, data_dir: Path, orphans: list[str],
+          extra: dict[str, Any], t_start: float, t_end: float) -> Report:
+    """The drill's report: `ok` is False when a guarantee is broken."""
+    history.audit.poll()
+    with history.lock:
+        accepted = dict(history.accepted)
+        failures = dict(history.submit_failures)
+        submitted = history.submitted
+    records = history.records
+    statuses = {j: records.get(j, {}).get("status") for j in accepted.values()}
+    succeeded = [j for j, s in statuses.items() if s == "succeeded"]
+    failed = [j for j, s in statuses.items() if s == "failed"]
+    canceled = [j for j, s in statuses.items() if s == "canceled"]
+    lost = {j: records.get(j) for j, s in statuses.items() if s not in TERMINAL}
+
+    execs = list(history.audit.execs.values())
+    for e in execs:  # still open: its worker is alive and never ended it (stuck) or killed
+        if e.end is None:
+            e.end, e.outcome = t_end, "open"
+    outcomes: dict[str, int] = {}
+    for e in execs:
+        outcomes[e.outcome or "?"] = outcomes.get(e.outcome or "?", 0) + 1
+    groups = by_job_stage(execs)
+    stopped_pids = {f.pid for f in history.faults if f.kind == "stop-worker"}
+    overlap = overlaps(groups, stopped_pids, t_end)
+    dup_publish = duplicate_publishes(groups)
+    corrupt = corrupt_outputs(data_dir, statuses, groups)
+    recovery = recovery_times(history.faults, execs, history.audit.execs, records)
+    rec_values = [f.recovery_s for f in history.faults if f.recovery_s is not None]
+    return {
+        "ok": not lost and not dup_publish and not corrupt and len(accepted) > 0,
+        "seed": args.seed,
+        "config": {"jobs": args.jobs, "faults": args.faults, "lease_ttl_s": args.lease_ttl,
+                   "reconcile_every_s": args.reconcile_every, "max_attempts": args.max_attempts,
+                   "workers": extra["workers"], "size": args.size},
+        "duration_s": round(t_end - t_start, 1),
+        "jobs": {"submitted": submitted, "accepted": len(accepted),
+                 "not_accepted": submitted - len(accepted),
+                 "succeeded": len(succeeded), "failed": len(failed),
+                 "canceled": len(canceled), "lost": len(lost), "all_terminal": not lost,
+                 "rejected_submissions": failures, "orphans_in_redis": orphans},
+        "lost_jobs": lost,
+        "failed_jobs": {j: records[j].get("error") for j in failed},
+        "faults": fault_figures(history.faults),
+        "executions": {"total": len(execs), "job_stages": len(groups),
+                       "rerun_ratio": round(len(execs) / len(groups), 3) if groups else None,
+                       "by_outcome": outcomes},
+        "concurrent_duplicates": {
+            "count": len(overlap),
+            "without_stopped_worker": sum(1 for o in overlap if not o["involves_stopped_worker"]),
+            "list": overlap},
+        "duplicate_published": {"count": len(dup_publish), "list": dup_publish},
+        "corrupt": {"count": len(corrupt), "jobs": corrupt},
+        "leftover_dirs": leftover_dirs(data_dir, succeeded + failed + canceled),
+        "recovery_s": {"samples": len(rec_values), "p50": pct(rec_values, 0.5),
+                       "p95": pct(rec_values, 0.95),
+                       "max": round(max(rec_values), 3) if rec_values else None,
+                       "mean": round(statistics.mean(rec_values), 3) if rec_values else None,
+                       "by_kind": recovery},
+        "disk": {"small_disk": extra["small_disk"],
+                 "stage_waits_for_space": sum(1 for ev in history.audit.events
+                                              if ev.get("event") == "disk-wait"),
+                 "redis_restarts_by_supervisor": extra["redis_restarts"]},
+        "audit_bad_lines": history.audit.bad_lines,
+        "temp_dir": extra["temp_dir"],
+    }
+
+
+def summary(r: Report) -> str:
+    j, f, e = r["jobs"], r["faults"], r["executions"]
+    rec = r["recovery_s"]
+    cd = r["concurrent_duplicates"]
+    lines = [
+        f"crash drill (seed {r['seed']}, {r['duration_s']}s, "
+        f"workers {', '.join(r['config']['workers'])})",
+        f"jobs submitted / accepted / succeeded / failed / LOST: {j['submitted']} / "
+        f"{j['accepted']} / {j['succeeded']} / {j['failed']} / {j['lost']}"
+        + (f"  (canceled {j['canceled']})" if j["canceled"] else ""),
+        f"submissions rejected during faults (retried): {j['rejected_submissions'] or 0}; "
+        f"orphan jobs in Redis: {len(j['orphans_in_redis'])}",
+        f"faults injected by kind: {f['injected']} = "
+        + ", ".join(f"{k} {v}" for k, v in sorted(f["by_kind"].items())),
+        f"faults that hit a running stage: {f['hit_running_stage']} of {f['injected']} ("
+        + ", ".join(f"{s} {n}" for s, n in f["hit_by_stage"].items())
+        + f"); on queued work (before pickup): {f['hit_queued_work']}; "
+        f"on an idle cluster: {f['hit_idle_cluster']}",
+        "fault phases hit: " + "; ".join(
+            f"{k}: " + ", ".join(f"{p} {n}" for p, n in sorted(ph.items()))
+            for k, ph in sorted(f["phase_hit"].items())),
+        f"stage executions and re-run ratio: {e['total']} executions for {e['job_stages']} "
+        f"job-stages = {e['rerun_ratio']}; outcomes "
+        + ", ".join(f"{k} {v}" for k, v in sorted(e["by_outcome"].items())),
+        f"concurrent duplicate executions: {cd['count']} "
+        f"({cd['count'] - cd['without_stopped_worker']} with a SIGSTOPped worker, fenced; "
+        f"{cd['without_stopped_worker']} otherwise)",
+        f"duplicate published outputs: {r['duplicate_published']['count']}",
+        f"corrupt or partial outputs: {r['corrupt']['count']}",
+        f"recovery time p50/p95/max: {rec['p50']}s / {rec['p95']}s / {rec['max']}s "
+        f"({rec['samples']} faults measured)",
+        f"leftover garbage dirs (not served): {sum(len(v) for v in r['leftover_dirs'].values())}",
+        f"small disk: {r['disk']['small_disk']}; stages that waited for space: "
+        f"{r['disk']['stage_waits_for_space']}; Redis restarts by the supervisor: "
+        f"{r['disk']['redis_restarts_by_supervisor']}",
+        f"RESULT: {'PASS' if r['ok'] else 'FAIL'}",
+    ]
+    return "\n".join(lines)
