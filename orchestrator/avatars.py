@@ -21,7 +21,6 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 import redis
-from fastapi import UploadFile
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
@@ -30,7 +29,13 @@ from orchestrator import voice_sample
 from orchestrator.images import ImageDecoder
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea, discard
-from orchestrator.uploads import check_file_name, check_name, check_voice_sample, read_limited
+from orchestrator.uploads import (
+    Upload,
+    check_file_name,
+    check_name,
+    check_voice_sample,
+    read_limited,
+)
 from shared import keys, pipeline
 from shared.errors import Busy, Conflict, InvalidInput
 from shared.layout import AVATAR_RECORD, PORTRAIT, VOICE_SAMPLE
@@ -90,7 +95,7 @@ class AvatarService:
             discard(folder)
         return True
 
-    async def create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
+    async def create(self, portrait: Upload, voice: Upload | None, name: str | None,
                      face: int | None = None) -> tuple[AvatarRecord, builtins.list[str]]:
         """Check, stage, analyse and publish an avatar. Waiting for the analysis holds no
         thread; past MAX_PENDING_AVATARS uploads at once, the next is refused (Busy) at the door."""
@@ -104,7 +109,7 @@ class AvatarService:
         finally:
             self.pending -= 1
 
-    async def _create(self, portrait: UploadFile, voice: UploadFile | None, name: str | None,
+    async def _create(self, portrait: Upload, voice: Upload | None, name: str | None,
                       face: int | None) -> tuple[AvatarRecord, builtins.list[str]]:
         s, run = self.settings, self.decoder.run
         name = check_name(name, "avatar")

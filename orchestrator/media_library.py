@@ -14,12 +14,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import UploadFile
-
 from orchestrator.images import ImageDecoder, Picture
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea, discard
-from orchestrator.uploads import check_file_name, check_music, check_name, read_limited
+from orchestrator.uploads import Upload, check_file_name, check_music, check_name, read_limited
 from shared import media_refs
 from shared.errors import InvalidInput, NotFound
 from shared.layout import MEDIA_RECORD
@@ -63,7 +61,7 @@ class MediaLibrary:
         discard(folder)
         return True
 
-    async def create(self, upload: UploadFile, kind: str, name: str | None) -> MediaRecord:
+    async def create(self, upload: Upload, kind: str, name: str | None) -> MediaRecord:
         if kind not in KINDS:
             raise InvalidInput(f"kind {kind[:40]!r} is not known; expected 'image' "
                                f"({KINDS['image']}) or 'audio' ({KINDS['audio']})",

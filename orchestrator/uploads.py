@@ -11,8 +11,7 @@ import re
 import subprocess
 import unicodedata
 from pathlib import Path
-
-from fastapi import UploadFile
+from typing import BinaryIO, Protocol
 
 from orchestrator import voice_sample
 from shared.errors import InvalidInput, Malformed, TooLarge, Unsupported
@@ -23,7 +22,17 @@ _JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners
 _SAFE_NAME = re.compile(r"^[\w\-. ()]{1,200}$")
 
 
-def check_file_name(upload: UploadFile, field: str) -> None:
+class Upload(Protocol):
+    """An uploaded file as the API hands it over (FastAPI's UploadFile is one)."""
+
+    @property
+    def filename(self) -> str | None: ...
+
+    @property
+    def file(self) -> BinaryIO: ...
+
+
+def check_file_name(upload: Upload, field: str) -> None:
     name = upload.filename or ""
     if not name:
         return
@@ -50,7 +59,7 @@ def check_name(name: str | None, what: str) -> str | None:
     return name
 
 
-def read_limited(upload: UploadFile, field: str, limit: int) -> bytes:
+def read_limited(upload: Upload, field: str, limit: int) -> bytes:
     data = upload.file.read(limit + 1)
     if len(data) > limit:
         raise TooLarge(f"the {field} upload is larger than {limit // (1024 * 1024)} MB; "
