@@ -51,7 +51,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 if TYPE_CHECKING:
-    import redis_auth
+    import redis_auth as redis_auth
 else:
     redis_auth = _load("redis_auth", Path(__file__).with_name("redis_auth.py"))
 

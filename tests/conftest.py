@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -34,7 +35,12 @@ def _load_launcher() -> ModuleType:
     return module
 
 
-launcher = _load_launcher()
+if TYPE_CHECKING:
+    import httpx
+
+    from scripts import launcher
+else:
+    launcher = _load_launcher()
 VENVS, STAGES, free_port = launcher.VENVS, launcher.STAGES, launcher.free_port
 
 
@@ -97,7 +103,7 @@ class Cluster:
 
     @property
     def logs(self) -> Path:
-        return Path(self.processes.log_dir)
+        return self.processes.log_dir
 
     @logs.setter
     def logs(self, path: Path) -> None:
@@ -120,7 +126,7 @@ class Cluster:
         """A live-session worker (`audio` or `visual`) from its service's venv."""
         return self.processes.start(f"live-{role}", launcher.live_command(role))
 
-    def audit(self) -> list[dict]:
+    def audit(self) -> list[dict[str, Any]]:
         if not self.audit_log.exists():
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
@@ -169,7 +175,7 @@ def cluster(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def client(cluster: Cluster) -> Iterator:
+def client(cluster: Cluster) -> Iterator[httpx.Client]:
     import httpx
 
     with httpx.Client(base_url=cluster.url, timeout=120) as c:
@@ -181,4 +187,5 @@ def avatar_id(client) -> str:  # type: ignore[no-untyped-def]
     resp = client.post("/v1/avatars", files={"portrait": ("portrait.png",
                                                           (DATA / "portrait.png").read_bytes())})
     assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
+    avatar: str = resp.json()["id"]
+    return avatar
