@@ -215,7 +215,7 @@ def fault_figures(faults: list[Fault]) -> dict[str, Any]:
     """How many of each kind, what phase each hit, and where they landed."""
     kinds: dict[str, int] = {}
     phases: dict[str, dict[str, int]] = {}
-    landed = {"running": 0, "queued": 0, "idle": 0}
+    landed = {"running": 0, "queued": 0, "idle-worker": 0, "idle-cluster": 0}
     by_stage = dict.fromkeys(STAGES, 0)
     for f in faults:
         kinds[f.kind] = kinds.get(f.kind, 0) + 1
@@ -226,7 +226,8 @@ def fault_figures(faults: list[Fault]) -> dict[str, Any]:
             by_stage[stage] += 1
     return {"injected": len(faults), "by_kind": kinds, "phase_hit": phases,
             "hit_running_stage": landed["running"], "hit_by_stage": by_stage,
-            "hit_queued_work": landed["queued"], "hit_idle_cluster": landed["idle"],
+            "hit_queued_work": landed["queued"], "hit_idle_worker": landed["idle-worker"],
+            "hit_idle_cluster": landed["idle-cluster"],
             "list": [dict(f.__dict__, stages_hit=f.stages_hit) for f in faults]}
 
 
@@ -317,8 +318,9 @@ def summary(r: Report) -> str:
         + ", ".join(f"{k} {v}" for k, v in sorted(f["by_kind"].items())),
         f"faults that hit a running stage: {f['hit_running_stage']} of {f['injected']} ("
         + ", ".join(f"{s} {n}" for s, n in f["hit_by_stage"].items())
-        + f"); on queued work (before pickup): {f['hit_queued_work']}; "
-        f"on an idle cluster: {f['hit_idle_cluster']}",
+        + f"); on queued work (before pickup): {f['hit_queued_work']}; on an idle worker "
+        f"(other stages running): {f['hit_idle_worker']}; on an idle cluster: "
+        f"{f['hit_idle_cluster']}",
         "fault phases hit: " + "; ".join(
             f"{k}: " + ", ".join(f"{p} {n}" for p, n in sorted(ph.items()))
             for k, ph in sorted(f["phase_hit"].items())),

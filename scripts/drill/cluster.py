@@ -81,11 +81,6 @@ class Cluster:
     def signal(self, name: str, sig: signal.Signals) -> int | None:
         return self.processes.signal(name, sig)
 
-    def stage_of(self, pid: int) -> str:
-        """The stage a worker's pid serves; "" for any other process."""
-        return next((n.split("-")[0] for n, p in self.procs.items()
-                     if p.pid == pid and n.split("-")[0] in STAGES), "")
-
     # -- starting ---------------------------------------------------------------------------
 
     def start_redis(self) -> None:

@@ -92,7 +92,8 @@ class Fault:
     phase: str = ""  # what the target was actually doing
     affected: list[tuple[str, str, str]] = field(default_factory=list)  # (job, stage, exec)
     # "running": it interrupted stage executions (`affected`); "queued": it killed an idle
-    # worker while its stage had a job queued (before pickup); "idle": neither
+    # worker while its stage had a job queued (before pickup); "idle-worker": neither, while
+    # other stages ran; "idle-cluster": no stage ran anywhere
     landed: str = ""
     running: dict[str, int] = field(default_factory=dict)  # stage -> executions running anywhere
     down_s: float = 0.0

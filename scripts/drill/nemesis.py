@@ -1,10 +1,10 @@
 """The faults: their schedule (from `--seed`), their aim, their injection and the way back.
 
 Every fault waits for work in flight: a worker fault for an execution of its stage in the phase
-it aims at (before pickup: an idle worker with a job queued for it; mid-render; publish), and
-after `--aim-s` for any running execution of its stage; a cluster-wide fault (Redis, the
-orchestrator, the disk) for at least one running stage anywhere. None falls back on an idle
-cluster: the generator keeps submitting jobs while faults remain.
+it aims at (before pickup: an idle worker with a job queued for it while another stage runs;
+mid-render; publish), and after `--aim-s` for any running execution of its stage; a
+cluster-wide fault (Redis, the orchestrator, the disk) for at least one running stage anywhere.
+None falls back on an idle cluster: the generator keeps submitting jobs while faults remain.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ class Nemesis:
         self.rng.shuffle(names)
         for name in names:
             execs = self.audit.open_execs(pid=self.cluster.procs[name].pid)
-            if want == "before-pickup":
-                if not execs and self.queue_len(stage) > 0:
+            if want == "before-pickup":  # while some other stage runs: the cluster is busy
+                if not execs and self.audit.open_execs() and self.queue_len(stage) > 0:
                     return name, "queue not empty, worker idle"
                 continue
             for e in execs:
@@ -202,16 +202,16 @@ class Nemesis:
         return False
 
     def _record_target(self, fault: Fault) -> None:
-        """What the target was doing as the fault struck, and where it landed."""
+        """What the target was doing as the fault struck, and where it landed: from the same
+        look at the audit log that chose the target (no poll in between, so the two agree)."""
         c = self.cluster
-        self.audit.poll()
         running = self.audit.open_execs()
         fault.running = {}
         for e in running:
             fault.running[e.stage] = fault.running.get(e.stage, 0) + 1
         if fault.target in c.worker_names:
             fault.pid = c.procs[fault.target].pid
-            fault.phase, execs = self._phase_of(fault.pid)
+            fault.phase, execs = self._phase_of(fault.pid, fault.note.startswith("queue not"))
         else:
             fault.pid = c.procs[fault.target].pid if fault.target in c.procs else None
             fault.phase = f"{len(running)} execution(s) running" if running else "idle"
@@ -219,16 +219,17 @@ class Nemesis:
         fault.affected = [(e.job, e.stage, e.exec_id) for e in execs]
         if fault.affected:
             fault.landed = "running"
+        elif fault.phase.startswith("before-pickup"):
+            fault.landed = "queued"
         else:
-            fault.landed = "queued" if fault.phase.startswith("before-pickup") else "idle"
+            fault.landed = "idle-worker" if running else "idle-cluster"
         fault.t = time.time()
 
-    def _phase_of(self, pid: int) -> tuple[str, list[Exec]]:
-        """What a worker was doing: from the audit log and its temp dirs."""
+    def _phase_of(self, pid: int, queued: bool) -> tuple[str, list[Exec]]:
+        """What a worker was doing: from the audit log and its temp dirs. `queued`: a job was
+        queued for its stage when it was chosen."""
         execs = self.audit.open_execs(pid=pid)
         if not execs:
-            stage = self.cluster.stage_of(pid)
-            queued = self.queue_len(stage) if stage else 0
             return ("before-pickup (job queued, worker idle)" if queued else "idle (no work)"), []
         e = execs[0]
         if e.publishes:
