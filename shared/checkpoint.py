@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -44,7 +45,8 @@ def load_manifest(stage_dir: Path, *, verify: bool = True) -> StageManifest | No
     return manifest
 
 
-def write_manifest(work_dir: Path, manifest_fields: dict, files: list[str]) -> StageManifest:
+def write_manifest(work_dir: Path, manifest_fields: dict[str, Any],
+                   files: list[str]) -> StageManifest:
     """Hash the listed files and write the manifest last."""
     entries = []
     for name in files:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from types import FrameType
+from typing import Any
 
 import redis
 
@@ -86,7 +87,7 @@ class AudioSession:
 
     def _read(self, block_ms: int) -> bool:
         """Take new commands from the ctl stream; True if a stop or close came."""
-        reply = self.conn.xread({live.ctl(self.rec.id): self.pos}, count=50,
+        reply: Any = self.conn.xread({live.ctl(self.rec.id): self.pos}, count=50,
                                 block=block_ms or None)
         cut = False
         for _, entries in reply or []:
@@ -136,7 +137,7 @@ class AudioSession:
                 live.OUT_MAXLEN, self.ttl)
 
     def _publish(self, ctl_id: str, line_id: str, seq: int, last: bool,
-                 piece: tuple[bytes, list[dict] | None], words: str) -> None:
+                 piece: tuple[bytes, list[dict[str, Any]] | None], words: str) -> None:
         pcm, phonemes = piece
         live.xadd(self.conn, live.speech(self.rec.id), {
             "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq, "last": int(last),

@@ -82,7 +82,7 @@ def valid_chunk(chunk_dir: Path, k: int, input_hash: str, frames: range) -> bool
     video, meta_path = _paths(chunk_dir, k)
     try:
         meta = read_json(meta_path)
-        return (meta["input_hash"] == input_hash and meta["start"] == frames.start
+        return bool(meta["input_hash"] == input_hash and meta["start"] == frames.start
                 and meta["stop"] == frames.stop and video.stat().st_size == meta["size"]
                 and sha256_file(video) == meta["sha256"])
     except (OSError, ValueError, KeyError):

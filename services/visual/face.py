@@ -45,7 +45,7 @@ class FaceInfo:
         box = tuple(int(v) for v in d["box"])
         if len(box) != 4:
             raise InvalidInput(f"face box has {len(box)} values, expected 4 (x, y, w, h)")
-        return cls(box=box, landmarks=landmarks, score=float(d["score"]))  # type: ignore[arg-type]
+        return cls(box=box, landmarks=landmarks, score=float(d["score"]))
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ agree on the geometry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -91,7 +92,7 @@ class FramePlan:
             done.append(f"blurred fill {'/'.join(self.filled)}")
         return ", ".join(done) or "face centred"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"crop": list(self.crop), "zoom": round(self.zoom, 3),
                 "offset": [round(v, 3) for v in self.offset], "tight": list(self.tight),
                 "filled": list(self.filled), "note": self.note}

@@ -112,7 +112,7 @@ class VisualSession:
         return False
 
     def _read(self) -> None:
-        reply = self.conn.xread({live.ctl(self.rec.id): self.ctl_pos,
+        reply: Any = self.conn.xread({live.ctl(self.rec.id): self.ctl_pos,
                                  live.speech(self.rec.id): self.speech_pos}, count=20)
         for raw_key, entries in reply or []:
             is_ctl = text(raw_key) == live.ctl(self.rec.id)
@@ -206,7 +206,8 @@ class VisualSession:
         for piece in pieces:
             t = round(self.motion.offset + piece.t, 3)
             if piece.kind == "init":
-                init = {"kind": "init", "data": piece.data, "mime": self.encoder.mime,
+                init: dict[Any, Any] = {  # redis-py types its mapping keys invariantly
+                        "kind": "init", "data": piece.data, "mime": self.encoder.mime,
                         "width": self.animation.width, "height": self.animation.height,
                         "fps": self.rec.fps, "offset": round(self.motion.offset, 3),
                         "stream": self.stream_id}

@@ -10,6 +10,7 @@ made by the same code as a batch clip's (audio_features, build_tracks, motion_en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class Scheduled:
     start: int
     n_frames: int
     text: str
-    phonemes: list[dict] | None
+    phonemes: list[dict[str, Any]] | None
     opening: np.ndarray
     lateral: np.ndarray
     energy: np.ndarray
@@ -111,7 +112,7 @@ class LiveMotion:
         return max((p.end for p in self.pieces), default=0)
 
     def schedule(self, now: int, line: str, seq: int, last: bool, pcm: np.ndarray, rate: int,
-                 phonemes: list[dict] | None, words: str) -> Scheduled:
+                 phonemes: list[dict[str, Any]] | None, words: str) -> Scheduled:
         """Place a sentence after what is already scheduled, or at frame `now` if silent."""
         samples = pcm.astype(np.float32) / 32768.0
         if rate != self.rate:
@@ -196,12 +197,13 @@ class LiveMotion:
 
     def _sway_at(self, t: float) -> np.ndarray:
         f, phase, amp = self._sway[..., 0], self._sway[..., 1], self._sway[..., 2]
-        return (amp * np.sin(2 * np.pi * f * t + phase)).sum(axis=1) / 1.6
+        out: np.ndarray = (amp * np.sin(2 * np.pi * f * t + phase)).sum(axis=1) / 1.6
+        return out
 
 
-def viseme_items(phonemes: list[dict] | None, start: float) -> list[list]:
+def viseme_items(phonemes: list[dict[str, Any]] | None, start: float) -> list[list[Any]]:
     """[[media_time, viseme name], ...] of a sentence starting at media time `start`."""
-    items: list[list] = []
+    items: list[list[Any]] = []
     for entry in phonemes or []:
         try:
             name = visemes_of(str(entry["phoneme"]))[0].name

@@ -8,6 +8,7 @@ motion x speech energy, exactly still after ~0.6 s of silence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,8 @@ def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def _hann(width_frames: float) -> np.ndarray:
     n = max(1, int(round(width_frames)))
     k = np.hanning(2 * n + 3)[1:-1]
-    return k / k.sum()
+    out: np.ndarray = k / k.sum()
+    return out
 
 
 def _span(audio: np.ndarray, start: int, stop: int, length: int) -> np.ndarray:
@@ -142,8 +144,8 @@ def motion_energy(loud: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
     return energy, _convolve(loud, _hann(0.1 * fps))
 
 
-def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict] | None, fps: int,
-            seed: int, mouth_width: float, face_width: float) -> Tracks:
+def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict[str, Any]] | None,
+                 fps: int, seed: int, mouth_width: float, face_width: float) -> Tracks:
     n = len(loud)
     gain = np.sqrt(np.minimum(1.0, 2.0 * loud))  # 0 in silence, ~1 from moderate speech up
     # Lip posture (spread, rounded) is held through quiet sounds: the rounded lips of a soft

@@ -68,7 +68,7 @@ def person_mask(rgb: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarra
         rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
     prob = np.asarray(segmenter().process(small).segmentation_mask, dtype=np.float32)
     if previous is not None and previous.shape == prob.shape:
-        prob = TEMPORAL * prob + (1.0 - TEMPORAL) * previous
+        prob = (TEMPORAL * prob + (1.0 - TEMPORAL) * previous).astype(np.float32)
     x = np.clip((prob - SOFT_LOW) / (SOFT_HIGH - SOFT_LOW), 0.0, 1.0)
     alpha = x * x * (3.0 - 2.0 * x)
     sigma = feather_sigma(width, height) * scale

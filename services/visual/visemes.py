@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def visemes_of(phoneme: str) -> list[Viseme]:
     return [first]
 
 
-def _segments(phonemes: list[dict]) -> list[tuple[float, float, Viseme]]:
+def _segments(phonemes: list[dict[str, Any]]) -> list[tuple[float, float, Viseme]]:
     """(start, end, viseme) for every phoneme; a diphthong's glide takes its last 45%."""
     segments = []
     for entry in phonemes:
@@ -113,7 +114,7 @@ def _segments(phonemes: list[dict]) -> list[tuple[float, float, Viseme]]:
     return segments
 
 
-def viseme_tracks(phonemes: list[dict], n_frames: int, fps: int) -> np.ndarray:
+def viseme_tracks(phonemes: list[dict[str, Any]], n_frames: int, fps: int) -> np.ndarray:
     """Per-frame (opening, width, rounding), shape (n_frames, 3) float32, co-articulated."""
     if n_frames <= 0:
         return np.zeros((0, 3), dtype=np.float32)
@@ -132,13 +133,14 @@ def viseme_tracks(phonemes: list[dict], n_frames: int, fps: int) -> np.ndarray:
         pull = v.dominance * np.exp(-((distance / v.spread) ** 2))
         weight[lo:hi] += pull
         total[lo:hi] += pull[:, None] * np.array([v.opening, v.width, v.rounding])
-    return (total / weight[:, None]).astype(np.float32)
+    out: np.ndarray = (total / weight[:, None]).astype(np.float32)
+    return out
 
 
 TONGUE_RISE = 0.06  # seconds: the tongue tip rises and falls this long around its sound
 
 
-def tongue_track(phonemes: list[dict], n_frames: int, fps: int) -> np.ndarray:
+def tongue_track(phonemes: list[dict[str, Any]], n_frames: int, fps: int) -> np.ndarray:
     """Per-frame tongue-tip height 0..1 (n_frames,) float32: 1 through every t/d/n/l/th, easing
     in and out over `TONGUE_RISE` (a raised-cosine ramp), 0 elsewhere. Not blended by dominance
     like the lips: the tip is up for its consonant whatever the vowels around it do."""
