@@ -81,7 +81,7 @@ demo: setup ## make out/demo.mp4 from the sample portrait (starts and stops the 
 
 test: setup-neural test-deps ## lint and types, each service's suite in its own venv, then the end-to-end suite
 	$(VENVS)/orchestrator/bin/python -m ruff check .
-	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator
+	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator services
 	$(VENVS)/compositor/bin/python -m pytest -p no:cacheprovider -q tests/shared tests/services/compositor
 	$(VENVS)/audio/bin/python -m pytest -p no:cacheprovider -q tests/services/audio
 	$(VENVS)/visual/bin/python -m pytest -p no:cacheprovider -q tests/services/visual
@@ -90,8 +90,8 @@ test: setup-neural test-deps ## lint and types, each service's suite in its own 
 lint: setup ## ruff
 	$(VENVS)/orchestrator/bin/python -m ruff check .
 
-typecheck: setup ## mypy
-	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator
+typecheck: setup ## mypy --strict (pyproject.toml) on shared, orchestrator and services
+	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator services
 
 bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; visual fps; compose options; Wav2Lip fps
 	$(VENVS)/orchestrator/bin/python scripts/bench.py --report out/bench.json

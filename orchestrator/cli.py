@@ -45,7 +45,7 @@ def _check(resp: httpx.Response) -> Any:
         else None
 
 
-def create_avatar(client: httpx.Client, photo: Path, voice: Path | None) -> dict:
+def create_avatar(client: httpx.Client, photo: Path, voice: Path | None) -> Any:
     files = {"portrait": (photo.name, photo.read_bytes())}
     if voice is not None:
         files["voice_sample"] = (voice.name, voice.read_bytes())
@@ -64,7 +64,7 @@ def media_ref(client: httpx.Client, value: str, kind: str) -> str:
     return str(record["ref"])
 
 
-def _sse(resp: httpx.Response) -> Iterator[tuple[str, dict]]:
+def _sse(resp: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
     """(event name, data) for each server-sent event of a streaming response."""
     name, data = "message", list[str]()
     for line in resp.iter_lines():
@@ -94,7 +94,7 @@ def _follow(client: httpx.Client, job_id: str,
     return False
 
 
-def watch(client: httpx.Client, job_id: str, quiet: bool = False) -> dict:
+def watch(client: httpx.Client, job_id: str, quiet: bool = False) -> Any:
     """Show the stage and a progress bar with ETA until the job ends; returns the final record.
 
     Follows the job's event stream; polls GET /v1/jobs/{id} instead if the stream breaks.
@@ -282,7 +282,7 @@ def _media(client: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[httpx.Client, argparse.Namespace], int]] = {
     "submit": _submit, "status": _status, "cancel": _cancel, "result": _result,
     "avatars": _avatars, "media": _media,
     "watch": lambda client, args: 0 if watch(client, args.job)["status"] == "succeeded" else 1,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import redis
 from fastapi import APIRouter, Depends
@@ -54,7 +54,7 @@ class JobTally:
     retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(pipeline.STAGES, 0))
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(pipeline.STAGES, 0))
 
-    def add(self, status: str, stages: dict[str, dict]) -> None:
+    def add(self, status: str, stages: dict[str, dict[str, Any]]) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
         for stage, info in stages.items():
             if stage not in self.retries:

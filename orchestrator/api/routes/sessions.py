@@ -52,7 +52,8 @@ class LiveState:
 
 
 def live_state(request: Request) -> LiveState:
-    return request.app.state.live
+    state: LiveState = request.app.state.live
+    return state
 
 
 def _public(rec: live.SessionRecord) -> SessionPublic:
