@@ -155,12 +155,20 @@ class BaselineStack(Stack):
     def __init__(self, tree: Path, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.env["PYTHONPATH"] = str(tree)
+        # the venvs' jayavatar-worker script names today's module; that tree's may differ
+        self.worker_module = next(m for m in ("services.worker_cli", "shared.worker_cli")
+                                  if (tree / (m.replace(".", "/") + ".py")).exists())
 
-    def add(self, name: str, cmd: list[str]):  # type: ignore[no-untyped-def]
+    def add(self, name: str, cmd):  # type: ignore[no-untyped-def]
         if name.startswith("live-"):
             return None
+        if callable(cmd):  # Redis: its command is rebuilt on each start
+            return super().add(name, cmd)
         if name == "orchestrator":
             cmd = [cmd[0], "-P", *cmd[1:]]
+        if Path(cmd[0]).name == "jayavatar-worker":
+            cmd = [str(Path(cmd[0]).with_name("python")), "-P", "-m", self.worker_module,
+                   *cmd[1:]]
         return super().add(name, cmd)
 
 
@@ -209,6 +217,76 @@ def api_rates(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _start_with_avatar(stack: Stack) -> str:
+    """Start `stack` (its client in `stack.client`), make an avatar, run one warm-up job."""
+    stack.start()
+    stack.client = httpx.Client(base_url=stack.api_url, timeout=120)  # type: ignore[attr-defined]
+    portrait = (ROOT / "assets/sample_portrait.png").read_bytes()
+    avatar_id: str = stack.client.post(  # type: ignore[attr-defined]
+        "/v1/avatars", files={"portrait": ("p.png", portrait)}).json()["id"]
+    run_job(stack.client, avatar_id, "Warming up.")  # type: ignore[attr-defined]
+    return avatar_id
+
+
+def job_rows(data_dir: Path, results: list[dict]) -> tuple[list[dict], dict]:
+    """Per job: speech, wall time, real-time factor, stage times (manifests), hand-offs; and
+    their medians."""
+    rows = []
+    for r in results:
+        stages = r["record"]["stages"]
+        manifests = {s: json.loads((Layout(data_dir).stage_dir(r["id"], s) / "manifest.json")
+                                   .read_text()) for s in STAGES}
+        speech = manifests["audio"]["info"]["duration"]
+        handoff = [stages[b]["started_at"] - stages[a]["finished_at"] for a, b in HANDOFFS]
+        rows.append({
+            "speech_s": round(speech, 2), "wall_s": round(r["wall"], 2),
+            "rtf": round(r["wall"] / speech, 3),
+            "stage_s": {s: m["timings"]["seconds"] for s, m in manifests.items()},
+            "handoff_ms": [round(1000 * h, 1) for h in handoff],
+        })
+    med: dict = {k: round(statistics.median(row[k] for row in rows), 3)
+                 for k in ("speech_s", "wall_s", "rtf")}
+    med["stage_s"] = {s: round(statistics.median(row["stage_s"][s] for row in rows), 3)
+                      for s in STAGES}
+    handoffs = sorted(h for row in rows for h in row["handoff_ms"])
+    med["handoff_ms_p50"] = handoffs[len(handoffs) // 2]
+    med["handoff_ms_max"] = handoffs[-1]
+    return rows, med
+
+
+def job_baseline(args: argparse.Namespace) -> dict:
+    """The same jobs on this tree's cluster and on commit `args.baseline`'s, in turns (each
+    turn one job on each, on fresh clusters started once), so both meet the same machine."""
+    tree = baseline_tree(args.baseline)
+    stacks: dict[str, Stack] = {}
+    results: dict[str, list[dict]] = {"current": [], "baseline": []}
+    try:
+        for name in results:
+            data_dir = Path(tempfile.mkdtemp(prefix=f"jayavatar-bench-{name}-"))
+            stacks[name] = (Stack(data_dir, 6393, 8793, data_dir / "logs") if name == "current"
+                            else BaselineStack(tree, data_dir, 6395, 8795, data_dir / "logs"))
+            stacks[name].avatar_id = _start_with_avatar(stacks[name])  # type: ignore[attr-defined]
+        for turn in range(args.jobs):
+            for name in sorted(results, reverse=turn % 2 == 1):
+                st = stacks[name]
+                results[name].append(run_job(st.client, st.avatar_id,  # type: ignore[attr-defined]
+                                             args.text))
+    finally:
+        for st in stacks.values():
+            st.stop()
+    summary: dict = {"baseline_ref": args.baseline}
+    for name, res in results.items():
+        rows, med = job_rows(stacks[name].data_dir, res)
+        summary[name] = {"jobs": rows, "median": med}
+        log(f"{name}: {json.dumps(med)}")
+    summary["wall_ratio"] = round(summary["current"]["median"]["wall_s"]
+                                  / summary["baseline"]["median"]["wall_s"], 3)
+    summary["wall_ratio_per_turn"] = [
+        round(c["wall"] / b["wall"], 3)
+        for c, b in zip(results["current"], results["baseline"], strict=True)]
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3)
@@ -224,8 +302,18 @@ def main() -> int:
                         help="API_WORKERS of this tree's orchestrator in the API measurement")
     parser.add_argument("--api-rounds", type=int, default=1,
                         help="turns of the API measurement (each submits --submissions jobs)")
+    parser.add_argument("--baseline", metavar="COMMIT",
+                        help="only the timed jobs, on this tree and on that commit's cluster, "
+                             "in turns (wall-time ratio)")
     args = parser.parse_args()
 
+    if args.baseline:
+        summary = job_baseline(args)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(summary, indent=2))
+        log(f"wall time, this tree / {args.baseline}: {summary['wall_ratio']} "
+            f"(per turn {summary['wall_ratio_per_turn']})")
+        return 0
     if args.api_only:
         load = api_rates(args)
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -236,46 +324,19 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="jayavatar-bench-"))
     stack = Stack(data_dir, 6393, 8793, data_dir / "logs")
     stack.env["API_WORKERS"] = str(args.api_workers)
-    results = []
+    results: list[dict] = []
     try:
-        stack.start()
-        with httpx.Client(base_url=stack.api_url, timeout=120) as client:
-            portrait = (ROOT / "assets/sample_portrait.png").read_bytes()
-            avatar_id = client.post("/v1/avatars", files={"portrait": ("p.png", portrait)}
-                                    ).json()["id"]
-            run_job(client, avatar_id, "Warming up.")
-            for _ in range(args.jobs):
-                results.append(run_job(client, avatar_id, args.text))
-            rss = {name: round(peak_rss_mb(p.pid), 1) for name, p in stack.procs.items()}
-            # RSS is read before the load test, so it is that of the measured jobs; the load's
-            # jobs are only enqueued and are dropped with the stack.
-            load = submissions_per_second(stack.api_url, avatar_id, args.submissions,
-                                          args.clients, {n: p.pid for n, p in
-                                                         stack.procs.items()})
+        avatar_id = _start_with_avatar(stack)
+        for _ in range(args.jobs):
+            results.append(run_job(stack.client, avatar_id, args.text))
+        rss = {name: round(peak_rss_mb(p.pid), 1) for name, p in stack.procs.items()}
+        # RSS is read before the load test, so it is that of the measured jobs; the load's
+        # jobs are only enqueued and are dropped with the stack.
+        load = submissions_per_second(stack.api_url, avatar_id, args.submissions,
+                                      args.clients, {n: p.pid for n, p in stack.procs.items()})
     finally:
         stack.stop()
-
-    rows = []
-    for r in results:
-        stages = r["record"]["stages"]
-        manifests = {s: json.loads((Layout(data_dir).stage_dir(r["id"], s) / "manifest.json")
-                                   .read_text()) for s in STAGES}
-        speech = manifests["audio"]["info"]["duration"]
-        handoff = [stages[b]["started_at"] - stages[a]["finished_at"]
-                   for a, b in HANDOFFS]
-        rows.append({
-            "speech_s": round(speech, 2), "wall_s": round(r["wall"], 2),
-            "rtf": round(r["wall"] / speech, 3),
-            "stage_s": {s: m["timings"]["seconds"] for s, m in manifests.items()},
-            "handoff_ms": [round(1000 * h, 1) for h in handoff],
-        })
-    med = {k: round(statistics.median(row[k] for row in rows), 3)
-           for k in ("speech_s", "wall_s", "rtf")}
-    med["stage_s"] = {s: round(statistics.median(row["stage_s"][s] for row in rows), 3)
-                      for s in STAGES}
-    handoffs = sorted(h for row in rows for h in row["handoff_ms"])
-    med["handoff_ms_p50"] = handoffs[len(handoffs) // 2]
-    med["handoff_ms_max"] = handoffs[-1]
+    rows, med = job_rows(data_dir, results)
     report = {"jobs": rows, "median": med, "peak_rss_mb": rss, "api_submissions": load}
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2))
