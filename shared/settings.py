@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # Live sessions (shared/live.py): how many 512x512 25 fps sessions this machine holds
     # (smaller or slower sessions count in proportion to their pixels per second), how long an
     # unattended session lives, the stream's fragment length, and the lease a worker holds.
-    live_max_sessions: float = Field(2.0, ge=0)
+    live_max_sessions: float = Field(4.0, ge=0)
     live_idle_timeout_s: float = Field(300.0, gt=0)
     live_fragment_ms: int = Field(80, ge=20, le=2000)
     live_lease_ttl_s: float = Field(1.0, gt=0.1)
