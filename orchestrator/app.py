@@ -24,6 +24,7 @@ from orchestrator.api.routes import (
     web,
 )
 from orchestrator.avatars import AvatarService
+from orchestrator.event_hub import EventHub
 from orchestrator.images import ImageDecoder
 from orchestrator.media_library import MediaLibrary
 from orchestrator.reconciler import Reconciler
@@ -54,8 +55,11 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         staging.sweep(s.layout.upload_roots)
         decoder = ImageDecoder(s)
         mirrors = MirrorWriter(s.data_dir)
+        events = EventHub(s.redis_url)
+        events.start()
         app.state.jayavatar = AppState(s, conn, store, AvatarService(conn, s, decoder, staging),
-                                       MediaLibrary(s, decoder, staging), mirrors=mirrors)
+                                       MediaLibrary(s, decoder, staging), mirrors=mirrors,
+                                       events=events)
         live_conn = sessions.install(app, app.state.jayavatar)
         reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
         if s.run_reconciler:
@@ -66,6 +70,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
         finally:
             reconciler.stop()
             mirrors.close()
+            await events.close()
             await live_conn.aclose()
             conn.close()
             staging.close()

@@ -9,19 +9,12 @@ import redis
 from fastapi import Request
 
 from orchestrator.avatars import AvatarService
+from orchestrator.event_hub import EventHub
 from orchestrator.media_library import MediaLibrary
 from orchestrator.settings import OrchestratorSettings
 from shared.jobs import JobStore
 from shared.mirror import MirrorWriter
 from shared.models import AvatarRecord
-
-
-class StreamCount:
-    """Event streams open in this process, bounded by MAX_EVENT_STREAMS: each holds a Redis
-    connection (its blocking XREAD) and a task for as long as its client stays."""
-
-    def __init__(self) -> None:
-        self.open = 0
 
 
 @dataclass
@@ -32,10 +25,10 @@ class AppState:
     avatars: AvatarService
     media: MediaLibrary
     mirrors: MirrorWriter  # new jobs' job.json, written off the request path
+    events: EventHub  # reads the job event streams this process serves (routes/events.py)
     # avatar id -> (monotonic time read, record): POST /v1/jobs reads an avatar from Redis at
     # most every AVATAR_CACHE_S (routes/jobs.py)
     avatar_cache: dict[str, tuple[float, AvatarRecord]] = field(default_factory=dict)
-    event_streams: StreamCount = field(default_factory=StreamCount)
 
 
 async def state(request: Request) -> AppState:

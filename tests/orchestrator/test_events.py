@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
+import redis
+
+from orchestrator.event_hub import CLIENT_NAME, SNAPSHOT_CONNECTIONS
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -130,39 +136,95 @@ def test_unknown_job_and_bad_last_event_id(client: httpx.Client,
     assert "last-event-id" in resp.json()["message"].lower()
 
 
-def test_a_client_that_leaves_frees_its_redis_connection(client: httpx.Client, avatar_id: str,
-                                                         redis_server) -> None:  # type: ignore[no-untyped-def]
-    import redis
+def hub_connections(conn: redis.Redis) -> list[dict[str, Any]]:
+    """The API's event-hub connections (its reader's and its record reads'), by their name."""
+    return [c for c in conn.client_list() if c["name"] == CLIENT_NAME]
 
+
+def wait_for(predicate: Callable[[], bool], what: str, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_client_that_leaves_is_unsubscribed(client: httpx.Client, avatar_id: str,
+                                              redis_server: Any) -> None:
     conn = redis.Redis.from_url(redis_server.url)
 
-    def readers() -> int:  # the event streams' own connections, named by the orchestrator
-        return sum(c["name"] == "jayavatar-events" for c in conn.client_list())
+    def reading() -> bool:  # the hub's reader waits in an XREAD: some stream is followed
+        return any(c["cmd"] == "xread" and "b" in c["flags"] for c in hub_connections(conn))
 
-    def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + 10
-        while not predicate():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.1)
+    def unread_for(seconds: float) -> bool:  # no XREAD over that long (one blocks 0.25 s)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if reading():
+                return False
+            time.sleep(0.02)
+        return True
 
     # About 100 s of speech at 512 px: minutes of work on a CI machine, so the job is still
-    # running while the stream is checked (a finished job's stream ends, and frees its connection).
+    # running while the stream is checked (a finished job's stream ends by itself).
     resp = client.post("/v1/jobs", json={"avatar_id": avatar_id, "fps": 25, "size": 512,
                                          "text": "Nobody waits for me, and this goes on. " * 40})
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
     try:
-        wait_for(lambda: readers() == 0, "an earlier stream still holds a connection")
+        wait_for(lambda: unread_for(1.0), "an earlier stream is still followed", within=20)
         with client.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
             assert resp.status_code == 200
             lines = resp.iter_lines()  # kept: a discarded iterator closes the response
             next(lines)  # the stream is open and being served
             status = client.get(f"/v1/jobs/{job_id}").json()["status"]
             assert status not in TERMINAL, f"the job ended ({status}) before it could be watched"
-            wait_for(lambda: readers() == 1, "no connection reads the stream")
-        wait_for(lambda: readers() == 0, "the stream's connection outlived its client")
+            wait_for(reading, "no XREAD reads the stream")
+            held = len(hub_connections(conn))
+        # Gone at once: the hub stops reading for it within one XREAD (0.25 s).
+        wait_for(lambda: unread_for(1.0), "the hub still reads for a client that left")
+        assert 1 <= held <= 1 + SNAPSHOT_CONNECTIONS
+        assert len(hub_connections(conn)) == held  # the hub's connections stay; none per client
     finally:
         client.post(f"/v1/jobs/{job_id}/cancel")
+        conn.close()
+
+
+def test_fifty_streams_share_a_few_redis_connections(client: httpx.Client, avatar_id: str,
+                                                     redis_server: Any) -> None:
+    """50 clients follow 50 jobs on one API process: its event hub reads them all over a fixed
+    handful of Redis connections (one per stream before it), and each stream ends with its
+    job's terminal event."""
+    conn = redis.Redis.from_url(redis_server.url)
+    jobs = [submit(client, avatar_id, f"Stream number {i} of fifty.") for i in range(50)]
+    opened = threading.Semaphore(0)
+
+    def follow(job_id: str) -> list[Event]:
+        events: list[Event] = []
+        with httpx.Client(base_url=str(client.base_url)) as own:
+            for event in read_events(own, job_id, limit_s=180):
+                events.append(event)
+                if len(events) == 1:
+                    opened.release()
+        return events
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            streams = [pool.submit(follow, job_id) for job_id in jobs]
+            for _ in jobs:
+                assert opened.acquire(timeout=60), "not every stream opened"
+            named = hub_connections(conn)
+            assert 1 <= len(named) <= 1 + SNAPSHOT_CONNECTIONS, named
+            for job_id in jobs:  # queued or running: each ends now, and says so
+                client.post(f"/v1/jobs/{job_id}/cancel")
+            results = [s.result(timeout=120) for s in streams]
+        for job_id, events in zip(jobs, results, strict=True):
+            final = client.get(f"/v1/jobs/{job_id}").json()["status"]
+            assert final in TERMINAL
+            assert events[0].name == "snapshot" and events[0].data["id"] == job_id
+            assert events[-1].name == "state" and events[-1].data["status"] == final, events
+        assert len(hub_connections(conn)) <= 1 + SNAPSHOT_CONNECTIONS
+    finally:
+        for job_id in jobs:
+            client.post(f"/v1/jobs/{job_id}/cancel")
         conn.close()
 
 

@@ -5,6 +5,10 @@ transaction as each change. A client first gets a `snapshot` event (the JobPubli
 every `state` and `progress` entry after it, each with `id:` set to the Redis entry id, so a
 reconnecting EventSource resumes with `Last-Event-ID` and misses nothing. The stream ends after a
 terminal state event (succeeded, failed, canceled).
+
+The streams of one API process share its EventHub (orchestrator/event_hub.py): one Redis
+connection reads every followed job's stream, and a few more read records, however many clients
+follow; MAX_EVENT_STREAMS still bounds the clients (each is a task and a socket).
 """
 
 from __future__ import annotations
@@ -13,16 +17,17 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, cast
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
-import anyio
 import redis
 import redis.asyncio as aredis
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from orchestrator.api.deps import AppState, StreamCount, state
+from orchestrator.api.deps import AppState, state
+from orchestrator.event_hub import Entry, EventHub, Follower, stream_id
 from orchestrator.schemas import JobPublic
 from shared import keys, pipeline
 from shared.errors import Busy, Malformed, NotFound
@@ -32,12 +37,22 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-BLOCK_MS = 1000  # one XREAD waits this long, so a gone client is noticed within a second
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and clients from timing out
 RECHECK_S = 5.0  # while idle, look at the record this often (covers a trimmed or expired stream)
 RETRY_MS = 2000  # how long an EventSource waits before reconnecting
 RETRY_AFTER_S = 5  # what a refused stream (past MAX_EVENT_STREAMS) is told
 _ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+
+def _is_entry_id(text: str) -> bool:
+    """An id Redis would take ("1712345678901-0", or its first part alone)."""
+    if not _ENTRY_ID.match(text.strip()):
+        return False
+    try:
+        stream_id(text)
+    except ValueError:  # a part past 2**64 - 1
+        return False
+    return True
 
 
 def overall_progress(stage: str, value: float) -> float:
@@ -82,52 +97,79 @@ async def _snapshot(conn: aredis.Redis, job_id: str) -> tuple[JobRecord | None, 
     return rec, keys.text(newest[0][0]) if newest else "0-0"
 
 
-async def _follow(conn: aredis.Redis, rec: JobRecord, cursor: str, resumed: bool,
-                  count: StreamCount) -> AsyncIterator[str]:
-    try:
-        yield f"retry: {RETRY_MS}\n\n"
-        yield sse("snapshot", JobPublic.of(rec).model_dump(mode="json"))
-        if rec.terminal and not resumed:
-            return
-        # A resumed stream may replay older stages first; their state entries set the stage.
-        async for chunk in _tail(conn, rec, cursor, None if resumed else rec.stage):
-            yield chunk
-    finally:
-        count.open -= 1
-        with anyio.CancelScope(shield=True):
-            await conn.aclose()
+async def _follow(hub: EventHub, follower: Follower | None, rec: JobRecord,
+                  resumed: bool) -> AsyncIterator[str]:
+    yield f"retry: {RETRY_MS}\n\n"
+    yield sse("snapshot", JobPublic.of(rec).model_dump(mode="json"))
+    if follower is None:  # a finished job, not resumed: its snapshot says it all
+        return
+    # A resumed stream may replay older stages first; their state entries set the stage.
+    async for chunk in _tail(hub, follower, rec, None if resumed else rec.stage):
+        yield chunk
 
 
-async def _tail(conn: aredis.Redis, rec: JobRecord, cursor: str,
+async def _tail(hub: EventHub, follower: Follower, rec: JobRecord,
                 stage: str | None) -> AsyncIterator[str]:
-    """Stream entries after `cursor` until a terminal state, with heartbeats while idle."""
-    key, recheck = keys.events(rec.id), rec.terminal
+    """Stream entries after the follower's id until a terminal state, with heartbeats while
+    idle; ends early if the hub cuts the follower off (the client resumes by Last-Event-ID)."""
+    # A record seen finished, and the hub's reads by then: once the hub has read the stream to
+    # its end after that without a terminal entry (trimmed away, or the stream expired), the
+    # record says how the job ended.
+    finished, seen = (rec if rec.terminal else None), 0
     last_write = last_check = time.monotonic()
     while True:
-        # [(stream, [(entry id, fields), ...])]: one stream asked for, the RESP2 reply shape
-        found = cast(list[Any], await conn.xread({key: cursor}, count=100, block=BLOCK_MS))
+        due = min(last_write + HEARTBEAT_S, last_check + RECHECK_S)
+        entries = await follower.next(due - time.monotonic(), read=finished is not None)
+        if follower.cut:
+            return
         now = time.monotonic()
-        for entry_id, fields in (entry for _, entries in found for entry in entries):
-            cursor, data = keys.text(entry_id), entry_payload(fields)
-            if data["type"] == "progress" and stage not in (None, data["stage"]):
-                continue  # a late write from a stage the job has already left
-            stage, last_write = data["stage"], now
-            yield sse(data["type"], data, cursor)
-            if data["type"] == "state" and data["status"] in TERMINAL:
+        chunks, stage, ended = _render(entries, stage)
+        if chunks:
+            yield "".join(chunks)
+            last_write = now
+        if ended:
+            return
+        if finished is not None:
+            if follower.reads > seen:
+                yield sse("state", _state_of(finished))
                 return
-        if found:
-            continue
-        if recheck or now - last_check >= RECHECK_S:
-            recheck, last_check = False, now
-            current, _ = await _snapshot(conn, rec.id)
-            if current is None or current.terminal:
-                # Its terminal entry was trimmed away or the stream expired: say how it ended.
-                if current is not None:
-                    yield sse("state", _state_of(current))
+        elif not entries and now - last_check >= RECHECK_S:
+            last_check = now
+            gone, finished = await _recheck(hub.conn, rec.id)
+            if gone:
                 return
+            seen = follower.reads
         if now - last_write >= HEARTBEAT_S:
             yield ": heartbeat\n\n"
             last_write = now
+
+
+def _render(entries: list[Entry], stage: str | None) -> tuple[list[str], str | None, bool]:
+    """The events for these entries, the job's stage after them, and whether they reached a
+    terminal state (the stream ends there)."""
+    chunks = []
+    for cursor, fields in entries:
+        data = entry_payload(fields)
+        if data["type"] == "progress" and stage not in (None, data["stage"]):
+            continue  # a late write from a stage the job has already left
+        stage = data["stage"]
+        chunks.append(sse(data["type"], data, cursor))
+        if data["type"] == "state" and data["status"] in TERMINAL:
+            return chunks, stage, True
+    return chunks, stage, False
+
+
+async def _recheck(conn: aredis.Redis, job_id: str) -> tuple[bool, JobRecord | None]:
+    """Whether the job's record is gone (expired), and the record if the job has finished.
+    While Redis is away, neither: the stream waits, as the hub does."""
+    try:
+        current, _ = await _snapshot(conn, job_id)
+    except redis.RedisError as exc:
+        logger.info("job %s: event stream cannot recheck the record: %s", job_id, exc)
+        return False, None
+    if current is None:
+        return True, None
+    return False, current if current.terminal else None
 
 
 def _state_of(rec: JobRecord) -> dict[str, Any]:
@@ -142,32 +184,43 @@ async def job_events(job_id: str, st: Annotated[AppState, Depends(state)],
                      last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
     if not re.fullmatch(r"[0-9a-f]{1,64}", job_id):
         raise NotFound(f"no job with id {job_id[:64]!r}", code="job_not_found")
-    if last_event_id is not None and not _ENTRY_ID.match(last_event_id.strip()):
+    if last_event_id is not None and not _is_entry_id(last_event_id):
         raise Malformed(f"Last-Event-ID {last_event_id[:40]!r} is not an event id; expected the "
                         "'id' of an event from this stream, like '1712345678901-0'",
                         code="bad_last_event_id")
-    count = st.event_streams
-    limit = st.settings.max_event_streams
-    if count.open >= limit:
+    hub, limit = st.events, st.settings.max_event_streams
+    if hub.open >= limit:
         logger.warning("event stream for job %s refused: %d open (MAX_EVENT_STREAMS)", job_id,
-                       count.open)
-        raise Busy(f"this server already follows {count.open} event streams (its limit is "
+                       hub.open)
+        raise Busy(f"this server already follows {hub.open} event streams (its limit is "
                    f"{limit}); retry in a few seconds, or poll GET /v1/jobs/{job_id}",
                    code="too_many_streams", retry_after=RETRY_AFTER_S)
-    conn = aredis.Redis.from_url(st.settings.redis_url, health_check_interval=10,
-                                 client_name="jayavatar-events")
-    try:
-        rec, newest = await _snapshot(conn, job_id)
-    except redis.RedisError:  # answered as 503 by the app's handler
-        await conn.aclose()
-        raise
+    rec, newest = await _snapshot(hub.conn, job_id)  # a RedisError: 503 by the app's handler
     if rec is None:
-        await conn.aclose()
         raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
-    count.open += 1  # given back when the stream ends (_follow)
     resumed = last_event_id is not None
     cursor = last_event_id.strip() if last_event_id is not None else newest
+    follower = None if rec.terminal and not resumed else hub.follow(keys.events(job_id), cursor)
     logger.info("job %s: event stream opened from %s", job_id, cursor)
-    return StreamingResponse(_follow(conn, rec, cursor, resumed, count),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def close() -> None:
+        if follower is not None:
+            hub.leave(follower)
+
+    return EventStream(_follow(hub, follower, rec, resumed), on_close=close)
+
+
+class EventStream(StreamingResponse):
+    """An event stream that gives its follower's place back however it ends: its client gone
+    (Starlette cancels the stream), its job over, or the response never started."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
