@@ -131,9 +131,13 @@ def test_unknown_job_and_bad_last_event_id(client: httpx.Client,
     assert resp.json() == {"error": "job_not_found",
                            "message": "no job with id '0123456789abcdef'"}
     assert client.get("/v1/jobs/..%2F..%2Fetc/events").status_code == 404
-    resp = client.get(f"/v1/jobs/{followed[0]}/events", headers={"Last-Event-ID": "yesterday"})
-    assert resp.status_code == 400
-    assert "last-event-id" in resp.json()["message"].lower()
+    for bad in ("yesterday", "18446744073709551616-0"):  # the second: past Redis's 2**64 - 1
+        resp = client.get(f"/v1/jobs/{followed[0]}/events", headers={"Last-Event-ID": bad})
+        assert resp.status_code == 400
+        assert "last-event-id" in resp.json()["message"].lower()
+    # The largest id Redis takes is one: nothing comes after it, and the job has ended.
+    tail = list(read_events(client, followed[0], last_id="18446744073709551615-0", limit_s=15))
+    assert [e.name for e in tail] == ["snapshot", "state"]
 
 
 def hub_connections(conn: redis.Redis) -> list[dict[str, Any]]:
