@@ -131,17 +131,31 @@ class StageWorker(SimpleWorker):
             raise StopRequested() from None
 
 
+def rq_connection(settings: Settings) -> redis.Redis:
+    """rq's own client. rq waits for work in a BLPOP of up to its dequeue timeout (worker_ttl
+    - 15 s, 405 s) and raises the pool's socket timeout above that, but a connection the pool
+    already holds keeps the one it was made with: on the runtime's client (30 s, for stage code
+    and the presence beat, which connect first) an idle worker's BLPOP timed out after 30 s and
+    rq quit. A client of its own has no connection before rq sets its timeout."""
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=10)
+
+
 def _work(runtime: Runtime, spec: pipeline.StageSpec, burst: bool, log_level: str) -> int:
     """Run the rq worker; while Redis is unreachable, wait and start it again."""
     delay = 0.5
+    conn = rq_connection(runtime.settings)
     while True:
         worker = None
         try:
-            worker = StageWorker(list(spec.worker_queues), connection=runtime.conn,
+            worker = StageWorker(list(spec.worker_queues), connection=conn,
                                  serializer=JSONSerializer, name=runtime.worker_name)
             worker.allowed = spec.entry_points
             worker.work(burst=burst, with_scheduler=False, logging_level=log_level)
-            return 0
+            if burst or worker.stopping or worker._stop_requested:
+                return 0
+            # rq leaves its loop on a Redis timeout ("quitting"): a worker keeps serving
+            logger.warning("worker %s: rq's loop ended without a stop request; starting it again",
+                           runtime.worker_name)
         except redis.exceptions.BusyLoadingError:
             logger.warning("worker %s: Redis is loading its data; retrying", runtime.worker_name)
         except redis.exceptions.AuthenticationError as exc:  # no retry can fix the settings

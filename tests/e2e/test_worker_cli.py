@@ -10,6 +10,7 @@ import time
 import pytest
 import redis
 from conftest import ROOT, VENVS, RedisServer
+from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -90,3 +91,36 @@ def test_sigterm_stops_a_worker_whose_redis_went_away(tmp_path) -> None:  # type
             proc.stderr.close()
         server.kill()
     assert proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_an_idle_worker_keeps_serving_past_the_runtime_socket_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker with nothing to do for longer than its runtime client's 30 s socket timeout
+    still waits for work in the same rq loop, and runs the next job: rq's BLPOP has a client of
+    its own (once it shared one whose connection kept 30 s, and every idle worker quit)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    proc = _worker("compose", server.url)
+    conn = redis.Redis.from_url(server.url)
+    try:
+        deadline = time.monotonic() + 30
+        while not conn.smembers("rq:workers"):
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.1)
+        name = conn.smembers("rq:workers")
+        time.sleep(40)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert conn.smembers("rq:workers") == name, "rq's loop ended and started again"
+        # and it still takes work: a refused name proves the loop dequeued it
+        queue = Queue(STAGES["compose"].work.queue, connection=conn, serializer=JSONSerializer)
+        job = queue.enqueue_call("os.getcwd")
+        deadline = time.monotonic() + 15
+        while job.get_status(refresh=True) != "failed":
+            assert time.monotonic() < deadline, "the idle worker took no job"
+            time.sleep(0.2)
+    finally:
+        conn.close()
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        server.kill()
