@@ -36,6 +36,7 @@ class Scheduled:
     lateral: np.ndarray
     energy: np.ndarray
     emphasis: np.ndarray
+    tongue: np.ndarray  # tongue tip up 0..1 (t/d/n/l/th), as in a batch clip's tracks
     events_sent: bool = False
 
     @property
@@ -52,9 +53,12 @@ class FrameParams:
     ty: float
     rot: float
     breath: float
+    tongue: float = 0.0
 
     def astuple(self) -> tuple[float, ...]:
-        return (self.opening, self.lateral, self.blink, self.tx, self.ty, self.rot, self.breath)
+        """In the order of `LiveAnimation.draw`'s parameters."""
+        return (self.opening, self.lateral, self.blink, self.tx, self.ty, self.rot, self.breath,
+                self.tongue)
 
 
 @dataclass
@@ -126,8 +130,9 @@ class LiveMotion:
         tracks = build_tracks(loud, centroid, phonemes, self.fps, self.seed, self.mouth_width,
                               self.face_width)
         energy, emphasis = motion_energy(loud, self.fps)
+        tongue = tracks.tongue if tracks.tongue is not None else np.zeros(n_frames, np.float32)
         piece = Scheduled(line, seq, last, start, n_frames, words, phonemes,
-                          tracks.opening, tracks.lateral, energy, emphasis)
+                          tracks.opening, tracks.lateral, energy, emphasis, tongue)
         self.pieces.append(piece)
         a0 = self.samples_of(start)[0]
         pcm16 = np.round(np.clip(samples, -1, 1) * 32767).astype(np.int16)
@@ -143,7 +148,7 @@ class LiveMotion:
         for p in cut:
             keep = max(0, min(p.n_frames, now + STOP_FADE_FRAMES - p.start))
             ramp = np.linspace(1.0, 0.0, STOP_FADE_FRAMES + 1)[1:]
-            for name in ("opening", "lateral", "energy", "emphasis"):
+            for name in ("opening", "lateral", "energy", "emphasis", "tongue"):
                 track = getattr(p, name)[:keep].copy()
                 tail = min(len(track), STOP_FADE_FRAMES)
                 if tail:
@@ -172,11 +177,12 @@ class LiveMotion:
         """The parameters and the audio samples of `frame`."""
         t = self.media_time(frame)
         piece = self.playing(frame)
-        opening = lateral = energy = emphasis = 0.0
+        opening = lateral = energy = emphasis = tongue = 0.0
         if piece is not None:
             k = frame - piece.start
             opening, lateral = float(piece.opening[k]), float(piece.lateral[k])
             energy, emphasis = float(piece.energy[k]), float(piece.emphasis[k])
+            tongue = float(piece.tongue[k])
         sway = self._sway_at(t)
         amount = IDLE_SWAY + (1.0 - IDLE_SWAY) * energy
         fw = self.face_width
@@ -187,7 +193,8 @@ class LiveMotion:
             ty=(0.007 * sway[1] + 0.006 * emphasis) * fw * amount,
             rot=float(np.deg2rad(1.0)) * sway[2] * amount,
             breath=0.012 * fw * (0.6 + 0.4 * energy)
-            * (0.5 - 0.5 * float(np.cos(2 * np.pi * t / period + phase))))
+            * (0.5 - 0.5 * float(np.cos(2 * np.pi * t / period + phase))),
+            tongue=tongue)
         a, b = self.samples_of(frame)
         audio = self._audio.pop(frame, None)
         if audio is None or len(audio) != b - a:

@@ -91,3 +91,24 @@ def test_speech_is_scheduled_back_to_back_and_stop_fades() -> None:
     assert np.abs(after[0][1]).max() < np.abs(audio[20]).max()  # fading
     assert all(np.abs(x).max() == 0 for _, x in after[2:])  # silent two frames on
     assert all(p.opening == 0 for p, _ in after[2:])
+
+
+def test_a_live_line_raises_the_tongue_tip_on_its_alveolars_and_stop_lowers_it() -> None:
+    """The live stream draws the tongue track a batch clip draws (t/d/n/l/th), and a stop
+    fades it with the rest of the mouth."""
+    m = _motion()
+    phonemes = [{"phoneme": "ɑ", "start": 0.0, "end": 0.4},
+                {"phoneme": "t", "start": 0.4, "end": 0.52},
+                {"phoneme": "ɑ", "start": 0.52, "end": 1.0}]
+    t = np.arange(RATE) / RATE
+    voice = (6000 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))).astype(np.int16)
+    piece = m.schedule(5, "l1", 0, True, voice, RATE, phonemes, "a ta")
+    params = [m.frame(i)[0] for i in range(5 + piece.n_frames)]
+    assert params[5 + 11].tongue > 0.9  # 0.44 s into the line: the t
+    assert params[5 + 3].tongue == 0.0 and params[2].tongue == 0.0  # a vowel; idle before it
+    assert params[5 + 11].astuple()[-1] == params[5 + 11].tongue  # what draw() is given
+    m.schedule(40, "l2", 0, True, voice, RATE, phonemes, "a ta")
+    for i in range(40, 51):
+        m.frame(i)
+    m.stop(51)  # during the second line's t
+    assert all(m.frame(i)[0].tongue == 0.0 for i in range(53, 70))
