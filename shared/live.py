@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import redis
@@ -204,6 +206,16 @@ class LiveWorker:
         self.stopping = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
         self.leases: dict[str, Lease] = {}
+
+    def run_until_signalled(self, nice: int = 0) -> None:
+        """`run` in a worker process's main thread: SIGTERM or SIGINT ends it, letting the
+        sessions' threads finish their fragment and give their leases back."""
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.run(nice=nice)
 
     def run(self, poll_s: float = 0.2, nice: int = 0) -> None:
         if nice:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 import uuid
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -245,13 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = live.LiveWorker(conn, "visual", serve, ttl_s=settings.live_lease_ttl_s,
                              max_sessions=settings.live_sessions_per_worker)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        worker.stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    worker.run(nice=settings.live_nice)
+    worker.run_until_signalled(nice=settings.live_nice)
     return 0
 
 
