@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,29 @@ else:
     launcher = _load_launcher()
 VENVS, STAGES, free_port = launcher.VENVS, launcher.STAGES, launcher.free_port
 
+
+
+@contextmanager
+def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of `size_mb` MB mounted at `path` for a test (a disk that fills up), unmounted
+    after it. Fails the test, saying why, where it cannot be mounted (not root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"this test needs a small filesystem: mounting a {size_mb} MB tmpfs at {path} "
+                    f"failed (run it as root, or with CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def clear_db(conn: Any) -> None:
+    """Delete every key of a Redis connection's database (the app's Redis user may not FLUSHDB)."""
+    names = list(conn.scan_iter(count=1000))
+    if names:
+        conn.delete(*names)
 
 def _require(tool: str) -> None:
     if shutil.which(tool) is None:

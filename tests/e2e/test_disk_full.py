@@ -16,13 +16,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLUSTER_ENV, DATA, ROOT, Cluster, RedisServer, free_port
+from conftest import CLUSTER_ENV, DATA, ROOT, Cluster, RedisServer, free_port, small_disk
 from helpers import submit, wait_job
 
 from orchestrator.api.disk import CHECK_EVERY_S
@@ -35,21 +34,6 @@ pytestmark = pytest.mark.slow
 MB = 1024 * 1024
 MIN_FREE_MB = 16
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away again."
-
-
-@contextmanager
-def small_disk(path: Path, size_mb: int = 64) -> Iterator[Path]:
-    """A tmpfs of `size_mb` mounted at `path` for the test, unmounted after it."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(f"this test needs a small filesystem: mounting a {size_mb} MB tmpfs at {path} "
-                    f"failed (run it as root, or with CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def free_mb(path: Path) -> float:
@@ -111,7 +95,7 @@ def audit_events(path: Path) -> list[dict]:
 
 
 def test_stage_waits_for_space_uploads_get_507(tmp_path: Path) -> None:  # noqa: C901
-    with small_disk(tmp_path / "vol") as vol:
+    with small_disk(tmp_path / "vol", 64) as vol:
         server = RedisServer(tmp_path / "redis")  # Redis off the small disk: stages, not Redis
         server.start()
         c = Cluster(server, vol / "data", dict(CLUSTER_ENV, MIN_FREE_MB=str(MIN_FREE_MB)))
@@ -217,7 +201,7 @@ def _answers(url: str) -> bool:
 
 
 def test_stack_brings_redis_back_after_the_disk_filled(tmp_path: Path) -> None:
-    with small_disk(tmp_path / "vol") as vol:
+    with small_disk(tmp_path / "vol", 64) as vol:
         stack = Stack(vol / "data", free_port(), free_port(), tmp_path / "logs", workers=1)
         stack.env.update(CLUSTER_ENV, MIN_FREE_MB=str(MIN_FREE_MB))
         ballast: Path | None = None

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import clear_db
 
 with warnings.catch_warnings():  # starlette 1.x would rather have httpx2; httpx works the same
     warnings.simplefilter("ignore")
@@ -48,16 +49,12 @@ def _db_url(redis_server: Any) -> str:
 @pytest.fixture(scope="module")
 def conn(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
     c = redis.Redis.from_url(_db_url(redis_server))
-    _clear(c)
+    clear_db(c)
     yield c
-    _clear(c)
+    clear_db(c)
     c.close()
 
 
-def _clear(c: redis.Redis) -> None:
-    names = list(c.scan_iter(count=1000))  # (the app's Redis user may not FLUSHDB)
-    if names:
-        c.delete(*names)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ must say so (in words a stage recognises as a full disk) and leave no file behin
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import small_disk
 
 from shared.disk import is_disk_full
 from shared.errors import StageFailed
@@ -21,17 +21,8 @@ FPS, FRAMES = 25, 50
 
 @pytest.fixture()
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "tiny"
-    path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(f"this test needs a small filesystem: mounting a tmpfs at {path} failed "
-                    f"(run it as root, or with CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "tiny", 4) as path:
         yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def frame(i: int) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import clear_db
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -27,16 +28,12 @@ DB = 6  # away from the other suites' databases
 @pytest.fixture()
 def conn(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
     c = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{DB}")
-    _clear(c)
+    clear_db(c)
     yield c
-    _clear(c)
+    clear_db(c)
     c.close()
 
 
-def _clear(c: redis.Redis) -> None:
-    names = list(c.scan_iter(count=1000))  # (the app's Redis user may not FLUSHDB)
-    if names:
-        c.delete(*names)
 
 
 @pytest.fixture()
@@ -139,7 +136,7 @@ def test_restore_after_redis_lost_its_data_reenqueues_from_job_json(
     store.complete_stage(running.id, "audio", "exec-a", engine="piper", skipped=False)
     mirrors = {job_id: JobRecord.model_validate_json(
         (store.job_dir(job_id) / "job.json").read_text()) for job_id in (running.id, done.id)}
-    _clear(conn)  # Redis lost everything
+    clear_db(conn)  # Redis lost everything
     assert store.restore(mirrors[running.id]) and store.restore(mirrors[done.id])
     back = _get(store, running.id)
     assert _state(back) == ("running", "visual", "queued", 2)
