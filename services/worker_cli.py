@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return _work(runtime, spec, args.burst, settings.log_level.upper())
     except KeyboardInterrupt:  # Ctrl-C while waiting for Redis to come back
         return 130
+    except StopRequested:  # SIGTERM while waiting between rq loops (Redis away)
+        return 0
     finally:
         presence.stop()
 
