@@ -21,6 +21,7 @@ from orchestrator.api.routes import (
     media,
     metrics,
     sessions,
+    watch,
     web,
 )
 from orchestrator.avatars import AvatarService
@@ -87,6 +88,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(events.router)
+    app.include_router(watch.router)
     app.include_router(metrics.router)
     app.include_router(web.router)
     return app

@@ -4,7 +4,8 @@
       avatars/<id>/        portrait.png, voice.wav (when a sample was sent), avatar.json,
                            and the visual worker's face.json and thumbnail.jpg
       jobs/<id>/           job.json (mirror of the Redis record) and one folder per stage
-                           (audio/, visual/, compose/), each with its manifest.json
+                           (audio/, visual/, compose/), each with its manifest.json, and
+                           the pieces a running stage publishes (<stage>.pieces/)
       media/<id>/          an upload (image.png or audio.flac) and its media.json
       .staging-owners/     one lock file per running orchestrator (see orchestrator/staging.py)
 
@@ -71,6 +72,11 @@ class Layout:
     def stage_dir(self, job_id: str, stage: str) -> Path:
         """Where a stage's published output lives (audio/, visual/ or compose/)."""
         return self.job_dir(job_id) / stage
+
+    def pieces_dir(self, job_id: str, stage: str) -> Path:
+        """Where a stage publishes its pieces while it runs (audio.pieces/, visual.pieces/,
+        compose.pieces/; docs/overlap.md)."""
+        return self.job_dir(job_id) / f"{stage}.pieces"
 
     def media_dir(self, media_id: str) -> Path:
         return self.media / media_id
