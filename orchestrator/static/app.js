@@ -176,6 +176,7 @@ async function submit(event) {
 }
 
 function stopWatching() {
+  window.jayavatarWatch.stop();
   if (source) source.close();
   if (pollTimer) clearTimeout(pollTimer);
   source = null;
@@ -201,6 +202,7 @@ function watch(jobId) {
     if (current !== jobId) return;
     const data = JSON.parse(ev.data);
     render(data);
+    if (ev.type === "snapshot") watchStream(jobId, data.status);
     if (data.status && TERMINAL.has(data.status)) {
       es.close();
       finish(jobId, data);
@@ -218,6 +220,7 @@ async function poll(jobId) {
   try {
     const job = await api(`/v1/jobs/${jobId}`);
     render(job);
+    watchStream(jobId, job.status);
     if (TERMINAL.has(job.status)) return finish(jobId, job);
   } catch (err) {
     showError("Could not read the job", err);
@@ -280,10 +283,24 @@ async function showCaptionsLink(jobId) {
   }
 }
 
+// Play the job while it renders (static/watch.js), once per job shown, if it is not done.
+function watchStream(jobId, status) {
+  const state = window.jayavatarWatch.state;
+  if (!TERMINAL.has(status) && state.job !== jobId) window.jayavatarWatch.start(jobId);
+}
+
 function finish(jobId, data) {
-  stopWatching();
+  if (source) source.close();
+  if (pollTimer) clearTimeout(pollTimer);
+  source = null;
+  pollTimer = null;
   if (data.status === "succeeded") {
     const url = `/v1/jobs/${jobId}/result`;
+    // The result replaces the watched video once that has played to its end.
+    $("player").hidden = true;
+    window.jayavatarWatch.finish(jobId, () => {
+      if (current === jobId) $("player").hidden = false;
+    });
     $("player").src = url;
     $("download").href = url;
     $("download").setAttribute("download", `jayavatar-${jobId.slice(0, 8)}.mp4`);

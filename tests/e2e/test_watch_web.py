@@ -1,0 +1,110 @@
+"""The page's watch player in a real headless Chromium (Debian's `chromium`, driven by
+Playwright): a job whose compose pieces are published from a thread while the page follows it
+plays through Media Source Extensions from its first segment, before the last one exists; once
+the job has succeeded and the watched video has played out, the result player takes its place.
+
+The API and the pieces are those of tests/orchestrator/test_watch_stream.py (its fixtures and
+helpers, loaded by path): real ffmpeg fMP4 bytes, a real Redis, no workers."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import redis
+
+from shared.checkpoint import write_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required"]
+
+
+def _stream_tests() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "watch_stream_tests", ROOT / "tests" / "orchestrator" / "test_watch_stream.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+stream_tests = _stream_tests()
+fmp4, conn, data_dir, api = (stream_tests.fmp4, stream_tests.conn, stream_tests.data_dir,
+                             stream_tests.api)  # fixtures, used under these names
+
+
+def test_page_plays_a_job_while_it_renders(api, conn: redis.Redis, data_dir: Path,  # type: ignore[no-untyped-def]
+                                           fmp4: tuple[bytes, list[bytes], int],
+                                           tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    init, segments, _ = fmp4
+    job = stream_tests.Job(conn, data_dir)
+    published = threading.Event()
+
+    def compose() -> None:  # one segment every 0.5 s: slower than the page needs to start
+        time.sleep(1.0)
+        job.init(init)
+        for n, data in enumerate(segments):
+            job.segment(n, data)
+            time.sleep(0.5)
+        job.end(len(segments))
+        folder = job.layout.stage_dir(job.id, "compose")
+        job.result(init + b"".join(segments))
+        write_manifest(folder, {"stage": "compose", "job_id": job.id, "engine": "ffmpeg",
+                                "engine_version": "1", "input_hash": "h", "execution_id": "e"},
+                       ["result.mp4"])
+        job.set("succeeded")
+        published.set()
+
+    problems: list[str] = []
+    writer = threading.Thread(target=compose)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1100})
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+            page.goto(f"{api.url}/")
+            page.evaluate(f"watch('{job.id}')")
+            writer.start()
+            page.wait_for_function("window.jayavatarWatch.state.segments >= 1", timeout=15_000)
+            assert len(job.written) < len(segments), "the page started only after the end"
+            state = page.evaluate("""() => { const s = window.jayavatarWatch.state;
+                return {mime: s.mime, first: s.firstAt - s.startedAt, error: s.error}; }""")
+            assert state["mime"].startswith('video/mp4; codecs="avc1.'), state
+            assert state["mime"].endswith(',mp4a.40.2"'), state
+            assert state["error"] is None, state
+            assert page.is_visible("#watch-video") and page.is_hidden("#result")
+            # it plays: frames are presented and the clock moves while later segments arrive
+            page.wait_for_function("window.jayavatarWatch.state.frames > 25", timeout=15_000)
+            page.wait_for_function("document.getElementById('watch-video').currentTime > 1.0",
+                                   timeout=15_000)
+            video = page.evaluate("""() => { const v = document.getElementById('watch-video');
+                return {w: v.videoWidth, h: v.videoHeight, err: v.error && v.error.code}; }""")
+            assert video == {"w": 128, "h": 128, "err": None}, video
+            page.screenshot(path=str(tmp_path / "watching.png"))
+            # the job succeeds (the page learns it from its event stream's recheck); after the
+            # watched video ends, the result player replaces it
+            assert published.wait(30)
+            page.wait_for_function("document.getElementById('job-status').textContent === "
+                                   "'succeeded'", timeout=20_000)
+            page.wait_for_function("!document.getElementById('player').hidden && "
+                                   "document.getElementById('watching').hidden", timeout=20_000)
+            assert page.evaluate("window.jayavatarWatch.state.segments") == len(segments)
+            assert page.get_attribute("#download", "href") == f"/v1/jobs/{job.id}/result"
+            page.wait_for_function("document.getElementById('player').readyState >= 2",
+                                   timeout=15_000)
+        finally:
+            browser.close()
+            writer.join(30)
+    assert not problems, problems
