@@ -5,7 +5,9 @@
     jayavatar submit --avatar me.jpg --voice-engine piper-female --text "Hi" -o hi.mp4
     jayavatar submit --avatar me.jpg --text "Hi" --background beach.jpg --music song.mp3 \
         --captions burn -o hi.mp4
-    jayavatar status JOB | watch JOB | result JOB -o out.mp4 | cancel JOB | avatars | media
+    jayavatar submit --avatar me.jpg --text "Hello!" --play -o hello.mp4  # watch it render
+    jayavatar status JOB | watch JOB | play JOB | result JOB -o out.mp4 | cancel JOB | avatars
+    jayavatar media
     JAYAVATAR_TOKEN=... jayavatar --server http://box:8000 avatars   # a server with API_TOKEN
 """
 
@@ -14,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +141,55 @@ def download(client: httpx.Client, job_id: str, out: Path, what: str = "result")
     os.replace(tmp, out)
 
 
+def player_command(url: str, token: str | None) -> list[str] | None:
+    """ffplay (or else mpv) playing `url`, with the API token as an HTTP header; None if
+    neither is on PATH. (The token is then in the player's command line, which other users of
+    this machine can read in `ps`.)"""
+    header = f"Authorization: Bearer {token.strip()}" if token else None
+    if shutil.which("ffplay"):
+        cmd = ["ffplay", "-autoexit", "-loglevel", "error", "-window_title", "JayAvatar"]
+        return cmd + (["-headers", f"{header}\r\n"] if header else []) + [url]
+    if shutil.which("mpv"):
+        cmd = ["mpv", "--really-quiet", "--no-input-terminal", "--title=JayAvatar"]
+        return cmd + ([f"--http-header-fields={header}"] if header else []) + [url]
+    return None
+
+
+@dataclass(frozen=True)
+class Player:
+    """A player started on a job's watch stream."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+def play(client: httpx.Client, job_id: str, token: str | None) -> Player | None:
+    """Start a player on the job's watch stream (GET /v1/jobs/{id}/stream: the video as it
+    renders); without one, say where the stream is."""
+    url = f"{str(client.base_url).rstrip('/')}/v1/jobs/{job_id}/stream"
+    cmd = player_command(url, token)
+    if cmd is None:
+        console.print(f"neither ffplay nor mpv is on PATH; open the stream in a player: {url}",
+                      soft_wrap=True)
+        return None
+    console.print(f"playing the job as it renders with {cmd[0]} ({url})", soft_wrap=True)
+    return Player(cmd[0], url, subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+
+
+def _played(client: httpx.Client, player: Player | None, job_id: str) -> int:
+    """Wait for the viewer to close the player; fail, with the job's error, if it failed."""
+    if player is not None:
+        player.proc.wait()
+    job = _check(client.get(f"/v1/jobs/{job_id}"))
+    if job["status"] in ("failed", "canceled"):
+        raise CliError(f"job {job['status']}: {job.get('error')}")
+    if player is not None and player.proc.returncode != 0:
+        raise CliError(f"{player.name} exited with code {player.proc.returncode}; the stream is "
+                       f"at {player.url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jayavatar", description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="the API's URL (default: $JAYAVATAR_URL or "
@@ -168,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="x264 quality when the picture is re-encoded (14..35, lower is better)")
     p.add_argument("--wait", action="store_true", help="wait, showing progress")
     p.add_argument("-o", "--output", type=Path, help="where to save the MP4 (implies --wait)")
+    p.add_argument("--play", action="store_true",
+                   help="play the video while it renders, in ffplay or mpv (else print its URL); "
+                   "with --wait or -o, also waits and saves")
     for name in ("status", "watch", "cancel"):
         sub.add_parser(name).add_argument("job")
+    sub.add_parser("play", help="play a job's video while it renders (ffplay or mpv)"
+                   ).add_argument("job")
     p = sub.add_parser("result")
     p.add_argument("job")
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -233,8 +292,9 @@ def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
         body["music"] = media_ref(client, args.music, "audio")
     job = _check(client.post("/v1/jobs", json=body))
     print(job["id"])
+    player = play(client, job["id"], args.token) if args.play else None
     if not (args.wait or args.output):
-        return 0
+        return _played(client, player, job["id"]) if args.play else 0
     final = watch(client, job["id"])
     if final["status"] != "succeeded":
         raise CliError(f"job {final['status']}: {final.get('error')}")
@@ -245,6 +305,8 @@ def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
             srt = args.output.with_suffix(".srt")
             download(client, job["id"], srt, "captions")
             console.print(f"saved {srt}")
+    if player is not None:
+        player.proc.wait()  # the viewer may still be watching
     return 0
 
 
@@ -286,6 +348,7 @@ COMMANDS: dict[str, Callable[[httpx.Client, argparse.Namespace], int]] = {
     "submit": _submit, "status": _status, "cancel": _cancel, "result": _result,
     "avatars": _avatars, "media": _media,
     "watch": lambda client, args: 0 if watch(client, args.job)["status"] == "succeeded" else 1,
+    "play": lambda client, args: _played(client, play(client, args.job, args.token), args.job),
 }
 
 

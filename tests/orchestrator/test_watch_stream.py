@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ import pytest
 import redis
 import uvicorn
 from conftest import clear_db, free_port
+from pydantic import SecretStr
 
 from orchestrator.api.routes import watch
 from orchestrator.app import create_app
@@ -429,3 +432,80 @@ def test_many_waiting_watchers_hold_no_thread_and_little_redis(
     bodies = asyncio.run(watch_all())
     assert all(body == init + segments[0] for body in bodies)
     assert threading.active_count() <= before + 40  # at most anyio's shared pool of readers
+
+
+def _cli(url: str, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`jayavatar --server url ARGS` as a user runs it; players draw to SDL's dummy drivers."""
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy",
+           "PATH": path if path is not None else os.environ.get("PATH", "")}
+    env.pop("JAYAVATAR_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "--server", url, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _publish_later(job: Job, init: bytes, segments: list[bytes]) -> threading.Thread:
+    def compose() -> None:
+        time.sleep(0.5)
+        job.init(init)
+        for n, data in enumerate(segments):
+            job.segment(n, data)
+            time.sleep(0.3)
+        job.end(len(segments))
+        job.set("succeeded")
+
+    thread = threading.Thread(target=compose)
+    thread.start()
+    return thread
+
+
+def test_cli_play_plays_the_stream_in_ffplay(api: Server, conn: redis.Redis, data_dir: Path,
+                                             fmp4: tuple[bytes, list[bytes], int],
+                                             log: Log) -> None:
+    if shutil.which("ffplay") is None:
+        pytest.fail("ffplay is not installed; run `make setup` (the ffmpeg package has it)")
+    init, segments, _ = fmp4
+    job = Job(conn, data_dir)
+    writer = _publish_later(job, init, segments[:2])
+    started = time.monotonic()
+    done = _cli(api.url, "play", job.id)
+    writer.join(10)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started > 2.0  # ffplay showed the 2 s in real time, then closed
+    assert f"playing the job as it renders with ffplay ({api.url}{job.url})" in done.stderr
+    # ffplay read it all: the server's stream ended by itself, not by ffplay hanging up
+    size = len(init) + len(segments[0]) + len(segments[1])
+    log.wait_for(f"job {job.id}: watch stream ended after")
+    assert any(line.startswith(f"job {job.id}: watch stream ended after")
+               and line.endswith(f", {size} bytes") for line in log.lines), log.lines
+
+
+def test_cli_play_sends_the_token_and_says_why_a_job_failed(
+        redis_server, conn: redis.Redis, data_dir: Path,  # type: ignore[no-untyped-def]
+        fmp4: tuple[bytes, list[bytes], int], log: Log) -> None:
+    token = "watch-token-" + uuid.uuid4().hex
+    settings = OrchestratorSettings(redis_url=_db_url(redis_server), data_dir=data_dir,
+                                    models_dir=ROOT / "models", run_reconciler=False,
+                                    min_free_mb=0, api_token=SecretStr(token))
+    init, segments, _ = fmp4
+    with Server(settings) as guarded:
+        job = Job(conn, data_dir)
+        writer = _publish_later(job, init, segments[:1])
+        done = _cli(guarded.url, "--token", token, "play", job.id)
+        writer.join(10)
+        assert done.returncode == 0, done.stderr
+        log.wait_for(f"job {job.id}: watch stream ended after")
+        # a job that fails before any video: ffplay gets the 409, the CLI says why
+        failed = Job(conn, data_dir)
+        failed.set("failed", stage="audio", error="audio: the voice model is missing")
+        done = _cli(guarded.url, "--token", token, "play", failed.id)
+        assert done.returncode == 1
+        assert "job failed: audio: the voice model is missing" in done.stderr
+
+
+def test_cli_play_without_a_player_prints_the_url(api: Server, conn: redis.Redis,
+                                                  data_dir: Path) -> None:
+    job = Job(conn, data_dir)
+    done = _cli(api.url, "play", job.id, path=str(Path(sys.executable).parent / "no-such-dir"))
+    assert done.returncode == 0, done.stderr
+    assert "neither ffplay nor mpv is on PATH" in done.stderr
+    assert f"open the stream in a player: {api.url}{job.url}\n" in done.stderr

@@ -159,11 +159,10 @@ class JobStream(Response):
         self.status_code, self.background = 200, None
         self.init_headers(HEADERS)  # no body, so no Content-Length: chunked
         self.job_id, self.job, self.pieces, self.conn = job_id, job, pieces, conn
-        self.sent = 0
+        self.sent, self.answered = 0, False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.monotonic()
-        gone = False
+        started, gone = time.monotonic(), False
         async with anyio.create_task_group() as group:
             async def serve() -> None:
                 try:
@@ -175,7 +174,7 @@ class JobStream(Response):
             group.start_soon(serve)
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone = True
+            gone = not self.answered  # (the server reports a disconnect after any response)
             group.cancel_scope.cancel()
         logger.info("job %s: watch stream %s after %.1f s, %d bytes", self.job_id,
                     "left by its client" if gone else "ended", time.monotonic() - started,
@@ -185,6 +184,7 @@ class JobStream(Response):
         try:
             first = await self._first()
         except Refused as refused:
+            self.answered = True
             await refused.response()(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -193,6 +193,7 @@ class JobStream(Response):
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.sent += len(chunk)
+        self.answered = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _status(self) -> JobState:
