@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 PRUNE_EVERY_S = 60.0
 
 BATCH = 500  # jobs read per pipelined round trip
-BRIEF_FIELDS = ("status", "stage", "stage_state", "attempt", "queued_at", "retry_at")
+BRIEF_FIELDS = ("status", "stage", "stage_state", "attempt", "queued_at", "retry_at", "stages")
 
 
 class Reconciler:
@@ -98,9 +98,9 @@ class Reconciler:
             with self.conn.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
                     pipe.hmget(keys.job(job_id), list(BRIEF_FIELDS))
-                    pipe.exists(keys.lease(job_id))
                 replies = pipe.execute()
-            for job_id, fields, leased in zip(chunk, replies[0::2], replies[1::2], strict=True):
+            briefs: list[tuple[str, dict[str, Any]]] = []
+            for job_id, fields in zip(chunk, replies, strict=True):
                 brief = _brief(fields)
                 if brief is None or brief["status"] in TERMINAL:  # gone, unreadable or done
                     if brief is None and fields[0] is not None:
@@ -108,14 +108,41 @@ class Reconciler:
                                        job_id)
                     self.conn.srem(keys.ACTIVE_JOBS, job_id)
                     continue
-                if leased:
-                    continue
-                changed += self._reconcile(job_id, brief, queued)
+                briefs.append((job_id, brief))
+            with self.conn.pipeline(transaction=False) as pipe:
+                for job_id, brief in briefs:
+                    pipe.exists(keys.lease(job_id, brief["stage"]))
+                    for stage in brief["early"]:
+                        pipe.exists(keys.lease(job_id, stage))
+                leased = iter(pipe.execute())
+            for job_id, brief in briefs:
+                current = next(leased)
+                early = [stage for stage in brief["early"] if not next(leased)]
+                if not current:
+                    changed += self._reconcile(job_id, brief, queued)
+                for stage in early:
+                    changed += self._reconcile_early(job_id, stage)
         return changed
+
+    def _reconcile_early(self, job_id: str, stage: str) -> int:
+        """A stage opened early (overlapping its upstream) that runs without a lease lost its
+        worker: run it again, first in line, from its published pieces."""
+        rec = self.store.get(job_id)
+        info = rec.stages.get(stage) if rec is not None else None
+        if (rec is None or info is None or not rec.early(stage) or info.status != "running"
+                or self.store.lease_holder(job_id, stage) is not None):
+            return 0
+        reason = "the worker running this stage stopped responding"
+        new = self.store.requeue(job_id, stage, info.attempts, reason)
+        if new is None:
+            return 0
+        logger.warning("job %s %s (running early): %s; now %s (attempt %d)", job_id, stage,
+                       reason, new.status, info.attempts + 1)
+        return 1
 
     def _reconcile(self, job_id: str, brief: dict[str, Any], queued: dict[str, set[str]]) -> int:
         rec = self.store.get(job_id) if self._due(job_id, brief, queued) else None
-        if rec is None or rec.terminal or self.store.lease_holder(job_id) is not None:
+        if rec is None or rec.terminal or self.store.lease_holder(job_id, rec.stage) is not None:
             return 0
         reason = self._orphaned(rec, queued)
         if reason is None:
@@ -171,4 +198,11 @@ def _brief(fields: list[Any]) -> dict[str, Any] | None:
     brief = dict(zip(BRIEF_FIELDS, values, strict=True))
     if brief["status"] is None or not isinstance(brief["attempt"], int):
         return None
+    stages = brief.pop("stages") or {}
+    order = list(pipeline.STAGES)
+    current = order.index(brief["stage"]) if brief["stage"] in order else len(order)
+    # stages opened early (overlapping the current one) whose executions hold their own leases
+    brief["early"] = [s for s, info in stages.items() if isinstance(info, dict)
+                      and info.get("status") == "running" and s in order
+                      and order.index(s) > current] if isinstance(stages, dict) else []
     return brief

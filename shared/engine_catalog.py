@@ -20,7 +20,8 @@ SADTALKER_DIR = "sadtalker"  # the SadTalker installation (or a link to it)
 @dataclass(frozen=True)
 class EngineSpec:
     """One engine: `live` if live sessions may use it; `thread_safe` if its frames may be drawn
-    from several threads at once (the visual stage then renders chunks in lanes)."""
+    from several threads at once (the visual stage then renders chunks in lanes);
+    `needs_whole_input` if it must have all its input before it starts."""
 
     name: str
     kind: Kind
@@ -28,6 +29,9 @@ class EngineSpec:
     needs_voice_sample: bool = False
     live: bool = False
     thread_safe: bool = False
+    # it needs the whole of its input before it starts (wav2lip's and sadtalker's audio
+    # features see the whole clip): with overlapping stages it waits for its upstream to finish
+    needs_whole_input: bool = False
 
     def missing(self, models_dir: Path) -> list[str]:
         """The required files absent under `models_dir`, as paths relative to it."""
@@ -46,14 +50,14 @@ CATALOG: tuple[EngineSpec, ...] = (
     EngineSpec("piper-high", "audio"),
     EngineSpec("piper-female", "audio"),
     EngineSpec("portrait", "visual", live=True, thread_safe=True),
-    EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",)),
+    EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",), needs_whole_input=True),
     # what SadTalker's `inference.py --preprocess full --size 256 --still` reads
     EngineSpec("sadtalker", "visual", tuple(f"{SADTALKER_DIR}/{f}" for f in (
         "inference.py", "src/config/facerender_still.yaml",
         "checkpoints/SadTalker_V0.0.2_256.safetensors", "checkpoints/mapping_00109-model.pth.tar",
         "gfpgan/weights/alignment_WFLW_4HG.pth",  # facexlib's face alignment (the cropper's)
         "gfpgan/weights/detection_Resnet50_Final.pth",  # facexlib's face detector
-    )), thread_safe=True),
+    )), thread_safe=True, needs_whole_input=True),
 )
 
 VOICES: dict[str, EngineSpec] = {e.name: e for e in CATALOG if e.kind == "audio"}

@@ -13,9 +13,11 @@ the status changes. A finished job's record expires `JOB_RETENTION_DAYS` after i
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum, auto
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,19 @@ class Verdict(Enum):
     """What a transition's `change` decided about the record it was handed."""
 
     DECLINE = auto()  # not this transition's case: nothing is written
-    WRITE = auto()  # write the changed record
-    WRITE_AND_RERUN = auto()  # write it and enqueue its stage again, first in line
+    WRITE = auto()  # write the changed record (and enqueue what the change asked for)
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """A stage execution a transition enqueues in its own transaction."""
+
+    stage: str
+    attempt: int
+    at_front: bool = False  # a re-run after a crash goes first: its job was accepted long ago
+
+
+Change = Callable[[JobRecord, "list[Enqueue]"], Verdict]
 
 
 class JobStore:
@@ -122,8 +135,8 @@ class JobStore:
     def job_dir(self, job_id: str) -> Path:
         return Layout(self.data_dir).job_dir(job_id)
 
-    def lease_holder(self, job_id: str) -> str | None:
-        value = self.conn.get(keys.lease(job_id))
+    def lease_holder(self, job_id: str, stage: str) -> str | None:
+        value = self.conn.get(keys.lease(job_id, stage))
         return keys.text(value) if value else None
 
     # ---- transitions ---------------------------------------------------------------------
@@ -184,6 +197,9 @@ class JobStore:
                         rec.attempt = min(rec.attempt + 1, self.max_attempts)
                         rec.stage_state, rec.queued_at, rec.retry_at = "queued", time.time(), None
                         rec.stages.setdefault(rec.stage, StageInfo()).status = "queued"
+                        for stage in list(rec.stages):  # opened early: run again after it
+                            if rec.early(stage):
+                                rec.stages[stage].status = "pending"
                     pipe.multi()
                     pipe.hset(job_key, mapping=rec.to_hash())
                     pipe.zadd(keys.ALL_JOBS, {rec.id: rec.created_at})
@@ -209,23 +225,40 @@ class JobStore:
     def start_stage(self, job_id: str, stage: str, attempt: int, exec_id: str,
                     worker: str) -> JobRecord | None:
         """Take the stage's lease and mark it running; None if this execution is stale."""
-        def change(rec: JobRecord) -> Verdict:
-            if rec.terminal or rec.stage != stage or rec.attempt != attempt:
+        def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
+            if rec.terminal or rec.attempt_of(stage) != attempt:
                 return Verdict.DECLINE
-            if rec.stage_state not in ("queued", "running"):
+            if rec.stage == stage and rec.stage_state not in ("queued", "running"):
                 return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
             info.status, info.worker, info.attempts = "running", worker, attempt
             info.started_at, info.error = time.time(), None
-            rec.stage_state, rec.status = "running", "running"
+            if rec.stage == stage:
+                rec.stage_state = "running"
+            rec.status = "running"
             return Verdict.WRITE
 
-        return self._transition(job_id, change, lease=("acquire", exec_id))
+        return self._transition(job_id, stage, change, lease=("acquire", exec_id))
+
+    def open_next(self, job_id: str, stage: str, exec_id: str) -> bool:
+        """Open the stage after `stage` early, on the first piece `stage` published: it is
+        enqueued now and runs on the pieces as they come (PIPELINE_OVERLAP). Fenced by the
+        lease of `stage`'s execution; False if it was open already or the job moved on."""
+        nxt = pipeline.STAGES[stage].next_stage
+
+        def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
+            if nxt is None or rec.terminal or rec.stage != stage or nxt in rec.stages:
+                return Verdict.DECLINE
+            rec.stages[nxt] = StageInfo(status="queued", attempts=1)
+            todo.append(Enqueue(nxt, 1))
+            return Verdict.WRITE
+
+        return self._transition(job_id, stage, change, lease=("hold", exec_id)) is not None
 
     def complete_stage(self, job_id: str, stage: str, exec_id: str, *, engine: str,
                        skipped: bool) -> JobRecord:
         """Publish a finished stage: advance to the next one (or succeed). Fenced by the lease."""
-        def change(rec: JobRecord) -> Verdict:
+        def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
             if rec.terminal or rec.stage != stage:
                 return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
@@ -234,13 +267,26 @@ class JobStore:
             nxt = pipeline.STAGES[stage].next_stage
             if nxt is None:
                 rec.status, rec.stage_state, rec.finished_at = "succeeded", "done", time.time()
+                return Verdict.WRITE
+            opened = rec.stages.get(nxt)
+            rec.stage, rec.queued_at = nxt, time.time()
+            if opened is not None and opened.status in ("queued", "running"):
+                # it runs already on the pieces published so far (enqueued when opened)
+                rec.attempt, rec.stage_state = opened.attempts, opened.status
+            elif opened is not None and opened.status == "pending":
+                # it failed while running early: it runs again now, from its checkpoints
+                rec.attempt, rec.stage_state = opened.attempts + 1, "queued"
+                if rec.attempt > self.max_attempts:
+                    return _give_up(rec, nxt, opened.error or "failed while running early")
+                opened.status, opened.attempts = "queued", rec.attempt
+                todo.append(Enqueue(nxt, rec.attempt))
             else:
-                rec.stage, rec.attempt, rec.stage_state = nxt, 1, "queued"
-                rec.queued_at = time.time()
+                rec.attempt, rec.stage_state = 1, "queued"
                 rec.stages[nxt] = StageInfo(status="queued")
+                todo.append(Enqueue(nxt, 1))
             return Verdict.WRITE
 
-        rec = self._transition(job_id, change, lease=("release", exec_id))
+        rec = self._transition(job_id, stage, change, lease=("release", exec_id))
         if rec is None:
             raise LeaseLost(f"job {job_id}: stage {stage} was already advanced or canceled")
         return rec
@@ -248,9 +294,19 @@ class JobStore:
     def fail_stage(self, job_id: str, stage: str, exec_id: str | None, error: str, *,
                    permanent: bool) -> JobRecord | None:
         """Record a failed execution: retry later with backoff, or fail the job for good."""
-        def change(rec: JobRecord) -> Verdict:
-            if rec.terminal or rec.stage != stage:
+        def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
+            if rec.terminal:
                 return Verdict.DECLINE
+            if rec.stage != stage:
+                if not rec.early(stage):
+                    return Verdict.DECLINE
+                early = rec.stages[stage]
+                early.error = error
+                if permanent or early.attempts >= self.max_attempts:
+                    return _give_up(rec, stage, error if permanent else (
+                        f"{stage} stage failed {early.attempts} times; last error: {error}"))
+                early.status = "pending"  # runs again once its upstream is done
+                return Verdict.WRITE
             info = rec.stages.setdefault(stage, StageInfo())
             info.error = error
             if permanent or rec.attempt >= self.max_attempts:
@@ -265,39 +321,39 @@ class JobStore:
             return Verdict.WRITE
 
         lease = ("release", exec_id) if exec_id else None
-        return self._transition(job_id, change, lease=lease)
+        return self._transition(job_id, stage, change, lease=lease)
 
     def requeue(self, job_id: str, stage: str, attempt: int, reason: str) -> JobRecord | None:
         """Enqueue the stage again with attempt+1 (reconciler); fails the job past the limit."""
-        def change(rec: JobRecord) -> Verdict:
-            if rec.terminal or rec.stage != stage or rec.attempt != attempt:
+        def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
+            if rec.terminal or rec.attempt_of(stage) != attempt:
                 return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
-            if rec.attempt >= self.max_attempts:
-                info.status, info.finished_at, info.error = "failed", time.time(), reason
-                rec.status, rec.stage_state, rec.finished_at = "failed", "failed", time.time()
-                rec.error = f"{stage} stage gave up after {rec.attempt} attempts: {reason}"
-                return Verdict.WRITE
-            rec.attempt += 1
-            rec.stage_state, rec.queued_at, rec.retry_at = "queued", time.time(), None
-            info.status, info.error = "queued", reason
-            return Verdict.WRITE_AND_RERUN
+            if attempt >= self.max_attempts:
+                return _give_up(rec, stage,
+                                f"{stage} stage gave up after {attempt} attempts: {reason}")
+            if rec.stage == stage:
+                rec.attempt += 1
+                rec.stage_state, rec.queued_at, rec.retry_at = "queued", time.time(), None
+            info.status, info.error, info.attempts = "queued", reason, attempt + 1
+            todo.append(Enqueue(stage, attempt + 1, at_front=True))
+            return Verdict.WRITE
 
-        return self._transition(job_id, change, lease=("absent", ""))
+        return self._transition(job_id, stage, change, lease=("absent", ""))
 
     def cancel(self, job_id: str) -> JobRecord | None:
-        def change(rec: JobRecord) -> Verdict:
+        def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
             if rec.terminal:
                 return Verdict.DECLINE
             rec.status, rec.finished_at = "canceled", time.time()
             rec.error = "canceled by request"
-            info = rec.stages.get(rec.stage)
-            if info is not None and info.status != "done":
-                info.status = "canceled"
+            for info in rec.stages.values():  # every stage: overlapping ones stop too
+                if info.status != "done":
+                    info.status = "canceled"
             rec.stage_state = "canceled"
             return Verdict.WRITE
 
-        self._transition(job_id, change)
+        self._transition(job_id, None, change)
         return self.get(job_id)
 
     def set_progress(self, job_id: str, stage: str, value: float) -> None:
@@ -308,8 +364,9 @@ class JobStore:
                       maxlen=EVENTS_MAXLEN, approximate=True)
             pipe.execute()
 
-    def renew_lease(self, job_id: str, exec_id: str) -> bool:
-        return bool(self._renew(keys=[keys.lease(job_id)], args=[exec_id, self.lease_ttl_ms]))
+    def renew_lease(self, job_id: str, stage: str, exec_id: str) -> bool:
+        return bool(self._renew(keys=[keys.lease(job_id, stage)],
+                                args=[exec_id, self.lease_ttl_ms]))
 
     # ---- machinery -----------------------------------------------------------------------
 
@@ -345,21 +402,24 @@ class JobStore:
             "progress": f"{rec.progress():.4f}", "error": rec.error or "",
         }, maxlen=EVENTS_MAXLEN, approximate=True)
 
-    def _transition(self, job_id: str, change: Callable[[JobRecord], Verdict],
+    def _transition(self, job_id: str, stage: str | None, change: Change,
                     lease: tuple[str, str] | None = None) -> JobRecord | None:
         """Apply `change` to the record under WATCH; commit, enqueue and mirror on success.
 
-        `lease` is ("acquire", exec_id), ("release", exec_id) (must hold it), or ("absent", "")
-        (nobody may hold it). Returns the new record, or None if `change` declined or the lease
-        check failed.
+        `lease` (on `stage`'s lease) is ("acquire", exec_id), ("release", exec_id) or
+        ("hold", exec_id) (must hold it; release deletes it), or ("absent", "") (nobody may
+        hold it). Returns the new record, or None if `change` declined or the lease check
+        failed.
         """
-        job_key, lease_key = keys.job(job_id), keys.lease(job_id)
+        job_key = keys.job(job_id)
+        lease_key = keys.lease(job_id, stage) if stage is not None else None
+        todo: list[Enqueue] = []
         with self.conn.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(job_key, lease_key)
+                    pipe.watch(job_key, *([lease_key] if lease_key else []))
                     raw = pipe.hgetall(job_key)
-                    holder = pipe.get(lease_key)
+                    holder = pipe.get(lease_key) if lease_key else None
                     if not raw or not _lease_ok(lease, keys.text(holder) if holder else None):
                         pipe.reset()
                         return None
@@ -371,13 +431,14 @@ class JobStore:
                         pipe.reset()
                         return None
                     old_status = rec.status
-                    verdict = change(rec)
+                    todo.clear()
+                    verdict = change(rec, todo)
                     if verdict is Verdict.DECLINE:
                         pipe.reset()
                         return None
                     rec.updated_at = time.time()
                     pipe.multi()
-                    self._write(pipe, rec, lease, rerun=verdict is Verdict.WRITE_AND_RERUN,
+                    self._write(pipe, rec, lease_key, lease, todo,
                                 status_changed=rec.status != old_status)
                     pipe.execute()
                     break
@@ -386,10 +447,11 @@ class JobStore:
         self._mirror(rec)
         return rec
 
-    def _write(self, pipe: redis.client.Pipeline, rec: JobRecord,
-               lease: tuple[str, str] | None, *, rerun: bool, status_changed: bool) -> None:
+    def _write(self, pipe: redis.client.Pipeline, rec: JobRecord, lease_key: str | None,
+               lease: tuple[str, str] | None, todo: builtins.list[Enqueue], *,
+               status_changed: bool) -> None:
         """The writes of one transition, queued on a pipeline in MULTI mode."""
-        job_key, lease_key = keys.job(rec.id), keys.lease(rec.id)
+        job_key = keys.job(rec.id)
         pipe.hset(job_key, mapping=rec.to_hash())
         if status_changed:
             self._relist(pipe, rec)
@@ -397,26 +459,35 @@ class JobStore:
                  if s not in rec.stages or rec.stages[s].status != "running"]
         if stale:
             pipe.hdel(job_key, *stale)
-        if lease is not None and lease[0] == "acquire":
+        if lease_key is not None and lease is not None and lease[0] == "acquire":
             pipe.set(lease_key, lease[1], px=self.lease_ttl_ms)
-        elif lease is not None and lease[0] == "release":
+        elif lease_key is not None and lease is not None and lease[0] == "release":
             pipe.delete(lease_key)
         self._event(pipe, rec)
         if rec.terminal:
             pipe.srem(keys.ACTIVE_JOBS, rec.id)
             pipe.expire(keys.events(rec.id), EVENTS_TTL_S)
+            pipe.delete(*(keys.pieces(rec.id, s) for s in pipeline.STAGES))
             if self.retention_s:
                 pipe.expire(job_key, max(1, int(self.retention_s)))
-        elif rerun:  # a re-run after a crash goes first: its job was accepted long ago
-            self._enqueue(pipe, rec.id, rec.stage, rec.attempt, at_front=True)
-        elif rec.stage_state == "queued" and lease and lease[0] == "release":
-            self._enqueue(pipe, rec.id, rec.stage, rec.attempt)
+            return
+        for item in todo:
+            self._enqueue(pipe, rec.id, item.stage, item.attempt, at_front=item.at_front)
 
     def _mirror(self, rec: JobRecord) -> None:
         try:
             atomic_write_json(self.job_dir(rec.id) / JOB_RECORD, rec.model_dump(mode="json"))
         except OSError as exc:  # the Redis record stays the truth; the mirror is for disaster
             logger.warning("job %s: could not mirror job.json: %s", rec.id, exc)
+
+
+def _give_up(rec: JobRecord, stage: str, error: str) -> Verdict:
+    """Fail the job for good because `stage` failed (the change of a transition)."""
+    info = rec.stages.setdefault(stage, StageInfo())
+    info.status, info.finished_at, info.error = "failed", time.time(), error
+    rec.status, rec.stage_state, rec.finished_at = "failed", "failed", time.time()
+    rec.error = error
+    return Verdict.WRITE
 
 
 def _lease_ok(lease: tuple[str, str] | None, holder: str | None) -> bool:
@@ -426,6 +497,6 @@ def _lease_ok(lease: tuple[str, str] | None, holder: str | None) -> bool:
     mode, exec_id = lease
     if mode == "acquire":
         return holder in (None, exec_id)
-    if mode == "release":
+    if mode in ("release", "hold"):
         return holder == exec_id
     return holder is None  # "absent"

@@ -24,8 +24,14 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
-def lease(job_id: str) -> str:
-    return f"{PREFIX}:lease:{job_id}"
+def lease(job_id: str, stage: str) -> str:
+    """The lease of the one execution running `stage` of the job (stages may overlap)."""
+    return f"{PREFIX}:lease:{job_id}:{stage}"
+
+
+def pieces(job_id: str, stage: str) -> str:
+    """Stream: one entry per piece the stage publishes (a doorbell; shared/pieces.py)."""
+    return f"{PREFIX}:pieces:{job_id}:{stage}"
 
 
 def jobs_with_status(status: str) -> str:

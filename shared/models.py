@@ -51,6 +51,13 @@ class JobOptions(BaseModel):
         return frame_size(self.size, self.aspect)
 
     @property
+    def compose_needs_whole_input(self) -> bool:
+        """Whether the compositor needs the whole video and speech before it starts: a new
+        background or burned captions re-encode the picture, music is mixed to a loudness
+        measured over the whole speech. Such jobs have no watch stream until they are done."""
+        return self.background != "keep" or self.music is not None or self.captions == "burn"
+
+    @property
     def needs_mask(self) -> bool:
         """Whether the visual stage must write a person mask for the compositor."""
         return self.background != "keep"
@@ -115,6 +122,27 @@ class JobRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def early(self, stage: str) -> bool:
+        """Whether `stage` was opened before its upstream finished (overlapping stages: it
+        runs on the pieces published so far) and is queued or running beside `self.stage`."""
+        order = list(pipeline.STAGES)
+        info = self.stages.get(stage)
+        return (stage in order and self.stage in order
+                and order.index(stage) > order.index(self.stage)
+                and info is not None and info.status in ("queued", "running"))
+
+    def attempt_of(self, stage: str) -> int | None:
+        """The attempt a live execution of `stage` carries, or None if none may run now."""
+        if stage == self.stage:
+            return self.attempt
+        if self.early(stage):
+            return self.stages[stage].attempts
+        return None
+
+    def done(self, stage: str) -> bool:
+        info = self.stages.get(stage)
+        return info is not None and info.status == "done"
 
     def progress(self) -> float:
         if self.status == "succeeded":

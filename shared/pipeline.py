@@ -45,6 +45,14 @@ class StageSpec:
     optional_outputs: tuple[str, ...] = ()
     scratch: str | None = None
     also_serves: tuple[Work, ...] = ()  # other work its workers take, before the stage's own
+    # It publishes its output in pieces as it goes (jobs/<id>/<name>.pieces/, shared/pieces.py)
+    # and, with PIPELINE_OVERLAP, opens its next stage on the first one.
+    pieces: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        """Whether it reads an upstream stage's pieces (and may start before that is done)."""
+        return any(STAGES[up].pieces for up in self.upstream)
 
     @property
     def module(self) -> str:
@@ -72,18 +80,20 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
         upstream=(), next_stage="visual", venv="audio", weight=0.15,
         output=SPEECH, optional_outputs=(PHONEMES,),
         scratch="audio.sentences",  # per-sentence checkpoints of cloned voices
+        pieces=True,  # speech, sentence by sentence
     ),
     StageSpec(
         name="visual", work=Work("visual", "services.visual.worker.run"),
         upstream=("audio",), next_stage="compose", venv="visual", weight=0.75,
         output=VIDEO, optional_outputs=(MASK,),
-        scratch="visual.chunks",  # rendered chunks, each published on its own
         also_serves=(AVATAR_ANALYSIS,),
+        pieces=True,  # rendered chunks (its resumable checkpoints too)
     ),
     StageSpec(
         name="compose", work=Work("compose", "services.compositor.worker.run"),
         upstream=("audio", "visual"), next_stage=None, venv="compositor", weight=0.10,
         output=RESULT, optional_outputs=(CAPTIONS,),
+        pieces=True,  # playable segments, served while the job renders (GET .../stream)
     ),
 )}
 FIRST_STAGE = next(iter(STAGES))

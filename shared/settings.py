@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     # Chunks drawn side by side by engines that allow it; 0 means one per usable CPU core.
     render_lanes: int = Field(0, ge=0, le=64)
 
+    # Overlapping stages: a stage that publishes pieces (audio sentences, visual chunks) opens
+    # its next stage on its first piece; false runs the stages one after another (the
+    # comparison `make bench` draws).
+    pipeline_overlap: bool = True
+    # The first visual chunk's frames (later chunks double up to chunk_frames): small, so the
+    # first playable segment of a job comes quickly.
+    first_chunk_frames: int = Field(10, ge=1)
+
     # Free space (MB) DATA_DIR must keep: below it the API refuses new work (507) and /healthz
     # says "disk low"; a stage that hits a full disk waits for it before running again.
     min_free_mb: float = Field(500.0, ge=0)

@@ -35,6 +35,7 @@ from shared.errors import Canceled, DiskFull, InvalidInput, LeaseLost, StageFail
 from shared.jobs import JobStore
 from shared.logs import job_context
 from shared.models import JobRecord, StageManifest
+from shared.pieces import pieces_dir
 from shared.settings import Settings
 from shared.storage import sha256_file, sha256_json
 
@@ -120,6 +121,30 @@ class StageContext:
             raise ValueError(f"the {self.stage} stage has no scratch folder")
         return self.job_dir / name
 
+    def wait_upstream(self) -> dict[str, tuple[Path, StageManifest]]:
+        """Wait until every upstream stage is done (a stage opened early runs beside them),
+        then load their published outputs into `upstream`."""
+        spec = pipeline.STAGES[self.stage]
+        conn = self.runtime.conn
+        while len(self.upstream) < len(spec.upstream):
+            self.check()
+            raw = conn.hmget(keys.job(self.job.id), ["status", "stages"])
+            status = json.loads(raw[0]) if raw[0] else None
+            if status in ("failed", "canceled"):
+                self.job_ended(status)
+            stages = json.loads(raw[1]) if raw[1] else {}
+            if all(isinstance(stages.get(up), dict) and stages[up].get("status") == "done"
+                   for up in spec.upstream):
+                self.upstream = load_upstream(self.job_dir, spec.upstream)
+                break
+            time.sleep(0.05)
+        return self.upstream
+
+    def job_ended(self, status: str) -> None:
+        """The job was canceled or failed (in another stage) while this one ran: stop."""
+        self.stop("canceled" if status == "canceled" else "the job failed in another stage")
+        self.check()
+
     def check(self) -> None:
         """Raise if this execution must stop (job canceled, lease lost)."""
         if self._stop.is_set():
@@ -163,14 +188,30 @@ def audit(runtime: Runtime, event: str, **fields: Any) -> None:
 
 def stage_input_hash(job: JobRecord, stage: str,
                      upstream: dict[str, tuple[Path, StageManifest]]) -> str:
+    """What a stage's output is made from. A stage that reads pieces may start before its
+    upstream is done, so its hash names the upstream engines, not their files: published
+    pieces are never made again within a job, so the same job gives the same pieces."""
+    spec = pipeline.STAGES[stage]
     return sha256_json({
         "stage": stage,
         "avatar_id": job.avatar_id,
         "text": job.text,
         "options": job.options.model_dump(mode="json"),
         "engine": job.engines.get(stage),
-        "upstream": {s: [f.sha256 for f in m.files] for s, (_, m) in sorted(upstream.items())},
+        "upstream": ({s: job.engines.get(s) for s in spec.upstream} if spec.streamed else
+                     {s: [f.sha256 for f in m.files] for s, (_, m) in sorted(upstream.items())}),
     })
+
+
+def load_upstream(job_dir: Path, stages: tuple[str, ...]) -> dict[str, tuple[Path, StageManifest]]:
+    """The published outputs of `stages`; StageFailed if one is missing or corrupt."""
+    upstream = {}
+    for up in stages:
+        manifest = load_manifest(job_dir / up)
+        if manifest is None:
+            raise StageFailed(f"the {up} stage's output is missing or corrupt in {job_dir}")
+        upstream[up] = (job_dir / up, manifest)
+    return upstream
 
 
 def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
@@ -181,7 +222,7 @@ def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
     while not done.wait(min(1.0, every)):
         try:
             if time.monotonic() >= next_renew:
-                if not rt.store.renew_lease(ctx.job.id, ctx.exec_id):
+                if not rt.store.renew_lease(ctx.job.id, ctx.stage, ctx.exec_id):
                     ctx.stop("another execution owns the stage")
                     return
                 last_ok = time.monotonic()
@@ -189,6 +230,9 @@ def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
             status = rt.conn.hget(keys.job(ctx.job.id), "status")
             if status is not None and keys.text(status).strip('"') == "canceled":
                 ctx.stop("canceled")
+                return
+            if status is not None and keys.text(status).strip('"') == "failed":
+                ctx.stop("the job failed in another stage")  # stages may overlap
                 return
         except redis.RedisError as exc:
             if time.monotonic() - last_ok > ttl:
@@ -217,9 +261,16 @@ def execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
     with job_context(job_id, stage):
         outcome = _execute(runtime, job_id, stage, attempt, handler)
         if outcome in _SCRATCH_DONE:  # the job was at this stage, so `stage` is one of ours
-            scratch = pipeline.STAGES[stage].scratch
-            if scratch is not None:
-                remove_tree(runtime.store.job_dir(job_id) / scratch)
+            spec = pipeline.STAGES[stage]
+            job_dir = runtime.store.job_dir(job_id)
+            if spec.scratch is not None:
+                remove_tree(job_dir / spec.scratch)
+            if outcome is Outcome.CANCELED:
+                remove_tree(pieces_dir(job_dir, stage))
+            elif spec.next_stage is None:  # the job is done: only its watch stream stays
+                for other in pipeline.STAGES:
+                    if other != stage:
+                        remove_tree(pieces_dir(job_dir, other))
         return outcome
 
 
@@ -227,7 +278,7 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
              handler: Handler) -> Outcome:
     store = runtime.store
     job = store.get(job_id)
-    if job is None or job.terminal or job.stage != stage or job.attempt != attempt:
+    if job is None or job.terminal or job.attempt_of(stage) != attempt:
         logger.info("job %s %s#%s: stale execution, nothing to do", job_id, stage, attempt)
         return Outcome.STALE
     exec_id = uuid.uuid4().hex[:12]
@@ -237,13 +288,12 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
         return Outcome.STALE
 
     job_dir = store.job_dir(job_id)
+    spec = pipeline.STAGES[stage]
     try:
-        upstream = {}
-        for up in pipeline.STAGES[stage].upstream:
-            manifest = load_manifest(job_dir / up)
-            if manifest is None:
-                raise StageFailed(f"the {up} stage's output is missing or corrupt in {job_dir}")
-            upstream[up] = (job_dir / up, manifest)
+        # a stage that reads pieces may run beside its upstream: it loads the finished
+        # outputs when it needs them (`StageContext.wait_upstream`)
+        upstream = {} if spec.streamed and not all(job.done(up) for up in spec.upstream) \
+            else load_upstream(job_dir, spec.upstream)
     except StageFailed as exc:
         store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
         return Outcome.FAILED
@@ -278,14 +328,16 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
         existing = load_manifest(job_dir / stage)
         if existing is not None and existing.input_hash == input_hash:
             logger.info("job %s %s#%s: valid checkpoint found, not redone", job_id, stage, attempt)
+            ctx.wait_upstream()  # the job moves on to this stage only once they are done
             ctx.check()
             store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True)
             return Outcome.SKIPPED
         _remove_stale_work_dirs(job_dir, stage, keep=work_dir)
         logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
         result = _produce(ctx, handler, t0)
+        ctx.wait_upstream()
         ctx.check()
-        if not store.renew_lease(job_id, exec_id):  # publish right after a fresh renewal
+        if not store.renew_lease(job_id, stage, exec_id):  # publish right after a fresh renewal
             raise LeaseLost(f"job {job_id}: {stage} lease expired before publishing")
         if publish(work_dir, job_dir / stage):
             audit(runtime, "publish", job=job_id, stage=stage, attempt=attempt, exec=exec_id,
@@ -303,13 +355,13 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
                            job_id, stage, attempt, ctx._stop_reason)
             return Outcome.LEASE_LOST
         logger.info("job %s %s#%s: canceled", job_id, stage, attempt)
-        store.conn.delete(keys.lease(job_id))
+        store.conn.delete(keys.lease(job_id, stage))
         return Outcome.CANCELED
     except LeaseLost as exc:
         logger.warning("job %s %s#%s: %s; not publishing", job_id, stage, attempt, exc)
         return Outcome.LEASE_LOST
     except Exception as exc:
-        if store.lease_holder(job_id) != exec_id:  # a stale execution's errors change nothing
+        if store.lease_holder(job_id, stage) != exec_id:  # a stale execution changes nothing
             logger.warning("job %s %s#%s: lease lost (%s: %s); not publishing", job_id, stage,
                            attempt, type(exc).__name__, exc)
             return Outcome.LEASE_LOST

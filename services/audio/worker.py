@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import wave
+from pathlib import Path
+from typing import Any
 
 from services.audio.engines import AudioEngine, SpeechRequest
 from shared import spoken_text
+from shared.errors import StageFailed
 from shared.layout import VOICE_SAMPLE
+from shared.pieces import PIECES_INFO, PieceWriter
 from shared.pipeline import PHONEMES, SPEECH
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
-from shared.storage import atomic_write_json
+from shared.storage import atomic_write_json, atomic_writer
+
+PIECE = "piece"  # audio.pieces/piece_<n>.wav
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +49,101 @@ def synthesize(ctx: StageContext) -> StageResult:
     text, tags = spoken_text.strip_tags(ctx.job.text)
     if tags:
         logger.info("audio: %d SSML-like tags left unspoken", tags)
+    pieces = SpeechPieces(PieceWriter(ctx, PIECE, ".wav"))
     # every voice gets the same request; the ones that follow a voice sample read it (and keep
-    # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir
-    request = SpeechRequest(text, ctx.work_dir / SPEECH,
-                            length_scale=1.0 / ctx.job.options.speed,
+    # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir,
+    # piper hands over each sentence as it is spoken (published at once as a piece)
+    engine_wav = ctx.work_dir / ".engine.wav"
+    request = SpeechRequest(text, engine_wav, length_scale=1.0 / ctx.job.options.speed,
                             voice_sample=avatar_dir / VOICE_SAMPLE, cache_dir=avatar_dir,
-                            checkpoint_dir=ctx.scratch_dir)
+                            checkpoint_dir=ctx.scratch_dir, on_piece=pieces.add)
     speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
     ctx.check()
+    if pieces.count == 0:  # a voice that reshapes the whole speech: one piece, at the end
+        pieces.add_wav(engine_wav, speech.phonemes)
+    engine_wav.unlink(missing_ok=True)
+    n_samples, rate, phonemes = pieces.join(ctx.work_dir / SPEECH)
     files = [SPEECH]
-    if speech.phonemes is not None:
-        atomic_write_json(ctx.work_dir / PHONEMES, speech.phonemes)
+    if phonemes is not None:
+        atomic_write_json(ctx.work_dir / PHONEMES, phonemes)
         files.append(PHONEMES)
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
-        "duration": speech.duration, "sample_rate": speech.sample_rate,
-        "n_samples": speech.n_samples, "phonemes": speech.phonemes is not None,
         **(speech.info or {}),
+        "duration": n_samples / rate, "sample_rate": rate, "n_samples": n_samples,
+        "phonemes": phonemes is not None, PIECES_INFO: pieces.count,
+        "pieces_reused": pieces.reused,
     })
+
+
+class SpeechPieces:
+    """The speech, published sentence by sentence as `audio.pieces/piece_<n>.wav`.
+
+    A resumed execution speaks the text again but keeps every piece already published (the
+    visual stage may have drawn from it): only the pieces after them are new. The published
+    speech.wav and phonemes.json are the pieces laid end to end.
+    """
+
+    def __init__(self, writer: PieceWriter) -> None:
+        self.writer = writer
+        self.count = self.reused = 0
+        self.start = 0  # sample where the next piece starts
+
+    def add(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None) -> None:
+        n = self.count
+        old = self.writer.existing(n)
+        if old is not None:
+            self.reused += 1
+        else:
+            tmp = self.writer.folder / f".piece_{n:05d}.{self.writer.ctx.exec_id}.wav"
+            with open(tmp, "wb") as fh, wave.open(fh, "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(rate)
+                wav.writeframes(pcm)
+            old = self.writer.publish(n, tmp, {
+                "start_sample": self.start, "n_samples": len(pcm) // 2, "sample_rate": rate,
+                "phonemes": phonemes})
+        self.start += int(old.meta["n_samples"])
+        self.count += 1
+
+    def add_wav(self, path: Path, phonemes: list[dict[str, Any]] | None) -> None:
+        with wave.open(str(path), "rb") as wav:
+            rate, pcm = wav.getframerate(), wav.readframes(wav.getnframes())
+        self.add(pcm, rate, phonemes)
+
+    def join(self, out: Path) -> tuple[int, int, list[dict[str, Any]] | None]:
+        """Write the pieces as one WAV; (samples, rate, phoneme timeline or None)."""
+        timeline: list[dict[str, Any]] | None = []
+        rate, total = 0, 0
+        with atomic_writer(out, "wb") as fh, wave.open(fh, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            for n in range(self.count):
+                piece = self.writer.existing(n)
+                if piece is None:
+                    raise StageFailed(f"speech piece {n} vanished from {self.writer.folder}")
+                with wave.open(str(piece.path), "rb") as part:
+                    if n == 0:
+                        rate = part.getframerate()
+                        wav.setframerate(rate)
+                    wav.writeframes(part.readframes(part.getnframes()))
+                offset = total / rate
+                total += int(piece.meta["n_samples"])
+                if timeline is not None and piece.meta.get("phonemes") is not None:
+                    timeline += [{"phoneme": p["phoneme"], "start": round(p["start"] + offset, 5),
+                                  "end": round(p["end"] + offset, 5)}
+                                 for p in piece.meta["phonemes"]]
+                else:
+                    timeline = None
+        return total, rate, merge_silences(timeline) if timeline else None
+
+
+def merge_silences(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One "_" entry where the pieces' edges put two side by side."""
+    out: list[dict[str, Any]] = []
+    for entry in timeline:
+        if out and entry["phoneme"] == "_" and out[-1]["phoneme"] == "_":
+            out[-1] = {**out[-1], "end": entry["end"]}
+        else:
+            out.append(entry)
+    return out

@@ -18,18 +18,28 @@ from typing import Any
 from services.compositor import captions
 from services.compositor.layers import Layers, video_graph
 from services.compositor.mixing import AudioPlan, MusicBed, plan_music
+from services.compositor.segments import END, INIT, SEGMENT, Segment, SegmentMuxer, SpeechReader
 from shared import media_refs
 from shared.errors import StageFailed
 from shared.ffmpeg import MediaInfo, ffmpeg, probe, verify_result
 from shared.models import JobOptions
+from shared.pieces import (
+    PIECES_INFO,
+    Piece,
+    PieceReader,
+    PieceWriter,
+    pieces_dir,
+    read_piece,
+)
 from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
-from shared.storage import atomic_writer
+from shared.storage import atomic_write_json, atomic_writer
 
 logger = logging.getLogger(__name__)
 
-ENGINE_VERSION = "ffmpeg-compose/2"
+ENGINE_VERSION = "ffmpeg-compose/3"
+CHUNK = "chunk"  # the visual stage's pieces: visual.pieces/chunk_<k>.mp4
 
 
 def warm_up(settings: Settings) -> None:
@@ -42,6 +52,94 @@ def run(job_id: str, stage: str = "compose", attempt: int = 1) -> str:
 
 
 def compose(ctx: StageContext) -> StageResult:
+    if ctx.job.options.compose_needs_whole_input:
+        ctx.wait_upstream()
+        return compose_whole(ctx)
+    return compose_segments(ctx)
+
+
+def compose_segments(ctx: StageContext) -> StageResult:
+    """Mux each visual chunk with its speech into a watch-stream segment as soon as it is
+    published (services/compositor/segments.py), then write the result as `compose_whole`
+    does: the segments carry a quick AAC for watching, the result the speech at full quality
+    with its exact length (an MP4 edit list hides the encoder's delay; fragments have none)."""
+    opts = ctx.job.options
+    writer = PieceWriter(ctx, SEGMENT, ".m4s")
+    speech_dir = pieces_dir(ctx.job_dir, "audio")
+    speech = SpeechReader(lambda: _published(speech_dir))
+    chunks = PieceReader(ctx, "visual", CHUNK, ".mp4")
+    muxer: SegmentMuxer | None = None
+    init = writer.folder / INIT
+    count = reused = 0
+
+    def publish(segments: list[Segment]) -> None:
+        nonlocal count, reused
+        if muxer is not None and muxer.init is not None and not init.is_file():
+            with atomic_writer(init, "wb") as fh:
+                fh.write(muxer.init)
+        for seg in segments:
+            count += 1
+            if writer.existing(seg.k) is not None:  # out before a crash: kept as it is
+                reused += 1
+                continue
+            tmp = writer.folder / f".{SEGMENT}_{seg.k:05d}.{ctx.exec_id}.m4s"
+            with open(tmp, "wb") as fh:
+                fh.write(seg.data)
+            writer.publish(seg.k, tmp, {
+                "start": seg.frames.start, "stop": seg.frames.stop,
+                "t": seg.frames.start / opts.fps, "duration": len(seg.frames) / opts.fps})
+
+    for chunk in chunks:
+        frames = range(int(chunk.meta["start"]), int(chunk.meta["stop"]))
+        rate = speech.rate or _rate(speech_dir)
+        if muxer is None:
+            muxer = SegmentMuxer(opts.fps, rate)
+        pcm = speech.samples(round(frames.start * rate / opts.fps),
+                             round(frames.stop * rate / opts.fps))
+        publish(muxer.add(chunk.path, frames, pcm))
+        ctx.progress(0.9 * frames.stop / max(frames.stop, _expected_frames(ctx)))
+    if muxer is None:
+        raise StageFailed("the visual stage published no video")
+    publish(muxer.close())
+    atomic_write_json(writer.folder / END, {"segments": count})
+    writer.announce(count)  # the watch stream's end
+
+    ctx.wait_upstream()
+    result = compose_whole(ctx)
+    result.info.update({"segments": count, "segments_reused": reused, PIECES_INFO: count})
+    return result
+
+
+def _published(folder: Path) -> list[Piece]:
+    """The speech pieces published so far, in order."""
+    out: list[Piece] = []
+    while (piece := read_piece(folder, "audio", "piece", ".wav", len(out),
+                               verify=False)) is not None:
+        out.append(piece)
+    return out
+
+
+def _rate(speech_dir: Path) -> int:
+    first = _published(speech_dir)
+    if not first:
+        raise StageFailed("the visual stage published video before any speech")
+    return int(first[0].meta["sample_rate"])
+
+
+def _expected_frames(ctx: StageContext) -> int:
+    """The clip's frames as far as the speech published so far tells (for progress)."""
+    pieces = _published(pieces_dir(ctx.job_dir, "audio"))
+    if not pieces:
+        return 1
+    last = pieces[-1].meta
+    samples = int(last["start_sample"]) + int(last["n_samples"])
+    return max(1, round(samples / int(last["sample_rate"]) * ctx.job.options.fps))
+
+
+def compose_whole(ctx: StageContext) -> StageResult:
+    """The result from the whole video and speech, in one ffmpeg run, once the visual stage
+    is done: all a job whose compose options need the whole input (a background, music,
+    burned captions) does."""
     audio_dir, audio = ctx.upstream["audio"]
     visual_dir, _ = ctx.upstream["visual"]
     opts = ctx.job.options

@@ -11,12 +11,15 @@ from typing import Any
 import numpy as np
 
 from services.visual import avatar as avatar_analysis
-from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus
-from services.visual.engines.base import RenderSpec, VisualEngine
+from services.visual.chunks import usable_cpus
+from services.visual.engines.base import Animation, RenderSpec, VisualEngine
+from services.visual.progressive import CHUNK, ChunkGrid, ChunkLanes, SpeechSoFar
+from shared import engine_catalog
 from shared.errors import StageFailed
 from shared.ffmpeg import concat, probe
 from shared.layout import PORTRAIT
-from shared.pipeline import MASK, PHONEMES, SPEECH, VIDEO
+from shared.pieces import PIECES_INFO, POLL_S, PieceReader, PieceWriter, piece_paths
+from shared.pipeline import MASK, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 
@@ -68,11 +71,6 @@ def render(ctx: StageContext) -> StageResult:
     except (OSError, ValueError) as exc:
         raise StageFailed(f"avatar {ctx.job.avatar_id} is missing or damaged on disk: {exc}. "
                           "Upload the portrait again.") from exc
-    audio_dir, _ = ctx.upstream["audio"]
-    audio, rate = read_wav(audio_dir / SPEECH)
-    phonemes_path = audio_dir / PHONEMES
-    phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
-
     opts = ctx.job.options
     spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed, aspect=opts.aspect,
                       framing=opts.framing)
@@ -86,30 +84,87 @@ def render(ctx: StageContext) -> StageResult:
         if frame_plan.note:
             logger.info("job %s visual: %s", ctx.job.id, frame_plan.note)
     t0 = time.monotonic()
-    animation = engine.prepare(portrait, face, audio, rate, phonemes, spec)
+    whole = engine_catalog.spec(name).needs_whole_input
+    speech = SpeechSoFar()
+    reader = PieceReader(ctx, "audio", "piece", ".wav")
+    grid = ChunkGrid(ctx.settings.first_chunk_frames, ctx.settings.chunk_frames)
+    width, height = spec.frame
+    thread_safe = engine_catalog.spec(name).thread_safe
+    lanes = (ctx.settings.render_lanes or usable_cpus()) if thread_safe else 1
+    drawn = [0]
+    expected = [1]
+
+    def on_frames(n: int) -> None:
+        drawn[0] += n
+        ctx.progress(drawn[0] / expected[0])
+
+    chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4"), ctx.input_hash, (width, height),
+                        opts.fps, lanes, ctx.check, on_frames)
+    animation: Animation | None = None
+    n_frames, next_chunk, reused, prepares, prepare_s = 0, 0, 0, 0, 0.0
+    try:
+        while True:
+            for piece in reader.poll(POLL_S):  # waits for the next piece
+                speech.add(piece)
+            failure = chunks.failed()
+            if failure is not None:
+                raise failure
+            if reader.finished and not speech.samples:
+                raise StageFailed("the audio stage published no speech")
+            if (whole and not reader.finished) or not speech.samples:
+                continue  # wav2lip and sadtalker see the whole speech at once
+            known = speech.frames(opts.fps) if reader.finished else speech.final_frames(opts.fps)
+            expected[0] = max(expected[0], speech.frames(opts.fps))
+            todo = []
+            while True:
+                frames = grid.frames(next_chunk, known if reader.finished else None)
+                if frames.start >= known or (not reader.finished and frames.stop > known):
+                    break
+                todo.append((next_chunk, frames))
+                next_chunk += 1
+            fresh = [(k, f) for k, f in todo if not chunks.valid(k, f)]
+            reused += len(todo) - len(fresh)
+            drawn[0] += sum(len(f) for k, f in todo if (k, f) not in fresh)
+            if fresh:
+                p0 = time.monotonic()
+                animation = engine.prepare(portrait, face, speech.audio(), speech.rate,
+                                           speech.phonemes, spec)
+                prepare_s += time.monotonic() - p0
+                prepares += 1
+                for k, frames in fresh:
+                    chunks.submit(animation, k, frames)
+            if reader.finished:
+                n_frames = known
+                break
+        chunks.finish()
+    finally:
+        chunks.close()
     t1 = time.monotonic()
-    has_phonemes = phonemes is not None
-    del audio, portrait, phonemes  # the animation keeps what it needs; long clips stay small
-    lanes = (ctx.settings.render_lanes or usable_cpus()) if animation.thread_safe else 1
-    plan = ChunkPlan.for_lanes(animation.n_frames, ctx.settings.chunk_frames, lanes)
-    segments, reused = render_chunks(
-        animation, plan, ctx.scratch_dir, input_hash=ctx.input_hash,
-        width=animation.width, height=animation.height, fps=opts.fps, tag=ctx.exec_id,
-        check=ctx.check, progress=ctx.progress, lanes=lanes)
-    t2 = time.monotonic()
+    if animation is None:  # every chunk was published by an earlier execution
+        animation = engine.prepare(portrait, face, speech.audio(), speech.rate, speech.phonemes,
+                                   spec)
+    if animation.n_frames != n_frames:
+        raise StageFailed(f"the renderer made {animation.n_frames} frames of the speech, "
+                          f"expected {n_frames}")
+    has_phonemes = speech.phonemes is not None
+    mouth_box = animation.mouth_box
+    del animation, portrait, speech  # long clips stay small
     if reused:
         logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
-                    plan.n_chunks)
+                    next_chunk)
+    segments = [piece_paths(chunks.writer.folder, CHUNK, ".mp4", k)[0]
+                for k in range(next_chunk)]
+    t2 = time.monotonic()
     out = ctx.work_dir / VIDEO
     concat(segments, out)
     info = probe(out)
-    seconds = {"prepare": round(t1 - t0, 3), "render": round(t2 - t1, 3),
+    seconds = {"prepare": round(prepare_s, 3), "render": round(t1 - t0, 3),
                "join": round(time.monotonic() - t2, 3)}
-    logger.info("job %s visual: %d frames, prepared in %.2fs, drawn and encoded in %.2fs "
-                "(%d chunks, %d lanes), joined in %.2fs", ctx.job.id, animation.n_frames,
-                seconds["prepare"], seconds["render"], plan.n_chunks, lanes, seconds["join"])
-    if info.n_frames != animation.n_frames:
-        raise StageFailed(f"video has {info.n_frames} frames, expected {animation.n_frames}")
+    logger.info("job %s visual: %d frames, prepared %d times in %.2fs, drawn and encoded in "
+                "%.2fs (%d chunks, %d lanes), joined in %.2fs", ctx.job.id, n_frames, prepares,
+                seconds["prepare"], seconds["render"], next_chunk, lanes, seconds["join"])
+    if info.n_frames != n_frames:
+        raise StageFailed(f"video has {info.n_frames} frames, expected {n_frames}")
     files = [VIDEO]
     if opts.needs_mask:  # the compositor replaces the background and has no segmenter itself
         from services.visual.segment import write_mask
@@ -117,8 +172,8 @@ def render(ctx: StageContext) -> StageResult:
         write_mask(out, ctx.work_dir / MASK, fps=opts.fps, check=ctx.check)
         files.append(MASK)
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
-        "n_frames": animation.n_frames, "fps": opts.fps, "size": opts.size,
-        "chunks": plan.n_chunks, "chunks_reused": reused, "lanes": lanes, "seconds": seconds,
-        "phonemes": has_phonemes, "mouth_box": [int(v) for v in animation.mouth_box],
-        "mask": opts.needs_mask, "framing": framing,
+        "n_frames": n_frames, "fps": opts.fps, "size": opts.size,
+        "chunks": next_chunk, "chunks_reused": reused, "lanes": lanes, "seconds": seconds,
+        "phonemes": has_phonemes, "mouth_box": [int(v) for v in mouth_box],
+        "mask": opts.needs_mask, "framing": framing, PIECES_INFO: next_chunk,
     })

@@ -67,7 +67,9 @@ def test_job_record_and_manifests(client, finished_job) -> None:  # type: ignore
         for f in manifest["files"]:
             assert sha256_file(job_dir / stage / f["name"]) == f["sha256"]
     # no temp dirs or chunk leftovers once the job is done
-    assert sorted(p.name for p in job_dir.iterdir()) == ["audio", "compose", "job.json", "visual"]
+    # (compose.pieces is the watch stream, kept while the job is)
+    assert sorted(p.name for p in job_dir.iterdir()) == [
+        "audio", "compose", "compose.pieces", "job.json", "visual"]
     mirrored = json.loads((job_dir / "job.json").read_text())
     assert mirrored["status"] == "succeeded"
     phonemes = json.loads((job_dir / "audio" / "phonemes.json").read_text())

@@ -58,7 +58,7 @@ def test_a_pass_reenqueues_only_what_lost_its_worker(store: JobStore) -> None:
     _set(store, crashed.id, stage_state="running", status="running")
     working = _job(store)  # running with a live lease: left alone
     _set(store, working.id, stage_state="running", status="running")
-    rec_conn.set(keys.lease(working.id), "exec-1", px=60_000)
+    rec_conn.set(keys.lease(working.id, "audio"), "exec-1", px=60_000)
     rec_conn.lrem("rq:queue:audio", 0, keys.rq_job_id(working.id, "audio", 1))
     due = _job(store)  # waiting for a retry whose backoff is over
     _set(store, due.id, stage_state="retry_wait", retry_at=time.time() - 1)

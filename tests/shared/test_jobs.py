@@ -155,8 +155,8 @@ def test_start_stage_takes_the_lease_and_marks_the_job_running(store: JobStore) 
     started = store.start_stage(rec.id, "audio", 1, "exec-a", "worker-1")
     assert started is not None and _state(started) == ("running", "audio", "running", 1)
     assert started.stages["audio"].worker == "worker-1"
-    assert store.lease_holder(rec.id) == "exec-a"
-    ttl_ms = store.conn.pttl(keys.lease(rec.id))
+    assert store.lease_holder(rec.id, "audio") == "exec-a"
+    ttl_ms = store.conn.pttl(keys.lease(rec.id, "audio"))
     assert 0 < ttl_ms <= 5000
 
 
@@ -166,7 +166,7 @@ def test_start_stage_refuses_another_stage_or_attempt(store: JobStore, stage: st
     rec = _new(store)
     assert store.start_stage(rec.id, stage, attempt, "exec-a", "w") is None
     assert _state(_get(store, rec.id)) == ("queued", "audio", "queued", 1)
-    assert store.lease_holder(rec.id) is None
+    assert store.lease_holder(rec.id, "audio") is None
 
 
 def test_a_duplicate_execution_cannot_start_a_leased_stage(store: JobStore) -> None:
@@ -176,7 +176,7 @@ def test_a_duplicate_execution_cannot_start_a_leased_stage(store: JobStore) -> N
     assert store.start_stage(rec.id, "audio", 1, "exec-a", "w1") is not None
     assert store.start_stage(rec.id, "audio", 1, "exec-b", "w2") is None
     after = _get(store, rec.id)
-    assert after.stages["audio"].worker == "w1" and store.lease_holder(rec.id) == "exec-a"
+    assert after.stages["audio"].worker == "w1" and store.lease_holder(rec.id, "audio") == "exec-a"
 
 
 def test_racing_starts_elect_exactly_one_execution(store: JobStore, conn: redis.Redis) -> None:
@@ -195,7 +195,7 @@ def test_racing_starts_elect_exactly_one_execution(store: JobStore, conn: redis.
     for t in threads:
         t.join()
     assert len(winners) == 1
-    assert store.lease_holder(rec.id) == winners[0]
+    assert store.lease_holder(rec.id, "audio") == winners[0]
     assert _get(store, rec.id).stages["audio"].worker == winners[0]
 
 
@@ -223,7 +223,7 @@ def test_completing_each_stage_advances_the_job_to_success(store: JobStore,
         after = store.complete_stage(rec.id, stage, f"exec-{stage}", engine="e", skipped=False)
         assert _state(after) == ("running", nxt, "queued", 1)
         assert after.stages[stage].status == "done" and after.stages[stage].engine == "e"
-        assert store.lease_holder(rec.id) is None
+        assert store.lease_holder(rec.id, stage) is None
         assert keys.rq_job_id(rec.id, nxt, 1) in _queue(conn, nxt)
     store.start_stage(rec.id, "compose", 1, "exec-c", "w")
     done = store.complete_stage(rec.id, "compose", "exec-c", engine="ffmpeg", skipped=True)
@@ -242,7 +242,7 @@ def test_complete_without_the_lease_raises_and_changes_nothing(store: JobStore,
     with pytest.raises(LeaseLost):
         store.complete_stage(rec.id, "audio", "exec-other", engine="e", skipped=False)
     assert _state(_get(store, rec.id)) == ("running", "audio", "running", 1)
-    assert store.lease_holder(rec.id) == "exec-a"
+    assert store.lease_holder(rec.id, "audio") == "exec-a"
     assert _queue(conn, "visual") == []
 
 
@@ -254,7 +254,7 @@ def test_a_stale_execution_that_lost_its_lease_cannot_advance_the_job(
     rec = _new(store)
     assert store.start_stage(rec.id, "audio", 1, "exec-a", "w-a") is not None
     time.sleep(0.45)  # A's lease expires: no heartbeat
-    assert store.lease_holder(rec.id) is None
+    assert store.lease_holder(rec.id, "audio") is None
     requeued = store.requeue(rec.id, "audio", 1, "the worker stopped responding")
     assert requeued is not None and requeued.attempt == 2
     assert store.start_stage(rec.id, "audio", 1, "exec-a", "w-a") is None  # A retrying start
@@ -262,10 +262,10 @@ def test_a_stale_execution_that_lost_its_lease_cannot_advance_the_job(
     with pytest.raises(LeaseLost):
         store.complete_stage(rec.id, "audio", "exec-a", engine="e", skipped=False)
     assert store.fail_stage(rec.id, "audio", "exec-a", "late error", permanent=True) is None
-    assert store.renew_lease(rec.id, "exec-a") is False
+    assert store.renew_lease(rec.id, "audio", "exec-a") is False
     now = _get(store, rec.id)
     assert _state(now) == ("running", "audio", "running", 2)
-    assert now.stages["audio"].worker == "w-b" and store.lease_holder(rec.id) == "exec-b"
+    assert now.stages["audio"].worker == "w-b" and store.lease_holder(rec.id, "audio") == "exec-b"
     assert store.complete_stage(rec.id, "audio", "exec-b", engine="e", skipped=False).stage \
         == "visual"
 
@@ -301,7 +301,7 @@ def test_a_permanent_failure_fails_the_job_with_its_sentence(store: JobStore,
     failed = store.fail_stage(rec.id, "audio", "exec-a", sentence, permanent=True)
     assert failed is not None and _state(failed) == ("failed", "audio", "failed", 1)
     assert failed.error == sentence and failed.stages["audio"].error == sentence
-    assert store.lease_holder(rec.id) is None
+    assert store.lease_holder(rec.id, "audio") is None
     assert rec.id not in _active(conn)
 
 
@@ -352,7 +352,7 @@ def test_requeue_enqueues_the_next_attempt_first_in_line(store: JobStore,
     others = [_new(store) for _ in range(2)]
     rec = _new(store)
     store.start_stage(rec.id, "audio", 1, "exec-a", "w")
-    conn.delete(keys.lease(rec.id))  # the worker died: its lease is gone
+    conn.delete(keys.lease(rec.id, "audio"))  # the worker died: its lease is gone
     after = store.requeue(rec.id, "audio", 1, "the worker stopped responding")
     assert after is not None and _state(after) == ("running", "audio", "queued", 2)
     assert after.stages["audio"].status == "queued"
@@ -379,10 +379,10 @@ def test_a_running_stage_whose_lease_expired_may_be_taken_by_its_own_rq_job(
     rec = _new(store)
     store.start_stage(rec.id, "audio", 1, "exec-a", "w1")
     assert store.start_stage(rec.id, "audio", 1, "exec-b", "w2") is None
-    conn.delete(keys.lease(rec.id))  # expired
+    conn.delete(keys.lease(rec.id, "audio"))  # expired
     after = store.start_stage(rec.id, "audio", 1, "exec-b", "w2")
     assert after is not None and after.stages["audio"].worker == "w2"
-    assert store.lease_holder(rec.id) == "exec-b"
+    assert store.lease_holder(rec.id, "audio") == "exec-b"
 
 
 def test_requeue_leaves_a_leased_stage_alone(store: JobStore) -> None:

@@ -106,7 +106,7 @@ def test_a_successful_stage_publishes_its_output_and_advances_the_job(runtime: R
     after = _get(runtime.store, rec.id)
     assert (after.stage, after.stage_state, after.attempt) == ("visual", "queued", 1)
     assert after.stages["audio"].status == "done" and not after.stages["audio"].skipped
-    assert runtime.store.lease_holder(rec.id) is None
+    assert runtime.store.lease_holder(rec.id, "audio") is None
     assert _leftovers(runtime, rec.id) == []
     again = Speech(data=b"RIFF other")  # the same rq job delivered twice
     assert execute(runtime, rec.id, "audio", 1, again) == "stale"
@@ -123,7 +123,7 @@ def test_a_long_stage_keeps_its_lease_by_heartbeat(runtime: Runtime) -> None:
         for _ in range(5):
             time.sleep(0.5)
             ctx.check()
-            held.append(runtime.store.lease_holder(rec.id))
+            held.append(runtime.store.lease_holder(rec.id, "audio"))
 
     assert execute(runtime, rec.id, "audio", 1, Speech(slow)) == "done"
     assert len(held) == 5 and len(set(held)) == 1 and held[0] is not None
@@ -143,7 +143,7 @@ def test_a_published_checkpoint_is_reused_after_a_crash(runtime: Runtime) -> Non
                           "engine_version": "1", "execution_id": "dead-exec",
                           "input_hash": stage_input_hash(rec, "audio", {})}, ["speech.wav"])
     assert publish(work, job_dir / "audio")
-    runtime.conn.delete(keys.lease(rec.id))  # the worker is gone
+    runtime.conn.delete(keys.lease(rec.id, "audio"))  # the worker is gone
     assert store.requeue(rec.id, "audio", 1, "the worker stopped responding") is not None
 
     handler = Speech()
@@ -189,7 +189,7 @@ def test_a_transient_error_is_retried_and_the_retry_succeeds(runtime: Runtime) -
     waiting = _get(store, rec.id)
     assert (waiting.status, waiting.stage_state, waiting.attempt) == ("running", "retry_wait", 1)
     assert waiting.stages["audio"].error == "RuntimeError: ffmpeg was killed by signal 9"
-    assert store.lease_holder(rec.id) is None
+    assert store.lease_holder(rec.id, "audio") is None
     assert not (store.job_dir(rec.id) / "audio").exists() and _leftovers(runtime, rec.id) == []
 
     assert store.requeue(rec.id, "audio", 1, "retrying") is not None  # the reconciler's part
@@ -226,7 +226,7 @@ def test_a_permanent_error_fails_the_job_at_once_with_its_sentence(
     after = _get(runtime.store, rec.id)
     assert (after.status, after.attempt) == ("failed", 1)
     assert after.error == sentence
-    assert runtime.store.lease_holder(rec.id) is None and _leftovers(runtime, rec.id) == []
+    assert runtime.store.lease_holder(rec.id, "audio") is None and _leftovers(runtime, rec.id) == []
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
@@ -262,10 +262,10 @@ def test_a_stage_that_loses_its_lease_stops_and_publishes_nothing(runtime: Runti
 
     handler = Speech(until_stopped)
     worker, outcome = _run_in_thread(runtime, rec.id, handler)
-    runtime.conn.set(keys.lease(rec.id), "newer-exec", px=10_000)  # another execution took it
+    runtime.conn.set(keys.lease(rec.id, "audio"), "newer-exec", px=10_000)  # another execution took it
     worker.join(timeout=5)
     assert outcome == ["lease-lost"]
-    assert store.lease_holder(rec.id) == "newer-exec"  # the newer execution's lease stays
+    assert store.lease_holder(rec.id, "audio") == "newer-exec"  # the newer execution's lease stays
     after = _get(store, rec.id)
     assert (after.stage, after.stage_state, after.attempt) == ("audio", "running", 1)
     assert not (store.job_dir(rec.id) / "audio").exists() and _leftovers(runtime, rec.id) == []
@@ -275,7 +275,7 @@ def test_errors_after_the_lease_is_lost_are_not_recorded(runtime: Runtime) -> No
     rec = _job(runtime)
 
     def fail_late(ctx: StageContext) -> None:
-        runtime.conn.set(keys.lease(rec.id), "newer-exec", px=10_000)
+        runtime.conn.set(keys.lease(rec.id, "audio"), "newer-exec", px=10_000)
         raise InvalidInput("a stale execution's verdict")
 
     assert execute(runtime, rec.id, "audio", 1, Speech(fail_late)) == "lease-lost"
@@ -300,7 +300,7 @@ def test_cancel_is_noticed_within_a_second_and_leaves_nothing(runtime: Runtime) 
     assert outcome == ["canceled"] and time.monotonic() - t0 < 1.5
     after = _get(runtime.store, rec.id)
     assert after.status == "canceled"
-    assert runtime.store.lease_holder(rec.id) is None
+    assert runtime.store.lease_holder(rec.id, "audio") is None
     assert not (runtime.store.job_dir(rec.id) / "audio").exists()
     assert _leftovers(runtime, rec.id) == []
 
@@ -315,7 +315,7 @@ def test_stale_and_duplicate_executions_do_nothing(runtime: Runtime) -> None:
     assert runtime.store.start_stage(rec.id, "audio", 1, "other-exec", "w") is not None
     assert execute(runtime, rec.id, "audio", 1, handler) == "stale"  # a twin holds the lease
     assert handler.calls == []
-    assert runtime.store.lease_holder(rec.id) == "other-exec"
+    assert runtime.store.lease_holder(rec.id, "audio") == "other-exec"
     canceled = _job(runtime)
     runtime.store.cancel(canceled.id)
     assert execute(runtime, canceled.id, "audio", 1, handler) == "stale"
@@ -379,7 +379,7 @@ def _then(outcome: str, runtime: Runtime) -> Callable[[StageContext], None]:
         if outcome == "failed":
             raise StageFailed("the voice sample is silent")
         if outcome == "lease-lost":
-            runtime.conn.set(keys.lease(ctx.job.id), "newer-exec", px=10_000)
+            runtime.conn.set(keys.lease(ctx.job.id, ctx.stage), "newer-exec", px=10_000)
             raise RuntimeError("a stale execution's error")
         if outcome == "canceled":
             runtime.store.cancel(ctx.job.id)
@@ -420,13 +420,13 @@ def test_a_skipped_stage_drops_its_scratch_and_a_stale_one_keeps_it(runtime: Run
                           "engine_version": "1", "execution_id": "dead-exec",
                           "input_hash": stage_input_hash(rec, "audio", {})}, ["speech.wav"])
     assert publish(work, store.job_dir(rec.id) / "audio")
-    runtime.conn.delete(keys.lease(rec.id))
+    runtime.conn.delete(keys.lease(rec.id, "audio"))
     assert store.requeue(rec.id, "audio", 1, "the worker stopped responding") is not None
     assert execute(runtime, rec.id, "audio", 2, Speech()) == "skipped"
     assert not scratch.exists()
 
 
-def test_scratch_dir_is_the_stage_s_folder_and_compose_has_none(runtime: Runtime) -> None:
+def test_scratch_dir_is_the_stage_s_folder_and_others_have_none(runtime: Runtime) -> None:
     rec = _job(runtime)
     job_dir = runtime.store.job_dir(rec.id)
 
@@ -434,9 +434,10 @@ def test_scratch_dir_is_the_stage_s_folder_and_compose_has_none(runtime: Runtime
         return StageContext(rec, stage, 1, "e", runtime, "", job_dir / f"{stage}.tmp-e", {})
 
     assert ctx("audio").scratch_dir == job_dir / "audio.sentences"
-    assert ctx("visual").scratch_dir == job_dir / "visual.chunks"
     with pytest.raises(ValueError, match="the compose stage has no scratch folder"):
         ctx("compose").scratch_dir  # noqa: B018
+    with pytest.raises(ValueError, match="the visual stage has no scratch folder"):
+        ctx("visual").scratch_dir  # noqa: B018  (its published chunks are its checkpoints)
 
 
 def test_a_worker_cut_off_from_redis_stops_within_the_lease(runtime: Runtime,
@@ -446,7 +447,7 @@ def test_a_worker_cut_off_from_redis_stops_within_the_lease(runtime: Runtime,
     lease TTL another execution may own the stage, so this one stops and publishes nothing."""
     rec = _job(runtime)
 
-    def unreachable(job_id: str, exec_id: str) -> bool:
+    def unreachable(job_id: str, stage: str, exec_id: str) -> bool:
         raise redis.ConnectionError("Error 111 connecting to redis")
 
     monkeypatch.setattr(runtime.store, "renew_lease", unreachable)

@@ -34,6 +34,9 @@ class Speech:
     info: dict[str, Any] | None = None  # engine-specific facts for the manifest (a voice shift)
 
 
+PieceSink = Callable[[bytes, int, list[dict[str, Any]] | None], None]
+
+
 @dataclass(frozen=True)
 class SpeechRequest:
     """What to speak and where, the same for every engine; each uses the parts it needs.
@@ -49,6 +52,11 @@ class SpeechRequest:
     voice_sample: Path | None = None
     cache_dir: Path | None = None
     checkpoint_dir: Path | None = None
+    # A voice that speaks sentence by sentence hands each one over as soon as it is in the WAV:
+    # (16-bit mono PCM, sample rate, phoneme timings from the piece's start or None). The
+    # pieces laid end to end are the WAV's samples. Voices that reshape the whole speech
+    # afterwards do not call it (the audio stage then publishes the WAV as one piece).
+    on_piece: PieceSink | None = None
 
 
 class AudioEngine(Protocol):

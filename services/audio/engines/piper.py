@@ -191,15 +191,27 @@ class PiperEngine:
             wav.setsampwidth(2)
             wav.setframerate(self.sample_rate)
             wav.writeframes(bytes(2 * pad))
+            lead = bytes(2 * pad)  # the first piece carries the opening silence
             for done, chunk in enumerate(self._chunks(chunks, check)):
                 audio = chunk.audio_int16_bytes
                 wav.writeframes(audio)
                 n = len(audio) // 2
                 n_samples += n
                 timings = self._collect(timings, chunk, n)
+                if request.on_piece is not None:
+                    sentence = self._collect([] if timings is not None else None, chunk, n)
+                    request.on_piece(lead + audio, self.sample_rate,
+                                     self._piece_phonemes(sentence, len(lead) // 2))
+                    lead = b""
                 if progress is not None:
                     progress(min(1.0, (done + 1) / n_sentences))
             wav.writeframes(bytes(2 * pad))
+            if request.on_piece is not None:  # the closing silence is the last piece
+                request.on_piece(lead + bytes(2 * pad), self.sample_rate,
+                                 None if timings is None else [{
+                                     "phoneme": SILENCE, "start": 0.0,
+                                     "end": round((len(lead) // 2 + pad) / self.sample_rate,
+                                                  5)}])
         total = n_samples + 2 * pad
         duration = total / self.sample_rate
         phonemes = None
@@ -223,6 +235,21 @@ class PiperEngine:
             elapsed / duration,
         )
         return Speech(self.sample_rate, total, duration, phonemes)
+
+    def _piece_phonemes(self, timings: list[tuple[list[tuple[str, int]], int]] | None,
+                        lead: int) -> list[dict[str, Any]] | None:
+        """One sentence's phoneme timings from the piece's start (after `lead` samples of
+        silence), for the audio stage's pieces."""
+        if timings is None:
+            return None
+        out: list[dict[str, Any]] = []
+        at = 0
+        entries = ([(SILENCE, lead)] if lead else []) + _timeline(timings, 0)
+        for symbol, samples in entries:
+            out.append({"phoneme": symbol, "start": round(at / self.sample_rate, 5),
+                        "end": round((at + samples) / self.sample_rate, 5)})
+            at += samples
+        return out
 
     def single_threaded(self) -> None:
         """Run the voice on one thread that sleeps instead of spinning between operators: what

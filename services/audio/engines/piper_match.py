@@ -139,8 +139,8 @@ class ShiftedPiperEngine:
 
         raw = out_wav.with_name(f".{out_wav.name}.piper.wav")
         try:
-            speech = self.piper.synthesize(replace(request, out_wav=raw), check=check,
-                                           progress=spoken)
+            speech = self.piper.synthesize(replace(request, out_wav=raw, on_piece=None),
+                                           check=check, progress=spoken)
             if check is not None:  # before the voice is reshaped
                 check()
             n, shift = reshape(raw, out_wav, shift)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 import wave
 from pathlib import Path
@@ -16,6 +17,7 @@ from services.compositor import worker
 from shared.checkpoint import load_manifest, write_manifest
 from shared.ffmpeg import FrameWriter, probe
 from shared.models import JobOptions, JobRecord, MediaRecord, StageInfo
+from shared.pieces import pieces_dir, write_piece
 from shared.settings import Settings
 from shared.stage import Runtime
 from shared.storage import sha256_file
@@ -61,8 +63,20 @@ def stage_job(redis_url: str, tmp_path: Path, options: JobOptions, *, text: str 
     if mask:
         visual_files["mask.mkv"] = half_mask(tmp_path / "mask.mkv", SIZE, SIZE, FPS,
                                              round(seconds * FPS))
-    _publish(job_dir, "audio", audio_files, {"duration": seconds})
-    _publish(job_dir, "visual", visual_files, {})
+    # what the stages publish as they go (shared/pieces.py): here one piece each
+    n_frames = round(seconds * FPS)
+    for stage, prefix, src, meta in (
+            ("audio", "piece", wav, {"start_sample": 0, "n_samples": int(22050 * seconds),
+                                     "sample_rate": 22050, "phonemes": phonemes}),
+            ("visual", "chunk", video, {"start": 0, "stop": n_frames, "fps": FPS})):
+        folder = pieces_dir(job_dir, stage)
+        folder.mkdir(parents=True)
+        suffix = src.suffix
+        tmp = folder / f".{prefix}{suffix}"
+        shutil.copyfile(src, tmp)
+        write_piece(folder, prefix, suffix, 0, tmp, meta)
+    _publish(job_dir, "audio", audio_files, {"duration": seconds, "pieces": 1})
+    _publish(job_dir, "visual", visual_files, {"pieces": 1})
     rec.stage, rec.stage_state, rec.status = "compose", "queued", "running"
     rec.stages = {"audio": StageInfo(status="done"), "visual": StageInfo(status="done"),
                   "compose": StageInfo(status="queued")}
@@ -107,7 +121,16 @@ def test_compose_publishes_a_checked_mp4_once(staged_job, monkeypatch) -> None: 
     before = (job_dir / "compose" / "manifest.json").read_bytes()
     assert worker.run(rec.id, "compose", 1) == "stale"
     assert (job_dir / "compose" / "manifest.json").read_bytes() == before
-    assert sorted(p.name for p in job_dir.iterdir()) == ["audio", "compose", "job.json", "visual"]
+    assert sorted(p.name for p in job_dir.iterdir()) == [
+        "audio", "compose", "compose.pieces", "job.json", "visual"]
+    # the watch stream: init + the one segment play as one fragmented MP4 of the whole clip
+    stream = job_dir / "compose.pieces"
+    assert json.loads((stream / "end.json").read_text()) == {"segments": 1}
+    watch = job_dir.parent / "watch.mp4"
+    watch.write_bytes((stream / "init.mp4").read_bytes() + (stream / "seg_00000.m4s").read_bytes())
+    played = probe(watch)
+    assert (played.video_codec, played.audio_codec) == ("h264", "aac")
+    assert played.n_frames == round(seconds * FPS)
 
 
 def test_corrupt_upstream_fails_the_job_with_a_reason(staged_job, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -148,6 +171,7 @@ def test_compose_options_publish_captions_and_a_levelled_mix(redis_server, tmp_p
     info = probe(job_dir / "compose" / "result.mp4")
     assert (info.video_codec, info.audio_codec, info.pix_fmt) == ("h264", "aac", "yuv420p")
     assert abs(info.duration - seconds) <= 1 / FPS
+    # music and burned captions need the whole input: no watch stream segments
     assert sorted(p.name for p in job_dir.iterdir()) == ["audio", "compose", "job.json", "visual"]
 
 

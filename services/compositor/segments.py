@@ -1,0 +1,217 @@
+"""Playable segments while a job renders: visual chunks + their speech -> fragmented MP4.
+
+Each chunk the visual stage publishes (H.264, one keyframe at its start) is copied, not
+re-encoded, into one fragmented MP4 (`empty_moov`, a fragment per keyframe) in-process with
+PyAV, beside AAC encoded from the speech pieces by one encoder for the whole job, so the sound
+has no seams at chunk edges. The bytes the muxer writes are cut at the fragments: the header is
+`init.mp4`, and segment k holds the fragments whose pictures are chunk k's, published as
+`compose.pieces/seg_<k>.m4s`. `init.mp4` and the segments end to end are the watch stream (the
+container the live sessions stream, see services/visual/live_encoder.py) and, remuxed with
+`+faststart`, the final result.
+
+A fragment is written when the next keyframe arrives, so segment k is out when chunk k+1 (or the
+end) is handed over. A resumed compose muxes from the first chunk again (copying is cheap) and
+publishes only the segments that are not out yet; the muxer's output for the same input is the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from shared import mp4
+from shared.errors import StageFailed
+from shared.pieces import Piece
+
+AAC_PRIMING = 1024  # samples of encoder delay of ffmpeg's AAC encoder
+AUDIO_BITRATE = 96_000
+SEGMENT = "seg"  # compose.pieces/seg_<k>.m4s
+INIT = "init.mp4"
+END = "end.json"
+
+
+class _Sink(io.RawIOBase):
+    """What the muxer writes, taken out after each chunk."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.buf += b
+        return len(b)
+
+    def take(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+
+class SpeechReader:
+    """Samples of the speech from its published pieces, read as the segments need them."""
+
+    def __init__(self, pieces: Callable[[], list[Piece]]) -> None:
+        self._pieces = pieces  # the speech pieces published so far, in order
+        self._known: list[Piece] = []
+        self.rate = 0
+
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """int16 samples [start, stop), zeros past the end of the speech."""
+        out = np.zeros(max(0, stop - start), dtype=np.int16)
+        if stop <= start:
+            return out
+        if not self._known or self._end() < stop:
+            self._known = self._pieces()
+        for piece in self._known:
+            a = int(piece.meta["start_sample"])
+            b = a + int(piece.meta["n_samples"])
+            if b <= start or a >= stop:
+                continue
+            with wave.open(str(piece.path), "rb") as wav:
+                self.rate = wav.getframerate()
+                lo, hi = max(a, start), min(b, stop)
+                wav.setpos(lo - a)
+                data = np.frombuffer(wav.readframes(hi - lo), dtype="<i2")
+            out[lo - start:lo - start + len(data)] = data
+        return out
+
+    def _end(self) -> int:
+        last = self._known[-1].meta
+        return int(last["start_sample"]) + int(last["n_samples"])
+
+
+@dataclass
+class Segment:
+    """One finished segment: its chunk's frames and the fragment bytes."""
+
+    k: int
+    frames: range
+    data: bytes
+
+
+class SegmentMuxer:
+    """Chunks in, in order; init bytes and finished segments out."""
+
+    def __init__(self, fps: int, sample_rate: int) -> None:
+        self.fps, self.rate = fps, sample_rate
+        self._sink = _Sink()
+        self._out: Any = None
+        self._video: Any = None
+        self._audio: Any = None
+        self._timescale = 0
+        self._samples = 0  # speech samples fed to the encoder
+        self._priming = AAC_PRIMING
+        self._chunks: list[range] = []
+        self._pending: list[tuple[int, bytes]] = []  # (chunk, fragment) not yet in a segment
+        self._emitted = 0  # segments handed out
+        self.init: bytes | None = None
+
+    def _open(self, template: Any) -> None:
+        self._out = av.open(self._sink, "w", format="mp4", options={
+            "movflags": "empty_moov+default_base_moof+frag_keyframe",
+            "avoid_negative_ts": "disabled"})
+        self._video = self._out.add_stream_from_template(template)
+        audio = self._out.add_stream("aac", rate=self.rate)
+        audio.layout = "mono"
+        audio.bit_rate = AUDIO_BITRATE
+        self._audio = audio
+
+    def add(self, chunk: Path, frames: range, pcm: np.ndarray) -> list[Segment]:
+        """Copy chunk `frames` and encode the speech that plays with it (`pcm`, int16)."""
+        self._chunks.append(frames)
+        try:
+            with av.open(str(chunk)) as src:
+                stream = src.streams.video[0]
+                if self._out is None:
+                    self._open(stream)
+                tb = stream.time_base
+                shift = int(Fraction(frames.start, self.fps) / tb)
+                count = 0
+                for packet in src.demux(stream):
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    packet.pts += shift
+                    packet.dts = (packet.dts if packet.dts is not None else packet.pts - shift) \
+                        + shift
+                    packet.stream = self._video
+                    self._out.mux(packet)
+                    count += 1
+            if count != len(frames):
+                raise StageFailed(f"{chunk.name} holds {count} frames, expected {len(frames)}")
+            self._encode(pcm)
+        except av.FFmpegError as exc:
+            raise StageFailed(f"cannot mux {chunk.name} into the watch stream: {exc}") from exc
+        return self._cut(self._sink.take(), final=False)
+
+    def _encode(self, pcm: np.ndarray | None) -> None:
+        if pcm is not None and self._priming:  # decoders play the priming: drop as much input
+            skip = min(self._priming, len(pcm))
+            pcm, self._priming = pcm[skip:], self._priming - skip
+        if pcm is not None and not len(pcm):
+            return
+        frame = None
+        if pcm is not None:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm).reshape(1, -1),
+                                               format="s16", layout="mono")
+            frame.sample_rate, frame.pts = self.rate, self._samples
+            frame.time_base = Fraction(1, self.rate)
+            self._samples += len(pcm)
+        for packet in self._audio.encode(frame):
+            self._out.mux(packet)
+
+    def close(self) -> list[Segment]:
+        """Flush: the last segments."""
+        if self._out is None:
+            return []
+        try:
+            self._encode(None)
+            self._out.close()
+        except av.FFmpegError as exc:
+            raise StageFailed(f"cannot finish the watch stream: {exc}") from exc
+        return self._cut(self._sink.take(), final=True)
+
+    def _cut(self, data: bytes, *, final: bool) -> list[Segment]:
+        if data and self.init is None:
+            at = data.find(b"moof") - 4
+            head, data = (data, b"") if at < 0 else (data[:at], data[at:])
+            self.init = head
+            self._timescale = (mp4.timescales(head) or [self.fps])[0]
+        boxes = mp4.boxes(data)
+        i = 0
+        while i < len(boxes):
+            box = boxes[i]
+            if box.kind != "moof":
+                i += 1
+                continue
+            end = boxes[i + 1].start + boxes[i + 1].size if i + 1 < len(boxes) else \
+                box.start + box.size
+            fragment = data[box.start:end]
+            video = [r for r in mp4.runs(fragment) if r.track == 1 and r.samples]
+            if video:
+                frame = round(video[0].decode_time * self.fps / self._timescale)
+                k = next((j for j, f in enumerate(self._chunks) if frame in f),
+                         len(self._chunks) - 1)
+            else:  # sound only: it belongs with the pictures before it
+                k = self._pending[-1][0] if self._pending else self._emitted
+            self._pending.append((k, fragment))
+            i += 2
+        out = []
+        # chunk k's last fragment is written when chunk k+1's keyframe reaches the muxer
+        while self._emitted < len(self._chunks) - (0 if final else 1):
+            k = self._emitted
+            out.append(Segment(k, self._chunks[k],
+                               b"".join(f for j, f in self._pending if j == k)))
+            self._pending = [(j, f) for j, f in self._pending if j != k]
+            self._emitted += 1
+        return out
