@@ -2,6 +2,7 @@
 Playwright): a job whose compose pieces are published from a thread while the page follows it
 plays through Media Source Extensions from its first segment, before the last one exists; once
 the job has succeeded and the watched video has played out, the result player takes its place.
+A job without segments streams its plain result.mp4, which the page leaves to the result player.
 
 The API and the pieces are those of tests/orchestrator/test_watch_stream.py (its fixtures and
 helpers, loaded by path): real ffmpeg fMP4 bytes, a real Redis, no workers."""
@@ -9,6 +10,7 @@ helpers, loaded by path): real ffmpeg fMP4 bytes, a real Redis, no workers."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -104,6 +106,57 @@ def test_page_plays_a_job_while_it_renders(api, conn: redis.Redis, data_dir: Pat
             assert page.get_attribute("#download", "href") == f"/v1/jobs/{job.id}/result"
             page.wait_for_function("document.getElementById('player').readyState >= 2",
                                    timeout=15_000)
+        finally:
+            browser.close()
+            writer.join(30)
+    assert not problems, problems
+
+
+def test_page_leaves_a_plain_result_to_the_result_player(  # type: ignore[no-untyped-def]
+        api, conn: redis.Redis, data_dir: Path, tmp_path: Path) -> None:
+    """A job without segments (compose options that need the whole input, or a sequential
+    run): its stream is the plain result.mp4, which Media Source cannot take; the page leaves
+    it to the result player and shows no watch player."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    result = tmp_path / "result.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=128x128:rate=25", "-f", "lavfi", "-i", "sine", "-t", "2",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-movflags", "+faststart", str(result)], check=True)
+    job = stream_tests.Job(conn, data_dir)
+
+    def compose() -> None:
+        time.sleep(1.0)
+        job.result(result.read_bytes())
+        write_manifest(job.layout.stage_dir(job.id, "compose"),
+                       {"stage": "compose", "job_id": job.id, "engine": "ffmpeg",
+                        "engine_version": "1", "input_hash": "h", "execution_id": "e"},
+                       ["result.mp4"])
+        job.set("succeeded")
+
+    problems: list[str] = []
+    writer = threading.Thread(target=compose)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1100})
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+            page.goto(f"{api.url}/")
+            page.evaluate(f"watch('{job.id}')")
+            writer.start()
+            page.wait_for_function("document.getElementById('player').readyState >= 2 && "
+                                   "!document.getElementById('player').hidden", timeout=20_000)
+            assert page.text_content("#job-status") == "succeeded"
+            assert page.is_hidden("#watching")
+            state = page.evaluate("""() => { const s = window.jayavatarWatch.state;
+                return {segments: s.segments, first: s.firstAt, error: s.error}; }""")
+            assert state == {"segments": 0, "first": None, "error": None}, state
+            duration = page.evaluate("document.getElementById('player').duration")
+            assert 1.9 < duration < 2.2, duration
         finally:
             browser.close()
             writer.join(30)
