@@ -94,21 +94,7 @@ class Reconciler:
         queued: dict[str, set[str]] = {}  # rq queue name -> ids waiting in it, read once
         ids = [keys.text(raw_id) for raw_id in self.conn.smembers(keys.ACTIVE_JOBS)]
         for start in range(0, len(ids), BATCH):
-            chunk = ids[start:start + BATCH]
-            with self.conn.pipeline(transaction=False) as pipe:
-                for job_id in chunk:
-                    pipe.hmget(keys.job(job_id), list(BRIEF_FIELDS))
-                replies = pipe.execute()
-            briefs: list[tuple[str, dict[str, Any]]] = []
-            for job_id, fields in zip(chunk, replies, strict=True):
-                brief = _brief(fields)
-                if brief is None or brief["status"] in TERMINAL:  # gone, unreadable or done
-                    if brief is None and fields[0] is not None:
-                        logger.warning("job %s: record cannot be read; no longer reconciled",
-                                       job_id)
-                    self.conn.srem(keys.ACTIVE_JOBS, job_id)
-                    continue
-                briefs.append((job_id, brief))
+            briefs = self._briefs(ids[start:start + BATCH])
             with self.conn.pipeline(transaction=False) as pipe:
                 for job_id, brief in briefs:
                     pipe.exists(keys.lease(job_id, brief["stage"]))
@@ -123,6 +109,23 @@ class Reconciler:
                 for stage in early:
                     changed += self._reconcile_early(job_id, stage)
         return changed
+
+    def _briefs(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """The brief fields of the non-terminal jobs among `ids`; forgets the others."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), list(BRIEF_FIELDS))
+            replies = pipe.execute()
+        briefs: list[tuple[str, dict[str, Any]]] = []
+        for job_id, fields in zip(ids, replies, strict=True):
+            brief = _brief(fields)
+            if brief is None or brief["status"] in TERMINAL:  # gone, unreadable or done
+                if brief is None and fields[0] is not None:
+                    logger.warning("job %s: record cannot be read; no longer reconciled", job_id)
+                self.conn.srem(keys.ACTIVE_JOBS, job_id)
+                continue
+            briefs.append((job_id, brief))
+        return briefs
 
     def _reconcile_early(self, job_id: str, stage: str) -> int:
         """A stage opened early (overlapping its upstream) that runs without a lease lost its

@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import wave
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from services.visual.chunks import ENCODE_PRESET, usable_cpus
-from services.visual.engines.base import Animation
+from services.visual.engines.base import Animation, RenderSpec, VisualEngine
+from shared.errors import StageFailed
 from shared.ffmpeg import FrameWriter
-from shared.pieces import Piece, PieceWriter
+from shared.pieces import POLL_S, Piece, PieceReader, PieceWriter
+
+if TYPE_CHECKING:
+    from services.visual.face import FaceInfo
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +183,87 @@ class ChunkLanes:
         self.stop.set()
         self._pool.shutdown(wait=True)
         cv2.setNumThreads(self._before)
+
+
+class Drawing:
+    """One visual execution's loop: read speech pieces as they come, hand the chunks they make
+    final to the lanes, until the speech is complete and every chunk is drawn."""
+
+    def __init__(self, engine: VisualEngine, portrait: np.ndarray, face: FaceInfo,
+                 spec: RenderSpec, reader: PieceReader, chunks: ChunkLanes, grid: ChunkGrid,
+                 *, whole: bool, progress: Callable[[float], None]) -> None:
+        self.engine, self.portrait, self.face, self.spec = engine, portrait, face, spec
+        self.reader, self.chunks, self.grid, self.whole = reader, chunks, grid, whole
+        self._progress = progress
+        self.speech = SpeechSoFar()
+        self.n_frames = self.next_chunk = self.reused = self.prepares = 0
+        self.prepare_s = 0.0
+        self._drawn, self._expected = 0, 1
+        self._lock = threading.Lock()
+        chunks.on_frames = self._advance
+
+    def _advance(self, n: int) -> None:
+        with self._lock:
+            self._drawn += n
+            self._progress(min(0.99, self._drawn / self._expected))
+
+    def run(self) -> Animation:
+        """Draw every chunk; the animation of the whole speech (for its facts)."""
+        animation: Animation | None = None
+        try:
+            while not self.reader.finished:
+                for piece in self.reader.poll(POLL_S):  # waits for the next piece
+                    self.speech.add(piece)
+                failure = self.chunks.failed()
+                if failure is not None:
+                    raise failure
+                if self.reader.finished and not self.speech.samples:
+                    raise StageFailed("the audio stage published no speech")
+                if (self.whole and not self.reader.finished) or not self.speech.samples:
+                    continue  # wav2lip and sadtalker see the whole speech at once
+                animation = self._hand_out() or animation
+            self.chunks.finish()
+        finally:
+            self.chunks.close()
+        if animation is None:  # every chunk was published by an earlier execution
+            animation = self._prepare()
+        if animation.n_frames != self.n_frames:
+            raise StageFailed(f"the renderer made {animation.n_frames} frames of the speech, "
+                              f"expected {self.n_frames}")
+        return animation
+
+    def _prepare(self) -> Animation:
+        t0 = time.monotonic()
+        animation = self.engine.prepare(self.portrait, self.face, self.speech.audio(),
+                                        self.speech.rate, self.speech.phonemes, self.spec)
+        self.prepare_s += time.monotonic() - t0
+        self.prepares += 1
+        return animation
+
+    def _hand_out(self) -> Animation | None:
+        """Give the lanes every chunk the speech so far makes final; the animation drawn
+        from, if any chunk needed drawing."""
+        done, fps = self.reader.finished, self.spec.fps
+        known = self.speech.frames(fps) if done else self.speech.final_frames(fps)
+        self._expected = max(self._expected, self.speech.frames(fps))
+        if done:
+            self.n_frames = known
+        todo = []
+        while True:
+            frames = self.grid.frames(self.next_chunk, known if done else None)
+            if frames.start >= known or (not done and frames.stop > known):
+                break
+            todo.append((self.next_chunk, frames))
+            self.next_chunk += 1
+        fresh = [(k, f) for k, f in todo if not self.chunks.valid(k, f)]
+        self.reused += len(todo) - len(fresh)
+        self._advance(sum(len(f) for k, f in todo if (k, f) not in fresh))
+        if not fresh:
+            return None
+        animation = self._prepare()
+        for k, frames in fresh:
+            self.chunks.submit(animation, k, frames)
+        return animation
 
 
 class _Stopped(Exception):

@@ -12,13 +12,13 @@ import numpy as np
 
 from services.visual import avatar as avatar_analysis
 from services.visual.chunks import usable_cpus
-from services.visual.engines.base import Animation, RenderSpec, VisualEngine
-from services.visual.progressive import CHUNK, ChunkGrid, ChunkLanes, SpeechSoFar
+from services.visual.engines.base import RenderSpec, VisualEngine
+from services.visual.progressive import CHUNK, ChunkGrid, ChunkLanes, Drawing
 from shared import engine_catalog
 from shared.errors import StageFailed
 from shared.ffmpeg import concat, probe
 from shared.layout import PORTRAIT
-from shared.pieces import PIECES_INFO, POLL_S, PieceReader, PieceWriter, piece_paths
+from shared.pieces import PIECES_INFO, PieceReader, PieceWriter, piece_paths
 from shared.pipeline import MASK, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -84,68 +84,19 @@ def render(ctx: StageContext) -> StageResult:
         if frame_plan.note:
             logger.info("job %s visual: %s", ctx.job.id, frame_plan.note)
     t0 = time.monotonic()
-    whole = engine_catalog.spec(name).needs_whole_input
-    speech = SpeechSoFar()
-    reader = PieceReader(ctx, "audio", "piece", ".wav")
-    grid = ChunkGrid(ctx.settings.first_chunk_frames, ctx.settings.chunk_frames)
-    width, height = spec.frame
-    thread_safe = engine_catalog.spec(name).thread_safe
-    lanes = (ctx.settings.render_lanes or usable_cpus()) if thread_safe else 1
-    drawn = [0]
-    expected = [1]
-
-    def on_frames(n: int) -> None:
-        drawn[0] += n
-        ctx.progress(drawn[0] / expected[0])
-
-    chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4"), ctx.input_hash, (width, height),
-                        opts.fps, lanes, ctx.check, on_frames)
-    animation: Animation | None = None
-    n_frames, next_chunk, reused, prepares, prepare_s = 0, 0, 0, 0, 0.0
-    try:
-        while True:
-            for piece in reader.poll(POLL_S):  # waits for the next piece
-                speech.add(piece)
-            failure = chunks.failed()
-            if failure is not None:
-                raise failure
-            if reader.finished and not speech.samples:
-                raise StageFailed("the audio stage published no speech")
-            if (whole and not reader.finished) or not speech.samples:
-                continue  # wav2lip and sadtalker see the whole speech at once
-            known = speech.frames(opts.fps) if reader.finished else speech.final_frames(opts.fps)
-            expected[0] = max(expected[0], speech.frames(opts.fps))
-            todo = []
-            while True:
-                frames = grid.frames(next_chunk, known if reader.finished else None)
-                if frames.start >= known or (not reader.finished and frames.stop > known):
-                    break
-                todo.append((next_chunk, frames))
-                next_chunk += 1
-            fresh = [(k, f) for k, f in todo if not chunks.valid(k, f)]
-            reused += len(todo) - len(fresh)
-            drawn[0] += sum(len(f) for k, f in todo if (k, f) not in fresh)
-            if fresh:
-                p0 = time.monotonic()
-                animation = engine.prepare(portrait, face, speech.audio(), speech.rate,
-                                           speech.phonemes, spec)
-                prepare_s += time.monotonic() - p0
-                prepares += 1
-                for k, frames in fresh:
-                    chunks.submit(animation, k, frames)
-            if reader.finished:
-                n_frames = known
-                break
-        chunks.finish()
-    finally:
-        chunks.close()
+    catalog = engine_catalog.spec(name)
+    lanes = (ctx.settings.render_lanes or usable_cpus()) if catalog.thread_safe else 1
+    chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4"), ctx.input_hash, spec.frame,
+                        opts.fps, lanes, ctx.check, lambda n: None)
+    drawing = Drawing(engine, portrait, face, spec, PieceReader(ctx, "audio", "piece", ".wav"),
+                      chunks, ChunkGrid(ctx.settings.first_chunk_frames,
+                                        ctx.settings.chunk_frames),
+                      whole=catalog.needs_whole_input, progress=ctx.progress)
+    animation = drawing.run()
+    speech, n_frames, next_chunk, reused = (drawing.speech, drawing.n_frames,
+                                            drawing.next_chunk, drawing.reused)
+    prepares, prepare_s = drawing.prepares, drawing.prepare_s
     t1 = time.monotonic()
-    if animation is None:  # every chunk was published by an earlier execution
-        animation = engine.prepare(portrait, face, speech.audio(), speech.rate, speech.phonemes,
-                                   spec)
-    if animation.n_frames != n_frames:
-        raise StageFailed(f"the renderer made {animation.n_frames} frames of the speech, "
-                          f"expected {n_frames}")
     has_phonemes = speech.phonemes is not None
     mouth_box = animation.mouth_box
     del animation, portrait, speech  # long clips stay small

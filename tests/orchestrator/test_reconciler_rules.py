@@ -86,12 +86,12 @@ def test_a_live_lease_is_left_alone_however_long_the_stage_runs(store: JobStore)
     reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S)
     t_end = time.monotonic() + 4 * TTL_S
     while time.monotonic() < t_end:  # the heartbeat renews it, the reconciler passes by
-        assert store.renew_lease(rec.id, "e1")
+        assert store.renew_lease(rec.id, "audio", "e1")
         assert reconciler.reconcile_once() == 0
         time.sleep(TTL_S / 3)
     after = _get(store, rec.id)
     assert (after.stage_state, after.attempt) == ("running", 1)
-    assert store.lease_holder(rec.id) == "e1"
+    assert store.lease_holder(rec.id, "audio") == "e1"
 
 
 @pytest.mark.parametrize("stage", ["audio", "visual"])

@@ -119,6 +119,13 @@ def _timeline(chunks: list[tuple[list[tuple[str, int]], int]], pad: int) -> list
     return [(symbol, samples) for symbol, samples in merged]
 
 
+def _check_request(text: str, length_scale: float) -> None:
+    if not any(ch.isalnum() for ch in text):
+        raise InvalidInput(f"text {text[:60]!r} has nothing to speak; expected words or numbers")
+    if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
+        raise InvalidInput(f"length_scale={length_scale}; expected a number in [0.1, 10]")
+
+
 _LOADED: dict[Path, Any] = {}  # model -> PiperVoice, shared by piper and the reshaped voices
 
 
@@ -168,12 +175,7 @@ class PiperEngine:
         from piper import SynthesisConfig
 
         text, out_wav, length_scale = request.text, request.out_wav, request.length_scale
-        if not any(ch.isalnum() for ch in text):
-            raise InvalidInput(
-                f"text {text[:60]!r} has nothing to speak; expected words or numbers"
-            )
-        if not (math.isfinite(length_scale) and 0.1 <= length_scale <= 10):
-            raise InvalidInput(f"length_scale={length_scale}; expected a number in [0.1, 10]")
+        _check_request(text, length_scale)
         started = time.perf_counter()
         try:
             n_sentences = sum(1 for s in self._voice.phonemize(text) if s)
@@ -199,19 +201,16 @@ class PiperEngine:
                 n_samples += n
                 timings = self._collect(timings, chunk, n)
                 if request.on_piece is not None:
-                    sentence = self._collect([] if timings is not None else None, chunk, n)
-                    request.on_piece(lead + audio, self.sample_rate,
-                                     self._piece_phonemes(sentence, len(lead) // 2))
+                    self._hand_over(request, lead + audio, len(lead) // 2,
+                                    chunk if timings is not None else None)
                     lead = b""
                 if progress is not None:
                     progress(min(1.0, (done + 1) / n_sentences))
             wav.writeframes(bytes(2 * pad))
             if request.on_piece is not None:  # the closing silence is the last piece
-                request.on_piece(lead + bytes(2 * pad), self.sample_rate,
-                                 None if timings is None else [{
-                                     "phoneme": SILENCE, "start": 0.0,
-                                     "end": round((len(lead) // 2 + pad) / self.sample_rate,
-                                                  5)}])
+                n = len(lead) // 2 + pad
+                request.on_piece(bytes(2 * n), self.sample_rate, None if timings is None else [
+                    {"phoneme": SILENCE, "start": 0.0, "end": round(n / self.sample_rate, 5)}])
         total = n_samples + 2 * pad
         duration = total / self.sample_rate
         phonemes = None
@@ -235,6 +234,12 @@ class PiperEngine:
             elapsed / duration,
         )
         return Speech(self.sample_rate, total, duration, phonemes)
+
+    def _hand_over(self, request: SpeechRequest, pcm: bytes, lead: int, chunk: Any) -> None:
+        """One spoken sentence (after `lead` samples of silence) to the request's piece sink."""
+        assert request.on_piece is not None
+        sentence = self._collect([], chunk, len(pcm) // 2 - lead) if chunk is not None else None
+        request.on_piece(pcm, self.sample_rate, self._piece_phonemes(sentence, lead))
 
     def _piece_phonemes(self, timings: list[tuple[list[tuple[str, int]], int]] | None,
                         lead: int) -> list[dict[str, Any]] | None:
