@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"jayavatar-worker: {exc}\n")
         return 2
     configure_logging(settings.log_level)
-    if settings.worker_nice:
-        os.nice(settings.worker_nice)  # accepting work never waits behind rendering (WORKER_NICE)
+    nice = max(0, settings.worker_nice - spec.priority) if settings.worker_nice else 0
+    if nice:  # accepting work never waits behind rendering (WORKER_NICE); when stages overlap,
+        os.nice(nice)  # the ones others wait on go first (StageSpec.priority)
     try:
         module = importlib.import_module(spec.module)
     except ImportError as exc:

@@ -247,7 +247,8 @@ class JobStore:
         nxt = pipeline.STAGES[stage].next_stage
 
         def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
-            if nxt is None or rec.terminal or rec.stage != stage or nxt in rec.stages:
+            if nxt is None or rec.terminal or rec.attempt_of(stage) is None \
+                    or nxt in rec.stages:  # a stage running early opens its own next one
                 return Verdict.DECLINE
             rec.stages[nxt] = StageInfo(status="queued", attempts=1)
             todo.append(Enqueue(nxt, 1))

@@ -32,8 +32,8 @@ from shared import mp4
 from shared.errors import StageFailed
 from shared.pieces import Piece
 
-AAC_PRIMING = 1024  # samples of encoder delay of ffmpeg's AAC encoder
-AUDIO_BITRATE = 96_000
+AAC_PRIMING = 1024  # samples (at the encoder's rate) of encoder delay of ffmpeg's AAC encoder
+AUDIO_RATE, AUDIO_BITRATE = 48_000, 128_000  # as the result has always had
 SEGMENT = "seg"  # compose.pieces/seg_<k>.m4s
 INIT = "init.mp4"
 END = "end.json"
@@ -111,7 +111,9 @@ class SegmentMuxer:
         self._audio: Any = None
         self._timescale = 0
         self._samples = 0  # speech samples fed to the encoder
-        self._priming = AAC_PRIMING
+        # decoders play the encoder's delay (no edit list in fragments): as much speech is left
+        # out at the start (the opening silence), so sound and picture stay together
+        self._priming = round(AAC_PRIMING * sample_rate / AUDIO_RATE)
         self._chunks: list[range] = []
         self._pending: list[tuple[int, bytes]] = []  # (chunk, fragment) not yet in a segment
         self._emitted = 0  # segments handed out
@@ -122,7 +124,7 @@ class SegmentMuxer:
             "movflags": "empty_moov+default_base_moof+frag_keyframe",
             "avoid_negative_ts": "disabled"})
         self._video = self._out.add_stream_from_template(template)
-        audio = self._out.add_stream("aac", rate=self.rate)
+        audio = self._out.add_stream("aac", rate=AUDIO_RATE)
         audio.layout = "mono"
         audio.bit_rate = AUDIO_BITRATE
         self._audio = audio
@@ -141,6 +143,9 @@ class SegmentMuxer:
                 for packet in src.demux(stream):
                     if packet.size == 0 or packet.pts is None:
                         continue
+                    if count == 0 and packet.dts is not None and packet.dts != packet.pts:
+                        raise StageFailed(f"{chunk.name} has B-frames (its first frame is "
+                                          "decoded early); chunks must be encoded without")
                     packet.pts += shift
                     packet.dts = (packet.dts if packet.dts is not None else packet.pts - shift) \
                         + shift
@@ -155,7 +160,7 @@ class SegmentMuxer:
         return self._cut(self._sink.take(), final=False)
 
     def _encode(self, pcm: np.ndarray | None) -> None:
-        if pcm is not None and self._priming:  # decoders play the priming: drop as much input
+        if pcm is not None and self._priming:
             skip = min(self._priming, len(pcm))
             pcm, self._priming = pcm[skip:], self._priming - skip
         if pcm is not None and not len(pcm):
@@ -215,3 +220,28 @@ class SegmentMuxer:
             self._pending = [(j, f) for j, f in self._pending if j != k]
             self._emitted += 1
         return out
+
+
+def remux_result(stream: Path, out: Path, duration: float) -> None:
+    """The watch stream (init + segments, one fragmented MP4) as an ordinary MP4 with its index
+    first (+faststart), copied in-process; sound past the speech's `duration` (the encoder's
+    last frame) is left out."""
+    try:
+        with av.open(str(stream)) as src, av.open(str(out), "w", format="mp4",
+                                                  options={"movflags": "+faststart"}) as dst:
+            v_in, a_in = src.streams.video[0], src.streams.audio[0]
+            v_out = dst.add_stream_from_template(v_in)
+            a_out = dst.add_stream_from_template(a_in)
+            for packet in src.demux(v_in, a_in):
+                if packet.dts is None or packet.pts is None:
+                    continue
+                if packet.stream is a_in:
+                    if packet.pts * a_in.time_base >= duration:
+                        continue
+                    packet.stream = a_out
+                else:
+                    packet.stream = v_out
+                dst.mux(packet)
+    except av.FFmpegError as exc:
+        out.unlink(missing_ok=True)
+        raise StageFailed(f"cannot write the result from the watch stream: {exc}") from exc

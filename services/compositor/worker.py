@@ -18,7 +18,15 @@ from typing import Any
 from services.compositor import captions
 from services.compositor.layers import Layers, video_graph
 from services.compositor.mixing import AudioPlan, MusicBed, plan_music
-from services.compositor.segments import END, INIT, SEGMENT, Segment, SegmentMuxer, SpeechReader
+from services.compositor.segments import (
+    END,
+    INIT,
+    SEGMENT,
+    Segment,
+    SegmentMuxer,
+    SpeechReader,
+    remux_result,
+)
 from shared import media_refs
 from shared.errors import StageFailed
 from shared.ffmpeg import MediaInfo, ffmpeg, probe, verify_result
@@ -28,6 +36,7 @@ from shared.pieces import (
     Piece,
     PieceReader,
     PieceWriter,
+    piece_paths,
     pieces_dir,
     read_piece,
 )
@@ -104,10 +113,27 @@ def compose_segments(ctx: StageContext) -> StageResult:
     atomic_write_json(writer.folder / END, {"segments": count})
     writer.announce(count)  # the watch stream's end
 
-    ctx.wait_upstream()
-    result = compose_whole(ctx)
-    result.info.update({"segments": count, "segments_reused": reused, PIECES_INFO: count})
-    return result
+    upstream = ctx.wait_upstream()
+    stats = {"segments": count, "segments_reused": reused, PIECES_INFO: count}
+    if opts.captions != "off":  # a subtitle track: ffmpeg writes it with the speech again
+        result = compose_whole(ctx)
+        result.info.update(stats)
+        return result
+    duration = float(upstream["audio"][1].info["duration"])
+    stream = ctx.work_dir / "stream.mp4"
+    with open(stream, "wb") as out_fh:
+        out_fh.write(init.read_bytes())
+        for k in range(count):
+            out_fh.write(piece_paths(writer.folder, SEGMENT, ".m4s", k)[0].read_bytes())
+    out = ctx.work_dir / RESULT
+    remux_result(stream, out, duration)
+    stream.unlink()
+    ctx.check()
+    info = verify_result(out, duration, opts.fps)
+    return StageResult(files=[RESULT], engine="ffmpeg", engine_version=ENGINE_VERSION, info={
+        "duration": info.duration, "n_frames": info.n_frames, "width": info.width,
+        "height": info.height, "reencoded": False, "background": opts.background,
+        "captions": opts.captions, **stats})
 
 
 def _published(folder: Path) -> list[Piece]:

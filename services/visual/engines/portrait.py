@@ -8,6 +8,7 @@ chunks can be rendered in any order, in any process, and resumed after a crash.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -487,34 +488,63 @@ class PortraitEngine:
     name = "portrait"
     version = "1"
 
+    def __init__(self, models_dir: Any = None) -> None:
+        # the framed portrait and its rigs, kept for the next `prepare` of the same portrait:
+        # the visual stage prepares again as each sentence of speech arrives
+        self._rigged: tuple[tuple[Any, ...], _Rigs] | None = None
+
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
                 sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
                 ) -> PortraitAnimation:
-        base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
-        frame = spec.frame
-        mouth = _MouthRig(lm, frame, base)
-        lip_box = _box(lm[OUTER_LIPS], 0, frame)
-        mx, my = 0.12 * mouth.mw, 0.10 * mouth.mw
-        x0, y0 = max(0, int(lip_box[0] - mx)), max(0, int(lip_box[1] - my))
-        x1 = min(frame[0], int(lip_box[2] + mx))
-        y1 = min(frame[1], int(lip_box[3] + mouth.gap_px + 0.06 * mouth.mw))
-        mouth_box = (x0, y0, x1 - x0, y1 - y0)
-        eyes = [_EyeRig(lm, RIGHT_EYE, frame), _EyeRig(lm, LEFT_EYE, frame)]
-        pose = _PoseRig(lm, mouth_box, frame)
-
+        key = (portrait_rgb.__array_interface__["data"][0], portrait_rgb.shape,
+               np.asarray(face.landmarks, dtype=np.float64).tobytes(), spec)
+        cached = self._rigged[1] if self._rigged is not None and self._rigged[0] == key else None
+        base, lm, samples, n = frame_input(
+            portrait_rgb, face, audio, sample_rate, spec,
+            framed=None if cached is None else (cached.base, cached.lm))
+        rigs = cached or _rig(base, lm, spec)
+        self._rigged = (key, rigs)
         loud, centroid = audio_features(samples, int(sample_rate), n, spec.fps)
         face_width = float(np.ptp(lm[:, 0]))
-        tracks = build_tracks(loud, centroid, phonemes, spec.fps, spec.seed, mouth.mw, face_width)
+        tracks = build_tracks(loud, centroid, phonemes, spec.fps, spec.seed, rigs.mouth.mw,
+                              face_width)
         logger.info("portrait: %d frames at %d fps, %dx%d, %s framing, mouth %.0f px wide, %s",
-                    n, spec.fps, *frame, spec.framing, mouth.mw,
+                    n, spec.fps, *spec.frame, spec.framing, rigs.mouth.mw,
                     "phonemes" if phonemes else "loudness only")
-        return PortraitAnimation(base, tracks, mouth, eyes, pose, mouth_box)
+        return PortraitAnimation(base, tracks, rigs.mouth, rigs.eyes, rigs.pose, rigs.mouth_box)
+
+
+def _rig(base: np.ndarray, lm: np.ndarray, spec: RenderSpec) -> _Rigs:
+    frame = spec.frame
+    mouth = _MouthRig(lm, frame, base)
+    lip_box = _box(lm[OUTER_LIPS], 0, frame)
+    mx, my = 0.12 * mouth.mw, 0.10 * mouth.mw
+    x0, y0 = max(0, int(lip_box[0] - mx)), max(0, int(lip_box[1] - my))
+    x1 = min(frame[0], int(lip_box[2] + mx))
+    y1 = min(frame[1], int(lip_box[3] + mouth.gap_px + 0.06 * mouth.mw))
+    mouth_box = (x0, y0, x1 - x0, y1 - y0)
+    eyes = [_EyeRig(lm, RIGHT_EYE, frame), _EyeRig(lm, LEFT_EYE, frame)]
+    return _Rigs(base, lm, mouth, eyes, _PoseRig(lm, mouth_box, frame), mouth_box)
+
+
+@dataclass(frozen=True)
+class _Rigs:
+    """What `prepare` makes of one framed portrait, whatever the speech."""
+
+    base: np.ndarray
+    lm: np.ndarray
+    mouth: _MouthRig
+    eyes: list[_EyeRig]
+    pose: _PoseRig
+    mouth_box: tuple[int, int, int, int]
 
 
 def frame_input(portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray, sample_rate: int,
-                spec: RenderSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                spec: RenderSpec, framed: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """What every renderer starts from: the framed portrait, its landmarks in output pixels,
-    the mono speech and the frame count (round(duration x fps), at least 1)."""
+    the mono speech and the frame count (round(duration x fps), at least 1). `framed` is the
+    (portrait, landmarks) an earlier call gave for the same portrait and spec."""
     landmarks = np.asarray(face.landmarks, dtype=np.float64)
     if landmarks.shape != (N_LANDMARKS, 2) or not np.isfinite(landmarks).all():
         raise InvalidInput(f"face landmarks have shape {landmarks.shape}, expected "
@@ -523,6 +553,8 @@ def frame_input(portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray, sam
         raise InvalidInput(f"sample rate is {sample_rate}, expected a positive number of Hz")
     samples = mono(audio)
     n = max(1, int(round(len(samples) / sample_rate * spec.fps)))
+    if framed is not None:
+        return framed[0], framed[1], samples, n
     image = to_rgb(portrait_rgb)
     if spec.framing == "original":
         base, lm = frame_original(image, landmarks, spec.frame)

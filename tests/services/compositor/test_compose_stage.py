@@ -52,7 +52,7 @@ def stage_job(redis_url: str, tmp_path: Path, options: JobOptions, *, text: str 
         w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 10)))
                                for i in range(int(22050 * seconds))))
     video = tmp_path / "video.mp4"
-    with FrameWriter(video, SIZE, SIZE, FPS) as fw:
+    with FrameWriter(video, SIZE, SIZE, FPS, gop=round(seconds * FPS)) as fw:  # a chunk
         for i in range(round(seconds * FPS)):
             fw.write(bytes([i * 7 % 256]) * SIZE * SIZE * 3)
     audio_files = {"speech.wav": wav}
