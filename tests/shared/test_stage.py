@@ -262,7 +262,7 @@ def test_a_stage_that_loses_its_lease_stops_and_publishes_nothing(runtime: Runti
 
     handler = Speech(until_stopped)
     worker, outcome = _run_in_thread(runtime, rec.id, handler)
-    runtime.conn.set(keys.lease(rec.id, "audio"), "newer-exec", px=10_000)  # another execution took it
+    runtime.conn.set(keys.lease(rec.id, "audio"), "newer-exec", px=10_000)  # another took it
     worker.join(timeout=5)
     assert outcome == ["lease-lost"]
     assert store.lease_holder(rec.id, "audio") == "newer-exec"  # the newer execution's lease stays
