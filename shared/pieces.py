@@ -87,6 +87,12 @@ def write_piece(folder: Path, prefix: str, suffix: str, n: int, tmp: Path,
     return Piece(folder.name.removesuffix(".pieces"), n, data, full)
 
 
+def pieces_gone(job_dir: Path, stage: str, prefix: str, suffix: str) -> bool:
+    """Whether a stage's pieces are not on disk (cleared when the job finished): a stage run
+    again after that reads the finished outputs instead."""
+    return read_piece(pieces_dir(job_dir, stage), stage, prefix, suffix, 0, verify=False) is None
+
+
 class PieceWriter:
     """The producing side, for one stage execution: announce pieces, open the next stage."""
 

@@ -38,6 +38,7 @@ from shared.pieces import (
     PieceWriter,
     piece_paths,
     pieces_dir,
+    pieces_gone,
     read_piece,
 )
 from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO
@@ -61,7 +62,11 @@ def run(job_id: str, stage: str = "compose", attempt: int = 1) -> str:
 
 
 def compose(ctx: StageContext) -> StageResult:
-    if ctx.job.options.compose_needs_whole_input:
+    # a job brought back from disk after it had finished has no pieces left: no watch stream
+    cleared = "visual" in ctx.upstream and (
+        pieces_gone(ctx.job_dir, "visual", CHUNK, ".mp4")
+        or pieces_gone(ctx.job_dir, "audio", "piece", ".wav"))
+    if ctx.job.options.compose_needs_whole_input or cleared:
         ctx.wait_upstream()
         return compose_whole(ctx)
     return compose_segments(ctx)

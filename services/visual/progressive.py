@@ -14,6 +14,7 @@ keeps every published chunk of the same input.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,7 +22,8 @@ import wave
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -30,7 +32,8 @@ from services.visual.chunks import ENCODE_PRESET, usable_cpus
 from services.visual.engines.base import Animation, RenderSpec, VisualEngine
 from shared.errors import StageFailed
 from shared.ffmpeg import FrameWriter
-from shared.pieces import POLL_S, Piece, PieceReader, PieceWriter
+from shared.pieces import POLL_S, Piece, PieceWriter
+from shared.pipeline import PHONEMES, SPEECH
 
 if TYPE_CHECKING:
     from services.visual.face import FaceInfo
@@ -185,12 +188,35 @@ class ChunkLanes:
         cv2.setNumThreads(self._before)
 
 
+class PieceSource(Protocol):
+    finished: bool
+
+    def poll(self, block_s: float = POLL_S) -> list[Piece]: ...
+
+
+class WholeSpeech:
+    """The audio stage's published speech as one piece: for a visual stage run again after the
+    job's pieces were cleared (a job brought back from disk after it had finished)."""
+
+    def __init__(self, audio_dir: Path) -> None:
+        phonemes = audio_dir / PHONEMES
+        meta = {"phonemes": json.loads(phonemes.read_text()) if phonemes.is_file() else None}
+        self._piece = Piece("audio", 0, audio_dir / SPEECH, meta)
+        self.finished = False
+
+    def poll(self, block_s: float = POLL_S) -> list[Piece]:
+        if self.finished:
+            return []
+        self.finished = True
+        return [self._piece]
+
+
 class Drawing:
     """One visual execution's loop: read speech pieces as they come, hand the chunks they make
     final to the lanes, until the speech is complete and every chunk is drawn."""
 
     def __init__(self, engine: VisualEngine, portrait: np.ndarray, face: FaceInfo,
-                 spec: RenderSpec, reader: PieceReader, chunks: ChunkLanes, grid: ChunkGrid,
+                 spec: RenderSpec, reader: PieceSource, chunks: ChunkLanes, grid: ChunkGrid,
                  *, whole: bool, progress: Callable[[float], None]) -> None:
         self.engine, self.portrait, self.face, self.spec = engine, portrait, face, spec
         self.reader, self.chunks, self.grid, self.whole = reader, chunks, grid, whole

@@ -13,12 +13,19 @@ import numpy as np
 from services.visual import avatar as avatar_analysis
 from services.visual.chunks import usable_cpus
 from services.visual.engines.base import RenderSpec, VisualEngine
-from services.visual.progressive import CHUNK, ChunkGrid, ChunkLanes, Drawing
+from services.visual.progressive import (
+    CHUNK,
+    ChunkGrid,
+    ChunkLanes,
+    Drawing,
+    PieceSource,
+    WholeSpeech,
+)
 from shared import engine_catalog
 from shared.errors import StageFailed
 from shared.ffmpeg import concat, probe
 from shared.layout import PORTRAIT
-from shared.pieces import PIECES_INFO, PieceReader, PieceWriter, piece_paths
+from shared.pieces import PIECES_INFO, PieceReader, PieceWriter, piece_paths, pieces_gone
 from shared.pipeline import MASK, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -88,18 +95,21 @@ def render(ctx: StageContext) -> StageResult:
     lanes = (ctx.settings.render_lanes or usable_cpus()) if catalog.thread_safe else 1
     chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4"), ctx.input_hash, spec.frame,
                         opts.fps, lanes, ctx.check, lambda n: None)
-    drawing = Drawing(engine, portrait, face, spec, PieceReader(ctx, "audio", "piece", ".wav"),
+    speech: PieceSource = PieceReader(ctx, "audio", "piece", ".wav")
+    if "audio" in ctx.upstream and pieces_gone(ctx.job_dir, "audio", "piece", ".wav"):
+        speech = WholeSpeech(ctx.upstream["audio"][0])  # the job's pieces were cleared
+    drawing = Drawing(engine, portrait, face, spec, speech,
                       chunks, ChunkGrid(ctx.settings.first_chunk_frames,
                                         ctx.settings.chunk_frames),
                       whole=catalog.needs_whole_input, progress=ctx.progress)
     animation = drawing.run()
-    speech, n_frames, next_chunk, reused = (drawing.speech, drawing.n_frames,
+    said, n_frames, next_chunk, reused = (drawing.speech, drawing.n_frames,
                                             drawing.next_chunk, drawing.reused)
     prepares, prepare_s = drawing.prepares, drawing.prepare_s
     t1 = time.monotonic()
-    has_phonemes = speech.phonemes is not None
+    has_phonemes = said.phonemes is not None
     mouth_box = animation.mouth_box
-    del animation, portrait, speech  # long clips stay small
+    del animation, portrait, said, drawing  # long clips stay small
     if reused:
         logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
                     next_chunk)

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import redis
@@ -116,6 +117,7 @@ async def _tail(hub: EventHub, follower: Follower, rec: JobRecord,
     # its end after that without a terminal entry (trimmed away, or the stream expired), the
     # record says how the job ended.
     finished, seen = (rec if rec.terminal else None), 0
+    progress = _Progress(stage)
     last_write = last_check = time.monotonic()
     while True:
         due = min(last_write + HEARTBEAT_S, last_check + RECHECK_S)
@@ -123,7 +125,7 @@ async def _tail(hub: EventHub, follower: Follower, rec: JobRecord,
         if follower.cut:
             return
         now = time.monotonic()
-        chunks, stage, ended = _render(entries, stage)
+        chunks, ended = _render(entries, progress)
         if chunks:
             yield "".join(chunks)
             last_write = now
@@ -144,19 +146,54 @@ async def _tail(hub: EventHub, follower: Follower, rec: JobRecord,
             last_write = now
 
 
-def _render(entries: list[Entry], stage: str | None) -> tuple[list[str], str | None, bool]:
-    """The events for these entries, the job's stage after them, and whether they reached a
-    terminal state (the stream ends there)."""
+@dataclass
+class _Progress:
+    """What a stream has shown: the job's stage and each stage's progress. Stages overlap (a
+    stage starts on its upstream's first piece), so a progress entry may come from a stage
+    after the job's current one; the overall figure is every stage's share, and never goes
+    back."""
+
+    stage: str | None
+    values: dict[str, float] = field(default_factory=dict)
+    shown: float = 0.0
+
+    def late(self, stage: str) -> bool:
+        """Whether `stage` is one the job has already left (a late write)."""
+        order = list(pipeline.STAGES)
+        return (self.stage in order and stage in order
+                and order.index(stage) < order.index(self.stage))
+
+    def overall(self) -> float:
+        order = list(pipeline.STAGES)
+        current = order.index(self.stage) if self.stage in order else 0
+        total = sum(spec.weight * (1.0 if i < current else self.values.get(name, 0.0))
+                    for i, (name, spec) in enumerate(pipeline.STAGES.items()))
+        return self.seen(round(min(total, 0.999), 4))
+
+    def seen(self, value: float) -> float:
+        self.shown = max(self.shown, value)
+        return self.shown
+
+
+def _render(entries: list[Entry], progress: _Progress) -> tuple[list[str], bool]:
+    """The events for these entries, and whether they reached a terminal state (the stream
+    ends there)."""
     chunks = []
     for cursor, fields in entries:
         data = entry_payload(fields)
-        if data["type"] == "progress" and stage not in (None, data["stage"]):
-            continue  # a late write from a stage the job has already left
-        stage = data["stage"]
+        if data["type"] == "progress":
+            if progress.late(data["stage"]):
+                continue  # a late write from a stage the job has already left
+            progress.values[data["stage"]] = data["value"]
+            data["progress"] = progress.overall()
+        else:
+            progress.stage = data["stage"]
+            data["progress"] = 1.0 if data["status"] == "succeeded" else \
+                progress.seen(min(data["progress"], 0.999))
         chunks.append(sse(data["type"], data, cursor))
         if data["type"] == "state" and data["status"] in TERMINAL:
-            return chunks, stage, True
-    return chunks, stage, False
+            return chunks, True
+    return chunks, False
 
 
 async def _recheck(conn: aredis.Redis, job_id: str) -> tuple[bool, JobRecord | None]:
