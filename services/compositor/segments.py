@@ -115,7 +115,8 @@ class SegmentMuxer:
         # out at the start (the opening silence), so sound and picture stay together
         self._priming = round(AAC_PRIMING * sample_rate / AUDIO_RATE)
         self._chunks: list[range] = []
-        self._pending: list[tuple[int, bytes]] = []  # (chunk, fragment) not yet in a segment
+        # (chunk, fragment, its video frames) not yet in a segment
+        self._pending: list[tuple[int, bytes, int]] = []
         self._emitted = 0  # segments handed out
         self.init: bytes | None = None
 
@@ -209,15 +210,19 @@ class SegmentMuxer:
                          len(self._chunks) - 1)
             else:  # sound only: it belongs with the pictures before it
                 k = self._pending[-1][0] if self._pending else self._emitted
-            self._pending.append((k, fragment))
+            self._pending.append((k, fragment, sum(r.samples for r in video)))
             i += 2
         out = []
-        # chunk k's last fragment is written when chunk k+1's keyframe reaches the muxer
-        while self._emitted < len(self._chunks) - (0 if final else 1):
+        # chunk k's last fragment is written when chunk k+1's keyframe leaves the muxer, which
+        # may hold it back past chunk k+1's own `add` (to interleave it with speech still in the
+        # encoder, when chunk k+1 is a frame or two): k is out once all its frames are
+        while self._emitted < len(self._chunks) - (0 if final else 1) and (
+                final or sum(n for j, _, n in self._pending if j == self._emitted)
+                >= len(self._chunks[self._emitted])):
             k = self._emitted
             out.append(Segment(k, self._chunks[k],
-                               b"".join(f for j, f in self._pending if j == k)))
-            self._pending = [(j, f) for j, f in self._pending if j != k]
+                               b"".join(f for j, f, _ in self._pending if j == k)))
+            self._pending = [p for p in self._pending if p[0] != k]
             self._emitted += 1
         return out
 
