@@ -93,8 +93,9 @@ lint: setup ## ruff
 typecheck: setup ## mypy --strict (pyproject.toml) on shared, orchestrator and services
 	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator services
 
-bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; visual fps; compose options; Wav2Lip fps
+bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; overlapping vs sequential stages; visual fps; compose options; Wav2Lip fps
 	$(VENVS)/orchestrator/bin/python scripts/bench.py --report out/bench.json
+	$(VENVS)/orchestrator/bin/python scripts/bench.py --overlap --jobs 5 --report out/bench_overlap.json
 	$(VENVS)/visual/bin/python scripts/bench_visual.py --sizes 256 512 1024 --seconds 10 300 --out out/bench_visual.json
 	$(VENVS)/compositor/bin/python scripts/bench_compose.py --size 512 --out out/bench_compose.json
 	$(VENVS)/visual/bin/python scripts/bench_wav2lip.py --device cpu --batch 64

@@ -1,10 +1,10 @@
 """The visual stage on speech that is still being spoken: chunks drawn as their speech arrives.
 
 The audio stage publishes speech sentence by sentence (shared/pieces.py). The chunks of a clip
-lie on a fixed grid: `first` frames, then twice as many each time up to `most` (10, 20, 40, 80,
-125, 125, ... at the defaults), so the first chunk, and with it the first playable segment, is
-ready after a fraction of a second, and later chunks are long enough to encode efficiently. A
-chunk is drawn once the speech reaches `LOOKAHEAD_S` past its last frame: the mouth and head
+lie on a fixed grid: `first` frames twice, then twice as many each time up to `most` (10, 10,
+20, 40, 80, 125, 125, ... at the defaults), so the first chunks, and with them the first
+playable segment, are ready after a fraction of a second, and later chunks are long enough to
+encode efficiently. A chunk is drawn once the speech reaches `LOOKAHEAD_S` past its last frame: the mouth and head
 tracks of a frame depend on the sound only that far ahead (smoothing and held motion, see
 services/visual/motion.py), and the blinks and sway are seeded per clip, so a frame drawn from
 the first sentences is the frame drawn from the whole speech. Each chunk is published as a piece
@@ -46,16 +46,17 @@ CHUNK = "chunk"  # visual.pieces/chunk_<k>.mp4
 
 @dataclass(frozen=True)
 class ChunkGrid:
-    """Chunk k's frames: `first`, then doubling up to `most` frames per chunk."""
+    """Chunk k's frames: `first` twice, then doubling up to `most` frames per chunk."""
 
     first: int
     most: int
 
     def frames(self, k: int, n_frames: int | None = None) -> range:
         start, size = 0, max(1, min(self.first, self.most))
-        for _ in range(k):
+        for i in range(k):
             start += size
-            size = min(size * 2, self.most)
+            if i:  # two first-size chunks: drawn side by side, the first segment needs both
+                size = min(size * 2, self.most)
         stop = start + size
         return range(start, stop if n_frames is None else min(stop, n_frames))
 
@@ -294,3 +295,34 @@ class Drawing:
 
 class _Stopped(Exception):
     """Another lane failed: this one dropped its chunk."""
+
+
+def join_chunks(chunks: list[Path], out: Path) -> int:
+    """The chunks end to end as one MP4 with its index first (+faststart), copied in-process
+    (no ffmpeg to start at the end of the stage); returns the frames written."""
+    import av
+
+    written = 0
+    try:
+        with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+            stream = None
+            for chunk in chunks:
+                with av.open(str(chunk)) as src:
+                    video = src.streams.video[0]
+                    if stream is None:
+                        stream = dst.add_stream_from_template(video)
+                    # chunks hold no B-frames: one packet per frame, pts == dts
+                    rate = video.average_rate or video.guessed_rate
+                    step = round(1 / (video.time_base * rate)) if rate else 1
+                    shift = written * step
+                    for packet in src.demux(video):
+                        if packet.size == 0 or packet.pts is None:
+                            continue
+                        packet.pts = packet.dts = packet.pts + shift
+                        packet.stream = stream
+                        dst.mux(packet)
+                        written += 1
+    except av.FFmpegError as exc:
+        out.unlink(missing_ok=True)
+        raise StageFailed(f"cannot join the chunks into {out.name}: {exc}") from exc
+    return written

@@ -20,10 +20,10 @@ from services.visual.progressive import (
     Drawing,
     PieceSource,
     WholeSpeech,
+    join_chunks,
 )
 from shared import engine_catalog
 from shared.errors import StageFailed
-from shared.ffmpeg import concat, probe
 from shared.layout import PORTRAIT
 from shared.pieces import PIECES_INFO, PieceReader, PieceWriter, piece_paths, pieces_gone
 from shared.pipeline import MASK, VIDEO
@@ -117,15 +117,14 @@ def render(ctx: StageContext) -> StageResult:
                 for k in range(next_chunk)]
     t2 = time.monotonic()
     out = ctx.work_dir / VIDEO
-    concat(segments, out)
-    info = probe(out)
+    joined = join_chunks(segments, out)
     seconds = {"prepare": round(prepare_s, 3), "render": round(t1 - t0, 3),
                "join": round(time.monotonic() - t2, 3)}
     logger.info("job %s visual: %d frames, prepared %d times in %.2fs, drawn and encoded in "
                 "%.2fs (%d chunks, %d lanes), joined in %.2fs", ctx.job.id, n_frames, prepares,
                 seconds["prepare"], seconds["render"], next_chunk, lanes, seconds["join"])
-    if info.n_frames != n_frames:
-        raise StageFailed(f"video has {info.n_frames} frames, expected {n_frames}")
+    if joined != n_frames:
+        raise StageFailed(f"video has {joined} frames, expected {n_frames}")
     files = [VIDEO]
     if opts.needs_mask:  # the compositor replaces the background and has no segmenter itself
         from services.visual.segment import write_mask

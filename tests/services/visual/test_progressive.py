@@ -79,9 +79,10 @@ def test_frames_final_so_far_are_the_frames_of_the_whole_speech(face_and_portrai
 
 def test_the_chunk_grid_starts_small_and_doubles_up_to_its_most() -> None:
     grid = ChunkGrid(first=10, most=125)
-    assert [len(grid.frames(k)) for k in range(7)] == [10, 20, 40, 80, 125, 125, 125]
-    assert grid.frames(3).start == 70 and grid.frames(4) == range(150, 275)
-    assert grid.frames(4, n_frames=200) == range(150, 200)  # the last chunk ends with the clip
-    assert grid.count(1) == 1 and grid.count(70) == 3 and grid.count(71) == 4
+    # two of the first size: drawn side by side, the first segment needs both
+    assert [len(grid.frames(k)) for k in range(8)] == [10, 10, 20, 40, 80, 125, 125, 125]
+    assert grid.frames(3).start == 40 and grid.frames(5) == range(160, 285)
+    assert grid.frames(5, n_frames=200) == range(160, 200)  # the last chunk ends with the clip
+    assert grid.count(1) == 1 and grid.count(40) == 3 and grid.count(41) == 4
     # chunks tile the clip: each starts where the one before it stopped
     assert all(grid.frames(k).stop == grid.frames(k + 1).start for k in range(20))
