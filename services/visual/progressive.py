@@ -7,9 +7,9 @@ playable segment, are ready after a fraction of a second, and later chunks are l
 encode efficiently. A chunk is drawn once the speech reaches `LOOKAHEAD_S` past its last
 frame: the mouth and head tracks of a frame depend on the sound only that far ahead (smoothing
 and held motion, see services/visual/motion.py), and the blinks and sway are seeded per clip,
-so a frame drawn from the first sentences is the frame drawn from the whole speech. Each chunk is published as a piece
-(`visual.pieces/chunk_<k>.mp4`) for the compositor the moment it is encoded; a resumed execution
-keeps every published chunk of the same input.
+so a frame drawn from the first sentences is the frame drawn from the whole speech. Each chunk
+is published as a piece (`visual.pieces/chunk_<k>.mp4`) for the compositor the moment it is
+encoded; a resumed execution keeps every published chunk of the same input.
 """
 
 from __future__ import annotations
