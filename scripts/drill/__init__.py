@@ -19,11 +19,16 @@ K faults chosen from `--seed`, each on work in flight:
   SIGCONT.
 
 A fault waits for a running stage (a worker fault: one of its own stage), and jobs keep coming
-(past `--jobs`) until every fault has landed. Then the drill waits until every accepted job is
-terminal and checks what must hold: no accepted job lost, at most one published output per
-job+stage, every succeeded job's outputs intact (ffprobe, manifests' sha256, no temp dirs
-left). It prints a summary (with how many faults hit a running stage, and which), writes a JSON
-report (`--report`) and exits 1 if an invariant is broken. Evidence (audit log, process logs,
+(past `--jobs`) until every fault has landed. Stages overlap (PIPELINE_OVERLAP): a share of the
+faults of every kind (`--overlap-share`, a third) waits until one job has two stages running at
+once and strikes one of them (the visual worker while its audio still speaks, the compose
+worker while visual draws, ...). Then the drill waits until every accepted job is terminal and
+checks what must hold: no accepted job lost, at most one published output per job+stage, every
+succeeded job's outputs intact (ffprobe, manifests' sha256, its watch stream whole, no temp dirs
+left), no piece announced twice, every consumer's piece reads in order, no pieces folder left
+where it should be gone. It prints a summary (with how many faults hit a running stage, and
+which, and how many hit overlapping stages), writes a JSON report (`--report`) and exits 1 if an
+invariant is broken. Evidence (audit log, process logs,
 data dir) is kept in the drill's temp dir when it fails, or always with `--keep`.
 
 The parts, as in Jepsen: `generator` (the workload), `nemesis` (the faults), `history` (what

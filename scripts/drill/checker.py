@@ -3,15 +3,18 @@
 * No accepted job lost: every job a 202 answered is terminal.
 * At most one published output per job and stage, and the manifest on disk is the one published.
 * Every succeeded job's outputs are intact: each file matches its manifest's size and sha256,
-  result.mp4 has audio and video (ffprobe), no temp dir is left behind.
-Also measured, not judged: concurrent duplicate executions (fenced when a SIGSTOPped worker is
-one of them), the re-run ratio, recovery time per fault, and where each fault landed.
+  result.mp4 has audio and video (ffprobe), its watch stream is whole, no temp dir is left.
+* The overlap guarantees (drill/pieces.py): no piece announced twice, every consumer read its
+  pieces in order, no pieces folder left where it should be gone.
+Also measured, not judged: concurrent duplicate executions of one job *and stage* (fenced when
+a SIGSTOPped worker is one of them; two stages of one job running at once is how overlapping
+stages work, counted apart), the re-run ratio, recovery time per fault, and where each fault
+landed (on overlapping stages or not).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import subprocess
@@ -20,7 +23,9 @@ from typing import Any
 
 from launcher import STAGES
 
+from . import pieces
 from .history import TERMINAL, Exec, Fault, History
+from .pieces import sha256
 
 Report = dict[str, Any]
 
@@ -31,14 +36,6 @@ def pct(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return round(ordered[k], 3)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- executions -----------------------------------------------------------------------------
@@ -53,7 +50,8 @@ def by_job_stage(execs: list[Exec]) -> dict[tuple[str, str], list[Exec]]:
 
 def overlaps(groups: dict[tuple[str, str], list[Exec]], stopped_pids: set[int | None],
              t_end: float) -> list[dict[str, Any]]:
-    """Executions of one job+stage that ran at the same time."""
+    """Executions of one job+stage that ran at the same time (each stage holds its own lease,
+    so two stages of one job running at once are no duplicates)."""
     out = []
     for (job, stage), group in groups.items():
         for i, x in enumerate(group):
@@ -67,6 +65,25 @@ def overlaps(groups: dict[tuple[str, str], list[Exec]], stopped_pids: set[int | 
                         or y.pid in stopped_pids,
                     })
     return out
+
+
+def stage_overlaps(execs: list[Exec], t_end: float) -> dict[str, Any]:
+    """Executions of two different stages of one job that ran at the same time: the normal
+    case with overlapping stages. Pairs by stages, and how many jobs had one."""
+    by_job: dict[str, list[Exec]] = {}
+    for e in execs:
+        by_job.setdefault(e.job, []).append(e)
+    pairs: dict[str, int] = {}
+    jobs = set()
+    for job, group in by_job.items():
+        for i, x in enumerate(group):
+            for y in group[i + 1:]:
+                if x.stage != y.stage and max(x.start, y.start) < min(x.end or t_end,
+                                                                       y.end or t_end):
+                    a, b = sorted((x.stage, y.stage), key=list(STAGES).index)
+                    pairs[f"{a}+{b}"] = pairs.get(f"{a}+{b}", 0) + 1
+                    jobs.add(job)
+    return {"jobs": len(jobs), "pairs": pairs}
 
 
 def duplicate_publishes(groups: dict[tuple[str, str], list[Exec]]) -> list[dict[str, Any]]:
@@ -122,7 +139,8 @@ def check_outputs(job_dir: Path, status: str) -> list[str]:
     problems = [f"temp dirs left: {leftovers}"] if leftovers else []
     for stage in STAGES:
         problems += check_manifest(job_dir, stage)
-    return problems + check_result(job_dir / "compose" / "result.mp4")
+    return (problems + check_result(job_dir / "compose" / "result.mp4")
+            + pieces.check_stream(job_dir))
 
 
 def corrupt_outputs(data_dir: Path, statuses: dict[str, Any],
@@ -217,7 +235,14 @@ def fault_figures(faults: list[Fault]) -> dict[str, Any]:
     phases: dict[str, dict[str, int]] = {}
     landed = {"running": 0, "queued": 0, "idle-worker": 0, "idle-cluster": 0}
     by_stage = dict.fromkeys(STAGES, 0)
+    overlap_kinds: dict[str, int] = {}  # faults that hit a stage running beside another
+    overlap_pairs: dict[str, int] = {}  # the stage hit + the job's other running stages
     for f in faults:
+        if f.overlapping:
+            overlap_kinds[f.kind] = overlap_kinds.get(f.kind, 0) + 1
+        for _, stage, others in f.overlapping:
+            pair = f"{stage} beside {'+'.join(others)}"
+            overlap_pairs[pair] = overlap_pairs.get(pair, 0) + 1
         kinds[f.kind] = kinds.get(f.kind, 0) + 1
         phases.setdefault(f.kind, {})
         phases[f.kind][f.phase] = phases[f.kind].get(f.phase, 0) + 1
@@ -228,6 +253,9 @@ def fault_figures(faults: list[Fault]) -> dict[str, Any]:
             "hit_running_stage": landed["running"], "hit_by_stage": by_stage,
             "hit_queued_work": landed["queued"], "hit_idle_worker": landed["idle-worker"],
             "hit_idle_cluster": landed["idle-cluster"],
+            "aimed_overlap": sum(1 for f in faults if f.aimed == "overlap"),
+            "hit_overlapping_stages": sum(1 for f in faults if f.overlapping),
+            "overlap_by_kind": overlap_kinds, "overlap_hit": overlap_pairs,
             "list": [dict(f.__dict__, stages_hit=f.stages_hit) for f in faults]}
 
 
@@ -261,10 +289,14 @@ def check(history: History, args: argparse.Namespace, data_dir: Path, orphans: l
     overlap = overlaps(groups, stopped_pids, t_end)
     dup_publish = duplicate_publishes(groups)
     corrupt = corrupt_outputs(data_dir, statuses, groups)
+    announced = pieces.announcements(history.audit.events, data_dir)
+    read = pieces.reads(history.audit.events)
+    left = pieces.leftover_pieces(data_dir, statuses, execs, history.faults)
     recovery = recovery_times(history.faults, execs, history.audit.execs, records)
     rec_values = [f.recovery_s for f in history.faults if f.recovery_s is not None]
     return {
-        "ok": not lost and not dup_publish and not corrupt and len(accepted) > 0,
+        "ok": (not lost and not dup_publish and not corrupt and len(accepted) > 0
+               and not announced["twice"] and not read["out_of_order"] and not left["left"]),
         "seed": args.seed,
         "config": {"jobs": args.jobs, "faults": args.faults, "lease_ttl_s": args.lease_ttl,
                    "reconcile_every_s": args.reconcile_every, "max_attempts": args.max_attempts,
@@ -285,6 +317,12 @@ def check(history: History, args: argparse.Namespace, data_dir: Path, orphans: l
             "count": len(overlap),
             "without_stopped_worker": sum(1 for o in overlap if not o["involves_stopped_worker"]),
             "list": overlap},
+        "stages_running_at_once": stage_overlaps(execs, t_end),
+        "pieces": {"announced": announced["announced"],
+                   "announced_twice": announced["twice"],
+                   "end_doorbell_rung_again": announced["end_rung_again"],
+                   "reads": read["reads"], "consumers": read["consumers"],
+                   "read_out_of_order": read["out_of_order"], **left},
         "duplicate_published": {"count": len(dup_publish), "list": dup_publish},
         "corrupt": {"count": len(corrupt), "jobs": corrupt},
         "leftover_dirs": leftover_dirs(data_dir, succeeded + failed + canceled),
@@ -306,6 +344,7 @@ def summary(r: Report) -> str:
     j, f, e = r["jobs"], r["faults"], r["executions"]
     rec = r["recovery_s"]
     cd = r["concurrent_duplicates"]
+    ov, p = r["stages_running_at_once"], r["pieces"]
     lines = [
         f"crash drill (seed {r['seed']}, {r['duration_s']}s, "
         f"workers {', '.join(r['config']['workers'])})",
@@ -321,15 +360,32 @@ def summary(r: Report) -> str:
         + f"); on queued work (before pickup): {f['hit_queued_work']}; on an idle worker "
         f"(other stages running): {f['hit_idle_worker']}; on an idle cluster: "
         f"{f['hit_idle_cluster']}",
+        "faults that hit overlapping stages (a stage running beside another of its job): "
+        f"{f['hit_overlapping_stages']} of {f['injected']} ({f['aimed_overlap']} aimed at "
+        "overlap; by kind " + (", ".join(f"{k} {v}" for k, v in sorted(
+            f["overlap_by_kind"].items())) or "none") + "; hit " + (", ".join(
+                f"{k} {v}" for k, v in sorted(f["overlap_hit"].items())) or "-") + ")",
         "fault phases hit: " + "; ".join(
             f"{k}: " + ", ".join(f"{p} {n}" for p, n in sorted(ph.items()))
             for k, ph in sorted(f["phase_hit"].items())),
         f"stage executions and re-run ratio: {e['total']} executions for {e['job_stages']} "
         f"job-stages = {e['rerun_ratio']}; outcomes "
         + ", ".join(f"{k} {v}" for k, v in sorted(e["by_outcome"].items())),
-        f"concurrent duplicate executions: {cd['count']} "
+        f"concurrent duplicate executions (one job and stage): {cd['count']} "
         f"({cd['count'] - cd['without_stopped_worker']} with a SIGSTOPped worker, fenced; "
         f"{cd['without_stopped_worker']} otherwise)",
+        "stages of one job running at once (normal, each has its own lease): "
+        f"{ov['jobs']} jobs; pairs " + (", ".join(f"{k} {v}" for k, v in sorted(
+            ov["pairs"].items())) or "none"),
+        f"pieces announced: {p['announced']}; announced twice: {len(p['announced_twice'])}; "
+        "compose end doorbells rung again by a resumed compose (no data file): "
+        f"{len(p['end_doorbell_rung_again'])}",
+        f"piece reads: {p['reads']} by {p['consumers']} consumer executions; out of order: "
+        f"{len(p['read_out_of_order'])}",
+        f"pieces folders left where they should be gone: {len(p['left'])} jobs; left by a "
+        "worker killed between the job's end and its cleanup: "
+        f"{len(p['left_by_a_kill_after_the_end'])}; stray temp files in watch streams: "
+        f"{sum(len(v) for v in p['stray_temp_files_in_stream'].values())}",
         f"duplicate published outputs: {r['duplicate_published']['count']}",
         f"corrupt or partial outputs: {r['corrupt']['count']}",
         f"recovery time p50/p95/max: {rec['p50']}s / {rec['p95']}s / {rec['max']}s "

@@ -174,6 +174,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compose-workers", type=int, default=1)
     p.add_argument("--kinds", default=",".join(KINDS),
                    help="comma-separated fault kinds to draw from (default: all)")
+    p.add_argument("--overlap-share", type=float, default=1 / 3,
+                   help="share of the faults (of every kind) that wait for two stages of one "
+                        "job running at once and strike one of them")
     p.add_argument("--stop-stages", default="audio,visual,compose",
                    help="stages whose workers stop-worker may freeze")
     p.add_argument("--keep", action="store_true", help="keep the temp dir even on success")

@@ -74,6 +74,18 @@ class Audit:
         return [e for e in self.execs.values() if e.end is None
                 and (stage is None or e.stage == stage) and (pid is None or e.pid == pid)]
 
+    def overlapping(self, pids: set[int] | None = None) -> dict[str, dict[str, Exec]]:
+        """Jobs with open executions of two or more stages at once (stages that overlap):
+        job -> stage -> its newest open execution; only executions of `pids` if given."""
+        by_job: dict[str, dict[str, Exec]] = {}
+        for e in self.open_execs():
+            if pids is None or e.pid in pids:
+                by_job.setdefault(e.job, {})
+                old = by_job[e.job].get(e.stage)
+                if old is None or e.start > old.start:
+                    by_job[e.job][e.stage] = e
+        return {job: stages for job, stages in by_job.items() if len(stages) > 1}
+
     def mark_killed(self, pid: int, t: float) -> None:
         for e in self.open_execs(pid=pid):
             e.end, e.outcome = t, "killed"
@@ -96,6 +108,9 @@ class Fault:
     # other stages ran; "idle-cluster": no stage ran anywhere
     landed: str = ""
     running: dict[str, int] = field(default_factory=dict)  # stage -> executions running anywhere
+    # the executions it interrupted whose job had another stage running at the same time:
+    # (job, stage hit, the job's other running stages)
+    overlapping: list[tuple[str, str, list[str]]] = field(default_factory=list)
     down_s: float = 0.0
     back_at: float | None = None
     recovery_s: float | None = None

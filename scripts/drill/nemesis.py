@@ -5,6 +5,13 @@ it aims at (before pickup: an idle worker with a job queued for it while another
 mid-render; publish), and after `--aim-s` for any running execution of its stage; a
 cluster-wide fault (Redis, the orchestrator, the disk) for at least one running stage anywhere.
 None falls back on an idle cluster: the generator keeps submitting jobs while faults remain.
+
+A share of the faults (`--overlap-share`, a third by default), of every kind, aim at "overlap":
+they wait until one job has two stages running at once (stages overlap: visual draws on the
+speech pieces while audio still speaks, compose muxes chunks while visual draws), seen as open
+executions in the audit log and confirmed by `stages[s].status == "running"` in the job record.
+A worker fault then strikes the worker of its stage in that pair (stop-worker: either one), a
+cluster-wide fault strikes while the pair runs.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from .history import Exec, Fault, History
 KINDS = ("kill-audio", "kill-visual", "kill-compose", "kill-orchestrator", "kill-redis",
          "stop-worker", "redis-exit", "fill-disk")
 WORKER_PHASES = ("before-pickup", "mid-render", "publish")
+OVERLAP = "overlap"  # the aim of a fault that waits for two stages of one job running at once
 GIVE_UP_S = 120.0  # past its aim deadline, a fault that still finds no work in flight is skipped
 OUTPUT = {"audio": "speech.wav", "visual": "video.mp4", "compose": "result.mp4"}
 
@@ -65,9 +73,14 @@ class Nemesis:
             round_ = list(allowed)
             self.rng.shuffle(round_)
             kinds += round_
+        kinds = kinds[:self.args.faults]
+        n_overlap = round(len(kinds) * self.args.overlap_share)
+        on_overlap = set(self.rng.sample(range(len(kinds)), n_overlap))
         out = []
-        for kind in kinds[:self.args.faults]:
-            if stage_of_kind(kind):
+        for i, kind in enumerate(kinds):
+            if i in on_overlap:
+                aimed = OVERLAP
+            elif stage_of_kind(kind):
                 aimed = self.rng.choice(WORKER_PHASES)
             elif kind == "stop-worker":
                 aimed = "mid-render"
@@ -101,32 +114,40 @@ class Nemesis:
         fault = Fault(n, kind, aimed)
         self._min_run = self.rng.uniform(0.1, 1.5)
         self._min_progress = self.rng.uniform(0.1, 0.8)
+        self._min_overlap = self.rng.uniform(0.0, 0.4)
         stage = stage_of_kind(kind)
+        stop_stages = tuple(self.args.stop_stages.split(","))
         if kind == "stop-worker":  # a stage drawn from --stop-stages
-            stage = self.rng.choice(self.args.stop_stages.split(","))
+            stage = self.rng.choice(stop_stages)
         while True:
             self.tick()
             late = time.monotonic() >= deadline
-            found = (self._worker_target(stage, aimed, late) if stage is not None
-                     else self._cluster_target(kind, late))
+            if stage is None:
+                found = self._cluster_target(kind, late, aimed == OVERLAP)
+            elif aimed == OVERLAP and not late:
+                found = self._overlap_target(stop_stages if kind == "stop-worker" else (stage,))
+            else:
+                found = self._worker_target(stage, aimed, late)
             if found is not None:
                 fault.target, fault.note = found
                 break
             if time.monotonic() > deadline + GIVE_UP_S:
                 self.log(f"fault {n} ({kind}) found no work in flight; skipped")
                 return None
-            time.sleep(0.005 if aimed == "publish" else 0.05)
+            time.sleep(0.005 if aimed in ("publish", OVERLAP) else 0.05)
         self._record_target(fault)
         self._strike(fault)
         back = ("when the supervisor restarts it" if kind == "redis-exit"
                 else f"in {fault.down_s:.1f}s")
+        beside = "; ".join(f"{j} {s} beside {'+'.join(o)}" for j, s, o in fault.overlapping)
         self.log(f"fault {n}: {kind} -> {fault.target} (pid {fault.pid}), aimed {aimed}, hit "
                  f"{fault.phase}; back {back}; affects {len(fault.affected)} exec(s) "
-                 f"{fault.note}")
+                 f"{fault.note}" + (f"; overlapping stages: {beside}" if beside else ""))
         return fault
 
-    def _cluster_target(self, kind: str, late: bool) -> tuple[str, str] | None:
-        """Redis, the orchestrator or the disk, once it is up and some stage is running."""
+    def _cluster_target(self, kind: str, late: bool, overlap: bool) -> tuple[str, str] | None:
+        """Redis, the orchestrator or the disk, once it is up and some stage is running (with
+        `overlap`, until `--aim-s` runs out: while two stages of one job run at once)."""
         c = self.cluster
         target = {"fill-disk": "disk", "kill-orchestrator": "orchestrator"}.get(kind, "redis")
         if target == "disk":
@@ -135,8 +156,52 @@ class Nemesis:
             down = not c.alive(target)
         if down or not self.audit.open_execs():
             return None  # still down from an earlier fault, or nothing runs: wait
+        if overlap and not late:
+            found = self._overlap_target(None)
+            return (target, found[1]) if found is not None else None
         if late or self.rng.random() < 0.2 or (kind == "kill-orchestrator" and self.submitting()):
             return target, ""
+        return None
+
+    def _live_pids(self) -> dict[int, str]:
+        """pid -> name of every worker alive and not stopped."""
+        c = self.cluster
+        return {c.procs[n].pid: n for n in c.worker_names
+                if c.alive(n) and n not in c.stopped}
+
+    def _overlapping(self) -> dict[str, dict[str, Exec]]:
+        """Jobs with two or more stages running at once on live workers: job -> stage ->
+        execution (the audit log), confirmed by the job record (`stages[s].status`)."""
+        found = self.audit.overlapping(set(self._live_pids()))
+        out = {}
+        for job, execs in found.items():
+            stages = self.job_field(job, "stages")
+            running = {s for s, info in (stages if isinstance(stages, dict) else {}).items()
+                       if isinstance(info, dict) and info.get("status") == "running"}
+            confirmed = {s: e for s, e in execs.items() if s in running}
+            if len(confirmed) > 1:
+                out[job] = confirmed
+        return out
+
+    def _overlap_target(self, stages: tuple[str, ...] | None) -> tuple[str, str] | None:
+        """A job with two stages running at once (for `_min_overlap` seconds or more): the
+        worker running one of `stages` among them, (name, how); with `stages` None (for a
+        cluster-wide fault) ("", how)."""
+        pids = self._live_pids()
+        overlapping = list(self._overlapping().items())
+        self.rng.shuffle(overlapping)
+        now = time.time()
+        for job, execs in overlapping:
+            if now - max(e.start for e in execs.values()) < self._min_overlap:
+                continue
+            pair = "+".join(sorted(execs))
+            if stages is None:
+                return "", f"job {job}: {pair} running at once"
+            for stage, e in execs.items():
+                if stage in stages and e.pid in pids:
+                    others = "+".join(sorted(s for s in execs if s != stage))
+                    return pids[e.pid], (f"{stage} exec {e.exec_id} of job {job} running "
+                                         f"beside its {others}")
         return None
 
     def _worker_target(self, stage: str, aimed: str, late: bool) -> tuple[str, str] | None:
@@ -217,6 +282,10 @@ class Nemesis:
             fault.phase = f"{len(running)} execution(s) running" if running else "idle"
             execs = running
         fault.affected = [(e.job, e.stage, e.exec_id) for e in execs]
+        overlapping = self.audit.overlapping(set(self._live_pids()))
+        fault.overlapping = [(e.job, e.stage, sorted(s for s in overlapping[e.job]
+                                                      if s != e.stage))
+                             for e in execs if e.stage in overlapping.get(e.job, {})]
         if fault.affected:
             fault.landed = "running"
         elif fault.phase.startswith("before-pickup"):

@@ -1,5 +1,5 @@
 """The crash-recovery drill, short: real cluster, real faults of every kind, each on work in
-flight, nothing lost."""
+flight (a third of them while two stages of one job run at once), nothing lost."""
 
 from __future__ import annotations
 
@@ -43,4 +43,19 @@ def test_short_drill_loses_nothing(tmp_path: Path) -> None:
     worker_kills = sum(by_kind[f"kill-{s}"] for s in ("audio", "visual", "compose"))
     assert faults["hit_running_stage"] >= 8 - worker_kills, detail  # Redis, API, disk, SIGSTOP
     assert sum(faults["hit_by_stage"].values()) >= faults["hit_running_stage"], detail
+    # stages overlap: a third of the faults waited for two stages of one job running at once
+    # and struck one of them (the worker of the fault's stage, or the cluster under both)
+    aimed = [f for f in faults["list"] if f["aimed"] == "overlap"]
+    assert faults["aimed_overlap"] == len(aimed) == 3, detail
+    assert sum(1 for f in aimed if f["overlapping"]) >= len(aimed) - 1, detail
+    assert faults["hit_overlapping_stages"] >= sum(1 for f in aimed if f["overlapping"]), detail
+    for f in aimed:
+        if f["overlapping"] and f["kind"].startswith("kill-") and f["target"] != "redis" \
+                and f["kind"] != "kill-orchestrator":  # a worker of the fault's own stage
+            assert {stage for _, stage, _ in f["overlapping"]} == {f["kind"][5:]}, f
+    assert report["stages_running_at_once"]["jobs"] >= 1, detail
+    pieces = report["pieces"]
+    assert pieces["announced"] > 0 and pieces["reads"] > 0, detail
+    assert pieces["announced_twice"] == [] and pieces["read_out_of_order"] == [], detail
+    assert pieces["left"] == {}, detail
     assert report["ok"] and proc.returncode == 0, detail
