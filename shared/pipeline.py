@@ -84,7 +84,7 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
         output=SPEECH, optional_outputs=(PHONEMES,),
         scratch="audio.sentences",  # per-sentence checkpoints of cloned voices
         pieces=True,  # speech, sentence by sentence
-        priority=5,  # the visual stage draws only as far as the speech goes
+        priority=10,  # the visual stage draws only as far as the speech goes
     ),
     StageSpec(
         name="visual", work=Work("visual", "services.visual.worker.run"),
