@@ -101,6 +101,9 @@ class PieceWriter:
         self.folder = pieces_dir(ctx.job_dir, ctx.stage)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._opened = not ctx.settings.pipeline_overlap
+        for stale in self.folder.glob(f".{prefix}_*"):  # temp files of executions gone since
+            if ctx.exec_id not in stale.name:
+                stale.unlink(missing_ok=True)
 
     def existing(self, n: int) -> Piece | None:
         """Piece `n` if an earlier execution published it (a resumed stage keeps it)."""
@@ -109,7 +112,11 @@ class PieceWriter:
     def publish(self, n: int, tmp: Path, meta: dict[str, Any]) -> Piece:
         """Publish `tmp` as piece `n` and ring the doorbell; raises LeaseLost if this
         execution no longer owns the stage (the piece is then not announced)."""
-        self.ctx.check()
+        try:
+            self.ctx.check()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         piece = write_piece(self.folder, self.prefix, self.suffix, n, tmp, meta)
         self.announce(n)
         return piece

@@ -74,14 +74,40 @@ def compose(ctx: StageContext) -> StageResult:
 
 def compose_segments(ctx: StageContext) -> StageResult:
     """Mux each visual chunk with its speech into a watch-stream segment as soon as it is
-    published (services/compositor/segments.py), then write the result as `compose_whole`
-    does: the segments carry a quick AAC for watching, the result the speech at full quality
-    with its exact length (an MP4 edit list hides the encoder's delay; fragments have none)."""
+    published (services/compositor/segments.py); the result is those segments remuxed
+    in-process with +faststart (with captions: as `compose_whole` writes it)."""
     opts = ctx.job.options
     writer = PieceWriter(ctx, SEGMENT, ".m4s")
+    count, reused = _watch_stream(ctx, writer)
+    upstream = ctx.wait_upstream()
+    stats = {"segments": count, "segments_reused": reused, PIECES_INFO: count}
+    if opts.captions != "off":  # a subtitle track: ffmpeg writes it with the speech again
+        result = compose_whole(ctx)
+        result.info.update(stats)
+        return result
+    duration = float(upstream["audio"][1].info["duration"])
+    stream = ctx.work_dir / "stream.mp4"
+    with open(stream, "wb") as out_fh:
+        out_fh.write((writer.folder / INIT).read_bytes())
+        for k in range(count):
+            out_fh.write(piece_paths(writer.folder, SEGMENT, ".m4s", k)[0].read_bytes())
+    out = ctx.work_dir / RESULT
+    remux_result(stream, out, duration)
+    stream.unlink()
+    ctx.check()
+    info = verify_result(out, duration, opts.fps)
+    return StageResult(files=[RESULT], engine="ffmpeg", engine_version=ENGINE_VERSION, info={
+        "duration": info.duration, "n_frames": info.n_frames, "width": info.width,
+        "height": info.height, "reencoded": False, "background": opts.background,
+        "captions": opts.captions, **stats})
+
+
+def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
+    """Publish the segments as the chunks come: (segments, segments an earlier execution
+    had published already)."""
+    opts = ctx.job.options
     speech_dir = pieces_dir(ctx.job_dir, "audio")
     speech = SpeechReader(lambda: _published(speech_dir))
-    chunks = PieceReader(ctx, "visual", CHUNK, ".mp4")
     muxer: SegmentMuxer | None = None
     init = writer.folder / INIT
     count = reused = 0
@@ -103,7 +129,7 @@ def compose_segments(ctx: StageContext) -> StageResult:
                 "start": seg.frames.start, "stop": seg.frames.stop,
                 "t": seg.frames.start / opts.fps, "duration": len(seg.frames) / opts.fps})
 
-    for chunk in chunks:
+    for chunk in PieceReader(ctx, "visual", CHUNK, ".mp4"):
         frames = range(int(chunk.meta["start"]), int(chunk.meta["stop"]))
         rate = speech.rate or _rate(speech_dir)
         if muxer is None:
@@ -115,30 +141,10 @@ def compose_segments(ctx: StageContext) -> StageResult:
     if muxer is None:
         raise StageFailed("the visual stage published no video")
     publish(muxer.close())
-    atomic_write_json(writer.folder / END, {"segments": count})
-    writer.announce(count)  # the watch stream's end
-
-    upstream = ctx.wait_upstream()
-    stats = {"segments": count, "segments_reused": reused, PIECES_INFO: count}
-    if opts.captions != "off":  # a subtitle track: ffmpeg writes it with the speech again
-        result = compose_whole(ctx)
-        result.info.update(stats)
-        return result
-    duration = float(upstream["audio"][1].info["duration"])
-    stream = ctx.work_dir / "stream.mp4"
-    with open(stream, "wb") as out_fh:
-        out_fh.write(init.read_bytes())
-        for k in range(count):
-            out_fh.write(piece_paths(writer.folder, SEGMENT, ".m4s", k)[0].read_bytes())
-    out = ctx.work_dir / RESULT
-    remux_result(stream, out, duration)
-    stream.unlink()
-    ctx.check()
-    info = verify_result(out, duration, opts.fps)
-    return StageResult(files=[RESULT], engine="ffmpeg", engine_version=ENGINE_VERSION, info={
-        "duration": info.duration, "n_frames": info.n_frames, "width": info.width,
-        "height": info.height, "reencoded": False, "background": opts.background,
-        "captions": opts.captions, **stats})
+    if not (writer.folder / END).is_file():
+        atomic_write_json(writer.folder / END, {"segments": count})
+        writer.announce(count)  # the watch stream's end
+    return count, reused
 
 
 def _published(folder: Path) -> list[Piece]:

@@ -117,6 +117,7 @@ class ChunkLanes:
     lanes: int
     check: Callable[[], None]
     on_frames: Callable[[int], None]
+    grid: list[int] = field(default_factory=list)  # [first, most]: kept in each chunk's meta
     futures: list[Future[None]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -125,6 +126,16 @@ class ChunkLanes:
         self._before = cv2.getNumThreads()
         if self.lanes > 1:
             cv2.setNumThreads(1)  # OpenCV's own threads only compete with the lanes
+
+    def published_grid(self, grid: ChunkGrid) -> ChunkGrid:
+        """The grid an earlier execution drew this job's chunks on (settings may have changed
+        since), else `grid`: a resumed stage keeps the chunks already handed on."""
+        first = self.writer.existing(0)
+        got = first.meta.get("grid") if first is not None else None
+        if first is None or first.meta.get("input_hash") != self.input_hash or \
+                not (isinstance(got, list) and len(got) == 2):
+            return grid
+        return ChunkGrid(int(got[0]), int(got[1]))
 
     def valid(self, k: int, frames: range) -> bool:
         piece = self.writer.existing(k)
@@ -167,7 +178,8 @@ class ChunkLanes:
         self.on_frames(unreported)
         self.writer.publish(k, tmp, {"input_hash": self.input_hash, "start": frames.start,
                                      "stop": frames.stop, "fps": self.fps,
-                                     "width": self.size[0], "height": self.size[1]})
+                                     "width": self.size[0], "height": self.size[1],
+                                     "grid": self.grid})
 
     def finish(self) -> None:
         """Wait for every chunk; raise the first failure (the others stop at once)."""

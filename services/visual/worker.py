@@ -98,9 +98,10 @@ def render(ctx: StageContext) -> StageResult:
     speech: PieceSource = PieceReader(ctx, "audio", "piece", ".wav")
     if "audio" in ctx.upstream and pieces_gone(ctx.job_dir, "audio", "piece", ".wav"):
         speech = WholeSpeech(ctx.upstream["audio"][0])  # the job's pieces were cleared
-    drawing = Drawing(engine, portrait, face, spec, speech,
-                      chunks, ChunkGrid(ctx.settings.first_chunk_frames,
-                                        ctx.settings.chunk_frames),
+    grid = chunks.published_grid(ChunkGrid(ctx.settings.first_chunk_frames,
+                                           ctx.settings.chunk_frames))
+    chunks.grid = [grid.first, grid.most]
+    drawing = Drawing(engine, portrait, face, spec, speech, chunks, grid,
                       whole=catalog.needs_whole_input, progress=ctx.progress)
     animation = drawing.run()
     said, n_frames, next_chunk, reused = (drawing.speech, drawing.n_frames,
