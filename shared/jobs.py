@@ -241,7 +241,7 @@ class JobStore:
         return self._transition(job_id, stage, change, lease=("acquire", exec_id))
 
     def open_next(self, job_id: str, stage: str, exec_id: str) -> bool:
-        """Open the stage after `stage` early, on the first piece `stage` published: it is
+        """Open the stage after `stage` early, as `stage` starts to publish pieces: it is
         enqueued now and runs on the pieces as they come (PIPELINE_OVERLAP). Fenced by the
         lease of `stage`'s execution; False if it was open already or the job moved on."""
         nxt = pipeline.STAGES[stage].next_stage

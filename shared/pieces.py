@@ -7,9 +7,10 @@ match its data is not published. Pieces stay until the job ends, so a resumed ex
 stage picks up where the last published piece left off: the producer keeps what is published
 and makes the rest; the consumer reads them again from the first.
 
-After each piece the producer rings a doorbell, `XADD ja:pieces:<job>:<stage>`, in a transaction
-fenced by its lease (an execution that lost its lease announces nothing), and with
-PIPELINE_OVERLAP on its first piece it opens the next stage (`JobStore.open_next`). A reader
+With PIPELINE_OVERLAP, a producer opens its next stage as it starts (`JobStore.open_next`), so
+the consumer is up and waiting when the first piece lands. After each piece the producer rings
+a doorbell, `XADD ja:pieces:<job>:<stage>`, in a transaction fenced by its lease (an execution
+that lost its lease announces nothing). A reader
 blocks on that stream for at most `POLL_S` and then looks at the files, so a piece is picked up
 within milliseconds of its publish, and one published by an execution that crashed before its
 doorbell is still found. The reader's pieces end when the producing stage is done in the job
@@ -100,7 +101,8 @@ class PieceWriter:
         self.ctx, self.prefix, self.suffix = ctx, prefix, suffix
         self.folder = pieces_dir(ctx.job_dir, ctx.stage)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._opened = not ctx.settings.pipeline_overlap
+        if ctx.settings.pipeline_overlap:  # the next stage starts now, and waits for the
+            ctx.runtime.store.open_next(ctx.job.id, ctx.stage, ctx.exec_id)  # first piece
         for stale in self.folder.glob(f".{prefix}_*"):  # temp files of executions gone since
             if ctx.exec_id not in stale.name:
                 stale.unlink(missing_ok=True)
@@ -123,10 +125,7 @@ class PieceWriter:
 
     def announce(self, n: int) -> None:
         ctx = self.ctx
-        store, conn = ctx.runtime.store, ctx.runtime.conn
-        if not self._opened:  # the next stage starts on this stage's first piece
-            store.open_next(ctx.job.id, ctx.stage, ctx.exec_id)
-            self._opened = True
+        conn = ctx.runtime.conn
         lease_key = keys.lease(ctx.job.id, ctx.stage)
         with conn.pipeline() as pipe:
             while True:

@@ -28,9 +28,11 @@ TEXT = (
 
 
 def _both_running(first: str, second: str):  # type: ignore[no-untyped-def]
+    """Both stages running, and the second one has drawn on the first one's pieces."""
     def pred(job: dict) -> bool:
         stages = job["stages"]
-        return all(stages.get(s, {}).get("status") == "running" for s in (first, second))
+        return all(stages.get(s, {}).get("status") == "running" for s in (first, second)) \
+            and stages[second].get("progress", 0) > 0
     return pred
 
 
