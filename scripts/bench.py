@@ -343,8 +343,10 @@ def run_watched_job(stack: Stack, avatar_id: str, text: str) -> dict:
 
 
 def piece_handoffs_ms(audit_log: Path) -> list[float]:
-    """Per piece: its publish (the producer's audit "piece" line) to the downstream stage
-    reading it ("piece-read"), in ms, for every piece a consumer read after its publish."""
+    """Per piece: from the moment it could be read to the downstream stage reading it
+    ("piece-read"), in ms. Pieces are read in order, so piece n can be read once it and every
+    piece before it are announced (the producer's audit "piece" lines): a chunk drawn before
+    the one ahead of it waits for that one, which is drawing time, not hand-off."""
     published: dict[tuple[str, str, int], float] = {}
     reads: list[dict] = []
     for line in audit_log.read_text().splitlines():
@@ -356,9 +358,11 @@ def piece_handoffs_ms(audit_log: Path) -> list[float]:
     out = []
     for r in reads:
         for n in range(r["first"], r["last"] + 1):
-            t = published.get((r["job"], r["upstream"], n))
-            if t is not None and r["t"] >= t:
-                out.append(1000 * (r["t"] - t))
+            times = [published.get((r["job"], r["upstream"], i)) for i in range(n + 1)]
+            if all(t is not None for t in times):
+                ready = max(t for t in times if t is not None)
+                if r["t"] >= ready:
+                    out.append(1000 * (r["t"] - ready))
     return out
 
 
