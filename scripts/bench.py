@@ -262,9 +262,11 @@ def job_rows(data_dir: Path, results: list[dict]) -> tuple[list[dict], dict]:
                  for k in ("speech_s", "wall_s", "rtf")}
     med["stage_s"] = {s: round(statistics.median(row["stage_s"][s] for row in rows), 3)
                       for s in STAGES}
-    handoffs = sorted(h for row in rows for h in row["handoff_ms"])
-    med["handoff_ms_p50"] = handoffs[len(handoffs) // 2]
-    med["handoff_ms_max"] = handoffs[-1]
+    # a stage that started before the one before it finished (overlapping stages) has no
+    # stage-to-stage hand-off; its pieces' hand-offs are in the overlap report
+    handoffs = sorted(h for row in rows for h in row["handoff_ms"] if h >= 0)
+    med["handoff_ms_p50"] = handoffs[len(handoffs) // 2] if handoffs else None
+    med["handoff_ms_max"] = handoffs[-1] if handoffs else None
     return rows, med
 
 
