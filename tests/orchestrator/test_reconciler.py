@@ -108,3 +108,22 @@ def test_a_pass_over_a_backlog_costs_little(store: JobStore) -> None:
     assert reconciler.reconcile_once() == 0
     one_pass = time.thread_time() - t0
     assert one_pass < per_record / 3, (one_pass, per_record)
+
+
+def test_a_stage_running_early_whose_worker_died_runs_again(store: JobStore) -> None:
+    """Overlapping stages: visual runs beside audio, each under its own lease. A pass leaves
+    both alone while their leases live, and requeues the one whose lease is gone."""
+    rec = _job(store)
+    store.start_stage(rec.id, "audio", 1, "exec-a", "w-a")
+    assert store.open_next(rec.id, "audio", "exec-a")
+    store.start_stage(rec.id, "visual", 1, "exec-v", "w-v")
+    for stage, exec_id in (("audio", "exec-a"), ("visual", "exec-v")):  # live heartbeats
+        store.conn.set(keys.lease(rec.id, stage), exec_id, px=60_000)
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S)
+    assert reconciler.reconcile_once() == 0
+    store.conn.delete(keys.lease(rec.id, "visual"))  # the visual worker died
+    assert reconciler.reconcile_once() == 1
+    after = store.get(rec.id)
+    assert after is not None and after.stage == "audio" and after.stage_state == "running"
+    assert (after.stages["visual"].status, after.stages["visual"].attempts) == ("queued", 2)
+    assert store.conn.lindex("rq:queue:visual", 0) == keys.rq_job_id(rec.id, "visual", 2).encode()

@@ -490,3 +490,91 @@ def _finished(store: JobStore, end: str) -> JobRecord:
     done = _get(store, rec.id)
     assert done.status == end
     return done
+
+
+# ---- overlapping stages (a stage opened early, beside its upstream) ----------------------
+
+def _overlapping(store: JobStore) -> JobRecord:
+    """A job whose audio stage runs (exec-a) and has opened and started visual (exec-v)."""
+    rec = _new(store)
+    store.start_stage(rec.id, "audio", 1, "exec-a", "w-a")
+    assert store.open_next(rec.id, "audio", "exec-a")
+    assert store.start_stage(rec.id, "visual", 1, "exec-v", "w-v") is not None
+    return _get(store, rec.id)
+
+
+def test_open_next_enqueues_the_next_stage_once_fenced_by_the_lease(store: JobStore,
+                                                                    conn: redis.Redis) -> None:
+    rec = _new(store)
+    store.start_stage(rec.id, "audio", 1, "exec-a", "w")
+    assert not store.open_next(rec.id, "audio", "exec-other")  # not the lease holder
+    assert store.open_next(rec.id, "audio", "exec-a")
+    assert not store.open_next(rec.id, "audio", "exec-a")  # open already
+    after = _get(store, rec.id)
+    assert (after.stage, after.stages["visual"].status, after.stages["visual"].attempts) == (
+        "audio", "queued", 1)
+    assert after.early("visual") and after.attempt_of("visual") == 1
+    assert _queue(conn, "visual") == [keys.rq_job_id(rec.id, "visual", 1)]
+    assert store.lease_holder(rec.id, "audio") == "exec-a"  # held, not released
+
+
+def test_an_early_stage_holds_its_own_lease_beside_its_upstream(store: JobStore) -> None:
+    rec = _overlapping(store)
+    assert rec.stage == "audio" and rec.stage_state == "running"
+    assert rec.stages["visual"].status == "running"
+    assert store.lease_holder(rec.id, "audio") == "exec-a"
+    assert store.lease_holder(rec.id, "visual") == "exec-v"
+    assert store.start_stage(rec.id, "visual", 1, "exec-twin", "w") is None  # leased
+    assert store.start_stage(rec.id, "compose", 1, "exec-c", "w") is None  # not opened
+
+
+def test_completing_the_upstream_hands_the_job_to_the_running_early_stage(
+        store: JobStore, conn: redis.Redis) -> None:
+    rec = _overlapping(store)
+    with pytest.raises(LeaseLost):  # an early stage finishes only after its upstream
+        store.complete_stage(rec.id, "visual", "exec-v", engine="e", skipped=False)
+    after = store.complete_stage(rec.id, "audio", "exec-a", engine="piper", skipped=False)
+    assert _state(after) == ("running", "visual", "running", 1)
+    assert _queue(conn, "visual") == [keys.rq_job_id(rec.id, "visual", 1)]  # not enqueued again
+    done = store.complete_stage(rec.id, "visual", "exec-v", engine="e", skipped=False)
+    assert done.stage == "compose" and _queue(conn, "compose") == [
+        keys.rq_job_id(rec.id, "compose", 1)]
+
+
+def test_an_early_stage_that_fails_runs_again_once_its_upstream_is_done(
+        store: JobStore, conn: redis.Redis) -> None:
+    rec = _overlapping(store)
+    store.fail_stage(rec.id, "visual", "exec-v", "boom", permanent=False)
+    waiting = _get(store, rec.id)
+    assert waiting.status == "running" and waiting.stages["visual"].status == "pending"
+    assert store.lease_holder(rec.id, "visual") is None
+    after = store.complete_stage(rec.id, "audio", "exec-a", engine="piper", skipped=False)
+    assert _state(after) == ("running", "visual", "queued", 2)
+    assert keys.rq_job_id(rec.id, "visual", 2) in _queue(conn, "visual")
+
+
+def test_an_early_stage_that_fails_for_good_fails_the_job(store: JobStore) -> None:
+    rec = _overlapping(store)
+    failed = store.fail_stage(rec.id, "visual", "exec-v", "the portrait is gone",
+                              permanent=True)
+    assert failed is not None and failed.status == "failed"
+    assert failed.error == "the portrait is gone"
+
+
+def test_an_early_stage_whose_worker_died_is_requeued_first_in_line(
+        store: JobStore, conn: redis.Redis) -> None:
+    rec = _overlapping(store)
+    assert store.requeue(rec.id, "visual", 1, "worker gone") is None  # its lease is alive
+    conn.delete(keys.lease(rec.id, "visual"))
+    after = store.requeue(rec.id, "visual", 1, "worker gone")
+    assert after is not None and after.stage == "audio" and after.attempt == 1
+    assert (after.stages["visual"].status, after.stages["visual"].attempts) == ("queued", 2)
+    assert _queue(conn, "visual")[0] == keys.rq_job_id(rec.id, "visual", 2)
+
+
+def test_cancel_stops_every_stage_that_runs(store: JobStore) -> None:
+    rec = _overlapping(store)
+    after = store.cancel(rec.id)
+    assert after is not None and after.status == "canceled"
+    assert {s: i.status for s, i in after.stages.items()} == {
+        "audio": "canceled", "visual": "canceled"}
