@@ -21,7 +21,8 @@ SADTALKER_DIR = "sadtalker"  # the SadTalker installation (or a link to it)
 class EngineSpec:
     """One engine: `live` if live sessions may use it; `thread_safe` if its frames may be drawn
     from several threads at once (the visual stage then renders chunks in lanes);
-    `needs_whole_input` if it must have all its input before it starts."""
+    `needs_whole_input` if it must have all its input before it starts; `streams` if it
+    hands over its output in pieces as it goes."""
 
     name: str
     kind: Kind
@@ -32,6 +33,8 @@ class EngineSpec:
     # it needs the whole of its input before it starts (wav2lip's and sadtalker's audio
     # features see the whole clip): with overlapping stages it waits for its upstream to finish
     needs_whole_input: bool = False
+    # it hands over its output in pieces as it goes (piper, sentence by sentence)
+    streams: bool = False
 
     def missing(self, models_dir: Path) -> list[str]:
         """The required files absent under `models_dir`, as paths relative to it."""
@@ -39,7 +42,7 @@ class EngineSpec:
 
 
 CATALOG: tuple[EngineSpec, ...] = (
-    EngineSpec("piper", "audio", live=True),
+    EngineSpec("piper", "audio", live=True, streams=True),
     EngineSpec("xtts", "audio",  # speakers_xtts.pth is optional
                tuple(f"{XTTS_DIR}/{f}" for f in ("config.json", "model.pth", "vocab.json")),
                needs_voice_sample=True),
@@ -49,7 +52,7 @@ CATALOG: tuple[EngineSpec, ...] = (
     EngineSpec("piper-low", "audio"),
     EngineSpec("piper-high", "audio"),
     EngineSpec("piper-female", "audio"),
-    EngineSpec("portrait", "visual", live=True, thread_safe=True),
+    EngineSpec("portrait", "visual", live=True, thread_safe=True, streams=True),
     EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",), needs_whole_input=True),
     # what SadTalker's `inference.py --preprocess full --size 256 --still` reads
     EngineSpec("sadtalker", "visual", tuple(f"{SADTALKER_DIR}/{f}" for f in (

@@ -7,14 +7,16 @@ match its data is not published. Pieces stay until the job ends, so a resumed ex
 stage picks up where the last published piece left off: the producer keeps what is published
 and makes the rest; the consumer reads them again from the first.
 
-With PIPELINE_OVERLAP, a producer opens its next stage as it starts (`JobStore.open_next`), so
-the consumer is up and waiting when the first piece lands. After each piece the producer rings
-a doorbell, `XADD ja:pieces:<job>:<stage>`, in a transaction fenced by its lease (an execution
-that lost its lease announces nothing). A reader
-blocks on that stream for at most `POLL_S` and then looks at the files, so a piece is picked up
-within milliseconds of its publish, and one published by an execution that crashed before its
-doorbell is still found. The reader's pieces end when the producing stage is done in the job
-record and every piece its final manifest counts has been read.
+With PIPELINE_OVERLAP, a producer whose first piece comes within moments opens its next stage as
+it starts (`JobStore.open_next`), so the consumer is up and waiting when the first piece lands;
+a slow one (a voice that speaks the whole text before it has a piece) opens it on its first
+piece, so no worker waits idle behind it. After each piece the producer rings a doorbell, `XADD
+ja:pieces:<job>:<stage>`, in a transaction fenced by its lease (an execution that lost its lease
+announces nothing). A reader blocks on that stream for at most `POLL_S` and then looks at the
+files, so a piece is picked up within milliseconds of its publish, and one published by an
+execution that crashed before its doorbell is still found. The reader's pieces end when the
+producing stage is done in the job record and every piece its final manifest counts has been
+read.
 """
 
 from __future__ import annotations
@@ -97,15 +99,24 @@ def pieces_gone(job_dir: Path, stage: str, prefix: str, suffix: str) -> bool:
 class PieceWriter:
     """The producing side, for one stage execution: announce pieces, open the next stage."""
 
-    def __init__(self, ctx: StageContext, prefix: str, suffix: str) -> None:
+    def __init__(self, ctx: StageContext, prefix: str, suffix: str, *,
+                 soon: bool = True) -> None:
+        """`soon`: the first piece comes within moments (a voice that speaks sentence by
+        sentence), so the next stage is opened now and waits for it; otherwise it is opened
+        on the first piece, and no worker waits idle behind a slow producer."""
         self.ctx, self.prefix, self.suffix = ctx, prefix, suffix
         self.folder = pieces_dir(ctx.job_dir, ctx.stage)
         self.folder.mkdir(parents=True, exist_ok=True)
-        if ctx.settings.pipeline_overlap:  # the next stage starts now, and waits for the
-            ctx.runtime.store.open_next(ctx.job.id, ctx.stage, ctx.exec_id)  # first piece
+        self._opened = not ctx.settings.pipeline_overlap
+        if not self._opened and soon:
+            self._open_next()
         for stale in self.folder.glob(f".{prefix}_*"):  # temp files of executions gone since
             if ctx.exec_id not in stale.name:
                 stale.unlink(missing_ok=True)
+
+    def _open_next(self) -> None:
+        self.ctx.runtime.store.open_next(self.ctx.job.id, self.ctx.stage, self.ctx.exec_id)
+        self._opened = True
 
     def existing(self, n: int) -> Piece | None:
         """Piece `n` if an earlier execution published it (a resumed stage keeps it)."""
@@ -126,6 +137,8 @@ class PieceWriter:
     def announce(self, n: int) -> None:
         ctx = self.ctx
         conn = ctx.runtime.conn
+        if not self._opened:
+            self._open_next()
         lease_key = keys.lease(ctx.job.id, ctx.stage)
         with conn.pipeline() as pipe:
             while True:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.audio.engines import AudioEngine, SpeechRequest
-from shared import spoken_text
+from shared import engine_catalog, spoken_text
 from shared.errors import StageFailed
 from shared.layout import VOICE_SAMPLE
 from shared.pieces import PIECES_INFO, PieceWriter
@@ -58,7 +58,8 @@ def synthesize(ctx: StageContext) -> StageResult:
     text, tags = spoken_text.strip_tags(ctx.job.text)
     if tags:
         logger.info("audio: %d SSML-like tags left unspoken", tags)
-    pieces = SpeechPieces(PieceWriter(ctx, PIECE, ".wav"))
+    pieces = SpeechPieces(PieceWriter(ctx, PIECE, ".wav",
+                                      soon=engine_catalog.spec(name).streams))
     # every voice gets the same request; the ones that follow a voice sample read it (and keep
     # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir,
     # piper hands over each sentence as it is spoken (published at once as a piece)

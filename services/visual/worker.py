@@ -93,7 +93,8 @@ def render(ctx: StageContext) -> StageResult:
     t0 = time.monotonic()
     catalog = engine_catalog.spec(name)
     lanes = (ctx.settings.render_lanes or usable_cpus()) if catalog.thread_safe else 1
-    chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4"), ctx.input_hash, spec.frame,
+    chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4", soon=catalog.streams),
+                        ctx.input_hash, spec.frame,
                         opts.fps, lanes, ctx.check, lambda n: None)
     speech: PieceSource = PieceReader(ctx, "audio", "piece", ".wav")
     if "audio" in ctx.upstream and pieces_gone(ctx.job_dir, "audio", "piece", ".wav"):
