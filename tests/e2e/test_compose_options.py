@@ -83,7 +83,7 @@ def test_result_is_a_valid_mp4_at_minus_16_lufs(client, composed, tmp_path) -> N
 def test_background_is_green_where_the_mask_says_background(composed) -> None:  # type: ignore[no-untyped-def]
     _, job_dir = composed
     result, video = job_dir / "compose" / "result.mp4", job_dir / "visual" / "video.mp4"
-    index = 5  # before the first caption, so only the background differs
+    index = 2  # 0.08 s: inside the opening silence (0.15 s), before any caption can show
     mask, out, before = (_gray(job_dir / "visual" / "mask.mkv", index), _rgb(result, index),
                          _rgb(video, index))
     background = [i for i in range(0, len(mask), 7) if mask[i] == 0]
