@@ -1,11 +1,35 @@
 """Just enough of the MP4 box format to follow a fragmented stream: which boxes, the timescale of
 each track, and the decode time (`tfdt`) and sample count (`trun`) of each track in a fragment.
-Stdlib only: the live encoder, the relay's tests and the live benchmark all read streams."""
+Stdlib only: the live encoder, the relay's tests and the live benchmark all read streams, and
+the live encoder and the compositor's segments mux into a `ByteSink`."""
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
+
+AAC_PRIMING = 1024  # samples (at the encoder's rate) of encoder delay of ffmpeg's AAC encoder
+
+
+class ByteSink(io.RawIOBase):
+    """Where an in-process muxer (PyAV) writes a fragmented MP4; the bytes are taken out as
+    they come (the live encoder after each frame, the compositor after each chunk)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.buf += b
+        return len(b)
+
+    def take(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ same bytes.
 
 from __future__ import annotations
 
-import io
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,30 +31,10 @@ from shared import mp4
 from shared.errors import StageFailed
 from shared.pieces import Piece
 
-AAC_PRIMING = 1024  # samples (at the encoder's rate) of encoder delay of ffmpeg's AAC encoder
 AUDIO_RATE, AUDIO_BITRATE = 48_000, 128_000  # as the result has always had
 SEGMENT = "seg"  # compose.pieces/seg_<k>.m4s
 INIT = "init.mp4"
 END = "end.json"
-
-
-class _Sink(io.RawIOBase):
-    """What the muxer writes, taken out after each chunk."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.buf += b
-        return len(b)
-
-    def take(self) -> bytes:
-        data = bytes(self.buf)
-        self.buf.clear()
-        return data
 
 
 class SpeechReader:
@@ -105,7 +84,7 @@ class SegmentMuxer:
 
     def __init__(self, fps: int, sample_rate: int) -> None:
         self.fps, self.rate = fps, sample_rate
-        self._sink = _Sink()
+        self._sink = mp4.ByteSink()
         self._out: Any = None
         self._video: Any = None
         self._audio: Any = None
@@ -113,7 +92,7 @@ class SegmentMuxer:
         self._samples = 0  # speech samples fed to the encoder
         # decoders play the encoder's delay (no edit list in fragments): as much speech is left
         # out at the start (the opening silence), so sound and picture stay together
-        self._priming = round(AAC_PRIMING * sample_rate / AUDIO_RATE)
+        self._priming = round(mp4.AAC_PRIMING * sample_rate / AUDIO_RATE)
         self._chunks: list[range] = []
         # (chunk, fragment, its video frames) not yet in a segment
         self._pending: list[tuple[int, bytes, int]] = []

@@ -5,7 +5,6 @@ fragment (starting ffmpeg costs ~0.2 s here)."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -15,27 +14,7 @@ import numpy as np
 from shared import mp4
 
 AUDIO_CODEC = "mp4a.40.2"  # AAC-LC
-AAC_PRIMING = 1024  # samples of encoder delay of ffmpeg's AAC encoder
 ENCODE_PRESET = "superfast"
-
-
-class _Sink(io.RawIOBase):
-    """What the muxer writes, taken out after each frame."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self.buf += b
-        return len(b)
-
-    def take(self) -> bytes:
-        data = bytes(self.buf)
-        self.buf.clear()
-        return data
 
 
 @dataclass(frozen=True)
@@ -70,7 +49,7 @@ class FragmentEncoder:
     def __init__(self, width: int, height: int, fps: int, sample_rate: int, fragment_ms: int,
                  gop_s: float = 2.0) -> None:
         self.fps, self.rate = fps, sample_rate
-        self._sink = _Sink()
+        self._sink = mp4.ByteSink()
         self._out = av.open(self._sink, "w", format="mp4", options={
             "movflags": "empty_moov+default_base_moof", "frag_duration": str(fragment_ms * 1000),
             "flush_packets": "1", "max_interleave_delta": "1", "avoid_negative_ts": "disabled"})
@@ -89,7 +68,7 @@ class FragmentEncoder:
         self._timescale = 1
         # AAC starts with one frame of encoder delay (priming) that a fragmented MP4 has no edit
         # list to hide: the first samples fed are dropped instead, so audio plays with its frame
-        self._priming = AAC_PRIMING
+        self._priming = mp4.AAC_PRIMING
         self._keys: set[int] = set()  # frame numbers of keyframes not yet in a fragment
 
     @property
