@@ -201,8 +201,9 @@ class PiperEngine:
                 n_samples += n
                 timings = self._collect(timings, chunk, n)
                 if request.on_piece is not None:
+                    # the sentence's alignments, just collected (None: no timings)
                     self._hand_over(request, lead + audio, len(lead) // 2,
-                                    chunk if timings is not None else None)
+                                    timings[-1:] if timings is not None else None)
                     lead = b""
                 if progress is not None:
                     progress(min(1.0, (done + 1) / n_sentences))
@@ -235,10 +236,10 @@ class PiperEngine:
         )
         return Speech(self.sample_rate, total, duration, phonemes)
 
-    def _hand_over(self, request: SpeechRequest, pcm: bytes, lead: int, chunk: Any) -> None:
+    def _hand_over(self, request: SpeechRequest, pcm: bytes, lead: int,
+                   sentence: list[tuple[list[tuple[str, int]], int]] | None) -> None:
         """One spoken sentence (after `lead` samples of silence) to the request's piece sink."""
         assert request.on_piece is not None
-        sentence = self._collect([], chunk, len(pcm) // 2 - lead) if chunk is not None else None
         request.on_piece(pcm, self.sample_rate, self._piece_phonemes(sentence, lead))
 
     def _piece_phonemes(self, timings: list[tuple[list[tuple[str, int]], int]] | None,
