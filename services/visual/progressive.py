@@ -287,16 +287,18 @@ class Drawing:
         self._expected = max(self._expected, self.speech.frames(fps))
         if done:
             self.n_frames = known
-        todo = []
+        fresh, kept = [], 0  # chunks to draw; frames of chunks an earlier execution published
         while True:
             frames = self.grid.frames(self.next_chunk, known if done else None)
             if frames.start >= known or (not done and frames.stop > known):
                 break
-            todo.append((self.next_chunk, frames))
+            if self.chunks.valid(self.next_chunk, frames):
+                self.reused += 1
+                kept += len(frames)
+            else:
+                fresh.append((self.next_chunk, frames))
             self.next_chunk += 1
-        fresh = [(k, f) for k, f in todo if not self.chunks.valid(k, f)]
-        self.reused += len(todo) - len(fresh)
-        self._advance(sum(len(f) for k, f in todo if (k, f) not in fresh))
+        self._advance(kept)
         if not fresh:
             return None
         animation = self._prepare()
