@@ -12,7 +12,7 @@ from services.audio.engines import AudioEngine, SpeechRequest
 from shared import engine_catalog, spoken_text
 from shared.errors import StageFailed
 from shared.layout import VOICE_SAMPLE
-from shared.pieces import PIECES_INFO, PieceWriter
+from shared.pieces import PIECES_INFO, Piece, PieceWriter
 from shared.pipeline import PHONEMES, SPEECH
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -95,8 +95,13 @@ class SpeechPieces:
 
     def __init__(self, writer: PieceWriter) -> None:
         self.writer = writer
-        self.count = self.reused = 0
+        self.pieces: list[Piece] = []  # published (by this execution or an earlier one)
+        self.reused = 0
         self.start = 0  # sample where the next piece starts
+
+    @property
+    def count(self) -> int:
+        return len(self.pieces)
 
     def add(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None) -> None:
         n = self.count
@@ -114,7 +119,7 @@ class SpeechPieces:
                 "start_sample": self.start, "n_samples": len(pcm) // 2, "sample_rate": rate,
                 "phonemes": phonemes})
         self.start += int(old.meta["n_samples"])
-        self.count += 1
+        self.pieces.append(old)
 
     def add_wav(self, path: Path, phonemes: list[dict[str, Any]] | None) -> None:
         with wave.open(str(path), "rb") as wav:
@@ -128,15 +133,16 @@ class SpeechPieces:
         with atomic_writer(out, "wb") as fh, wave.open(fh, "wb") as wav:
             wav.setnchannels(1)
             wav.setsampwidth(2)
-            for n in range(self.count):
-                piece = self.writer.existing(n)
-                if piece is None:
-                    raise StageFailed(f"speech piece {n} vanished from {self.writer.folder}")
-                with wave.open(str(piece.path), "rb") as part:
-                    if n == 0:
-                        rate = part.getframerate()
-                        wav.setframerate(rate)
-                    wav.writeframes(part.readframes(part.getnframes()))
+            for n, piece in enumerate(self.pieces):
+                try:
+                    with wave.open(str(piece.path), "rb") as part:
+                        if n == 0:
+                            rate = part.getframerate()
+                            wav.setframerate(rate)
+                        wav.writeframes(part.readframes(part.getnframes()))
+                except (OSError, EOFError, wave.Error) as exc:
+                    raise StageFailed(f"speech piece {n} vanished from {self.writer.folder}: "
+                                      f"{exc}") from exc
                 offset = total / rate
                 total += int(piece.meta["n_samples"])
                 if timeline is not None and piece.meta.get("phonemes") is not None:

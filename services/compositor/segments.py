@@ -18,7 +18,6 @@ same bytes.
 from __future__ import annotations
 
 import wave
-from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from shared import mp4
 from shared.errors import StageFailed
-from shared.pieces import Piece
+from shared.pieces import Piece, read_piece
 
 AUDIO_RATE, AUDIO_BITRATE = 48_000, 128_000  # as the result has always had
 SEGMENT = "seg"  # compose.pieces/seg_<k>.m4s
@@ -38,36 +37,52 @@ END = "end.json"
 
 
 class SpeechReader:
-    """Samples of the speech from its published pieces, read as the segments need them."""
+    """Samples of the speech from its published pieces (`audio.pieces/`), read as the segments
+    need them; pieces are looked for only past the ones already known."""
 
-    def __init__(self, pieces: Callable[[], list[Piece]]) -> None:
-        self._pieces = pieces  # the speech pieces published so far, in order
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self._known: list[Piece] = []
-        self.rate = 0
+
+    def refresh(self) -> None:
+        while (piece := read_piece(self.folder, "audio", "piece", ".wav", len(self._known),
+                                   verify=False)) is not None:
+            self._known.append(piece)
+
+    @property
+    def rate(self) -> int:
+        if not self._known:
+            self.refresh()
+        if not self._known:
+            raise StageFailed("the visual stage published video before any speech")
+        return int(self._known[0].meta["sample_rate"])
+
+    @property
+    def end(self) -> int:
+        """The samples of speech published so far."""
+        if not self._known:
+            return 0
+        last = self._known[-1].meta
+        return int(last["start_sample"]) + int(last["n_samples"])
 
     def samples(self, start: int, stop: int) -> np.ndarray:
         """int16 samples [start, stop), zeros past the end of the speech."""
         out = np.zeros(max(0, stop - start), dtype=np.int16)
         if stop <= start:
             return out
-        if not self._known or self._end() < stop:
-            self._known = self._pieces()
+        if self.end < stop:
+            self.refresh()
         for piece in self._known:
             a = int(piece.meta["start_sample"])
             b = a + int(piece.meta["n_samples"])
             if b <= start or a >= stop:
                 continue
             with wave.open(str(piece.path), "rb") as wav:
-                self.rate = wav.getframerate()
                 lo, hi = max(a, start), min(b, stop)
                 wav.setpos(lo - a)
                 data = np.frombuffer(wav.readframes(hi - lo), dtype="<i2")
             out[lo - start:lo - start + len(data)] = data
         return out
-
-    def _end(self) -> int:
-        last = self._known[-1].meta
-        return int(last["start_sample"]) + int(last["n_samples"])
 
 
 @dataclass

@@ -33,13 +33,11 @@ from shared.ffmpeg import MediaInfo, ffmpeg, probe, verify_result
 from shared.models import JobOptions
 from shared.pieces import (
     PIECES_INFO,
-    Piece,
     PieceReader,
     PieceWriter,
     piece_paths,
     pieces_dir,
     pieces_gone,
-    read_piece,
 )
 from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO
 from shared.settings import Settings
@@ -106,8 +104,7 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
     """Publish the segments as the chunks come: (segments, segments an earlier execution
     had published already)."""
     opts = ctx.job.options
-    speech_dir = pieces_dir(ctx.job_dir, "audio")
-    speech = SpeechReader(lambda: _published(speech_dir))
+    speech = SpeechReader(pieces_dir(ctx.job_dir, "audio"))
     muxer: SegmentMuxer | None = None
     init = writer.folder / INIT
     count = reused = 0
@@ -131,13 +128,15 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
 
     for chunk in PieceReader(ctx, "visual", CHUNK, ".mp4"):
         frames = range(int(chunk.meta["start"]), int(chunk.meta["stop"]))
-        rate = speech.rate or _rate(speech_dir)
+        rate = speech.rate
         if muxer is None:
             muxer = SegmentMuxer(opts.fps, rate)
         pcm = speech.samples(round(frames.start * rate / opts.fps),
                              round(frames.stop * rate / opts.fps))
         publish(muxer.add(chunk.path, frames, pcm))
-        ctx.progress(0.9 * frames.stop / max(frames.stop, _expected_frames(ctx)))
+        # the clip's frames as far as the speech published so far tells
+        expected = round(speech.end / rate * opts.fps)
+        ctx.progress(0.9 * frames.stop / max(frames.stop, expected, 1))
     if muxer is None:
         raise StageFailed("the visual stage published no video")
     publish(muxer.close())
@@ -145,32 +144,6 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
         atomic_write_json(writer.folder / END, {"segments": count})
         writer.announce(count)  # the watch stream's end
     return count, reused
-
-
-def _published(folder: Path) -> list[Piece]:
-    """The speech pieces published so far, in order."""
-    out: list[Piece] = []
-    while (piece := read_piece(folder, "audio", "piece", ".wav", len(out),
-                               verify=False)) is not None:
-        out.append(piece)
-    return out
-
-
-def _rate(speech_dir: Path) -> int:
-    first = _published(speech_dir)
-    if not first:
-        raise StageFailed("the visual stage published video before any speech")
-    return int(first[0].meta["sample_rate"])
-
-
-def _expected_frames(ctx: StageContext) -> int:
-    """The clip's frames as far as the speech published so far tells (for progress)."""
-    pieces = _published(pieces_dir(ctx.job_dir, "audio"))
-    if not pieces:
-        return 1
-    last = pieces[-1].meta
-    samples = int(last["start_sample"]) + int(last["n_samples"])
-    return max(1, round(samples / int(last["sample_rate"]) * ctx.job.options.fps))
 
 
 def compose_whole(ctx: StageContext) -> StageResult:
