@@ -56,23 +56,13 @@ def _is_entry_id(text: str) -> bool:
     return True
 
 
-def overall_progress(stage: str, value: float) -> float:
-    """The whole job's progress while `stage` is at `value` (earlier stages are done)."""
-    done = 0.0
-    for name, spec in pipeline.STAGES.items():
-        if name == stage:
-            return round(min(done + spec.weight * value, 0.999), 4)
-        done += spec.weight
-    return 0.0
-
-
 def entry_payload(fields: dict[Any, Any]) -> dict[str, Any]:
-    """A stream entry as the JSON the client gets, with overall progress in every event."""
+    """A stream entry as the JSON the client gets; `_render` puts the overall progress of
+    the job into a progress entry (it needs what the stream has shown before it)."""
     raw = {keys.text(k): keys.text(v) for k, v in fields.items()}
     if raw.get("type") == "progress":
-        value = float(raw.get("value", 0.0))
-        return {"type": "progress", "stage": raw.get("stage", ""), "value": value,
-                "progress": overall_progress(raw.get("stage", ""), value)}
+        return {"type": "progress", "stage": raw.get("stage", ""),
+                "value": float(raw.get("value", 0.0))}
     return {"type": "state", "status": raw.get("status", ""), "stage": raw.get("stage", ""),
             "stage_state": raw.get("stage_state", ""), "attempt": int(raw.get("attempt") or 1),
             "progress": float(raw.get("progress") or 0.0), "error": raw.get("error") or None}
