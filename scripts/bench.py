@@ -61,15 +61,20 @@ def peak_rss_mb(pid: int) -> float:
 def run_job(client: httpx.Client, avatar_id: str, text: str) -> dict:
     t0 = time.monotonic()
     job_id = client.post("/v1/jobs", json={"avatar_id": avatar_id, "text": text}).json()["id"]
+    job = await_success(client, job_id)
+    return {"id": job_id, "wall": time.monotonic() - t0, "record": job}
+
+
+def await_success(client: httpx.Client, job_id: str) -> dict:
+    """The job's record once it has ended; the bench stops if it did not succeed."""
     while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        job: dict = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "canceled"):
             break
         time.sleep(0.02)
-    wall = time.monotonic() - t0
     if job["status"] != "succeeded":
         raise SystemExit(f"bench job {job_id} {job['status']}: {job['error']}")
-    return {"id": job_id, "wall": wall, "record": job}
+    return job
 
 
 async def _submit_loop(host: str, port: int, request: bytes, count: int,
@@ -328,15 +333,9 @@ def run_watched_job(stack: Stack, avatar_id: str, text: str) -> dict:
     seen: dict = {}
     watcher = threading.Thread(target=watch_first_segment, args=(stack.api_url, job_id, t0, seen))
     watcher.start()
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            break
-        time.sleep(0.02)
+    job = await_success(client, job_id)
     wall = time.monotonic() - t0
     watcher.join(timeout=30)
-    if job["status"] != "succeeded":
-        raise SystemExit(f"bench job {job_id} {job['status']}: {job['error']}")
     # CPU the cluster spent on it (workers, their ffmpeg children, the API, Redis): half of it
     # is the least wall time two cores can do it in
     cpu = sum(cpu_seconds(pid) for pid in workers.values()) - cpu0
