@@ -42,6 +42,26 @@ fmp4, conn, data_dir, api = (stream_tests.fmp4, stream_tests.conn, stream_tests.
                              stream_tests.api)  # fixtures, used under these names
 
 
+def _publish_result(job, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    """compose/result.mp4 and its manifest, as the compose stage leaves them."""
+    job.result(data)
+    write_manifest(job.layout.stage_dir(job.id, "compose"),
+                   {"stage": "compose", "job_id": job.id, "engine": "ffmpeg",
+                    "engine_version": "1", "input_hash": "h", "execution_id": "e"},
+                   ["result.mp4"])
+
+
+def _watching(pw, api, job_id: str, problems: list[str]):  # type: ignore[no-untyped-def]
+    """Chromium on the page, following the job `job_id`; page errors go to `problems`."""
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 1100})
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+    page.goto(f"{api.url}/")
+    page.evaluate(f"watch('{job_id}')")
+    return browser, page
+
+
 def test_page_plays_a_job_while_it_renders(api, conn: redis.Redis, data_dir: Path,  # type: ignore[no-untyped-def]
                                            fmp4: tuple[bytes, list[bytes], int],
                                            tmp_path: Path) -> None:
@@ -60,24 +80,15 @@ def test_page_plays_a_job_while_it_renders(api, conn: redis.Redis, data_dir: Pat
             job.segment(n, data)
             time.sleep(0.5)
         job.end(len(segments))
-        folder = job.layout.stage_dir(job.id, "compose")
-        job.result(init + b"".join(segments))
-        write_manifest(folder, {"stage": "compose", "job_id": job.id, "engine": "ffmpeg",
-                                "engine_version": "1", "input_hash": "h", "execution_id": "e"},
-                       ["result.mp4"])
+        _publish_result(job, init + b"".join(segments))
         job.set("succeeded")
         published.set()
 
     problems: list[str] = []
     writer = threading.Thread(target=compose)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser, page = _watching(pw, api, job.id, problems)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1100})
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
-            page.goto(f"{api.url}/")
-            page.evaluate(f"watch('{job.id}')")
             writer.start()
             page.wait_for_function("window.jayavatarWatch.state.segments >= 1", timeout=15_000)
             assert len(job.written) < len(segments), "the page started only after the end"
@@ -130,23 +141,14 @@ def test_page_leaves_a_plain_result_to_the_result_player(  # type: ignore[no-unt
 
     def compose() -> None:
         time.sleep(1.0)
-        job.result(result.read_bytes())
-        write_manifest(job.layout.stage_dir(job.id, "compose"),
-                       {"stage": "compose", "job_id": job.id, "engine": "ffmpeg",
-                        "engine_version": "1", "input_hash": "h", "execution_id": "e"},
-                       ["result.mp4"])
+        _publish_result(job, result.read_bytes())
         job.set("succeeded")
 
     problems: list[str] = []
     writer = threading.Thread(target=compose)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser, page = _watching(pw, api, job.id, problems)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1100})
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
-            page.goto(f"{api.url}/")
-            page.evaluate(f"watch('{job.id}')")
             writer.start()
             page.wait_for_function("document.getElementById('player').readyState >= 2 && "
                                    "!document.getElementById('player').hidden", timeout=20_000)
