@@ -73,6 +73,13 @@ def test_stages_overlap_and_the_job_plays_before_it_ends(client, avatar_id, clus
         (job_dir / "visual" / "manifest.json").read_text())["info"]["chunks"]
 
 
+def _kill_and_replace(cluster, stage: str) -> None:  # type: ignore[no-untyped-def]
+    victim = cluster.worker(stage)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    cluster.start_worker(stage)
+
+
 def _frames(path: Path) -> int:
     out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
                           "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0",
@@ -85,10 +92,7 @@ def test_visual_killed_while_the_speech_is_still_spoken_resumes(client, avatar_i
     job_id = submit(client, avatar_id, TEXT)
     seen = wait_job(client, job_id, timeout=120, pred=_both_running("audio", "visual"))
     assert seen["status"] == "running" and seen["stage"] == "audio", seen
-    victim = cluster.worker("visual")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    cluster.start_worker("visual")
+    _kill_and_replace(cluster, "visual")
     job = wait_job(client, job_id, timeout=180)
     assert job["status"] == "succeeded", job
     assert job["stages"]["visual"]["attempts"] == 2  # the reconciler ran it again
@@ -100,10 +104,7 @@ def test_audio_killed_while_visual_draws_keeps_its_published_sentences(client, a
                                                                        cluster) -> None:
     job_id = submit(client, avatar_id, TEXT + " " + TEXT)
     wait_job(client, job_id, timeout=120, pred=_both_running("audio", "visual"))
-    victim = cluster.worker("audio")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    cluster.start_worker("audio")
+    _kill_and_replace(cluster, "audio")
     job = wait_job(client, job_id, timeout=180)
     assert job["status"] == "succeeded", job
     assert job["stages"]["audio"]["attempts"] == 2
