@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-import wave
 from typing import Any
-
-import numpy as np
 
 from services.visual import avatar as avatar_analysis
 from services.visual.chunks import usable_cpus
@@ -52,18 +49,6 @@ def _engine(name: str, settings: Settings) -> VisualEngine:
 def run(job_id: str, stage: str = "visual", attempt: int = 1) -> str:
     """rq entry point (enqueued by dotted name)."""
     return execute(current_runtime("visual"), job_id, stage, attempt, render)
-
-
-def read_wav(path: Any) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as wav:
-        if wav.getsampwidth() != 2:
-            raise StageFailed(f"speech.wav must be 16-bit PCM, found {8 * wav.getsampwidth()}-bit")
-        rate, channels = wav.getframerate(), wav.getnchannels()
-        data = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    if channels == 1:  # float32 throughout: long clips hold no float64 copies of the speech
-        return data.astype(np.float32) / np.float32(32768.0), rate
-    audio = data.reshape(-1, channels).astype(np.float32).mean(axis=1) / np.float32(32768.0)
-    return audio, rate
 
 
 def render(ctx: StageContext) -> StageResult:

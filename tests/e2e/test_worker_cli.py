@@ -36,7 +36,7 @@ def test_each_stage_runs_only_its_own_entry_points(redis_server) -> None:  # typ
     (the visual one also avatar analysis) and refuses every other stage's and any other name."""
     conn = redis.Redis.from_url(redis_server.url.replace("/0", "/7"))
     names = [*(s.work.entry_point for s in STAGES.values()), AVATAR_ANALYSIS.entry_point,
-             "os.makedirs", "services.visual.worker.read_wav"]
+             "os.makedirs", "services.visual.worker.render"]  # a handler, not an entry point
     runs = {stage: sorted(n for n in names
                           if refusal(Job.create(n, connection=conn, serializer=JSONSerializer),
                                      spec.entry_points) is None)
