@@ -126,8 +126,10 @@ def test_phoneme_timings_cover_the_audio_at_the_samples_rate(
     pauses = [p for p in phonemes if p["phoneme"] in ("_", ".", ",") and
               p["end"] - p["start"] > 0.05]
     assert len(pauses) >= 4  # start, the full stop, the comma, the end
+    # most of each pause is silent (Piper now and then starts the next word's breath inside
+    # one, up to -31 dB in 1 run of 40, so its loudest frame says less than its median)
     for p in pauses:
-        assert _loudest(level, p) < -35, p
+        assert _median(level, p) < -45, p
     loud = [_loudest(level, p) > -40 for p in spoken if p["end"] - p["start"] > 0.06]
     assert np.mean(loud) > 0.85  # stop closures are quiet
     # slower than joe by the rate (Piper draws its durations with some noise: a few per cent)
@@ -149,6 +151,12 @@ def _loudest(level: np.ndarray, phoneme: dict) -> float:
     """The loudest 10 ms frame in the middle half of a phoneme's span."""
     a, b = phoneme["start"] * 100, phoneme["end"] * 100
     return float(level[int(a + (b - a) / 4): int(b - (b - a) / 4) + 1].max())
+
+
+def _median(level: np.ndarray, phoneme: dict) -> float:
+    """The median level of the 10 ms frames in the middle half of a phoneme's span."""
+    a, b = phoneme["start"] * 100, phoneme["end"] * 100
+    return float(np.median(level[int(a + (b - a) / 4): int(b - (b - a) / 4) + 1]))
 
 
 def _speech_span(path: Path) -> tuple[float, float]:
