@@ -327,7 +327,7 @@ def run_watched_job(stack: Stack, avatar_id: str, text: str) -> dict:
     """One job, timed from its submission to the first playable segment and to the result."""
     client = stack.client  # type: ignore[attr-defined]
     workers = {n: p.pid for n, p in stack.procs.items() if not n.startswith("live")}
-    cpu0 = sum(cpu_seconds(pid) for pid in workers.values())
+    cpu0 = {name: cpu_seconds(pid) for name, pid in workers.items()}
     t0 = time.monotonic()
     job_id = client.post("/v1/jobs", json={"avatar_id": avatar_id, "text": text}).json()["id"]
     seen: dict = {}
@@ -338,9 +338,9 @@ def run_watched_job(stack: Stack, avatar_id: str, text: str) -> dict:
     watcher.join(timeout=30)
     # CPU the cluster spent on it (workers, their ffmpeg children, the API, Redis): half of it
     # is the least wall time two cores can do it in
-    cpu = sum(cpu_seconds(pid) for pid in workers.values()) - cpu0
-    return {"id": job_id, "wall": wall, "record": job, "cpu_s": cpu,
-            "first_segment_s": seen.get("first_segment_s")}
+    by_process = {name: cpu_seconds(pid) - cpu0[name] for name, pid in workers.items()}
+    return {"id": job_id, "wall": wall, "record": job, "cpu_s": sum(by_process.values()),
+            "cpu_s_by_process": by_process, "first_segment_s": seen.get("first_segment_s")}
 
 
 def piece_handoffs_ms(audit_log: Path) -> list[float]:
@@ -412,6 +412,9 @@ def overlap_compare(args: argparse.Namespace) -> dict:
             rows, med = job_rows(stacks[mode].data_dir, res)
             med["cpu_s"] = round(statistics.median(r["cpu_s"] for r in res), 2)
             med["cpu_floor_s"] = round(med["cpu_s"] / (os.cpu_count() or 1), 2)
+            med["cpu_s_by_process"] = {
+                name: round(statistics.median(r["cpu_s_by_process"][name] for r in res), 2)
+                for name in res[0]["cpu_s_by_process"]}
             firsts = [r["first_segment_s"] for r in res if r["first_segment_s"] is not None]
             med["first_segment_s_p50"] = round(statistics.median(firsts), 3) if firsts else None
             med["first_segment_s"] = [round(f, 3) for f in firsts]

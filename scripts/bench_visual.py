@@ -105,6 +105,12 @@ def _setup(size: int, seconds: float):
     return anim, time.perf_counter() - t0
 
 
+def _cpu_s() -> float:
+    me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                   resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
     """One measurement, in this (fresh) process: prepare + render_chunks + concat + probe, as
     the visual worker runs them."""
@@ -119,6 +125,7 @@ def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
     anim, t_prepare = _setup(size, seconds)
     source = _Timed(anim)
     with tempfile.TemporaryDirectory() as tmp:
+        cpu0 = _cpu_s()
         t0 = time.perf_counter()
         segments, _ = chunks.render_chunks(
             source, chunks.ChunkPlan.for_lanes(anim.n_frames, Settings().chunk_frames, lanes),
@@ -129,6 +136,7 @@ def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
         concat(segments, Path(tmp) / "video.mp4")
         assert probe(Path(tmp) / "video.mp4").n_frames == anim.n_frames
         t_total = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
     sampler.stop()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     n = anim.n_frames
@@ -140,6 +148,7 @@ def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
         "draw_s": round(source.seconds, 2), "draw_fps": round(n / source.seconds, 1),
         "other_s": round(t_chunks - source.seconds, 2),  # pipe writes blocked on x264, fsync, ...
         "ffmpeg_cpu_s": round(children.ru_utime + children.ru_stime, 2),
+        "render_encode_cpu_s": round(cpu, 2),  # this process and its ffmpeg children
         "rss_start_mb": round(rss_before, 1), "rss_peak_mb": round(sampler.peak_mb, 1),
         "python_hwm_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "ffmpeg_peak_mb": round(children.ru_maxrss / 1024, 1),

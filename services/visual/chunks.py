@@ -27,7 +27,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from shared.ffmpeg import FrameWriter
+from services.visual.encode import ChunkEncoder
 from shared.storage import atomic_write_json, read_json, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def valid_chunk(chunk_dir: Path, k: int, input_hash: str, frames: range) -> bool
         return False
 
 
-def _publish(writer: FrameWriter, tmp: Path, video: Path, meta_path: Path, input_hash: str,
+def _publish(writer: ChunkEncoder, tmp: Path, video: Path, meta_path: Path, input_hash: str,
              frames: range) -> None:
     """Wait for one chunk's encoder, then make the chunk durable: fsync, rename, manifest last."""
     writer.close()
@@ -164,9 +164,8 @@ class _ChunkRender:
         frames = self.plan.frames(k)
         video, meta_path = _paths(self.chunk_dir, k)
         tmp = self.chunk_dir / f".chunk_{k:05d}.{self.tag}.mp4"
-        writer = FrameWriter(tmp, *self.size, self.fps, gop=self.plan.chunk_frames,
-                             preset=self.preset, input_pix_fmt="yuv420p",
-                             threads=self.x264_threads)
+        writer = ChunkEncoder(tmp, *self.size, self.fps, gop=self.plan.chunk_frames,
+                              preset=self.preset, threads=self.x264_threads)
         unreported = 0  # frames drawn since the last progress report
         try:
             for i in frames:
@@ -192,8 +191,8 @@ def render_chunks(source: FrameSource, plan: ChunkPlan, chunk_dir: Path, *, inpu
                   lanes: int = 1) -> tuple[list[Path], int]:
     """Render every missing chunk; returns the segments in order and how many were reused.
 
-    Frames go to x264 as I420 (converted here, ~0.1 ms at 512 px): half the pipe traffic of
-    RGB, and no colour conversion inside ffmpeg. With `lanes` > 1, `source.frame` is called
+    Frames go to x264 in-process as I420 (converted here, ~0.1 ms at 512 px; see
+    services/visual/encode.py). With `lanes` > 1, `source.frame` is called
     from that many threads at once (it must be a pure function of the frame index). The first
     failure of any lane stops the others; every chunk already published stays for the rerun.
     """

@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 
 from services.visual.chunks import ENCODE_PRESET, usable_cpus
+from services.visual.encode import ChunkEncoder
 from services.visual.engines.base import Animation, RenderSpec, VisualEngine
 from shared.errors import StageFailed
-from shared.ffmpeg import FrameWriter
 from shared.pieces import POLL_S, Piece, PieceWriter
 from shared.pipeline import PHONEMES, SPEECH
 
@@ -156,8 +156,8 @@ class ChunkLanes:
             return
         tmp = self.writer.folder / f".{CHUNK}_{k:05d}.{self.writer.ctx.exec_id}.mp4"
         threads = None if self.lanes == 1 else max(1, usable_cpus() // self.lanes)
-        out = FrameWriter(tmp, *self.size, self.fps, gop=len(frames), preset=ENCODE_PRESET,
-                          input_pix_fmt="yuv420p", threads=threads)
+        out = ChunkEncoder(tmp, *self.size, self.fps, gop=len(frames), preset=ENCODE_PRESET,
+                           threads=threads)
         try:
             unreported = 0
             for i in frames:
