@@ -66,12 +66,20 @@ def run_job(client: httpx.Client, avatar_id: str, text: str) -> dict:
 
 
 def await_success(client: httpx.Client, job_id: str) -> dict:
-    """The job's record once it has ended; the bench stops if it did not succeed."""
+    """The job's record once it has ended; the bench stops if it did not succeed. Waits on the
+    job's event stream, which the API ends when the job does, as a user's client would (polling
+    GET every 20 ms cost the cluster ~0.8 CPU-s per 10 s job, on the cores the job runs on)."""
+    try:
+        with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=600) as resp:
+            for _ in resp.iter_lines():
+                pass
+    except httpx.HTTPError as exc:
+        log(f"event stream of {job_id}: {exc}; polling")
     while True:
         job: dict = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "canceled"):
             break
-        time.sleep(0.02)
+        time.sleep(0.2)
     if job["status"] != "succeeded":
         raise SystemExit(f"bench job {job_id} {job['status']}: {job['error']}")
     return job

@@ -54,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"jayavatar-worker: {exc}\n")
         return 2
     configure_logging(settings.log_level)
-    nice = max(0, settings.worker_nice - spec.priority) if settings.worker_nice else 0
-    if nice:  # accepting work never waits behind rendering (WORKER_NICE); when stages overlap,
-        os.nice(nice)  # the ones others wait on go first (StageSpec.priority)
+    # accepting work never waits behind rendering. Every stage takes the same nice: with the
+    # upstream stages first (audio at nice 0 on one Piper thread, visual at 10), overlapping
+    # stages left a core idle while the drawing waited for speech; at one nice, with Piper on
+    # every core, the wall time against sequential stages went 1.11x -> 1.02x on a 10 s text
+    # and 0.97x -> 0.89x on 60 s (`bench.py --overlap`, per turn in docs/overlap.md)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     try:
         module = importlib.import_module(spec.module)
     except ImportError as exc:

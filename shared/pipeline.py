@@ -48,9 +48,6 @@ class StageSpec:
     # It publishes its output in pieces as it goes (jobs/<id>/<name>.pieces/, shared/pieces.py)
     # and, with PIPELINE_OVERLAP, opens its next stage on the first one.
     pieces: bool = False
-    # How much sooner than WORKER_NICE its workers get the CPU when stages overlap (they run at
-    # nice WORKER_NICE - priority, at least 0): the stages others wait on go first.
-    priority: int = 0
 
     @property
     def streamed(self) -> bool:
@@ -84,7 +81,6 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
         output=SPEECH, optional_outputs=(PHONEMES,),
         scratch="audio.sentences",  # per-sentence checkpoints of cloned voices
         pieces=True,  # speech, sentence by sentence
-        priority=10,  # the visual stage draws only as far as the speech goes
     ),
     StageSpec(
         name="visual", work=Work("visual", "services.visual.worker.run"),
@@ -98,7 +94,6 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
         upstream=("audio", "visual"), next_stage=None, venv="compositor", weight=0.10,
         output=RESULT, optional_outputs=(CAPTIONS,),
         pieces=True,  # playable segments, served while the job renders (GET .../stream)
-        priority=5,  # little work, and a watcher waits for each segment
     ),
 )}
 FIRST_STAGE = next(iter(STAGES))

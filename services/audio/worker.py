@@ -36,12 +36,12 @@ def _engine(name: str, settings: Settings) -> AudioEngine:
 
         engine = get_engine(name)(settings.models_dir)
         # threads that sleep between operators, not spin: on 2 cores, 60 s of speech takes
-        # 2.3 s and 4.3 CPU-seconds on two instead of 3.0 s and ~6. Beside a visual stage
-        # drawing on the same cores (overlapping stages) one: 4.2 s and 4.2 CPU-seconds, and
-        # the drawing of the first sentences is not held up behind the speech of later ones.
+        # 2.3 s and 4.3 CPU-seconds on two instead of 3.0 s and ~6. One per core with
+        # overlapping stages too, the visual stage at the same nice (services/worker_cli.py):
+        # on one thread the drawing waited for the speech with a core idle
         sleeping = getattr(engine, "sleeping_threads", None)
         if callable(sleeping):
-            sleeping(1 if settings.pipeline_overlap else (os.cpu_count() or 1))
+            sleeping(os.cpu_count() or 1)
         _engines[name] = engine
     return _engines[name]
 
