@@ -382,6 +382,57 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)
 
 
+def run_backlog(stack: Stack, avatar_id: str, text: str, n: int) -> float:
+    """Seconds from submitting `n` jobs at once to the last one's end: how fast a queue drains
+    (a stage opened early holds its worker while it waits for its upstream's pieces)."""
+    client = stack.client  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    ids = [client.post("/v1/jobs", json={"avatar_id": avatar_id, "text": text}).json()["id"]
+           for _ in range(n)]
+    for job_id in ids:
+        await_success(client, job_id)
+    return time.monotonic() - t0
+
+
+def _mode_summary(mode: str, stack: Stack, by_text: dict[str, list[dict]]) -> dict:
+    """One mode's figures: piece hand-offs, and per text the medians of its jobs."""
+    handoffs = piece_handoffs_ms(stack.data_dir / "audit.log")
+    out: dict = {"piece_handoff_ms": {"n": len(handoffs), "p50": _pct(handoffs, 0.5),
+                                      "p99": _pct(handoffs, 0.99), "max": _pct(handoffs, 1.0)}}
+    for label, res in by_text.items():
+        rows, med = job_rows(stack.data_dir, res)
+        med["cpu_s"] = round(statistics.median(r["cpu_s"] for r in res), 2)
+        med["cpu_floor_s"] = round(med["cpu_s"] / (os.cpu_count() or 1), 2)
+        med["cpu_s_by_process"] = {
+            name: round(statistics.median(r["cpu_s_by_process"][name] for r in res), 2)
+            for name in res[0]["cpu_s_by_process"]}
+        firsts = [r["first_segment_s"] for r in res if r["first_segment_s"] is not None]
+        med["first_segment_s_p50"] = round(statistics.median(firsts), 3) if firsts else None
+        med["first_segment_s"] = [round(f, 3) for f in firsts]
+        out[label] = {"jobs": rows, "median": med}
+        log(f"{mode} {label}: {json.dumps(med)}")
+    return out
+
+
+def _compare(results: dict[str, dict[str, list[dict]]], backlog: dict[str, list[float]],
+             backlog_jobs: int) -> dict:
+    """Overlap against sequential: the wall-time ratios, per text and per turn; the backlog."""
+    out: dict = {}
+    if backlog["overlap"]:
+        out["backlog"] = {
+            "jobs": backlog_jobs, "text_s": "10s",
+            **{f"{mode}_s": [round(t, 2) for t in times] for mode, times in backlog.items()},
+            "ratio_per_turn": [round(o / q, 3) for o, q in
+                               zip(backlog["overlap"], backlog["sequential"], strict=True)]}
+    for label in results["overlap"]:
+        walls = {mode: [r["wall"] for r in results[mode][label]] for mode in results}
+        out[f"wall_ratio_{label}"] = round(statistics.median(walls["overlap"])
+                                           / statistics.median(walls["sequential"]), 3)
+        out[f"wall_ratio_{label}_per_turn"] = [
+            round(o / q, 3) for o, q in zip(walls["overlap"], walls["sequential"], strict=True)]
+    return out
+
+
 def overlap_compare(args: argparse.Namespace) -> dict:
     """The same 10 s and 60 s jobs with overlapping stages and with sequential stages
     (PIPELINE_OVERLAP=false), on two clusters of this tree, in turns."""
@@ -390,6 +441,7 @@ def overlap_compare(args: argparse.Namespace) -> dict:
     texts = {"10s": args.text, "60s": TEXT_60S}
     results: dict[str, dict[str, list[dict]]] = {m: {t: [] for t in texts} for m in modes}
     rss: dict[str, dict[str, dict[str, float]]] = {m: {} for m in modes}
+    backlog: dict[str, list[float]] = {m: [] for m in modes}
     try:
         for i, (mode, flag) in enumerate(modes.items()):
             data_dir = Path(tempfile.mkdtemp(prefix=f"jayavatar-bench-{mode}-"))
@@ -407,34 +459,18 @@ def overlap_compare(args: argparse.Namespace) -> dict:
             for mode, st in stacks.items():  # peak RSS so far: after the 10 s, after the 60 s
                 rss[mode][label] = {name: round(peak_rss_mb(p.pid), 1)
                                     for name, p in st.procs.items()}
+        for turn in range(args.backlog_turns):  # a queue of jobs, not one at a time
+            for mode in sorted(modes, reverse=turn % 2 == 1):
+                st = stacks[mode]
+                backlog[mode].append(run_backlog(st, st.avatar_id,  # type: ignore[attr-defined]
+                                                 args.text, args.backlog))
     finally:
         for st in stacks.values():
             st.stop()
     summary: dict = {"modes": modes, "peak_rss_mb": rss}
     for mode, by_text in results.items():
-        handoffs = piece_handoffs_ms(stacks[mode].data_dir / "audit.log")
-        summary[mode] = {"piece_handoff_ms": {"n": len(handoffs), "p50": _pct(handoffs, 0.5),
-                                              "p99": _pct(handoffs, 0.99),
-                                              "max": _pct(handoffs, 1.0)}}
-        for label, res in by_text.items():
-            rows, med = job_rows(stacks[mode].data_dir, res)
-            med["cpu_s"] = round(statistics.median(r["cpu_s"] for r in res), 2)
-            med["cpu_floor_s"] = round(med["cpu_s"] / (os.cpu_count() or 1), 2)
-            med["cpu_s_by_process"] = {
-                name: round(statistics.median(r["cpu_s_by_process"][name] for r in res), 2)
-                for name in res[0]["cpu_s_by_process"]}
-            firsts = [r["first_segment_s"] for r in res if r["first_segment_s"] is not None]
-            med["first_segment_s_p50"] = round(statistics.median(firsts), 3) if firsts else None
-            med["first_segment_s"] = [round(f, 3) for f in firsts]
-            summary[mode][label] = {"jobs": rows, "median": med}
-            log(f"{mode} {label}: {json.dumps(med)}")
-    for label in texts:
-        pairs = zip(results["overlap"][label], results["sequential"][label], strict=True)
-        summary[f"wall_ratio_{label}"] = round(
-            summary["overlap"][label]["median"]["wall_s"]
-            / summary["sequential"][label]["median"]["wall_s"], 3)
-        summary[f"wall_ratio_{label}_per_turn"] = [round(o["wall"] / q["wall"], 3)
-                                                  for o, q in pairs]
+        summary[mode] = _mode_summary(mode, stacks[mode], by_text)
+    summary.update(_compare(results, backlog, args.backlog))
     return summary
 
 
@@ -456,6 +492,10 @@ def main() -> int:
     parser.add_argument("--overlap", action="store_true",
                         help="only the timed jobs (10 s and 60 s), with overlapping and with "
                              "sequential stages, in turns: first segment, wall ratio, hand-offs")
+    parser.add_argument("--backlog", type=int, default=6,
+                        help="with --overlap: jobs submitted at once, timed until the last ends")
+    parser.add_argument("--backlog-turns", type=int, default=2,
+                        help="with --overlap: rounds of --backlog jobs per mode (0: none)")
     parser.add_argument("--baseline", metavar="COMMIT",
                         help="only the timed jobs, on this tree and on that commit's cluster, "
                              "in turns (wall-time ratio)")
@@ -470,6 +510,8 @@ def main() -> int:
                 f"{summary[f'wall_ratio_{label}_per_turn']}); first segment p50 "
                 f"{summary['overlap'][label]['median']['first_segment_s_p50']} s vs "
                 f"{summary['sequential'][label]['median']['first_segment_s_p50']} s")
+        if "backlog" in summary:
+            log(f"{args.backlog} 10 s jobs at once, until the last ends: {summary['backlog']}")
         log(f"piece hand-off (overlap): {summary['overlap']['piece_handoff_ms']}")
         log(f"peak RSS (MB): {summary['peak_rss_mb']}")
         return 0
