@@ -4,7 +4,9 @@ For each non-terminal job: a *running* stage without a live lease lost its worke
 stage that is neither in its rq queue nor leased for longer than a lease TTL was taken by a
 worker that died before starting it; a *retry_wait* stage whose backoff is over is due. Each is
 re-enqueued with attempt+1 (`JobStore.requeue`, guarded), and a job past its attempt limit fails
-with the reason. A Redis lock elects one reconciler across orchestrators. The elected one also
+with the reason. For a lease TTL after Redis restarts, a running stage without a lease is left
+to its worker to take back (the lease expired while Redis was down). A Redis lock elects one
+reconciler across orchestrators. The elected one also
 keeps the job listings (shared/listings.py): it indexes old jobs once, and forgets finished jobs
 past JOB_RETENTION_DAYS every PRUNE_EVERY_S.
 """
@@ -33,11 +35,14 @@ BRIEF_FIELDS = ("status", "stage", "stage_state", "attempt", "queued_at", "retry
 
 
 class Reconciler:
-    def __init__(self, store: JobStore, *, every_s: float, lease_ttl_s: float) -> None:
+    def __init__(self, store: JobStore, *, every_s: float, lease_ttl_s: float,
+                 restart_grace_s: float | None = None) -> None:
         self.store = store
         self.conn = store.conn
         self.every_s = every_s
         self.grace_s = lease_ttl_s
+        # how long after Redis starts a running stage without a lease is left to its worker
+        self.restart_grace_s = lease_ttl_s if restart_grace_s is None else restart_grace_s
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,6 +97,10 @@ class Reconciler:
         """
         changed = 0
         queued: dict[str, set[str]] = {}  # rq queue name -> ids waiting in it, read once
+        # Redis restarted within a lease TTL: every lease may have expired while it was down,
+        # though the workers live on and take them back as they reach it again (the heartbeat,
+        # `JobStore.reclaim_lease`). A running stage without a lease is left to them until then.
+        restarted = self._redis_uptime_s() < self.restart_grace_s
         ids = [keys.text(raw_id) for raw_id in self.conn.smembers(keys.ACTIVE_JOBS)]
         for start in range(0, len(ids), BATCH):
             briefs = self._briefs(ids[start:start + BATCH])
@@ -104,11 +113,18 @@ class Reconciler:
             for job_id, brief in briefs:
                 current = next(leased)
                 early = [stage for stage in brief["early"] if not next(leased)]
-                if not current:
+                if not current and not (restarted and brief["stage_state"] == "running"):
                     changed += self._reconcile(job_id, brief, queued)
-                for stage in early:
+                for stage in early if not restarted else ():
                     changed += self._reconcile_early(job_id, stage)
         return changed
+
+    def _redis_uptime_s(self) -> float:
+        """Seconds since Redis started (INFO); infinite where INFO is not allowed."""
+        try:
+            return float(self.conn.info("server").get("uptime_in_seconds", float("inf")))
+        except redis.ResponseError:  # INFO refused by the server's ACL: no grace
+            return float("inf")
 
     def _briefs(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
         """The brief fields of the non-terminal jobs among `ids`; forgets the others."""

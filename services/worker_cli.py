@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     module.warm_up(settings)
     logger.info("worker %s: engine warm in %.2fs", runtime.worker_name, time.monotonic() - t0)
 
-    presence = Presence(runtime.conn, args.stage, lambda: runtime.worker_name)
+    # a client of its own: the runtime's tries a command again while Redis restarts (for the
+    # stages), and a worker told to stop then must not wait on its presence beat
+    presence = Presence(redis.Redis.from_url(settings.redis_url, socket_timeout=30),
+                        args.stage, lambda: runtime.worker_name)
     presence.start()  # /healthz counts this worker while it beats
     try:
         return _work(runtime, spec, args.burst, settings.log_level.upper())

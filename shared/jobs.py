@@ -369,6 +369,38 @@ class JobStore:
         return bool(self._renew(keys=[keys.lease(job_id, stage)],
                                 args=[exec_id, self.lease_ttl_ms]))
 
+    def reclaim_lease(self, job_id: str, stage: str, exec_id: str, attempt: int) -> bool:
+        """Take an expired lease back for the execution that held it: a Redis outage longer
+        than the lease (or a restart) lets every lease expire, though their workers live on.
+        Only while nobody holds the lease and the record still has this attempt running the
+        stage, so not after the reconciler has handed the stage to a new attempt; True if
+        `exec_id` holds the lease now."""
+        job_key, lease_key = keys.job(job_id), keys.lease(job_id, stage)
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key, lease_key)
+                    holder = pipe.get(lease_key)
+                    if holder is not None:
+                        pipe.reset()
+                        return self.renew_lease(job_id, stage, exec_id)
+                    raw = pipe.hgetall(job_key)
+                    try:
+                        rec = JobRecord.from_hash(raw) if raw else None
+                    except (ValueError, TypeError, AttributeError):
+                        rec = None
+                    info = rec.stages.get(stage) if rec is not None else None
+                    if rec is None or rec.terminal or rec.attempt_of(stage) != attempt \
+                            or info is None or info.status != "running":
+                        pipe.reset()
+                        return False
+                    pipe.multi()
+                    pipe.set(lease_key, exec_id, px=self.lease_ttl_ms)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
     # ---- machinery -----------------------------------------------------------------------
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, stage: str, attempt: int,

@@ -127,6 +127,7 @@ class PieceWriter:
         execution no longer owns the stage (the piece is then not announced)."""
         try:
             self.ctx.check()
+            self.ctx.confirm_lease()
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -147,6 +148,8 @@ class PieceWriter:
                     holder = pipe.get(lease_key)
                     if holder is None or keys.text(holder) != ctx.exec_id:
                         pipe.reset()
+                        if holder is None and ctx.hold_lease():  # expired in an outage
+                            continue
                         raise LeaseLost(f"job {ctx.job.id}: {ctx.stage} lease lost before "
                                         f"piece {n} was announced")
                     pipe.multi()
@@ -156,6 +159,10 @@ class PieceWriter:
                     break
                 except redis.WatchError:
                     continue
+                except redis.ConnectionError:  # Redis restarting: the piece is on disk already
+                    pipe.reset()
+                    ctx.check()  # the heartbeat stops the execution past OUTAGE_LEASES
+                    time.sleep(0.2)
         from shared.stage import audit
 
         audit(ctx.runtime, "piece", job=ctx.job.id, stage=ctx.stage, n=n, exec=ctx.exec_id)

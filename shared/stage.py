@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared import keys, pipeline
 from shared.checkpoint import load_manifest, publish, remove_tree, write_manifest
@@ -43,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 DISK_RETRIES = 5  # runs again after a full disk within one execution, before it counts
 DISK_POLL_S = 1.0
+# How many lease TTLs an execution works on with Redis out of reach (a restart) before it stops
+OUTAGE_LEASES = 4
+RETRY_CAP_S = 0.5  # the longest wait between two tries of a command while Redis is out of reach
 
 
 class Outcome(StrEnum):
@@ -74,8 +79,13 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings, stage: str) -> Runtime:
-        conn = redis.Redis.from_url(settings.redis_url, socket_timeout=30,
-                                    health_check_interval=10)
+        # A command that cannot reach Redis (restarting) is tried again for OUTAGE_LEASES lease
+        # TTLs before it fails the execution: the stage picks up where it was when Redis is back
+        retries = int(OUTAGE_LEASES * settings.lease_ttl_s / RETRY_CAP_S) + 1
+        conn = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=30, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=0.05), retries),
+            retry_on_error=[redis.ConnectionError])
         store = JobStore.from_settings(conn, settings)
         name = f"{stage}.{socket.gethostname()}.{os.getpid()}.{int(time.time() * 1000)}"
         return cls(settings, conn, store, name)
@@ -104,6 +114,7 @@ class StageContext:
     _stop: threading.Event = field(default_factory=threading.Event)
     _stop_reason: str = ""
     _last_progress: float = 0.0
+    _lease_ok_at: float = field(default_factory=time.monotonic)  # last renewal that worked
 
     @property
     def job_dir(self) -> Path:
@@ -128,7 +139,11 @@ class StageContext:
         conn = self.runtime.conn
         while len(self.upstream) < len(spec.upstream):
             self.check()
-            raw = conn.hmget(keys.job(self.job.id), ["status", "stages"])
+            try:
+                raw = conn.hmget(keys.job(self.job.id), ["status", "stages"])
+            except redis.ConnectionError:  # Redis restarting: the heartbeat minds how long
+                time.sleep(0.2)
+                continue
             status = json.loads(raw[0]) if raw[0] else None
             if status in ("failed", "canceled"):
                 self.job_ended(status)
@@ -164,6 +179,34 @@ class StageContext:
     def stop(self, reason: str) -> None:
         self._stop_reason = reason
         self._stop.set()
+
+    def confirm_lease(self) -> None:
+        """Before writing into a folder other executions of the stage share (pieces): unless
+        the lease was renewed within half its TTL, renew it now, waiting while Redis is out
+        of reach; raise LeaseLost if the stage belongs to another execution. A worker cut off
+        from Redis works on for a while, but publishes nothing it could not vouch for."""
+        if time.monotonic() - self._lease_ok_at < self.settings.lease_ttl_s / 2:
+            return
+        if not self.hold_lease():
+            self.stop("another execution owns the stage")
+        self.check()
+
+    def hold_lease(self) -> bool:
+        """Renew this execution's lease; if it expired while Redis was out of reach, take it
+        back while the stage is still this attempt's (`JobStore.reclaim_lease`). False: the
+        stage belongs to another execution now."""
+        store = self.runtime.store
+        if store.renew_lease(self.job.id, self.stage, self.exec_id):
+            self._lease_ok_at = time.monotonic()
+            return True
+        if not store.reclaim_lease(self.job.id, self.stage, self.exec_id, self.attempt):
+            return False
+        self._lease_ok_at = time.monotonic()
+        logger.warning("job %s %s#%s: lease expired while Redis was out of reach; taken back "
+                       "(exec %s)", self.job.id, self.stage, self.attempt, self.exec_id)
+        audit(self.runtime, "lease-reclaimed", job=self.job.id, stage=self.stage,
+              attempt=self.attempt, exec=self.exec_id)
+        return True
 
 
 Handler = Callable[[StageContext], StageResult]
@@ -215,14 +258,17 @@ def load_upstream(job_dir: Path, stages: tuple[str, ...]) -> dict[str, tuple[Pat
 
 
 def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
-    """Renew the lease every heartbeat interval; look for a cancel request every second."""
+    """Renew the lease every heartbeat interval; look for a cancel request every second.
+    Redis out of reach (restarting) stops the execution only after OUTAGE_LEASES lease TTLs:
+    the lease may expire meanwhile, and is taken back when Redis returns unless the
+    reconciler gave the stage to a new attempt (it waits a lease TTL after a restart)."""
     rt = ctx.runtime
     ttl, every = rt.settings.lease_ttl_s, rt.settings.heartbeat_interval
     last_ok = next_renew = time.monotonic()
     while not done.wait(min(1.0, every)):
         try:
             if time.monotonic() >= next_renew:
-                if not rt.store.renew_lease(ctx.job.id, ctx.stage, ctx.exec_id):
+                if not ctx.hold_lease():
                     ctx.stop("another execution owns the stage")
                     return
                 last_ok = time.monotonic()
@@ -235,8 +281,8 @@ def _heartbeat(ctx: StageContext, done: threading.Event) -> None:
                 ctx.stop("the job failed in another stage")  # stages may overlap
                 return
         except redis.RedisError as exc:
-            if time.monotonic() - last_ok > ttl:
-                ctx.stop(f"Redis unreachable for longer than the lease ({exc})")
+            if time.monotonic() - last_ok > OUTAGE_LEASES * ttl:
+                ctx.stop(f"Redis unreachable for {OUTAGE_LEASES} lease TTLs ({exc})")
                 return
 
 
@@ -337,7 +383,7 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
         result = _produce(ctx, handler, t0)
         ctx.wait_upstream()
         ctx.check()
-        if not store.renew_lease(job_id, stage, exec_id):  # publish right after a fresh renewal
+        if not ctx.hold_lease():  # publish right after a fresh renewal
             raise LeaseLost(f"job {job_id}: {stage} lease expired before publishing")
         if publish(work_dir, job_dir / stage):
             audit(runtime, "publish", job=job_id, stage=stage, attempt=attempt, exec=exec_id,

@@ -71,7 +71,7 @@ def test_a_pass_reenqueues_only_what_lost_its_worker(store: JobStore) -> None:
     rec_conn.hset(keys.job(damaged.id), "stage_state", "{not json")
     time.sleep(GRACE_S * 2)
 
-    reconciler = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S)
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S, restart_grace_s=0)
     assert reconciler.reconcile_once() == 3
     attempts = {name: store.get(rec.id).attempt  # type: ignore[union-attr]
                 for name, rec in (("waiting", waiting), ("taken", taken), ("crashed", crashed),
@@ -98,7 +98,8 @@ def test_a_pass_over_a_backlog_costs_little(store: JobStore) -> None:
         pipe.hset(keys.job(rec.id), mapping=rec.to_hash())
         pipe.sadd(keys.ACTIVE_JOBS, rec.id)
     pipe.execute()
-    reconciler = Reconciler(store, every_s=1, lease_ttl_s=600)  # all within their grace
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=600,  # all within their grace
+                            restart_grace_s=0)
 
     t0 = time.thread_time()
     for job_id in ids:  # the old pass's minimum work: each whole record, one by one
@@ -119,7 +120,7 @@ def test_a_stage_running_early_whose_worker_died_runs_again(store: JobStore) -> 
     store.start_stage(rec.id, "visual", 1, "exec-v", "w-v")
     for stage, exec_id in (("audio", "exec-a"), ("visual", "exec-v")):  # live heartbeats
         store.conn.set(keys.lease(rec.id, stage), exec_id, px=60_000)
-    reconciler = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S)
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S, restart_grace_s=0)
     assert reconciler.reconcile_once() == 0
     store.conn.delete(keys.lease(rec.id, "visual"))  # the visual worker died
     assert reconciler.reconcile_once() == 1
@@ -127,3 +128,39 @@ def test_a_stage_running_early_whose_worker_died_runs_again(store: JobStore) -> 
     assert after is not None and after.stage == "audio" and after.stage_state == "running"
     assert (after.stages["visual"].status, after.stages["visual"].attempts) == ("queued", 2)
     assert store.conn.lindex("rq:queue:visual", 0) == keys.rq_job_id(rec.id, "visual", 2).encode()
+
+
+def test_after_a_redis_restart_leases_are_left_to_their_workers_for_a_lease_ttl(
+        store: JobStore) -> None:
+    """Every lease expires while Redis is down, though the workers live on: for a lease TTL
+    after Redis starts, a pass leaves running stages without a lease to their workers, which
+    take their leases back (`JobStore.reclaim_lease`); past it, one still unleased is rerun."""
+    store.lease_ttl_ms = 60_000  # leases as long as the test
+    rec = _job(store)
+    store.start_stage(rec.id, "audio", 1, "exec-a", "w-a")
+    assert store.open_next(rec.id, "audio", "exec-a")
+    store.start_stage(rec.id, "visual", 1, "exec-v", "w-v")
+    for stage in ("audio", "visual"):  # expired while Redis was down
+        store.conn.delete(keys.lease(rec.id, stage))
+    uptime = store.conn.info("server")["uptime_in_seconds"]
+    just_restarted = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S,
+                                restart_grace_s=uptime + 600)
+    assert just_restarted.reconcile_once() == 0  # neither stage holds a lease: both left alone
+    assert store.get(rec.id).attempt_of("visual") == 1  # type: ignore[union-attr]
+
+    assert store.reclaim_lease(rec.id, "audio", "exec-a", 1)  # its worker reached Redis again
+    assert store.lease_holder(rec.id, "audio") == "exec-a"
+    assert store.reclaim_lease(rec.id, "audio", "exec-a", 1)  # held: renewed, still True
+    assert not store.reclaim_lease(rec.id, "audio", "exec-x", 1)  # another holds it
+
+    later = Reconciler(store, every_s=1, lease_ttl_s=GRACE_S, restart_grace_s=0)
+    assert later.reconcile_once() == 1  # visual's worker never came back: rerun, attempt 2
+    after = store.get(rec.id)
+    assert after is not None and after.attempt == 1
+    assert (after.stages["visual"].status, after.stages["visual"].attempts) == ("queued", 2)
+    # the execution of attempt 1 turning up now may not take the stage back from attempt 2
+    assert not store.reclaim_lease(rec.id, "visual", "exec-v", 1)
+    assert store.lease_holder(rec.id, "visual") is None
+    store.conn.delete(keys.lease(rec.id, "audio"))
+    store.cancel(rec.id)  # a job that ended gives no lease back
+    assert not store.reclaim_lease(rec.id, "audio", "exec-a", 1)

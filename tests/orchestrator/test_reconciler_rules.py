@@ -66,7 +66,7 @@ def test_a_stage_whose_lease_expired_is_reenqueued_first_with_attempt_plus_one(
     waiting = _job(store)  # another job already in the queue
     rec = _job(store)
     _take(store, rec.id, "audio", 1, "e1")
-    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S)
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S, restart_grace_s=0)
     assert reconciler.reconcile_once() == 0  # the lease is alive: left alone
     assert _get(store, rec.id).attempt == 1
     time.sleep(TTL_S + 0.15)  # the worker died: nobody renews its lease
@@ -83,7 +83,7 @@ def test_a_stage_whose_lease_expired_is_reenqueued_first_with_attempt_plus_one(
 def test_a_live_lease_is_left_alone_however_long_the_stage_runs(store: JobStore) -> None:
     rec = _job(store)
     _take(store, rec.id, "audio", 1, "e1")
-    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S)
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S, restart_grace_s=0)
     t_end = time.monotonic() + 4 * TTL_S
     while time.monotonic() < t_end:  # the heartbeat renews it, the reconciler passes by
         assert store.renew_lease(rec.id, "audio", "e1")
@@ -101,7 +101,7 @@ def test_a_stage_whose_worker_dies_every_time_fails_after_max_attempts(
     if stage == "visual":
         _take(store, rec.id, "audio", 1, "a1")
         store.complete_stage(rec.id, "audio", "a1", engine="piper", skipped=False)
-    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S)
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S, restart_grace_s=0)
     for attempt in (1, 2, 3):
         _take(store, rec.id, stage, attempt, f"e{attempt}")
         time.sleep(TTL_S + 0.15)
@@ -120,8 +120,8 @@ def test_a_stage_whose_worker_dies_every_time_fails_after_max_attempts(
 
 def test_one_reconciler_is_active_and_another_takes_over_when_it_stops(store: JobStore) -> None:
     every = 0.1
-    first = Reconciler(store, every_s=every, lease_ttl_s=TTL_S)
-    second = Reconciler(store, every_s=every, lease_ttl_s=TTL_S)
+    first = Reconciler(store, every_s=every, lease_ttl_s=TTL_S, restart_grace_s=0)
+    second = Reconciler(store, every_s=every, lease_ttl_s=TTL_S, restart_grace_s=0)
     first.start()
     time.sleep(3 * every)
     second.start()
