@@ -177,12 +177,14 @@ def leftover_dirs(data_dir: Path, jobs: list[str]) -> dict[str, list[str]]:
 
 
 def recovery_of(f: Fault, starts: list[Exec], by_id: dict[str, Exec],
-                records: dict[str, dict[str, Any]]) -> float | None:
+                records: dict[str, dict[str, Any]],
+                progress: dict[str, list[float]] | None = None) -> float | None:
     """Seconds from the fault until the work it hit makes progress again.
 
     * A fault that hit running executions: for each one, until another execution of the same
       job+stage starts, the job moves on (a later stage starts, or the job ends), or the
-      execution itself finishes (it survived); the fault's figure is the slowest of them.
+      execution itself shows it survived: its next piece, piece read, lease taken back,
+      publish or end (`progress`: its audit times); the fault's figure is the slowest.
     * A worker killed idle or before pickup: until the next execution of its stage starts.
     * The orchestrator: also until /healthz answers again (`api_back_s` in the fault list),
       and that is its figure when no execution was running.
@@ -196,7 +198,8 @@ def recovery_of(f: Fault, starts: list[Exec], by_id: dict[str, Exec],
             None)
         own = by_id.get(exec_id)
         if own is not None and own.outcome in ("done", "skipped") and own.end:
-            t = own.end if t is None else min(t, own.end)  # it simply went on
+            went_on = next((p for p in (progress or {}).get(exec_id, []) if p > f.t), own.end)
+            t = went_on if t is None else min(t, went_on)  # it simply went on
         if t is None:
             t = records.get(job, {}).get("finished_at") or None
         if t is not None:
@@ -216,13 +219,23 @@ def recovery_of(f: Fault, starts: list[Exec], by_id: dict[str, Exec],
     return round(max(samples), 3) if samples else None
 
 
+PROGRESS_EVENTS = ("piece", "piece-read", "lease-reclaimed", "publish", "end")
+
+
 def recovery_times(faults: list[Fault], execs: list[Exec], by_id: dict[str, Exec],
-                   records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                   records: dict[str, dict[str, Any]],
+                   events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Sets each fault's `recovery_s`; the figures by kind."""
     starts = sorted(execs, key=lambda e: e.start)
+    progress: dict[str, list[float]] = {}
+    for ev in events or []:
+        if ev.get("event") in PROGRESS_EVENTS and ev.get("exec"):
+            progress.setdefault(ev["exec"], []).append(ev["t"])
+    for times in progress.values():
+        times.sort()
     by_kind: dict[str, list[float]] = {}
     for f in faults:
-        f.recovery_s = recovery_of(f, starts, by_id, records)
+        f.recovery_s = recovery_of(f, starts, by_id, records, progress)
         if f.recovery_s is not None:
             by_kind.setdefault(f.kind, []).append(f.recovery_s)
     return {k: {"n": len(v), "p50": pct(v, 0.5), "max": round(max(v), 3)}
@@ -292,7 +305,8 @@ def check(history: History, args: argparse.Namespace, data_dir: Path, orphans: l
     announced = pieces.announcements(history.audit.events, data_dir)
     read = pieces.reads(history.audit.events)
     left = pieces.leftover_pieces(data_dir, statuses, execs, history.faults)
-    recovery = recovery_times(history.faults, execs, history.audit.execs, records)
+    recovery = recovery_times(history.faults, execs, history.audit.execs, records,
+                              history.audit.events)
     rec_values = [f.recovery_s for f in history.faults if f.recovery_s is not None]
     return {
         "ok": (not lost and not dup_publish and not corrupt and len(accepted) > 0
