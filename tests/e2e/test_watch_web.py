@@ -13,6 +13,8 @@ import importlib.util
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -51,24 +53,35 @@ def _publish_result(job, data: bytes) -> None:  # type: ignore[no-untyped-def]
                    ["result.mp4"])
 
 
-def _watching(pw, api, job_id: str, problems: list[str]):  # type: ignore[no-untyped-def]
-    """Chromium on the page, following the job `job_id`; page errors go to `problems`."""
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-    page = browser.new_page(viewport={"width": 1200, "height": 1100})
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
-    page.goto(f"{api.url}/")
-    page.evaluate(f"watch('{job_id}')")
-    return browser, page
+@contextmanager
+def _watching(api, job_id: str, compose: Callable[[], None]):  # type: ignore[no-untyped-def]
+    """Chromium on the page, following the job `job_id`, while `compose` publishes it from a
+    thread; yields the page, and fails the test on any page error."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    writer = threading.Thread(target=compose)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 1100})
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+        page.goto(f"{api.url}/")
+        page.evaluate(f"watch('{job_id}')")
+        try:
+            writer.start()
+            yield page
+        finally:
+            browser.close()
+            writer.join(30)
+    assert not problems, problems
 
 
 def test_page_plays_a_job_while_it_renders(api, conn: redis.Redis, data_dir: Path,  # type: ignore[no-untyped-def]
                                            fmp4: tuple[bytes, list[bytes], int],
                                            tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
     init, segments, _ = fmp4
     job = stream_tests.Job(conn, data_dir)
     published = threading.Event()
@@ -84,43 +97,34 @@ def test_page_plays_a_job_while_it_renders(api, conn: redis.Redis, data_dir: Pat
         job.set("succeeded")
         published.set()
 
-    problems: list[str] = []
-    writer = threading.Thread(target=compose)
-    with sync_playwright() as pw:
-        browser, page = _watching(pw, api, job.id, problems)
-        try:
-            writer.start()
-            page.wait_for_function("window.jayavatarWatch.state.segments >= 1", timeout=15_000)
-            assert len(job.written) < len(segments), "the page started only after the end"
-            state = page.evaluate("""() => { const s = window.jayavatarWatch.state;
-                return {mime: s.mime, first: s.firstAt - s.startedAt, error: s.error}; }""")
-            assert state["mime"].startswith('video/mp4; codecs="avc1.'), state
-            assert state["mime"].endswith(',mp4a.40.2"'), state
-            assert state["error"] is None, state
-            assert page.is_visible("#watch-video") and page.is_hidden("#result")
-            # it plays: frames are presented and the clock moves while later segments arrive
-            page.wait_for_function("window.jayavatarWatch.state.frames > 25", timeout=15_000)
-            page.wait_for_function("document.getElementById('watch-video').currentTime > 1.0",
-                                   timeout=15_000)
-            video = page.evaluate("""() => { const v = document.getElementById('watch-video');
-                return {w: v.videoWidth, h: v.videoHeight, err: v.error && v.error.code}; }""")
-            assert video == {"w": 128, "h": 128, "err": None}, video
-            page.screenshot(path=str(tmp_path / "watching.png"))
-            # the job succeeds (the page learns it from its event stream's recheck); after the
-            # watched video ends, the result player replaces it
-            assert published.wait(30)
-            page.wait_for_function("document.getElementById('job-status').textContent === "
-                                   "'succeeded'", timeout=20_000)
-            page.wait_for_function("!document.getElementById('player').hidden && "
-                                   "document.getElementById('watching').hidden", timeout=20_000)
-            assert page.evaluate("window.jayavatarWatch.state.segments") == len(segments)
-            assert page.get_attribute("#download", "href") == f"/v1/jobs/{job.id}/result"
-            page.wait_for_function("document.getElementById('player').readyState >= 2",
-                                   timeout=15_000)
-        finally:
-            browser.close()
-            writer.join(30)
-    assert not problems, problems
+    with _watching(api, job.id, compose) as page:
+        page.wait_for_function("window.jayavatarWatch.state.segments >= 1", timeout=15_000)
+        assert len(job.written) < len(segments), "the page started only after the end"
+        state = page.evaluate("""() => { const s = window.jayavatarWatch.state;
+            return {mime: s.mime, first: s.firstAt - s.startedAt, error: s.error}; }""")
+        assert state["mime"].startswith('video/mp4; codecs="avc1.'), state
+        assert state["mime"].endswith(',mp4a.40.2"'), state
+        assert state["error"] is None, state
+        assert page.is_visible("#watch-video") and page.is_hidden("#result")
+        # it plays: frames are presented and the clock moves while later segments arrive
+        page.wait_for_function("window.jayavatarWatch.state.frames > 25", timeout=15_000)
+        page.wait_for_function("document.getElementById('watch-video').currentTime > 1.0",
+                               timeout=15_000)
+        video = page.evaluate("""() => { const v = document.getElementById('watch-video');
+            return {w: v.videoWidth, h: v.videoHeight, err: v.error && v.error.code}; }""")
+        assert video == {"w": 128, "h": 128, "err": None}, video
+        page.screenshot(path=str(tmp_path / "watching.png"))
+        # the job succeeds (the page learns it from its event stream's recheck); after the
+        # watched video ends, the result player replaces it
+        assert published.wait(30)
+        page.wait_for_function("document.getElementById('job-status').textContent === "
+                               "'succeeded'", timeout=20_000)
+        page.wait_for_function("!document.getElementById('player').hidden && "
+                               "document.getElementById('watching').hidden", timeout=20_000)
+        assert page.evaluate("window.jayavatarWatch.state.segments") == len(segments)
+        assert page.get_attribute("#download", "href") == f"/v1/jobs/{job.id}/result"
+        page.wait_for_function("document.getElementById('player').readyState >= 2",
+                               timeout=15_000)
 
 
 def test_page_leaves_a_plain_result_to_the_result_player(  # type: ignore[no-untyped-def]
@@ -128,10 +132,6 @@ def test_page_leaves_a_plain_result_to_the_result_player(  # type: ignore[no-unt
     """A job without segments (compose options that need the whole input, or a sequential
     run): its stream is the plain result.mp4, which Media Source cannot take; the page leaves
     it to the result player and shows no watch player."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
     result = tmp_path / "result.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
                     "testsrc=size=128x128:rate=25", "-f", "lavfi", "-i", "sine", "-t", "2",
@@ -144,22 +144,13 @@ def test_page_leaves_a_plain_result_to_the_result_player(  # type: ignore[no-unt
         _publish_result(job, result.read_bytes())
         job.set("succeeded")
 
-    problems: list[str] = []
-    writer = threading.Thread(target=compose)
-    with sync_playwright() as pw:
-        browser, page = _watching(pw, api, job.id, problems)
-        try:
-            writer.start()
-            page.wait_for_function("document.getElementById('player').readyState >= 2 && "
-                                   "!document.getElementById('player').hidden", timeout=20_000)
-            assert page.text_content("#job-status") == "succeeded"
-            assert page.is_hidden("#watching")
-            state = page.evaluate("""() => { const s = window.jayavatarWatch.state;
-                return {segments: s.segments, first: s.firstAt, error: s.error}; }""")
-            assert state == {"segments": 0, "first": None, "error": None}, state
-            duration = page.evaluate("document.getElementById('player').duration")
-            assert 1.9 < duration < 2.2, duration
-        finally:
-            browser.close()
-            writer.join(30)
-    assert not problems, problems
+    with _watching(api, job.id, compose) as page:
+        page.wait_for_function("document.getElementById('player').readyState >= 2 && "
+                               "!document.getElementById('player').hidden", timeout=20_000)
+        assert page.text_content("#job-status") == "succeeded"
+        assert page.is_hidden("#watching")
+        state = page.evaluate("""() => { const s = window.jayavatarWatch.state;
+            return {segments: s.segments, first: s.firstAt, error: s.error}; }""")
+        assert state == {"segments": 0, "first": None, "error": None}, state
+        duration = page.evaluate("document.getElementById('player').duration")
+        assert 1.9 < duration < 2.2, duration
