@@ -381,9 +381,10 @@ class JobStore:
                 try:
                     pipe.watch(job_key, lease_key)
                     holder = pipe.get(lease_key)
-                    if holder is not None:
+                    if holder is not None:  # held: by this execution only if a renewal won
                         pipe.reset()
-                        return self.renew_lease(job_id, stage, exec_id)
+                        return keys.text(holder) == exec_id and \
+                            self.renew_lease(job_id, stage, exec_id)
                     raw = pipe.hgetall(job_key)
                     try:
                         rec = JobRecord.from_hash(raw) if raw else None

@@ -159,10 +159,6 @@ class PieceWriter:
                     break
                 except redis.WatchError:
                     continue
-                except redis.ConnectionError:  # Redis restarting: the piece is on disk already
-                    pipe.reset()
-                    ctx.check()  # the heartbeat stops the execution past OUTAGE_LEASES
-                    time.sleep(0.2)
         from shared.stage import audit
 
         audit(ctx.runtime, "piece", job=ctx.job.id, stage=ctx.stage, n=n, exec=ctx.exec_id)

@@ -139,11 +139,7 @@ class StageContext:
         conn = self.runtime.conn
         while len(self.upstream) < len(spec.upstream):
             self.check()
-            try:
-                raw = conn.hmget(keys.job(self.job.id), ["status", "stages"])
-            except redis.ConnectionError:  # Redis restarting: the heartbeat minds how long
-                time.sleep(0.2)
-                continue
+            raw = conn.hmget(keys.job(self.job.id), ["status", "stages"])
             status = json.loads(raw[0]) if raw[0] else None
             if status in ("failed", "canceled"):
                 self.job_ended(status)
