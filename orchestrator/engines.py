@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.engine_catalog import AUTO_ORDER, RENDERERS, VOICES, EngineSpec, Kind
+from shared.engine_catalog import AUTO_ORDER, RECORDING, RENDERERS, VOICES, EngineSpec, Kind
 from shared.errors import InvalidInput
 from shared.models import AvatarRecord
 
@@ -51,9 +51,21 @@ def _pick(kind: str, table: dict[str, EngineSpec], stage: Kind, requested: str,
     raise InvalidInput(f"no {kind} is usable: {'; '.join(skipped)}", code=f"no_{kind}")
 
 
-def choose(voice: str, renderer: str, models_dir: Path,
-           avatar: AvatarRecord) -> tuple[dict[str, str], list[str]]:
-    """Stage -> engine, plus notes explaining every automatic choice."""
-    audio, n1 = _pick("voice", VOICES, "audio", voice, models_dir, avatar)
+def choose(voice: str, renderer: str, models_dir: Path, avatar: AvatarRecord, *,
+           recording: bool = False) -> tuple[dict[str, str], list[str]]:
+    """Stage -> engine, plus notes explaining every automatic choice. A job from a recording
+    (`recording`) is spoken by the recording itself: no voice applies."""
+    if recording and voice not in ("auto", RECORDING):
+        raise InvalidInput(f"voice {voice!r} speaks text; a job from a recording ('audio') is "
+                           "heard in the recording's own voice: leave 'voice' out",
+                           code="voice_with_audio")
+    if not recording and voice == RECORDING:
+        raise InvalidInput("voice 'recording' plays a recording of speech: upload it with POST "
+                           "/v1/media (kind=speech) and send 'audio': 'media:<id>'",
+                           code="no_recording")
+    if recording:
+        audio, n1 = RECORDING, None
+    else:
+        audio, n1 = _pick("voice", VOICES, "audio", voice, models_dir, avatar)
     visual, n2 = _pick("renderer", RENDERERS, "visual", renderer, models_dir, avatar)
     return {"audio": audio, "visual": visual, "compose": "ffmpeg"}, [n for n in (n1, n2) if n]

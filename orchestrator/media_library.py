@@ -1,9 +1,11 @@
-"""The library of uploaded media for compose options: background images and music tracks.
+"""The library of uploaded media: background images and music tracks for compose options, and
+recordings of speech for jobs to animate.
 
-An upload is checked whole (decodable, sane size or length) and normalised (images to RGB PNG,
-audio to 48 kHz stereo FLAC) in a staging directory, which is renamed to `media/<id>/` with its
-`media.json` only when everything checked out; a rejected upload leaves nothing behind. Those
-files are the whole record (see shared/media_refs.py): no Redis state to lose or rebuild.
+An upload is checked whole (decodable, sane size or length) and normalised (images to RGB
+PNG, music to 48 kHz stereo FLAC, speech to 48 kHz mono FLAC) in a staging directory, which is
+renamed to `media/<id>/` with its `media.json` only when everything checked out; a rejected
+upload leaves nothing behind. Those files are the whole record (see shared/media_refs.py): no
+Redis state to lose or rebuild.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from typing import Any
 from orchestrator.images import ImageDecoder, Picture
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea, discard
-from orchestrator.uploads import Upload, check_file_name, check_music, check_name, read_limited
+from orchestrator.uploads import (
+    Upload,
+    check_file_name,
+    check_music,
+    check_name,
+    check_speech,
+    read_limited,
+    save_limited,
+)
 from shared import media_refs
 from shared.errors import InvalidInput, NotFound
 from shared.layout import MEDIA_RECORD
@@ -27,7 +37,9 @@ from shared.storage import atomic_write_json, publish_dir, sha256_file
 logger = logging.getLogger(__name__)
 
 KINDS = {"image": "a background image (PNG, JPEG, WebP or BMP)",
-         "audio": "a music track (WAV, MP3, FLAC, OGG or M4A)"}
+         "audio": "a music track (WAV, MP3, FLAC, OGG or M4A)",
+         "speech": "a recording of speech (WAV, MP3, FLAC, OGG/Opus or M4A/AAC)"}
+FILES = {"image": "image.png", "audio": "audio.flac", "speech": "speech.flac"}
 LIST_LIMIT = 1000
 
 
@@ -63,18 +75,23 @@ class MediaLibrary:
 
     async def create(self, upload: Upload, kind: str, name: str | None) -> MediaRecord:
         if kind not in KINDS:
-            raise InvalidInput(f"kind {kind[:40]!r} is not known; expected 'image' "
-                               f"({KINDS['image']}) or 'audio' ({KINDS['audio']})",
+            expected = ", ".join(f"'{k}' ({v})" for k, v in KINDS.items())
+            raise InvalidInput(f"kind {kind[:40]!r} is not known; expected one of: {expected}",
                                code="bad_kind")
         name = check_name(name, "media")
         check_file_name(upload, "file")
         run = self.decoder.run
-        data = await run(read_limited, upload, "file", self.settings.max_upload_bytes)
+        data = b""
+        if kind != "speech":  # a recording may be long: streamed to disk below instead
+            data = await run(read_limited, upload, "file", self.settings.max_upload_bytes)
         media_id = uuid.uuid4().hex[:16]
         staging = self.staging.folder(self.layout.media, media_id)
         try:
             picture = (await self.decoder.store(data, "background image", staging / "image.png")
                        if kind == "image" else None)
+            if kind == "speech":
+                await run(save_limited, upload, "file", self.settings.max_speech_upload_bytes,
+                          staging / "original")
             record = await run(self._store, staging, media_id, kind, data, picture,
                                name or upload.filename or None)
             await run(publish_dir, staging, self.layout.media_dir(media_id))
@@ -88,13 +105,16 @@ class MediaLibrary:
                picture: Picture | None, name: str | None) -> MediaRecord:
         """Normalise the checked upload into `staging`, with its media.json written last."""
         fields: dict[str, Any] = {}
+        file = FILES[kind]
+        original = staging / "original"
         if picture is not None:  # already stored by the decoder
-            file = "image.png"
             fields = {"width": picture.width, "height": picture.height}
+        elif kind == "speech":  # already saved
+            seconds, rate = check_speech(original, staging / file, self.settings.max_speech_s)
+            fields = {"duration": round(seconds, 3), "sample_rate": rate}
+            original.unlink()
         else:
-            original = staging / "original"
             original.write_bytes(data)
-            file = "audio.flac"
             fields = {"duration": round(check_music(original, staging / file), 3)}
             original.unlink()
         path = staging / file

@@ -14,7 +14,12 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     avatar_id: str = Field(min_length=1, max_length=64)
-    text: str
+    # What is said: `text` spoken by a voice, or `audio` ("media:<id>" of a recording uploaded
+    # with kind=speech), with `text` then optional: the recording's transcript.
+    text: str = ""
+    audio: str | None = Field(None, max_length=80)
+    language: str = Field("en", max_length=20)  # of the recording: "en" or another code
+    normalize: bool = False  # the recording brought to -16 LUFS (else kept as it is)
     voice: str = "auto"
     renderer: str = "auto"
     fps: int = Field(25, ge=10, le=60)
@@ -31,7 +36,8 @@ class JobCreate(BaseModel):
     captions: Literal["off", "srt", "burn"] = "off"
     crf: int = Field(18, ge=14, le=35)
 
-    @field_validator("avatar_id", "voice", "renderer", "background", "music")
+    @field_validator("avatar_id", "voice", "renderer", "background", "music", "audio",
+                     "language")
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
         """Names and options: printable text on one line (the text itself is checked, with

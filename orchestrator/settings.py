@@ -12,6 +12,9 @@ class OrchestratorSettings(Settings):
     port: int = Field(8000, ge=1, le=65535)
     max_text_chars: int = Field(5000, ge=1)
     max_upload_mb: float = Field(20.0, gt=0)
+    # Recordings of speech for jobs (POST /v1/media kind=speech): larger, as a WAV of minutes is.
+    max_speech_upload_mb: float = Field(120.0, gt=0)
+    max_speech_s: float = Field(600.0, gt=1)
     max_image_side: int = Field(8192, ge=256)
     min_image_side: int = Field(64, ge=16)
     analyze_timeout_s: float = Field(60.0, gt=0)
@@ -36,6 +39,10 @@ class OrchestratorSettings(Settings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_speech_upload_bytes(self) -> int:
+        return int(self.max_speech_upload_mb * 1024 * 1024)
 
     @property
     def max_json_bytes(self) -> int:

@@ -6,18 +6,22 @@ Every rejection raises an `InvalidInput` (or one of its kinds) with a sentence a
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import subprocess
 import unicodedata
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from orchestrator import voice_sample
-from shared.errors import InvalidInput, Malformed, TooLarge, Unsupported
+import numpy as np
+
+from orchestrator import audio_decode, voice_sample
+from shared.errors import InvalidInput, Malformed, TooLarge
 
 MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
 MIN_MUSIC_S, MAX_MUSIC_S = 1.0, 600.0
+MIN_SPEECH_S = 0.3
+SPEECH_RATE = 48000  # a recording is kept at this rate: the result's AAC rate
 _JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners
 _SAFE_NAME = re.compile(r"^[\w\-. ()]{1,200}$")
 
@@ -69,85 +73,107 @@ def read_limited(upload: Upload, field: str, limit: int) -> bytes:
     return data
 
 
+def save_limited(upload: Upload, field: str, limit: int, dest: Path) -> int:
+    """Copy the upload to `dest` a block at a time; its size. TooLarge past `limit` bytes."""
+    size = 0
+    with open(dest, "wb") as out:
+        while block := upload.file.read(1 << 20):
+            size += len(block)
+            if size > limit:
+                raise TooLarge(f"the {field} upload is larger than "
+                               f"{limit // (1024 * 1024)} MB; send a shorter or compressed "
+                               "recording (MP3, OGG/Opus, M4A or FLAC)", code="too_large")
+            out.write(block)
+    if not size:
+        raise InvalidInput(f"the {field} upload is empty", code="empty_file")
+    return size
+
+
 def check_voice_sample(original: Path, out_wav: Path) -> float:
-    """Validate a voice sample with ffprobe and convert it to mono 22.05 kHz WAV; its seconds."""
+    """Validate a voice sample and store it as mono 22.05 kHz WAV; its seconds."""
     accepted = f"a WAV, MP3, FLAC or OGG recording of {MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds"
-    proc = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-         "stream=codec_type:format=duration", "-of", "json", str(original)],
-        capture_output=True, text=True, timeout=30)
+    native = out_wav.with_name(".native.wav")
     try:
-        info = json.loads(proc.stdout or "{}")
-        has_audio = bool(info.get("streams"))
-        duration = float(info.get("format", {}).get("duration", "nan"))
-    except (ValueError, TypeError):
-        has_audio, duration = False, float("nan")
-    if proc.returncode != 0 or not has_audio or duration != duration:
-        raise Unsupported(f"the voice sample could not be read as audio; send {accepted}",
-                          code="not_audio")
-    if not MIN_VOICE_S <= duration <= MAX_VOICE_S:
-        raise InvalidInput(f"the voice sample lasts {duration:.1f} s; send {accepted}",
-                           code="voice_duration")
-    proc = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
-         "-ac", "1", "-ar", "22050", "-c:a", "pcm_s16le",
-         str(out_wav)], capture_output=True, text=True, timeout=120)
+        found = audio_decode.decode(original, native, what="voice sample", accepted=accepted,
+                                    max_s=MAX_VOICE_S, rate=None, channels=1)
+        if found.seconds < MIN_VOICE_S:
+            raise InvalidInput(f"the voice sample lasts {found.seconds:.1f} s; send {accepted}",
+                               code="voice_duration")
+        _convert(native, out_wav, ["-ac", "1", "-ar", "22050", "-c:a", "pcm_s16le"], accepted,
+                 "voice sample")
+        if _peak_db(out_wav) < -45.0:
+            raise InvalidInput("the voice sample is silent; record yourself speaking for "
+                               f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds",
+                               code="silent_audio")
+        voice_sample.check(out_wav, native)  # one person speaking: no music, clipping, 2nd voice
+    finally:
+        native.unlink(missing_ok=True)
+    return found.seconds
+
+
+def _convert(wav: Path, out: Path, args: list[str], accepted: str, what: str) -> None:
+    """Re-encode a WAV this server decoded (so no longer the upload) with ffmpeg `args`."""
+    proc = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-protocol_whitelist",
+                           "file", "-f", "wav", "-i", str(wav), *args, str(out)],
+                          capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise InvalidInput(f"the voice sample could not be decoded; send {accepted}",
-                           code="bad_audio")
-    if _peak_db(out_wav, timeout=60) < -45.0:
-        raise InvalidInput("the voice sample is silent; record yourself speaking for "
-                           f"{MIN_VOICE_S:.0f}-{MAX_VOICE_S:.0f} seconds", code="silent_audio")
-    voice_sample.check(out_wav, original)  # one person speaking: no music, clipping, 2nd voice
-    return duration
+        out.unlink(missing_ok=True)
+        raise InvalidInput(f"the {what} could not be decoded; send {accepted}", code="bad_audio")
 
 
-def _peak_db(path: Path, timeout: float) -> float:
-    """The loudest sample of a decodable audio file in dBFS (ffmpeg volumedetect); -inf when
-    it is silent or the level cannot be read."""
-    level = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(path), "-af", "volumedetect",
-         "-f", "null", "-"], capture_output=True, text=True, timeout=timeout).stderr
-    match = re.search(r"max_volume: (-?[\d.]+|-inf) dB", level)
-    return float(match.group(1)) if match is not None else float("-inf")
-
-
-def _audio_seconds(path: Path) -> float | None:
-    """The duration ffprobe finds for the first audio stream of `path`; None if it finds none."""
-    proc = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-         "stream=codec_type:format=duration", "-of", "json", str(path)],
-        capture_output=True, text=True, timeout=30)
-    try:
-        info = json.loads(proc.stdout or "{}")
-        duration = float(info.get("format", {}).get("duration", "nan"))
-    except (ValueError, TypeError, AttributeError):
-        return None
-    if proc.returncode != 0 or not info.get("streams") or duration != duration:
-        return None
-    return duration
+def _peak_db(wav: Path) -> float:
+    """The loudest sample of a decoded WAV in dBFS; -inf when it is silent."""
+    x, _ = audio_decode.read_pcm(wav)
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    return 20.0 * math.log10(peak) if peak > 0 else float("-inf")
 
 
 def check_music(original: Path, out_flac: Path) -> float:
-    """Validate a music track with ffprobe and store it as 48 kHz stereo FLAC; its seconds.
+    """Validate a music track and store it as 48 kHz stereo FLAC; its seconds.
 
     Decoding it whole here means a job never meets an undecodable or silent track later.
     """
     accepted = (f"a WAV, MP3, FLAC, OGG or M4A track of {MIN_MUSIC_S:.0f}-{MAX_MUSIC_S:.0f} "
                 "seconds (it is looped or cut to the speech)")
-    duration = _audio_seconds(original)
-    if duration is None:
-        raise Unsupported(f"the music could not be read as audio; send {accepted}",
-                          code="not_audio")
-    if not MIN_MUSIC_S <= duration <= MAX_MUSIC_S:
-        raise InvalidInput(f"the music lasts {duration:.1f} s; send {accepted}",
-                           code="music_duration")
-    proc = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
-         "-ac", "2", "-ar", "48000", "-c:a", "flac", str(out_flac)],
-        capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise InvalidInput(f"the music could not be decoded; send {accepted}", code="bad_audio")
-    if _peak_db(out_flac, timeout=120) < -50.0:
-        raise InvalidInput(f"the music is silent; send {accepted}", code="silent_audio")
-    return duration
+    wav = out_flac.with_name(".decoded.wav")
+    try:
+        found = audio_decode.decode(original, wav, what="music", accepted=accepted,
+                                    max_s=MAX_MUSIC_S, rate=48000, channels=2)
+        if found.seconds < MIN_MUSIC_S:
+            raise InvalidInput(f"the music lasts {found.seconds:.1f} s; send {accepted}",
+                               code="music_duration")
+        if _peak_db(wav) < -50.0:
+            raise InvalidInput(f"the music is silent; send {accepted}", code="silent_audio")
+        _convert(wav, out_flac, ["-c:a", "flac"], accepted, "music")
+    finally:
+        wav.unlink(missing_ok=True)
+    return found.seconds
+
+
+def check_speech(original: Path, out_flac: Path, max_s: float) -> tuple[float, int]:
+    """Validate a recording of speech that a job will animate and store it as mono FLAC at
+    SPEECH_RATE; (its seconds, the upload's own sample rate).
+
+    Refused: not audio, silent, under MIN_SPEECH_S or over `max_s`, music or a steady sound
+    rather than speech, clipped. Several voices are fine (an interview, a podcast)."""
+    accepted = ("a recording of speech (WAV, MP3, FLAC, OGG/Opus or M4A/AAC, any sample rate, "
+                f"mono or stereo) of {MIN_SPEECH_S:g}-{max_s:.0f} seconds")
+    native = out_flac.with_name(".native.wav")
+    wav = out_flac.with_name(".decoded.wav")
+    try:
+        found = audio_decode.decode(original, native, what="speech recording",
+                                    accepted=accepted, max_s=max_s, rate=None, channels=1)
+        if found.seconds < MIN_SPEECH_S:
+            raise InvalidInput(f"the speech recording lasts {found.seconds:.2f} s; send "
+                               f"{accepted}", code="speech_duration")
+        _convert(native, wav, ["-ar", str(SPEECH_RATE), "-c:a", "pcm_s16le"], accepted,
+                 "speech recording")
+        if _peak_db(wav) < -50.0:
+            raise InvalidInput(f"the speech recording is silent; send {accepted}",
+                               code="silent_audio")
+        voice_sample.check_speech(wav, native)
+        _convert(wav, out_flac, ["-c:a", "flac"], accepted, "speech recording")
+    finally:
+        native.unlink(missing_ok=True)
+        wav.unlink(missing_ok=True)
+    return found.seconds, found.rate

@@ -16,14 +16,12 @@ instead:
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator import audio_decode
 from shared.errors import InvalidInput
 
 FRAME_S = 0.02  # energy frames
@@ -51,11 +49,7 @@ class Findings:
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """Mono 16-bit WAV samples as floats in [-1, 1], and the sample rate."""
-    with wave.open(str(path), "rb") as wav:
-        rate, channels = wav.getframerate(), wav.getnchannels()
-        raw = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    x = raw.reshape(-1, channels).mean(axis=1) if channels > 1 else raw
-    return x.astype(np.float64) / 32768.0, rate
+    return audio_decode.read_pcm(path)
 
 
 def _frame_energy(x: np.ndarray, hop: int) -> np.ndarray:
@@ -171,22 +165,17 @@ def analyse(wav: Path) -> Findings:
     )
 
 
-def native_clipping(original: Path) -> float:
-    """`clipped_share` of the upload decoded at its own sampling rate: resampling smooths the
-    flat tops away."""
-    with tempfile.TemporaryDirectory() as tmp:
-        native = Path(tmp) / "native.wav"
-        proc = subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(original), "-map", "0:a:0",
-             "-ac", "1", "-c:a", "pcm_s16le", str(native)],
-            capture_output=True, text=True, timeout=120)
-        return clipped_share(read_wav(native)[0]) if proc.returncode == 0 else 0.0
+def native_clipping(native: Path) -> float:
+    """`clipped_share` of the upload decoded at its own sampling rate (`native`, a WAV this
+    server wrote): resampling smooths the flat tops away."""
+    return clipped_share(read_wav(native)[0])
 
 
 def check(wav: Path, original: Path | None = None) -> Findings:
     """Refuse a sample that is not one person speaking (InvalidInput); return the findings.
 
-    `wav` is the sample as the avatar stores it; `original` the upload, checked for clipping."""
+    `wav` is the sample as the avatar stores it; `original` the upload decoded at its own rate,
+    checked for clipping."""
     found = analyse(wav)
     retry = "send 3-30 s of one person speaking, recorded close to the microphone"
     if found.sound_seconds < MIN_SOUND_S:
@@ -219,3 +208,53 @@ def note(wav: Path) -> str:
     return (f"the voice sample holds {pitch}; voice 'auto' reshapes Piper's joe toward it "
             "(piper-match: pitch, formants, pace), or clones it with xtts when the XTTS weights "
             "are installed")
+
+
+SPEECH_BLOCK_S = 10.0  # a long recording is measured this many seconds at a time
+
+
+def check_speech(wav: Path, native: Path) -> None:
+    """Refuse a recording a job would animate if it is not speech (InvalidInput): too little
+    sound, music or a steady sound (no pauses between syllables), clipped. Reads the samples a
+    block at a time, so a ten-minute recording costs a few MB."""
+    rate, _, frames, offset = audio_decode.wav_layout(wav)
+    data = np.memmap(wav, dtype="<i2", mode="r", offset=offset, shape=(frames,))
+    hop, block = round(FRAME_S * rate), round(FRAME_S * rate) * round(SPEECH_BLOCK_S / FRAME_S)
+    energy = np.concatenate([
+        _frame_energy(data[i:i + block].astype(np.float32) / 32768.0, hop)
+        for i in range(0, frames, block)]) if frames else np.zeros(0)
+    loudest = float(energy.max()) if len(energy) else 0.0
+    sound = float((energy > max(loudest * 10 ** -3.5, 10 ** -6.5)).sum()) * FRAME_S
+    retry = "send a recording of someone speaking, without music under it"
+    if sound < min(MIN_SOUND_S, 0.5 * frames / rate):
+        raise InvalidInput(f"the speech recording has only {sound:.1f} s of sound, the rest is "
+                           f"(near) silence; {retry}", code="too_little_speech")
+    quiet = quiet_share(energy, round(1 / FRAME_S))
+    if quiet < MIN_QUIET_SHARE:
+        raise InvalidInput("the speech recording sounds like music or a steady sound, not "
+                           f"speech (it hardly ever pauses: {quiet:.0%} of it is quiet between "
+                           f"sounds, speech has {MIN_QUIET_SHARE:.0%} or more); {retry}",
+                           code="not_speech")
+    clipped = _clipped_blocks(native)
+    if clipped > MAX_CLIPPED:
+        raise InvalidInput(f"the speech recording is clipped ({clipped:.1%} of its samples are "
+                           "cut flat at the loudest level); record it again with the input level "
+                           "lower, or send the unclipped original", code="clipped_audio")
+
+
+def _clipped_blocks(native: Path) -> float:
+    """`clipped_share` of a long WAV, a block at a time (runs cut at block edges are lost)."""
+    rate, channels, frames, offset = audio_decode.wav_layout(native)
+    data = np.memmap(native, dtype="<i2", mode="r", offset=offset, shape=(frames * channels,))
+    block = int(SPEECH_BLOCK_S * rate) * channels
+    peak = max((int(np.abs(data[i:i + block].astype(np.int32)).max())
+                for i in range(0, len(data), block)), default=0)
+    if peak <= 0:
+        return 0.0
+    flat = 0
+    for i in range(0, len(data), block):
+        at_peak = np.abs(data[i:i + block].astype(np.int32)) >= 0.9999 * peak
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], at_peak.astype(np.int8), [0]))))
+        runs = edges[1::2] - edges[::2]
+        flat += int(runs[runs >= 3].sum())
+    return flat / max(1, len(data))

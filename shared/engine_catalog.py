@@ -14,6 +14,7 @@ from typing import Literal
 Kind = Literal["audio", "visual"]  # the stage an engine runs in
 
 XTTS_DIR = "xtts_v2"
+RECORDING = "recording"  # the audio stage of a job from a recording (no voice: the upload's)
 SADTALKER_DIR = "sadtalker"  # the SadTalker installation (or a link to it)
 
 
@@ -52,6 +53,7 @@ CATALOG: tuple[EngineSpec, ...] = (
     EngineSpec("piper-low", "audio"),
     EngineSpec("piper-high", "audio"),
     EngineSpec("piper-female", "audio"),
+    EngineSpec(RECORDING, "audio", streams=True),
     EngineSpec("portrait", "visual", live=True, thread_safe=True, streams=True),
     EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",), needs_whole_input=True),
     # what SadTalker's `inference.py --preprocess full --size 256 --still` reads

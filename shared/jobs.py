@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 from pathlib import Path
@@ -257,11 +257,13 @@ class JobStore:
         return self._transition(job_id, stage, change, lease=("hold", exec_id)) is not None
 
     def complete_stage(self, job_id: str, stage: str, exec_id: str, *, engine: str,
-                       skipped: bool) -> JobRecord:
-        """Publish a finished stage: advance to the next one (or succeed). Fenced by the lease."""
+                       skipped: bool, notes: Sequence[str] = ()) -> JobRecord:
+        """Publish a finished stage: advance to the next one (or succeed), adding the stage's
+        `notes` to the job's. Fenced by the lease."""
         def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
             if rec.terminal or rec.stage != stage:
                 return Verdict.DECLINE
+            rec.notes += [n for n in notes if n not in rec.notes]
             info = rec.stages.setdefault(stage, StageInfo())
             info.status, info.progress, info.engine = "done", 1.0, engine
             info.finished_at, info.skipped = time.time(), skipped

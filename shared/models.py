@@ -17,6 +17,7 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 # Job options that name uploaded media (POST /v1/media) or a colour.
 MEDIA_REF_PATTERN = r"^media:[0-9a-f]{16}$"
 BACKGROUND_PATTERN = r"^(keep|#[0-9a-f]{6}|media:[0-9a-f]{16})$"
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$"  # BCP 47 language (and region), lower case
 
 UNENCODABLE_NOTE = ("the text was stored with characters that are not valid Unicode; they are "
                     "shown as U+FFFD")
@@ -45,6 +46,17 @@ class JobOptions(BaseModel):
     music_volume: float = Field(-10.0, ge=-40.0, le=0.0)
     captions: Literal["off", "srt", "burn"] = "off"
     crf: int = Field(18, ge=14, le=35)
+    # A job from a recording: the speech is the upload "media:<id>" (kind speech), the job's
+    # text its transcript (or empty); `language` ("en", "en-gb", or another language's code:
+    # the mouth then follows the sound alone) and `normalize` (loudness to -16 LUFS).
+    audio: str | None = Field(None, pattern=MEDIA_REF_PATTERN)
+    language: str = Field("en", pattern=LANGUAGE_PATTERN)
+    normalize: bool = False
+
+    @property
+    def english(self) -> bool:
+        """Whether the recording is in a language the phone recogniser covers."""
+        return self.language.split("-")[0] == "en"
 
     def frame_size(self) -> tuple[int, int]:
         """(width, height) in pixels, both even."""
@@ -254,15 +266,17 @@ class AvatarRecord(BaseModel):
 
 
 class MediaRecord(BaseModel):
-    """An uploaded background image or music track, stored in media/<id>/ beside media.json."""
+    """An uploaded background image, music track or recording of speech, stored in media/<id>/
+    beside media.json."""
 
     id: str
-    kind: Literal["image", "audio"]
+    kind: Literal["image", "audio", "speech"]
     name: str | None = None
-    file: str  # file name inside media/<id>/: image.png or audio.flac
+    file: str  # file name inside media/<id>/: image.png, audio.flac or speech.flac
     size: int
     sha256: str
     width: int | None = None  # images
     height: int | None = None
-    duration: float | None = None  # audio, seconds
+    duration: float | None = None  # audio and speech, seconds
+    sample_rate: int | None = None  # speech: the upload's own rate (stored at 48 kHz)
     created_at: float = Field(default_factory=time.time)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 # The stages' published files (in jobs/<id>/<stage>/), named here for the stage that writes
 # each one, the stages that read it and the API that serves the result.
 SPEECH, PHONEMES = "speech.wav", "phonemes.json"  # audio; phonemes when the engine times them
+WORDS = "words.json"  # audio: words recognised in a recording without transcript, for captions
 VIDEO, MASK = "video.mp4", "mask.mkv"  # visual; the person mask when the background is replaced
 RESULT, CAPTIONS = "result.mp4", "captions.srt"  # compose; captions when asked for
 
@@ -78,7 +79,7 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
     StageSpec(
         name="audio", work=Work("audio", "services.audio.worker.run"),
         upstream=(), next_stage="visual", venv="audio", weight=0.15,
-        output=SPEECH, optional_outputs=(PHONEMES,),
+        output=SPEECH, optional_outputs=(PHONEMES, WORDS),
         scratch="audio.sentences",  # per-sentence checkpoints of cloned voices
         pieces=True,  # speech, sentence by sentence
     ),

@@ -97,6 +97,7 @@ class StageResult:
     engine: str
     engine_version: str
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # added to the job's notes when it is done
 
 
 @dataclass
@@ -372,7 +373,9 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
             logger.info("job %s %s#%s: valid checkpoint found, not redone", job_id, stage, attempt)
             ctx.wait_upstream()  # the job moves on to this stage only once they are done
             ctx.check()
-            store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True)
+            note = existing.info.get("note")
+            store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True,
+                                 notes=[note] if isinstance(note, str) else [])
             return Outcome.SKIPPED
         _remove_stale_work_dirs(job_dir, stage, keep=work_dir)
         logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
@@ -384,7 +387,8 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
         if publish(work_dir, job_dir / stage):
             audit(runtime, "publish", job=job_id, stage=stage, attempt=attempt, exec=exec_id,
                   manifest_sha256=sha256_file(job_dir / stage / "manifest.json"))
-        store.complete_stage(job_id, stage, exec_id, engine=result.engine, skipped=False)
+        store.complete_stage(job_id, stage, exec_id, engine=result.engine, skipped=False,
+                             notes=result.notes)
         _remove_stale_work_dirs(job_dir, stage, keep=work_dir)  # a woken twin's leftovers
         logger.info("job %s %s#%s: done in %.2fs", job_id, stage, attempt,
                     time.monotonic() - t0)

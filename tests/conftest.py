@@ -178,6 +178,7 @@ class Cluster:
 CLUSTER_ENV = {
     "LEASE_TTL_S": "3", "RECONCILE_EVERY_S": "0.5", "RETRY_BACKOFF_S": "0.5",
     "CHUNK_FRAMES": "25", "MAX_UPLOAD_MB": "2", "LOG_LEVEL": "INFO",
+    "MAX_SPEECH_S": "60", "MAX_SPEECH_UPLOAD_MB": "8",
 }
 
 

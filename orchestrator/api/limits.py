@@ -5,7 +5,8 @@ it is read (one within it passes untouched: the server delivers no more than dec
 sent without a length (chunked) is counted as it streams and refused as soon as it passes the
 limit, so neither a multipart upload (spooled to a temp file by the form parser)
 nor a JSON body (held in memory) can grow past it. Multipart bodies may carry two files of
-MAX_UPLOAD_MB (a portrait and a voice sample); every other body is JSON, at most MAX_JSON_KB.
+MAX_UPLOAD_MB (a portrait and a voice sample), an upload to /v1/media one recording of speech of
+MAX_SPEECH_UPLOAD_MB; every other body is JSON, at most MAX_JSON_KB.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
-        limit, what = _limit(st.settings, headers.get(b"content-type", b""))
+        limit, what = _limit(st.settings, headers.get(b"content-type", b""), scope["path"])
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -95,9 +96,16 @@ class BodyLimit:
                           f"the request body grew past {_size(limit)} while it was sent; {what}")
 
 
-def _limit(s: OrchestratorSettings, content_type: bytes) -> tuple[int, str]:
+def _limit(s: OrchestratorSettings, content_type: bytes, path: str) -> tuple[int, str]:
     """The most bytes a body of this type may have, and a sentence saying so."""
-    if content_type.lower().startswith(b"multipart/"):
+    multipart = content_type.lower().startswith(b"multipart/")
+    speech = s.max_speech_upload_bytes
+    if multipart and path.rstrip("/") == "/v1/media" and speech > 2 * s.max_upload_bytes:
+        limit = speech + FORM_OVERHEAD
+        return limit, (f"an upload may be at most {_size(limit)} (a recording of speech at most "
+                       f"{s.max_speech_upload_mb:g} MB, other media {s.max_upload_mb:g} MB); "
+                       "send a smaller file")
+    if multipart:
         limit = 2 * s.max_upload_bytes + FORM_OVERHEAD
         return limit, (f"an upload may be at most {_size(limit)} (each file at most "
                        f"{s.max_upload_mb:g} MB); send a smaller file")

@@ -1,4 +1,5 @@
-"""Audio stage: text -> speech.wav (+ phonemes.json when the engine gives timings)."""
+"""Audio stage: text (or a job's recording) -> speech.wav (+ phonemes.json when the engine gives
+timings, + words.json when words were recognised in a recording for its captions)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from services.audio.engines import AudioEngine, SpeechRequest
-from shared import engine_catalog, spoken_text
+from shared import engine_catalog, media_refs, spoken_text
 from shared.errors import StageFailed
 from shared.layout import VOICE_SAMPLE
 from shared.pieces import PIECES_INFO, Piece, PieceWriter
-from shared.pipeline import PHONEMES, SPEECH
+from shared.pipeline import PHONEMES, SPEECH, WORDS
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 from shared.storage import atomic_write_json, atomic_writer
@@ -64,10 +65,16 @@ def synthesize(ctx: StageContext) -> StageResult:
     # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir,
     # piper hands over each sentence as it is spoken (published at once as a piece)
     engine_wav = ctx.work_dir / ".engine.wav"
-    request = SpeechRequest(text, engine_wav, length_scale=1.0 / ctx.job.options.speed,
+    options = ctx.job.options
+    recording = (media_refs.resolve(ctx.settings.layout, options.audio, "speech", "recording")
+                 if options.audio else None)
+    request = SpeechRequest(text, engine_wav, length_scale=1.0 / options.speed,
                             voice_sample=avatar_dir / VOICE_SAMPLE, cache_dir=avatar_dir,
-                            checkpoint_dir=ctx.scratch_dir, on_piece=pieces.add)
+                            checkpoint_dir=ctx.scratch_dir, on_piece=pieces.add,
+                            recording=recording, language=options.language,
+                            normalize=options.normalize, captions=options.captions != "off")
     speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
+    info = dict(speech.info or {})
     ctx.check()
     if pieces.count == 0:  # a voice that reshapes the whole speech: one piece, at the end
         pieces.add_wav(engine_wav, speech.phonemes)
@@ -77,12 +84,17 @@ def synthesize(ctx: StageContext) -> StageResult:
     if phonemes is not None:
         atomic_write_json(ctx.work_dir / PHONEMES, phonemes)
         files.append(PHONEMES)
+    words = info.pop("words", None)
+    if words is not None:  # recognised in a recording, for its captions
+        atomic_write_json(ctx.work_dir / WORDS, words)
+        files.append(WORDS)
+    note = info.get("note")
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
-        **(speech.info or {}),
+        **info,
         "duration": n_samples / rate, "sample_rate": rate, "n_samples": n_samples,
         "phonemes": phonemes is not None, PIECES_INFO: pieces.count,
         "pieces_reused": pieces.reused,
-    })
+    }, notes=[note] if note else [])
 
 
 class SpeechPieces:
@@ -103,7 +115,8 @@ class SpeechPieces:
     def count(self) -> int:
         return len(self.pieces)
 
-    def add(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None) -> None:
+    def add(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None, /,
+            **meta: Any) -> None:
         n = self.count
         old = self.writer.existing(n)
         if old is not None:
@@ -116,8 +129,8 @@ class SpeechPieces:
                 wav.setframerate(rate)
                 wav.writeframes(pcm)
             old = self.writer.publish(n, tmp, {
-                "start_sample": self.start, "n_samples": len(pcm) // 2, "sample_rate": rate,
-                "phonemes": phonemes})
+                **meta, "start_sample": self.start, "n_samples": len(pcm) // 2,
+                "sample_rate": rate, "phonemes": phonemes})
         self.start += int(old.meta["n_samples"])
         self.pieces.append(old)
 

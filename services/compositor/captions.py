@@ -46,6 +46,33 @@ def build_cues(text: str, phonemes: list[dict[str, Any]] | None, duration: float
     return _settle(_merge(pieces, max_line), duration, max_line)
 
 
+WORD_GAP_S = 0.3  # recognised words further apart than this start a new phrase
+
+
+def cues_from_words(words: list[dict[str, Any]], duration: float,
+                    max_line: int = 32) -> list[Cue]:
+    """Timed captions from words recognised in a recording (`[{"word", "start", "end"}]`, no
+    punctuation): a phrase runs until a pause of WORD_GAP_S, then as for a text's clauses."""
+    phrases: list[tuple[float, float, str]] = []
+    for entry in words:
+        try:
+            word, a, b = str(entry["word"]), float(entry["start"]), float(entry["end"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not word.strip() or b <= a:
+            continue
+        if phrases and a - phrases[-1][1] < WORD_GAP_S:
+            start, _, text = phrases[-1]
+            phrases[-1] = (start, b, f"{text} {word}")
+        else:
+            phrases.append((a, b, word))
+    if not phrases or duration <= 0:
+        return []
+    pieces = [p for start, end, phrase in phrases
+              for p in _split_long(max(0.0, start), min(end, duration), phrase, max_line)]
+    return _settle(_merge(pieces, max_line), duration, max_line)
+
+
 def split_clauses(text: str) -> list[str]:
     """The text cut after clause punctuation followed by white space; white space collapsed."""
     flat = " ".join(text.split())

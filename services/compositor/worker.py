@@ -39,7 +39,7 @@ from shared.pieces import (
     pieces_dir,
     pieces_gone,
 )
-from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO
+from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO, WORDS
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 from shared.storage import atomic_write_json, atomic_writer
@@ -201,13 +201,20 @@ def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[s
 
 def write_captions(text: str, audio_dir: Path, duration: float, video: MediaInfo,
                    work_dir: Path) -> tuple[Path, Path]:
-    """captions.srt (published) and captions.ass (for burning in) timed from the phonemes."""
-    phonemes_path = audio_dir / PHONEMES
+    """captions.srt (published) and captions.ass (for burning in) timed from the phonemes; for
+    a recording without transcript, the words recognised in it (words.json)."""
+    phonemes_path, words_path = audio_dir / PHONEMES, audio_dir / WORDS
     phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
     width, height = int(video.width or 0), int(video.height or 0)
-    cues = captions.build_cues(text, phonemes, duration, captions.max_line_for(width, height))
+    max_line = captions.max_line_for(width, height)
+    if text.strip() or not words_path.is_file():
+        cues = captions.build_cues(text, phonemes, duration, max_line)
+    else:
+        cues = captions.cues_from_words(json.loads(words_path.read_text()), duration, max_line)
     if not cues:
-        raise StageFailed("the text gave no captions; expected words to show")
+        raise StageFailed("the text gave no captions; expected words to show"
+                          if text.strip() else "no words were recognised in the recording for "
+                          "its captions; send its transcript as 'text' with the job")
     srt, ass = work_dir / CAPTIONS, work_dir / "captions.ass"
     with atomic_writer(srt, "w") as fh:
         fh.write(captions.to_srt(cues))

@@ -31,6 +31,7 @@ import numpy as np
 from services.visual.chunks import ENCODE_PRESET, usable_cpus
 from services.visual.encode import ChunkEncoder
 from services.visual.engines.base import Animation, RenderSpec, VisualEngine
+from shared.checkpoint import load_manifest
 from shared.errors import StageFailed
 from shared.pieces import POLL_S, Piece, PieceWriter
 from shared.pipeline import PHONEMES, SPEECH
@@ -68,7 +69,9 @@ class ChunkGrid:
 
 
 class SpeechSoFar:
-    """The speech pieces read so far, end to end: samples and phoneme timings."""
+    """The speech pieces read so far, end to end: samples and phoneme timings. A piece of a
+    recording carries `level_gain`, which brings its speech to the level the mouth is tuned
+    for; the samples drawn from are scaled by it (the published speech is not)."""
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
@@ -81,7 +84,8 @@ class SpeechSoFar:
             self.rate = wav.getframerate()
             data = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
         offset = self.samples / self.rate
-        self.parts.append(data.astype(np.float32) / np.float32(32768.0))
+        gain = float(piece.meta.get("level_gain") or 1.0)
+        self.parts.append(data.astype(np.float32) * np.float32(gain / 32768.0))
         self.samples += len(data)
         timings = piece.meta.get("phonemes")
         if self.phonemes is not None and timings is not None:
@@ -213,7 +217,9 @@ class WholeSpeech:
 
     def __init__(self, audio_dir: Path) -> None:
         phonemes = audio_dir / PHONEMES
-        meta = {"phonemes": json.loads(phonemes.read_text()) if phonemes.is_file() else None}
+        manifest = load_manifest(audio_dir, verify=False)
+        meta = {"phonemes": json.loads(phonemes.read_text()) if phonemes.is_file() else None,
+                "level_gain": manifest.info.get("level_gain") if manifest else None}
         self._piece = Piece("audio", 0, audio_dir / SPEECH, meta)
         self.finished = False
 

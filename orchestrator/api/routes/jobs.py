@@ -22,6 +22,8 @@ from shared import keys, spoken_text, textcheck
 from shared.checkpoint import load_manifest
 from shared.errors import Conflict, InvalidInput, Malformed, NotFound
 from shared.models import (
+    LANGUAGE_PATTERN,
+    MEDIA_REF_PATTERN,
     MIN_FACE_PX,
     AvatarRecord,
     JobOptions,
@@ -55,16 +57,23 @@ def create_job(body: JobCreate, request: Request, response: Response,
     if idempotency_key is not None and not _IDEM.match(idempotency_key):
         raise Malformed("the Idempotency-Key header must be 1-128 characters of letters, digits, "
                         "'_', '.', ':' or '-'", code="bad_idempotency_key")
-    text = _checked_text(body.text, st.settings.max_text_chars)
+    audio, language = _recording(body, st)
+    # a text job's words, or a recording's transcript when one came with it
+    text = (_checked_text(body.text, st.settings.max_text_chars)
+            if audio is None or body.text.strip() else "")
     avatar = _avatar(st, body.avatar_id)
     if avatar is None:
         raise NotFound(f"no avatar with id {body.avatar_id!r}; create one with POST /v1/avatars",
                        code="avatar_not_found")
-    chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar)
-    if not any(ch.isalnum() for ch in spoken_text.strip_tags(text)[0]):
-        raise InvalidInput("the text is only SSML-like tags, which are not "
-                           "spoken; write the words to say", code="nothing_to_say")
-    notes += spoken_text.notes(text)  # tags left unspoken, languages the voice cannot speak
+    chosen, notes = engines.choose(body.voice, body.renderer, st.settings.models_dir, avatar,
+                                   recording=audio is not None)
+    if audio is None:
+        if not any(ch.isalnum() for ch in spoken_text.strip_tags(text)[0]):
+            raise InvalidInput("the text is only SSML-like tags, which are not "
+                               "spoken; write the words to say", code="nothing_to_say")
+        notes += spoken_text.notes(text)  # tags left unspoken, languages the voice cannot speak
+    else:
+        notes.append(mouth_note(bool(text), language, body.captions))
     if body.framing == "original":
         frame = frame_size(body.size, body.aspect)
         width = original_face_width(avatar.face_box[2], (avatar.width, avatar.height), frame)
@@ -78,7 +87,7 @@ def create_job(body: JobCreate, request: Request, response: Response,
                          size=body.size, seed=body.seed, speed=body.speed,
                          aspect=body.aspect, framing=body.framing, background=background,
                          music=music, music_volume=body.music_volume, captions=body.captions,
-                         crf=body.crf)
+                         crf=body.crf, audio=audio, language=language, normalize=body.normalize)
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"),
                                              sort_keys=True).encode()).hexdigest()
     rec = JobRecord(id=uuid.uuid4().hex, avatar_id=body.avatar_id, text=text, options=options,
@@ -133,6 +142,50 @@ def _checked_text(raw: str, limit: int) -> str:
     if not any(ch.isalnum() for ch in text):
         raise InvalidInput("the text has no letters or digits to speak", code="nothing_to_say")
     return text
+
+
+def _recording(body: JobCreate, st: AppState) -> tuple[str | None, str]:
+    """The `audio` option (a speech upload's ref, checked) and the recording's language;
+    422 for options that do not go with what the job speaks."""
+    language = body.language.strip().lower().replace("_", "-")
+    if not re.fullmatch(LANGUAGE_PATTERN, language):
+        raise InvalidInput(f"language {body.language[:20]!r} is not a language code; send one "
+                           "such as 'en', 'en-gb', 'de' or 'pt-br'", code="bad_language")
+    if body.audio is None:
+        if language != "en":
+            raise InvalidInput("'language' describes a recording sent as 'audio'; a text job "
+                               "is spoken in the voice's own language: leave 'language' out",
+                               code="language_without_audio")
+        if body.normalize:
+            raise InvalidInput("'normalize' evens out the loudness of a recording sent as "
+                               "'audio'; a text job's voice is already even: leave it out",
+                               code="normalize_without_audio")
+        return None, language
+    ref = body.audio.strip().lower()
+    if not re.fullmatch(MEDIA_REF_PATTERN, ref):
+        raise InvalidInput(f"audio {body.audio[:40]!r} is not understood; upload the recording "
+                           "with POST /v1/media (kind=speech) and send its ref 'media:<id>'",
+                           code="bad_audio_ref")
+    st.media.require(ref, "speech", "audio")
+    if body.speed != 1.0:
+        raise InvalidInput("'speed' sets a voice's pace; a recording keeps its own: leave "
+                           "'speed' out (or 1.0) with 'audio'", code="speed_with_audio")
+    return ref, language
+
+
+def mouth_note(transcript: bool, language: str, captions: str) -> str:
+    """What the job's notes say about how the mouth will follow a recording."""
+    if language.split("-")[0] != "en":
+        note = (f"the mouth follows the sound of the recording: language {language!r} is not "
+                "one the phone recogniser covers (US English)")
+    elif transcript:
+        note = "the mouth follows the transcript, aligned to the recording"
+    else:
+        note = ("the mouth follows the phones recognised in the recording (no transcript "
+                "given; send 'text' with the recording's words for a closer fit)")
+    if captions != "off" and not transcript:
+        note += "; captions are the words recognised in it"
+    return note
 
 
 def _idempotency_scope(request: Request, st: AppState) -> str:

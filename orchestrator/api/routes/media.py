@@ -14,7 +14,7 @@ from shared.models import MediaRecord
 
 router = APIRouter(prefix="/v1/media", tags=["media"])
 
-MEDIA_TYPES = {"image": "image/png", "audio": "audio/flac"}
+MEDIA_TYPES = {"image": "image/png", "audio": "audio/flac", "speech": "audio/flac"}
 
 
 def _get(st: AppState, media_id: str) -> MediaRecord:
@@ -28,7 +28,8 @@ def _get(st: AppState, media_id: str) -> MediaRecord:
 async def upload_media(
     st: Annotated[AppState, Depends(state)],
     file: Annotated[UploadFile, File(description="the image or audio file")],
-    kind: Annotated[str, Form(description="'image' (a background) or 'audio' (music)")],
+    kind: Annotated[str, Form(description="'image' (a background), 'audio' (music) or "
+                                          "'speech' (a recording for a job to animate)")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> MediaPublic:
     return MediaPublic.of(await st.media.create(file, kind.strip().lower(), name))
@@ -46,7 +47,7 @@ def get_media(media_id: str, st: Annotated[AppState, Depends(state)]) -> MediaPu
 
 @router.get("/{media_id}/file")
 def get_media_file(media_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
-    """The stored (normalised) file: PNG for images, FLAC for audio."""
+    """The stored (normalised) file: PNG for images, FLAC for music and speech."""
     rec = _get(st, media_id)
     return FileResponse(st.media.file(rec), media_type=MEDIA_TYPES[rec.kind])
 

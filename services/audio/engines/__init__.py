@@ -1,4 +1,5 @@
-"""Text-to-speech engines behind one small interface.
+"""Speech engines behind one small interface: text-to-speech voices, and `recording`, which
+speaks a job's uploaded recording.
 
 Each engine lives in its own module, imported only when chosen (`get_engine`), and loads its
 heavy libraries in its constructor, so choosing one engine never loads another engine's models.
@@ -34,7 +35,12 @@ class Speech:
     info: dict[str, Any] | None = None  # engine-specific facts for the manifest (a voice shift)
 
 
-PieceSink = Callable[[bytes, int, list[dict[str, Any]] | None], None]
+class PieceSink(Protocol):
+    """Takes one piece of speech: 16-bit mono PCM, its rate, phoneme timings from the piece's
+    start (or None), and facts kept in the piece's meta (a recording's `level_gain`)."""
+
+    def __call__(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None, /,
+                 **meta: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,12 @@ class SpeechRequest:
     # pieces laid end to end are the WAV's samples. Voices that reshape the whole speech
     # afterwards do not call it (the audio stage then publishes the WAV as one piece).
     on_piece: PieceSink | None = None
+    # A job from a recording (the `recording` engine): the upload, its language, whether to
+    # even out its loudness, and whether captions need words recognised in it (no transcript).
+    recording: Path | None = None
+    language: str = "en"
+    normalize: bool = False
+    captions: bool = False
 
 
 class AudioEngine(Protocol):
@@ -87,6 +99,12 @@ def _xtts() -> type[AudioEngine]:
     return XttsEngine
 
 
+def _recording() -> type[AudioEngine]:
+    from services.audio.engines.recording import RecordingEngine
+
+    return RecordingEngine
+
+
 def _shifted(name: str) -> Callable[[], type[AudioEngine]]:
     def load() -> type[AudioEngine]:
         from services.audio.engines import piper_match
@@ -100,6 +118,7 @@ def _shifted(name: str) -> Callable[[], type[AudioEngine]]:
 ENGINES: dict[str, Callable[[], type[AudioEngine]]] = {
     "piper": _piper, "xtts": _xtts,
     **{name: _shifted(name) for name in ("piper-match", "piper-low", "piper-high", "piper-female")},
+    "recording": _recording,
 }
 
 

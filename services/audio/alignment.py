@@ -1,0 +1,214 @@
+"""Phone timings of a recording of speech, for the mouth: PocketSphinx (its wheel bundles a US
+English acoustic model, the CMU dictionary and a phone language model), offline.
+
+* `align`: a transcript forced onto the recording: words, then their phones, timed.
+* `recognise`: phones recognised without a transcript (the phone language model).
+* `words`: words recognised with the bundled language model, for captions when no transcript
+  came (slower: only asked for when captions are).
+
+Phones come back in the IPA symbols the visual stage's visemes read (those espeak-ng gives Piper):
+"_" for silence and noise. Words the dictionary lacks are spelled by espeak-ng (through
+piper's phonemizer) and added to it. Audio is 16 kHz mono 16-bit PCM; times in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RATE = 16000
+FRAME_S = 0.01  # PocketSphinx frames
+SILENCE = "_"
+# ARPAbet (CMU dictionary) -> IPA, as espeak-ng writes the same sounds for US English
+ARPABET = {
+    "AA": "ɑː", "AE": "æ", "AH": "ʌ", "AO": "ɔː", "AW": "aʊ", "AY": "aɪ", "B": "b", "CH": "tʃ",
+    "D": "d", "DH": "ð", "EH": "ɛ", "ER": "ɚ", "EY": "eɪ", "F": "f", "G": "ɡ", "HH": "h",
+    "IH": "ɪ", "IY": "iː", "JH": "dʒ", "K": "k", "L": "l", "M": "m", "N": "n", "NG": "ŋ",
+    "OW": "oʊ", "OY": "ɔɪ", "P": "p", "R": "ɹ", "S": "s", "SH": "ʃ", "T": "t", "TH": "θ",
+    "UH": "ʊ", "UW": "uː", "V": "v", "W": "w", "Y": "j", "Z": "z", "ZH": "ʒ",
+}
+# IPA (espeak-ng) -> ARPAbet, for words the dictionary lacks; longest symbols first
+_IPA_TO_ARPA = sorted({
+    **{v: k for k, v in ARPABET.items()},
+    "ɑ": "AA", "ɔ": "AO", "ə": "AH", "ɐ": "AH", "ɜː": "ER", "ɜ": "ER", "ɝ": "ER", "i": "IY",
+    "u": "UW", "e": "EY", "o": "OW", "a": "AA", "ɾ": "T", "ɡ": "G", "g": "G", "ʔ": "T",
+    "oː": "OW", "eː": "EY", "ɪə": "IH", "ʊə": "UH", "ɛə": "EH", "aɪə": "AY", "ɚː": "ER",
+    "n̩": "N", "l̩": "L", "m̩": "M", "r": "R", "x": "HH", "ç": "HH", "ɬ": "L", "ɹ̩": "ER",
+}.items(), key=lambda kv: -len(kv[0]))
+_NOISE = {"SIL", "+NSN+", "+SPN+", "+BREATH+", "+COUGH+", "+LAUGH+", "+NOISE+", "+UM+", "+UH+",
+          "<sil>", "<s>", "</s>", "[NOISE]"}
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A phone or word and its time span in seconds."""
+
+    label: str
+    start: float
+    end: float
+
+
+def model_dir() -> Path:
+    """The US English model folder inside the pocketsphinx wheel."""
+    return Path(str(resources.files("pocketsphinx") / "model"))
+
+
+class Aligner:
+    """PocketSphinx decoders, loaded once (~0.4 s) and kept warm; one call at a time."""
+
+    version = "pocketsphinx-5.1.1-en-us"
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._lock = threading.Lock()
+        self._decoder_class = Decoder
+        self._align: Any = Decoder(samprate=RATE, loglevel="FATAL", bestpath=False)
+        self._phones: Any = None  # made on first use
+        self._words: Any = None
+        self._added: set[str] = set()
+
+    # -- transcript ------------------------------------------------------------------------
+
+    def tokens(self, transcript: str) -> list[str]:
+        """The transcript as dictionary words (lower case, punctuation dropped); a word the
+        dictionary lacks is spelled by espeak-ng and added; one that cannot be spelled is
+        dropped."""
+        out = []
+        for token in _WORD.findall(_plain(transcript)):
+            if self._align.lookup_word(token) is None and token not in self._added:
+                phones = spell(token)
+                if not phones:
+                    logger.debug("align: no pronunciation for %r; left out", token)
+                    continue
+                self._align.add_word(token, " ".join(phones), True)
+                self._added.add(token)
+            out.append(token)
+        return out
+
+    def align(self, pcm: bytes, transcript: str) -> list[Timed] | None:
+        """Phones of `transcript` timed on `pcm` (16 kHz s16le); None if the decoder cannot
+        fit the words onto the recording."""
+        with self._lock:
+            words = self.tokens(transcript)
+            if not words:
+                return None
+            dec = self._align
+            try:
+                dec.set_align_text(" ".join(words))
+                _decode(dec, pcm)
+                if dec.hyp() is None:
+                    return None
+                dec.set_alignment()
+                _decode(dec, pcm)
+                alignment = dec.get_alignment()
+                if alignment is None:
+                    return None
+                return [Timed(_ipa(p.name), p.start * FRAME_S, (p.start + p.duration) * FRAME_S)
+                        for p in alignment.phones()]
+            except RuntimeError as exc:
+                logger.info("align: the transcript did not fit the recording: %s", exc)
+                return None
+
+    # -- no transcript -----------------------------------------------------------------------
+
+    def recognise(self, pcm: bytes) -> list[Timed]:
+        """Phones recognised in `pcm` (16 kHz s16le) with the phone language model."""
+        with self._lock:
+            if self._phones is None:
+                lm = model_dir() / "en-us" / "en-us-phone.lm.bin"
+                self._phones = self._decoder_class(samprate=RATE, loglevel="FATAL",
+                                                   allphone=str(lm), lw=2.0, pip=0.3,
+                                                   beam=1e-20, pbeam=1e-20)
+            _decode(self._phones, pcm)
+            return [Timed(_ipa(s.word), s.start_frame * FRAME_S, (s.end_frame + 1) * FRAME_S)
+                    for s in self._phones.seg()]
+
+    def words(self, pcm: bytes) -> list[Timed]:
+        """Words recognised in `pcm` with the bundled language model (for captions)."""
+        with self._lock:
+            if self._words is None:
+                self._words = self._decoder_class(samprate=RATE, loglevel="FATAL")
+            _decode(self._words, pcm)
+            out = []
+            for s in self._words.seg():
+                word = re.sub(r"\(\d+\)$", "", s.word)  # alternative pronunciations: "the(2)"
+                if word not in _NOISE and not word.startswith("+"):
+                    out.append(Timed(word, s.start_frame * FRAME_S, (s.end_frame + 1) * FRAME_S))
+            return out
+
+
+def _decode(decoder: Any, pcm: bytes) -> None:
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+
+
+def _plain(text: str) -> str:
+    """Lower case, accents and curly quotes flattened: what the dictionary's words look like."""
+    text = unicodedata.normalize("NFKD", text.lower().replace("’", "'").replace("‘", "'"))
+    return "".join(c for c in text if not unicodedata.combining(c))
+
+
+def _ipa(label: str) -> str:
+    return ARPABET.get(label.rstrip("012"), SILENCE) if label not in _NOISE else SILENCE
+
+
+def spell(word: str) -> list[str]:
+    """ARPAbet phones of `word` from espeak-ng's US English (piper's phonemizer); [] if none."""
+    try:
+        from piper.phonemize_espeak import EspeakPhonemizer
+    except ImportError:
+        return []
+    global _espeak
+    if _espeak is None:
+        _espeak = EspeakPhonemizer()
+    ipa = "".join(p for sentence in _espeak.phonemize("en-us", word) for p in sentence)
+    ipa = "".join(c for c in ipa if c not in "ˈˌ.‿ ")
+    phones, i = [], 0
+    while i < len(ipa):
+        for symbol, arpa in _IPA_TO_ARPA:
+            if ipa.startswith(symbol, i):
+                phones.append(arpa)
+                i += len(symbol)
+                break
+        else:
+            i += 1  # a length mark or a symbol with no English counterpart
+    return phones
+
+
+_espeak: Any = None
+
+
+def timeline(phones: list[Timed], duration: float) -> list[dict[str, Any]]:
+    """Phones as the visual stage reads them: [{"phoneme", "start", "end"}] covering
+    [0, duration] without gaps or overlaps (gaps become silence)."""
+    out: list[dict[str, Any]] = []
+    t = 0.0
+    for p in sorted(phones, key=lambda p: p.start):
+        start, end = max(p.start, t), min(p.end, duration)
+        if end <= start:
+            continue
+        if start > t + 1e-6:
+            _push(out, SILENCE, t, start)
+        _push(out, p.label, start, end)
+        t = end
+    if t < duration:
+        _push(out, SILENCE, t, duration)
+    return out
+
+
+def _push(out: list[dict[str, Any]], label: str, start: float, end: float) -> None:
+    if out and label == SILENCE and out[-1]["phoneme"] == SILENCE:
+        out[-1]["end"] = round(end, 5)
+    else:
+        out.append({"phoneme": label, "start": round(start, 5), "end": round(end, 5)})

@@ -1,0 +1,226 @@
+"""The audio stage of a job from a recording: the user's speech, decoded and resampled only, with
+phone timings for the mouth found in it.
+
+How the mouth is driven, in order of preference (the choice and its reason go to the notes):
+* a transcript came with the recording: its words aligned onto the recording;
+* no transcript (or one that does not fit): phones recognised in the recording;
+* a language the recogniser does not cover, or recognition that found phones in too little of
+  the speech: no timings; the visual stage then opens the mouth with the loudness and shapes it
+  with the spectrum of the sound itself, which works for any language.
+
+The speech is handed over in pieces cut at pauses, as it is analysed, so the visual stage starts
+on the first while the rest is recognised. Every piece carries `level_gain`: what brings the
+recording's speech level to the level the mouth is tuned for (Piper's), for the analysis only:
+the samples published are the recording's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.audio import alignment
+from services.audio.engines import Speech, SpeechRequest
+from shared.errors import InvalidInput, StageFailed
+from shared.storage import atomic_writer
+
+logger = logging.getLogger(__name__)
+
+RATE = 48000  # the speech's rate (the stored upload's)
+PIECE_S = 12.0  # pieces are cut at a pause near this length (the first one sooner)
+FIRST_PIECE_S = 4.0
+SPEECH_LEVEL = 0.16  # RMS of Piper's loud speech frames (95th percentile of 20 ms frames)
+MIN_GAIN, MAX_GAIN = 0.5, 12.0
+MIN_COVERAGE = 0.6  # share of the loud frames that recognised phones must cover
+MODES = {
+    "aligned": "the transcript aligned to the recording",
+    "recognised": "phones recognised in the recording",
+    "sound": "the sound of the recording (loudness and spectrum)",
+}
+
+
+class RecordingEngine:
+    """Decodes the job's recording and times its phones; the aligner is loaded once."""
+
+    name = "recording"
+    version = f"recording-1 / {alignment.Aligner.version}"
+
+    def __init__(self, models_dir: Path) -> None:
+        self._aligner: alignment.Aligner | None = None
+
+    @property
+    def aligner(self) -> alignment.Aligner:
+        if self._aligner is None:
+            self._aligner = alignment.Aligner()
+        return self._aligner
+
+    def synthesize(self, request: SpeechRequest, *, check: Callable[[], None] | None = None,
+                   progress: Callable[[float], None] | None = None) -> Speech:
+        if request.recording is None or not request.recording.is_file():
+            raise StageFailed("the job's recording is gone from the media library (deleted "
+                              "after the job was submitted); upload it again and submit a "
+                              "new job")
+        started = time.perf_counter()
+        full, small = decode(request.recording, request.out_wav.parent,
+                             normalize=request.normalize)
+        if not len(full):
+            raise InvalidInput("the recording decodes to no samples")
+        gain = level_gain(small)
+        duration = len(full) / RATE
+        mode, why, phones, words = self._phones(request, small, duration, check)
+        cuts = pause_cuts(small, alignment.RATE)
+        on_piece = request.on_piece
+        timeline = alignment.timeline(phones, duration) if phones is not None else None
+        step = RATE // alignment.RATE
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            if check is not None:
+                check()
+            t0, t1 = a / alignment.RATE, b / alignment.RATE
+            pcm = full[a * step:b * step if b < cuts[-1] else len(full)]
+            if on_piece is not None:
+                on_piece(pcm.tobytes(), RATE, _slice(timeline, t0, t1), level_gain=gain)
+            if progress is not None:
+                progress(min(0.99, t1 / duration))
+        with atomic_writer(request.out_wav, "wb") as fh:
+            _write_wav(fh, full)
+        took = time.perf_counter() - started
+        logger.info("recording: %.1f s of speech, mouth from %s (%s), gain %.2f, in %.2f s",
+                    duration, mode, why, gain, took)
+        return Speech(sample_rate=RATE, n_samples=len(full), duration=duration,
+                      phonemes=timeline, info={
+                          "mouth": mode, "mouth_reason": why, "level_gain": round(gain, 4),
+                          "analysis_s": round(took, 3), "words": words,
+                          "normalized": request.normalize,
+                          "note": f"the mouth followed {MODES[mode]}: {why}"})
+
+    def _phones(self, request: SpeechRequest, small: np.ndarray, duration: float,
+                check: Callable[[], None] | None
+                ) -> tuple[str, str, list[alignment.Timed] | None, list[dict[str, Any]] | None]:
+        """(mode, reason, phones or None, recognised words for captions or None)."""
+        words = None
+        if request.language.split("-")[0] != "en":
+            return "sound", f"language {request.language!r} is not US English", None, None
+        pcm = small.tobytes()
+        transcript = request.text.strip()
+        phones, mode, why = None, "recognised", "no transcript was given"
+        if transcript:
+            phones = self.aligner.align(pcm, transcript)
+            mode, why = "aligned", "a transcript came with it"
+            if phones is None or coverage(phones, small) < MIN_COVERAGE:
+                phones, mode = None, "recognised"
+                why = "the transcript did not fit the recording"
+        if check is not None:
+            check()
+        if phones is None:
+            phones = self.aligner.recognise(pcm)
+        covered = coverage(phones, small)
+        if covered < MIN_COVERAGE:
+            return ("sound", f"recognition found phones in only {covered:.0%} of the speech "
+                    "(another language, music or noise?)", None, None)
+        if not transcript and request.captions:
+            words = [{"word": w.label, "start": round(w.start, 3), "end": round(w.end, 3)}
+                     for w in self.aligner.words(pcm)]
+        return mode, why, phones, words
+
+
+def decode(path: Path, scratch: Path, *, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The recording as int16 mono at RATE, and at the aligner's 16 kHz (one ffmpeg run);
+    with `normalize`, brought to -16 LUFS (EBU R128) first."""
+    loud = ["-af", "loudnorm=I=-16:TP=-1.5:LRA=11"] if normalize else []
+    small_path = scratch / ".recording-16k.raw"
+    try:
+        proc = subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file,pipe",
+             "-i", str(path), *loud, "-map", "0:a:0", "-ac", "1", "-ar", str(RATE),
+             "-f", "s16le", "pipe:1", *loud, "-map", "0:a:0", "-ac", "1",
+             "-ar", str(alignment.RATE), "-f", "s16le", str(small_path)],
+            capture_output=True, timeout=600)
+        if proc.returncode != 0:
+            raise StageFailed(f"ffmpeg could not decode the recording {path.name}: "
+                              f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+        small = np.fromfile(small_path, dtype="<i2")
+    finally:
+        small_path.unlink(missing_ok=True)
+    return np.frombuffer(proc.stdout, dtype="<i2"), small
+
+
+def _frame_rms(x: np.ndarray, rate: int, frame_s: float = 0.02) -> np.ndarray:
+    hop = max(1, round(frame_s * rate))
+    n = len(x) // hop
+    if not n:
+        return np.zeros(0)
+    f = x[: n * hop].astype(np.float32).reshape(n, hop) / 32768.0
+    out: np.ndarray = np.sqrt(np.mean(f * f, axis=1))
+    return out
+
+
+def level_gain(small: np.ndarray) -> float:
+    """What brings the loud frames of the speech (16 kHz) to SPEECH_LEVEL."""
+    rms = _frame_rms(small, alignment.RATE)
+    if not len(rms) or rms.max() <= 0:
+        return 1.0
+    level = float(np.percentile(rms, 95))
+    return float(np.clip(SPEECH_LEVEL / max(level, 1e-6), MIN_GAIN, MAX_GAIN))
+
+
+def coverage(phones: list[alignment.Timed], small: np.ndarray) -> float:
+    """Share of the loud 20 ms frames of the speech that fall inside a recognised phone (not
+    silence or noise): near 1 for speech the recogniser follows."""
+    rms = _frame_rms(small, alignment.RATE)
+    if not len(rms):
+        return 0.0
+    loud = rms > 0.25 * float(np.percentile(rms, 95))
+    covered = np.zeros(len(rms), dtype=bool)
+    for p in phones:
+        if p.label != alignment.SILENCE:
+            covered[int(p.start / 0.02):int(np.ceil(p.end / 0.02))] = True
+    return float(covered[loud].mean()) if loud.any() else 0.0
+
+
+def pause_cuts(small: np.ndarray, rate: int) -> list[int]:
+    """Sample positions (at `rate`) where pieces start, the end included: a cut at the quietest
+    100 ms near every PIECE_S (FIRST_PIECE_S for the first)."""
+    rms = _frame_rms(small, rate, 0.01)
+    n = len(small)
+    cuts, at = [0], 0.0
+    total = n / rate
+    target = FIRST_PIECE_S
+    while total - at > target * 1.5:
+        lo, hi = int((at + 0.75 * target) * 100), int((at + 1.25 * target) * 100)
+        window = np.convolve(rms[lo:hi], np.ones(10), mode="valid")
+        best = lo + int(np.argmin(window)) + 5 if len(window) else int((at + target) * 100)
+        cuts.append(best * rate // 100)
+        at = best / 100
+        target = PIECE_S
+    cuts.append(n)
+    return cuts
+
+
+def _slice(timeline: list[dict[str, Any]] | None, t0: float,
+           t1: float) -> list[dict[str, Any]] | None:
+    """The timeline's entries within [t0, t1), clipped and shifted to start at 0."""
+    if timeline is None:
+        return None
+    out = []
+    for p in timeline:
+        start, end = max(p["start"], t0), min(p["end"], t1)
+        if end > start:
+            out.append({"phoneme": p["phoneme"], "start": round(start - t0, 5),
+                        "end": round(end - t0, 5)})
+    return out
+
+
+def _write_wav(fh: Any, pcm: np.ndarray) -> None:
+    import wave
+
+    with wave.open(fh, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(pcm.tobytes())
