@@ -142,9 +142,12 @@ async function submit(event) {
   clearError();
   const portrait = $("portrait").files[0];
   const voice = $("voice").files[0];
+  const recording = $("recording").files[0];
   const text = $("text").value.trim();
   if (!portrait) return showError("Choose a portrait", "pick a photo of one face first.");
-  if (!text) return showError("Type some text", "the text box is empty; type the words to speak.");
+  if (!text && !recording) {
+    return showError("Type some text", "the text box is empty; type the words to speak, or choose a recording.");
+  }
   const button = $("submit");
   button.disabled = true;
   let step = "Could not upload the portrait";
@@ -154,13 +157,17 @@ async function submit(event) {
     step = "Could not upload the background or music";
     button.textContent = "Uploading\u2026";
     const options = await composeOptions();
+    if (recording) {
+      step = "Could not upload the recording";
+      options.audio = await mediaFor(recording, "speech");
+    }
     step = "Could not start the job";
     button.textContent = "Submitting\u2026";
     const job = await api("/v1/jobs", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        avatar_id: avatarId, text, voice: $("voice-engine").value,
+        avatar_id: avatarId, text, voice: recording ? "auto" : $("voice-engine").value,
         fps: Number($("fps").value), size: Number($("size").value),
         aspect: $("aspect").value, framing: $("framing").value, ...options,
       }),
@@ -343,11 +350,12 @@ async function loadJobs() {
   for (const job of jobs) {
     const row = body.insertRow();
     row.dataset.id = job.id;
-    const cells = [when(job.created_at), job.text, "", `${Math.round(job.progress * 100)}%`, ""];
+    const said = job.text || (job.options.audio ? `(recording ${job.options.audio})` : "");
+    const cells = [when(job.created_at), said, "", `${Math.round(job.progress * 100)}%`, ""];
     cells.forEach((value) => { row.insertCell().textContent = value; });
     row.cells[0].className = "when";
     row.cells[1].className = "text";
-    row.cells[1].title = job.text;
+    row.cells[1].title = said;
     const badge = document.createElement("span");
     badge.className = `badge ${job.status}`;
     badge.textContent = job.status;
@@ -361,6 +369,24 @@ async function loadJobs() {
     open.addEventListener("click", () => watch(job.id));
     row.cells[4].append(open);
   }
+}
+
+// A recording replaces the voice: the text box then holds its (optional) transcript.
+function showRecording() {
+  const file = $("recording").files[0];
+  $("recording-hint").textContent = file ? file.name : "or drop an audio file here";
+  $("recording-clear").hidden = !file;
+  $("voice-engine").disabled = Boolean(file);
+  $("text-label").textContent = file ? "Transcript of the recording (optional)" : "Text to say";
+}
+
+function dropRecording(event) {
+  event.preventDefault();
+  $("recording-drop").classList.remove("over");
+  const files = event.dataTransfer && event.dataTransfer.files;
+  if (!files || !files.length) return;
+  $("recording").files = files;
+  showRecording();
 }
 
 function previewPortrait() {
@@ -379,6 +405,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("make").addEventListener("submit", submit);
   $("portrait").addEventListener("change", previewPortrait);
   $("background").addEventListener("change", showBackgroundFields);
+  $("recording").addEventListener("change", showRecording);
+  $("recording-clear").addEventListener("click", () => { $("recording").value = ""; showRecording(); });
+  const drop = $("recording-drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", dropRecording);
   $("text").addEventListener("input", () => {
     $("count").textContent = `${$("text").value.length} / 5000`;
   });

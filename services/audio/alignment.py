@@ -147,7 +147,14 @@ class Aligner:
             return out
 
 
+_INITIAL_CMN: dict[int, str] = {}  # per decoder (they live as long as the process)
+
+
 def _decode(decoder: Any, pcm: bytes) -> None:
+    """One utterance from the model's initial cepstral mean: the decoder otherwise carries the
+    last recording's mean into the next, and the same recording decodes differently."""
+    initial = _INITIAL_CMN.setdefault(id(decoder), decoder.get_cmn())
+    decoder.set_cmn(initial)
     decoder.start_utt()
     decoder.process_raw(pcm, full_utt=True)
     decoder.end_utt()

@@ -104,3 +104,21 @@ def test_another_language_drives_the_mouth_by_sound(client, avatar_id, recording
     audio_dir = cluster.data_dir / "jobs" / job["id"] / "audio"
     assert not (audio_dir / "phonemes.json").exists()
     assert any("sound of the recording" in n for n in job["notes"]), job["notes"]
+
+
+def test_cli_submits_a_recording(cluster, avatar_id, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator import cli
+
+    out = tmp_path / "cli.mp4"
+    mp3 = tmp_path / "narration.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SPEECH), "-b:a", "96k",
+                    str(mp3)], check=True)
+    assert cli.main(["--server", cluster.url, "submit", "--avatar", avatar_id, "--audio",
+                     str(mp3), "--text", TRANSCRIPT, "--size", "256", "--captions", "srt",
+                     "-o", str(out)]) == 0
+    assert "uploaded narration.mp3 as media:" in capsys.readouterr().err
+    r, lag = match(_pcm(SPEECH), _pcm(out), RATE // 5)
+    assert r >= 0.97 and abs(lag) <= RATE // FPS, (r, lag)  # through MP3 and AAC
+    assert "established" in out.with_suffix(".srt").read_text().lower()
+    assert cli.main(["--server", cluster.url, "submit", "--avatar", avatar_id]) == 1
+    assert "--audio" in capsys.readouterr().err

@@ -163,3 +163,40 @@ def _tone_wav(seconds: float, rate: int = 8000) -> bytes:
         w.writeframes(b"".join(struct.pack("<h", int(6000 * math.sin(i / 4)))
                                for i in range(int(rate * seconds))))
     return buf.getvalue()
+
+
+def test_page_animates_a_dropped_recording(page, client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A recording dropped on the page replaces the voice; the text box takes its transcript."""
+    import base64
+
+    speech = (DATA / "speech" / "LJ050-0131.wav").read_bytes()
+    page.set_input_files("#portrait", DATA / "portrait.png")
+    page.select_option("#size", "256")
+    dropped = page.evaluate_handle("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'narration.wav', {type: 'audio/wav'}));
+        return dt; }""", base64.b64encode(speech).decode())
+    page.dispatch_event("#recording-drop", "drop", {"dataTransfer": dropped})
+    assert page.text_content("#recording-hint") == "narration.wav"
+    assert page.text_content("#text-label") == "Transcript of the recording (optional)"
+    assert page.is_disabled("#voice-engine")
+    page.fill("#text", "Unless a system is established for the frequent formal review of "
+                       "activities thereunder. In this regard")
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as req:
+        page.click("#submit")
+    body = req.value.post_data_json
+    assert body["audio"].startswith("media:") and body["voice"] == "auto"
+    media = client.get(f"/v1/media/{body['audio'].removeprefix('media:')}").json()
+    assert (media["kind"], media["name"]) == ("speech", "narration.wav")
+    page.wait_for_function("document.getElementById('player').readyState >= 2", timeout=120_000)
+    assert page.text_content("#job-status") == "succeeded"
+    duration = page.evaluate("document.getElementById('player').duration")
+    assert abs(duration - media["duration"]) < 0.1, (duration, media["duration"])
+    job = client.get(f"/v1/jobs/{page.text_content('#job-id')}").json()
+    assert any("followed the transcript aligned" in n for n in job["notes"]), job["notes"]
+    page.screenshot(path=str(tmp_path / "web_recording.png"), full_page=True)
+    shutil.copyfile(tmp_path / "web_recording.png", "/tmp/web_recording.png")
+    page.click("#recording-clear")
+    assert page.text_content("#text-label") == "Text to say" and page.is_enabled("#voice-engine")
+    assert page.problems == []
