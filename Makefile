@@ -96,6 +96,7 @@ typecheck: setup ## mypy --strict (pyproject.toml) on shared, orchestrator and s
 bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API rate; overlapping vs sequential stages; visual fps; compose options; Wav2Lip fps
 	$(VENVS)/orchestrator/bin/python scripts/bench.py --report out/bench.json
 	$(VENVS)/orchestrator/bin/python scripts/bench.py --overlap --jobs 5 --report out/bench_overlap.json
+	$(VENVS)/orchestrator/bin/python scripts/bench.py --recording --jobs 3 --report out/bench_recording.json
 	$(VENVS)/visual/bin/python scripts/bench_visual.py --sizes 256 512 1024 --seconds 10 300 --out out/bench_visual.json
 	$(VENVS)/compositor/bin/python scripts/bench_compose.py --size 512 --out out/bench_compose.json
 	$(VENVS)/visual/bin/python scripts/bench_wav2lip.py --device cpu --batch 64
@@ -107,8 +108,9 @@ bench-live: setup ## live sessions at real WebSocket clients: say-to-speech late
 bench-voice: setup-neural test-deps $(VENVS)/audio/.bench ## piper-match against generated voice samples: pitch, speaker similarity, WER (out/bench_voice.json)
 	$(VENVS)/audio/bin/python scripts/bench_voice.py --out out/bench_voice.json
 
-quality: setup ## quality report of the portrait renderer, measured on its output videos (out/quality/)
+quality: setup test-deps ## quality report of the portrait renderer on its output videos (out/quality/), and lip sync of jobs from recordings (out/recordings/)
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
+	$(VENVS)/visual/bin/python scripts/recording_lipsync.py --out out/recordings
 
 drill: setup ## crash-recovery drill (scripts/drill/): jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis, Redis restarted by the supervisor, a full disk (root: tmpfs); fails if a job is lost
 	$(VENVS)/orchestrator/bin/python scripts/drill --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json

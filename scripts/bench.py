@@ -433,6 +433,50 @@ def _compare(results: dict[str, dict[str, list[dict]]], backlog: dict[str, list[
     return out
 
 
+def recording_compare(args: argparse.Namespace) -> dict:
+    """A 60 s text job against jobs from the same speech as a recording (with its transcript,
+    and without), on one cluster, in turns: the wall time of each and the ratios to the text
+    job, and what the audio stage spent on alignment or recognition per second of speech."""
+    data_dir = Path(tempfile.mkdtemp(prefix="jayavatar-bench-recording-"))
+    stack = Stack(data_dir, 6393, 8793, data_dir / "logs")
+    kinds = ("text", "recording+transcript", "recording")
+    walls: dict[str, list[float]] = {k: [] for k in kinds}
+    audio_s: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        avatar_id = _start_with_avatar(stack)
+        client: httpx.Client = stack.client  # type: ignore[attr-defined]
+        first = run_job(client, avatar_id, TEXT_60S)
+        speech = Layout(data_dir).stage_dir(first["id"], "audio") / "speech.wav"
+        media = client.post("/v1/media", data={"kind": "speech"},
+                            files={"file": ("speech.wav", speech.read_bytes())}).json()
+        bodies = {"text": {"text": TEXT_60S},
+                  "recording+transcript": {"audio": media["ref"], "text": TEXT_60S},
+                  "recording": {"audio": media["ref"]}}
+        for turn in range(args.jobs):
+            for kind in (kinds if turn % 2 == 0 else kinds[::-1]):
+                t0 = time.monotonic()
+                job_id = client.post("/v1/jobs", json={"avatar_id": avatar_id,
+                                                       **bodies[kind]}).json()["id"]
+                await_success(client, job_id)
+                walls[kind].append(time.monotonic() - t0)
+                manifest = json.loads((Layout(data_dir).stage_dir(job_id, "audio")
+                                       / "manifest.json").read_text())
+                audio_s[kind].append(manifest["timings"]["seconds"])
+    finally:
+        stack.stop()
+    seconds = float(media["duration"])
+    med = {k: round(statistics.median(v), 2) for k, v in walls.items()}
+    return {"speech_s": seconds, "wall_s": walls, "wall_s_median": med,
+            "audio_stage_s_median": {k: round(statistics.median(v), 2)
+                                     for k, v in audio_s.items()},
+            "audio_stage_x_realtime": {k: round(statistics.median(v) / seconds, 3)
+                                       for k, v in audio_s.items()},
+            "wall_ratio_to_text": {k: round(med[k] / med["text"], 3) for k in kinds},
+            "wall_ratio_to_text_per_turn": {k: [round(a / b, 3) for a, b in
+                                                zip(walls[k], walls["text"], strict=True)]
+                                            for k in kinds}}
+
+
 def overlap_compare(args: argparse.Namespace) -> dict:
     """The same 10 s and 60 s jobs with overlapping stages and with sequential stages
     (PIPELINE_OVERLAP=false), on two clusters of this tree, in turns."""
@@ -489,6 +533,9 @@ def main() -> int:
                         help="API_WORKERS of this tree's orchestrator in the API measurement")
     parser.add_argument("--api-rounds", type=int, default=1,
                         help="turns of the API measurement (each submits --submissions jobs)")
+    parser.add_argument("--recording", action="store_true",
+                        help="a 60 s text job against jobs from the same speech uploaded as a "
+                             "recording, with and without its transcript, in turns")
     parser.add_argument("--overlap", action="store_true",
                         help="only the timed jobs (10 s and 60 s), with overlapping and with "
                              "sequential stages, in turns: first segment, wall ratio, hand-offs")
@@ -501,6 +548,15 @@ def main() -> int:
                              "in turns (wall-time ratio)")
     args = parser.parse_args()
 
+    if args.recording:
+        summary = recording_compare(args)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(summary, indent=2))
+        log(f"{summary['speech_s']:.1f} s of speech: wall {summary['wall_s_median']}, ratio to "
+            f"text {summary['wall_ratio_to_text']} (per turn "
+            f"{summary['wall_ratio_to_text_per_turn']}); audio stage x real time "
+            f"{summary['audio_stage_x_realtime']}")
+        return 0
     if args.overlap:
         summary = overlap_compare(args)
         args.report.parent.mkdir(parents=True, exist_ok=True)
