@@ -1,10 +1,11 @@
-"""`make quality-recordings`: lip sync of jobs made from recordings, measured on the videos.
+"""`make quality` (second part): lip sync of jobs made from recordings, measured on the videos.
 
 Recordings: the real LJ Speech and CMU ARCTIC clips of tests/data/speech (the second held out),
-espeak-ng voices (several accents and rates) and Piper's own speech fed back as a recording. Each goes through the real `recording`
-audio engine (in .venvs/audio) three ways: its transcript aligned ("aligned"), phones recognised
-without one ("recognised"), and the sound alone ("sound", as for a language the recogniser does
-not cover); Piper's speech also through the text path's own timings ("text"). Every clip is
+espeak-ng voices (several accents and rates) and Piper's own speech fed back as a recording.
+Each goes through the real `recording` audio engine (in .venvs/audio) three ways: its
+transcript aligned ("aligned"), phones recognised without one ("recognised"), and the sound
+alone ("sound", as for a language the recogniser does not cover); Piper's speech also through
+the text path's own timings ("text"). Every clip is
 rendered by the portrait engine onto tests/data/portrait.png and measured from the decoded MP4
 with the face mesh, as `make quality` does (scripts/quality_report.py): lip-sync r at lag 0 and
 the best lag, p/b/m closed (the bilabials' times come from the transcript's alignment), and what

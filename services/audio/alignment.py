@@ -1,7 +1,10 @@
 """Phone timings of a recording of speech, for the mouth: PocketSphinx (its wheel bundles a US
 English acoustic model, the CMU dictionary and a phone language model), offline.
 
-* `align`: a transcript forced onto the recording: words, then their phones, timed.
+* `align`: a transcript's words forced onto a stretch of the recording, then their phones;
+  `align_prefix` the longest start of the words that a stretch says (a long recording is
+  aligned a stretch at a time, so memory stays flat: the whole of five minutes at once took
+  over 2 GB).
 * `recognise`: phones recognised without a transcript (the phone language model).
 * `words`: words recognised with the bundled language model, for captions when no transcript
   came (slower: only asked for when captions are).
@@ -83,6 +86,10 @@ class Aligner:
         """The transcript as dictionary words (lower case, punctuation dropped); a word the
         dictionary lacks is spelled by espeak-ng and added; one that cannot be spelled is
         dropped."""
+        with self._lock:
+            return self._tokens(transcript)
+
+    def _tokens(self, transcript: str) -> list[str]:
         out = []
         for token in _WORD.findall(_plain(transcript)):
             if self._align.lookup_word(token) is None and token not in self._added:
@@ -95,29 +102,62 @@ class Aligner:
             out.append(token)
         return out
 
-    def align(self, pcm: bytes, transcript: str) -> list[Timed] | None:
-        """Phones of `transcript` timed on `pcm` (16 kHz s16le); None if the decoder cannot
-        fit the words onto the recording."""
+    def phone_count(self, word: str) -> int:
+        """How many phones the dictionary gives `word` (a token from `tokens`)."""
+        spelled = self._align.lookup_word(word)
+        return len(spelled.split()) if spelled else 1
+
+    def align(self, pcm: bytes, words: list[str]) -> list[Timed] | None:
+        """Phones of all of `words` (from `tokens`) timed on `pcm` (16 kHz s16le); None if the
+        decoder cannot fit them onto the recording."""
+        if not words:
+            return None
         with self._lock:
-            words = self.tokens(transcript)
-            if not words:
-                return None
+            return self._phones_of(pcm, words)
+
+    def align_prefix(self, pcm: bytes, words: list[str]) -> tuple[int, list[Timed]] | None:
+        """The longest start of `words` that `pcm` says, and its timed phones: for a stretch
+        of a long recording, whose words are known only roughly (it may end before the last of
+        them). None if not even the first word fits."""
+        if not words:
+            return None
+        nested = ""
+        for word in reversed(words[1:]):
+            nested = f" [ {_jsgf_word(word)}{nested} ]"
+        grammar = f"#JSGF V1.0;\ngrammar stretch;\npublic <s> = {_jsgf_word(words[0])}{nested} ;\n"
+        with self._lock:
             dec = self._align
             try:
-                dec.set_align_text(" ".join(words))
+                dec.add_jsgf_string("stretch", grammar)
+                dec.activate_search("stretch")
                 _decode(dec, pcm)
-                if dec.hyp() is None:
-                    return None
-                dec.set_alignment()
-                _decode(dec, pcm)
-                alignment = dec.get_alignment()
-                if alignment is None:
-                    return None
-                return [Timed(_ipa(p.name), p.start * FRAME_S, (p.start + p.duration) * FRAME_S)
-                        for p in alignment.phones()]
+                hyp = dec.hyp()
+                said = [] if hyp is None else [w for w in hyp.hypstr.split() if w in words]
             except RuntimeError as exc:
-                logger.info("align: the transcript did not fit the recording: %s", exc)
+                logger.info("align: no start of the words fit the stretch: %s", exc)
                 return None
+            if not said:
+                return None
+            phones = self._phones_of(pcm, words[:len(said)])
+            return (len(said), phones) if phones is not None else None
+
+    def _phones_of(self, pcm: bytes, words: list[str]) -> list[Timed] | None:
+        dec = self._align
+        try:
+            dec.set_align_text(" ".join(words))
+            _decode(dec, pcm)
+            if dec.hyp() is None:
+                return None
+            dec.set_alignment()
+            _decode(dec, pcm)
+            alignment = dec.get_alignment()
+        except RuntimeError as exc:
+            logger.info("align: the words did not fit the recording: %s", exc)
+            return None
+        if alignment is None:
+            return None
+        return [Timed(_ipa(p.name), p.start * FRAME_S, (p.start + p.duration) * FRAME_S)
+                for p in alignment.phones()]
 
     # -- no transcript -----------------------------------------------------------------------
 
@@ -148,6 +188,10 @@ class Aligner:
 
 
 _INITIAL_CMN: dict[int, str] = {}  # per decoder (they live as long as the process)
+
+
+def _jsgf_word(word: str) -> str:
+    return f'"{word}"' if "'" in word else word
 
 
 def _decode(decoder: Any, pcm: bytes) -> None:

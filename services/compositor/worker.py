@@ -157,14 +157,18 @@ def compose_whole(ctx: StageContext) -> StageResult:
     video = probe(visual_dir / VIDEO)
     if not video.width or not video.height:
         raise StageFailed(f"{visual_dir / VIDEO} has no picture; expected a video stream")
-    files = [RESULT]
+    files, notes = [RESULT], []
     srt: Path | None = None
     layers = Layers(video.width, video.height, opts.fps)
-    if opts.captions != "off":
-        srt, ass = write_captions(ctx.job.text, audio_dir, duration, video, ctx.work_dir)
+    written = (write_captions(ctx.job.text, audio_dir, duration, video, ctx.work_dir)
+               if opts.captions != "off" else None)
+    if written is not None:
+        srt, ass = written
         files.append(srt.name)
         if opts.captions == "burn":
             layers = replace(layers, subtitles=ass)
+    elif opts.captions != "off":
+        notes.append(NO_CAPTIONS)
     if opts.background != "keep":
         layers = replace(layers, **_background(ctx, opts, visual_dir))
     music = None
@@ -184,7 +188,8 @@ def compose_whole(ctx: StageContext) -> StageResult:
         "captions": opts.captions}
     if sound is not None:
         details["loudness_lufs"] = round(sound.loudness, 2)
-    return StageResult(files=files, engine="ffmpeg", engine_version=ENGINE_VERSION, info=details)
+    return StageResult(files=files, engine="ffmpeg", engine_version=ENGINE_VERSION, info=details,
+                       notes=notes)
 
 
 def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[str, Any]:
@@ -199,10 +204,15 @@ def _background(ctx: StageContext, opts: JobOptions, visual_dir: Path) -> dict[s
     return {"mask": mask, "image": image}
 
 
+NO_CAPTIONS = ("no captions: no words were recognised in the recording; send its transcript as "
+               "'text' with the job for captions")
+
+
 def write_captions(text: str, audio_dir: Path, duration: float, video: MediaInfo,
-                   work_dir: Path) -> tuple[Path, Path]:
+                   work_dir: Path) -> tuple[Path, Path] | None:
     """captions.srt (published) and captions.ass (for burning in) timed from the phonemes; for
-    a recording without transcript, the words recognised in it (words.json)."""
+    a recording without transcript, the words recognised in it (words.json), or None when
+    none were."""
     phonemes_path, words_path = audio_dir / PHONEMES, audio_dir / WORDS
     phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
     width, height = int(video.width or 0), int(video.height or 0)
@@ -211,10 +221,10 @@ def write_captions(text: str, audio_dir: Path, duration: float, video: MediaInfo
         cues = captions.build_cues(text, phonemes, duration, max_line)
     else:
         cues = captions.cues_from_words(json.loads(words_path.read_text()), duration, max_line)
+    if not cues and not text.strip():
+        return None
     if not cues:
-        raise StageFailed("the text gave no captions; expected words to show"
-                          if text.strip() else "no words were recognised in the recording for "
-                          "its captions; send its transcript as 'text' with the job")
+        raise StageFailed("the text gave no captions; expected words to show")
     srt, ass = work_dir / CAPTIONS, work_dir / "captions.ass"
     with atomic_writer(srt, "w") as fh:
         fh.write(captions.to_srt(cues))

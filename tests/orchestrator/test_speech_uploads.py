@@ -117,7 +117,8 @@ def test_voice_sample_playlist_is_refused(client: httpx.Client, tmp_path: Path) 
 def test_voice_sample_at_192k_is_checked_not_500(client: httpx.Client, tmp_path: Path) -> None:
     data = _encode(tmp_path, "v.wav", "-t", "4", "-ar", "192000", "-c:a", "pcm_s16le")
     resp = client.post("/v1/avatars", files={
-        "portrait": ("p.png", (DATA / "portrait.png").read_bytes()), "voice_sample": ("v.wav", data)})
+        "portrait": ("p.png", (DATA / "portrait.png").read_bytes()),
+        "voice_sample": ("v.wav", data)})
     assert resp.status_code == 201, resp.text
     assert resp.json()["has_voice_sample"]
 

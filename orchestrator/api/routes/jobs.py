@@ -18,7 +18,7 @@ from orchestrator.api.deps import AppState, state
 from orchestrator.api.errors import ApiError
 from orchestrator.avatars import parse_avatar
 from orchestrator.schemas import JobAccepted, JobCreate, JobPublic
-from shared import keys, spoken_text, textcheck
+from shared import keys, lanes, spoken_text, textcheck
 from shared.checkpoint import load_manifest
 from shared.errors import Conflict, InvalidInput, Malformed, NotFound
 from shared.models import (
@@ -90,10 +90,12 @@ def create_job(body: JobCreate, request: Request, response: Response,
                          crf=body.crf, audio=audio, language=language, normalize=body.normalize)
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"),
                                              sort_keys=True).encode()).hexdigest()
+    recording_s = st.media.require(audio, "speech", "audio").duration if audio else None
     rec = JobRecord(id=uuid.uuid4().hex, avatar_id=body.avatar_id, text=text, options=options,
                     idempotency_key=idempotency_key, engines=chosen, notes=notes,
-                    idempotency_scope=_idempotency_scope(request, st) if idempotency_key else None,
-                    request_hash=request_hash)
+                    idempotency_scope=_idempotency_scope(request, st), request_hash=request_hash,
+                    cost_s=lanes.cost_s(options, chosen.get("visual"), text=text,
+                                        recording_s=recording_s))
     rec, created = st.store.create(rec, mirror=False)
     if created:
         st.mirrors.submit(rec)
@@ -170,6 +172,10 @@ def _recording(body: JobCreate, st: AppState) -> tuple[str | None, str]:
     if body.speed != 1.0:
         raise InvalidInput("'speed' sets a voice's pace; a recording keeps its own: leave "
                            "'speed' out (or 1.0) with 'audio'", code="speed_with_audio")
+    if body.captions != "off" and not body.text.strip() and language.split("-")[0] != "en":
+        raise InvalidInput(f"captions of a recording in {language!r} need its transcript: send "
+                           "the words as 'text', or captions 'off' (words are recognised only "
+                           "in English)", code="captions_need_transcript")
     return ref, language
 
 
@@ -189,8 +195,8 @@ def mouth_note(transcript: bool, language: str, captions: str) -> str:
 
 
 def _idempotency_scope(request: Request, st: AppState) -> str:
-    """Whose Idempotency-Keys these are: the API token's (a hash of it) when the request
-    carries one, else everyone's ("global")."""
+    """Whose Idempotency-Keys these are, and whose job (its lane's limit per client): the API
+    token's (a hash of it) when the request carries one, else everyone's ("global")."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     secret = given.strip() if scheme.lower() == "bearer" else ""
     secret = secret or st.settings.token or ""  # a session cookie stands for the API token
@@ -272,6 +278,10 @@ def job_captions(job_id: str, st: Annotated[AppState, Depends(state)]) -> FileRe
         raise NotFound(f"job {job_id} was made without captions; submit "
                        "it again with \"captions\": \"srt\" (or \"burn\")", code="no_captions")
     folder = _published(st, rec, "captions file")
+    if not (folder / CAPTIONS).is_file() and rec.options.audio and not rec.text:
+        raise NotFound(f"job {job_id} has no captions: no words were recognised in its "
+                       "recording; submit it again with the transcript as 'text'",
+                       code="no_captions")
     if not (folder / CAPTIONS).is_file():
         raise ApiError(410, "result_missing", f"job {job_id} has no {CAPTIONS} on disk")
     return FileResponse(folder / CAPTIONS, media_type="application/x-subrip",

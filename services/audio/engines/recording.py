@@ -42,6 +42,7 @@ FIRST_PIECE_S = 4.0
 SPEECH_LEVEL = 0.16
 MIN_GAIN, MAX_GAIN = 0.5, 12.0
 MIN_COVERAGE = 0.6  # share of the loud frames that recognised phones must cover
+LOUD = 0.25  # a 20 ms frame is loud above this share of the loud frames' level (95th pct)
 MODES = {
     "aligned": "the transcript aligned to the recording",
     "recognised": "phones recognised in the recording",
@@ -77,60 +78,124 @@ class RecordingEngine:
             raise InvalidInput("the recording decodes to no samples")
         gain = level_gain(small)
         duration = len(full) / RATE
-        mode, why, phones, words = self._phones(request, small, duration, check)
         cuts = pause_cuts(small, alignment.RATE)
-        on_piece = request.on_piece
-        timeline = alignment.timeline(phones, duration) if phones is not None else None
+        mouth = Mouth(self.aligner, request, small, cuts)
         step = RATE // alignment.RATE
+        timeline: list[dict[str, Any]] | None = []
         for a, b in zip(cuts, cuts[1:], strict=False):
             if check is not None:
                 check()
-            t0, t1 = a / alignment.RATE, b / alignment.RATE
+            stretch = mouth.stretch(a, b)
             pcm = full[a * step:b * step if b < cuts[-1] else len(full)]
-            if on_piece is not None:
-                on_piece(pcm.tobytes(), RATE, _slice(timeline, t0, t1), level_gain=gain)
+            if request.on_piece is not None:
+                request.on_piece(pcm.tobytes(), RATE, stretch, level_gain=gain)
+            if timeline is not None and stretch is not None:
+                offset = a / alignment.RATE
+                timeline += [{**p, "start": round(p["start"] + offset, 5),
+                              "end": round(p["end"] + offset, 5)} for p in stretch]
+            else:
+                timeline = None
             if progress is not None:
-                progress(min(0.99, t1 / duration))
+                progress(min(0.99, b / len(small)))
         with atomic_writer(request.out_wav, "wb") as fh:
             _write_wav(fh, full)
         took = time.perf_counter() - started
+        mode, why = mouth.verdict()
         logger.info("recording: %.1f s of speech, mouth from %s (%s), gain %.2f, in %.2f s",
                     duration, mode, why, gain, took)
         return Speech(sample_rate=RATE, n_samples=len(full), duration=duration,
                       phonemes=timeline, info={
                           "mouth": mode, "mouth_reason": why, "level_gain": round(gain, 4),
-                          "analysis_s": round(took, 3), "words": words,
+                          "analysis_s": round(took, 3), "words": mouth.words,
                           "normalized": request.normalize,
                           "note": f"the mouth followed {MODES[mode]}: {why}"})
 
-    def _phones(self, request: SpeechRequest, small: np.ndarray, duration: float,
-                check: Callable[[], None] | None
-                ) -> tuple[str, str, list[alignment.Timed] | None, list[dict[str, Any]] | None]:
-        """(mode, reason, phones or None, recognised words for captions or None)."""
-        words = None
+
+class Mouth:
+    """What drives the mouth, worked out a stretch (a piece) at a time, so that memory stays
+    flat however long the recording: the transcript's next words aligned onto the stretch (as
+    many of them as it says), else the phones recognised in it. The first stretch decides for
+    the whole recording whether phones can be found at all (else the sound alone drives it)."""
+
+    def __init__(self, aligner: alignment.Aligner, request: SpeechRequest, small: np.ndarray,
+                 cuts: list[int]) -> None:
+        self.aligner, self.small = aligner, small
+        self.mode, self.why = "recognised", "no transcript was given"
+        self.words: list[dict[str, Any]] | None = None
         if request.language.split("-")[0] != "en":
-            return "sound", f"language {request.language!r} is not US English", None, None
-        pcm = small.tobytes()
-        transcript = request.text.strip()
-        phones, mode, why = None, "recognised", "no transcript was given"
-        if transcript:
-            phones = self.aligner.align(pcm, transcript)
-            mode, why = "aligned", "a transcript came with it"
-            if phones is None or coverage(phones, small) < MIN_COVERAGE:
-                phones, mode = None, "recognised"
-                why = "the transcript did not fit the recording"
-        if check is not None:
-            check()
+            self.mode, self.why = "sound", f"language {request.language!r} is not US English"
+        self.tokens = aligner.tokens(request.text) if request.text.strip() else []
+        if self.tokens and self.mode != "sound":
+            self.mode, self.why = "aligned", "a transcript came with it"
+        elif not self.tokens and request.captions and self.mode != "sound":
+            self.words = []
+        self.next_word = 0
+        self.stretches = self.fitted = 0
+        # the transcript's phones per second of speech, to guess how many words a stretch holds
+        loud = _frame_rms(small, alignment.RATE) > LOUD * _p95(small)
+        self._speech_s = np.cumsum(loud) * 0.02
+        self._phones = np.cumsum([aligner.phone_count(w) for w in self.tokens])
+        self._per_s = (self._phones[-1] / max(self._speech_s[-1], 0.02)
+                       if len(self._phones) else 0.0)
+        self._last = cuts[-1]
+
+    def stretch(self, a: int, b: int) -> list[dict[str, Any]] | None:
+        """Phone timings of samples a..b (16 kHz) from a's start, or None (sound alone)."""
+        if self.mode == "sound":
+            return None
+        pcm = self.small[a:b]
+        phones = self._aligned(pcm, a, b) if self.next_word < len(self.tokens) else None
         if phones is None:
-            phones = self.aligner.recognise(pcm)
-        covered = coverage(phones, small)
-        if covered < MIN_COVERAGE:
-            return ("sound", f"recognition found phones in only {covered:.0%} of the speech "
-                    "(another language, music or noise?)", None, None)
-        if not transcript and request.captions:
-            words = [{"word": w.label, "start": round(w.start, 3), "end": round(w.end, 3)}
-                     for w in self.aligner.words(pcm)]
-        return mode, why, phones, words
+            phones = self.aligner.recognise(pcm.tobytes())
+        if self.stretches == 0:
+            covered = coverage(phones, pcm)
+            if covered < MIN_COVERAGE:
+                self.mode = "sound"
+                self.why = (f"recognition found phones in only {covered:.0%} of the speech "
+                            "(another language, music or noise?)")
+                self.words = None
+                return None
+        self.stretches += 1
+        if self.words is not None:
+            self.words += [{"word": w.label, "start": round(w.start + a / alignment.RATE, 3),
+                            "end": round(w.end + a / alignment.RATE, 3)}
+                           for w in self.aligner.words(pcm.tobytes())]
+        return alignment.timeline(phones, len(pcm) / alignment.RATE)
+
+    def _aligned(self, pcm: np.ndarray, a: int, b: int) -> list[alignment.Timed] | None:
+        """The transcript's next words aligned onto the stretch, the word cursor moved past
+        them; None (the cursor moved by a guess) if they do not fit."""
+        rest = self.tokens[self.next_word:]
+        found: tuple[int, list[alignment.Timed]] | None = None
+        if b == self._last:  # the last stretch says every word left
+            phones = self.aligner.align(pcm.tobytes(), rest)
+            found = (len(rest), phones) if phones is not None else None
+        guess = self._guess(a, b)
+        if found is None:
+            found = self.aligner.align_prefix(pcm.tobytes(), rest[:guess + max(5, guess // 2)])
+        if found is None or coverage(found[1], pcm) < MIN_COVERAGE:
+            self.next_word += guess
+            return None
+        self.next_word += found[0]
+        self.fitted += 1
+        return found[1]
+
+    def _guess(self, a: int, b: int) -> int:
+        """How many of the words left the stretch a..b probably says (from its speech time)."""
+        frames = self._speech_s
+        spoken = frames[min(len(frames) - 1, b // 320)] - (frames[a // 320] if a else 0.0)
+        done = self._phones[self.next_word - 1] if self.next_word else 0
+        target = done + spoken * self._per_s
+        return max(1, int(np.searchsorted(self._phones, target)) - self.next_word + 1)
+
+    def verdict(self) -> tuple[str, str]:
+        """(mode, why) for the notes: which path drove the mouth."""
+        if self.mode == "aligned" and self.fitted == 0:
+            return "recognised", "the transcript did not fit the recording"
+        if self.mode == "aligned" and self.fitted < self.stretches:
+            return "aligned", (f"a transcript came with it ({self.stretches - self.fitted} of "
+                               f"{self.stretches} stretches did not fit it and were recognised)")
+        return self.mode, self.why
 
 
 def decode(path: Path, scratch: Path, *, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +229,11 @@ def _frame_rms(x: np.ndarray, rate: int, frame_s: float = 0.02) -> np.ndarray:
     return out
 
 
+def _p95(small: np.ndarray) -> float:
+    rms = _frame_rms(small, alignment.RATE)
+    return float(np.percentile(rms, 95)) if len(rms) else 0.0
+
+
 def level_gain(small: np.ndarray) -> float:
     """What brings the loud frames of the speech (16 kHz) to SPEECH_LEVEL."""
     rms = _frame_rms(small, alignment.RATE)
@@ -179,7 +249,7 @@ def coverage(phones: list[alignment.Timed], small: np.ndarray) -> float:
     rms = _frame_rms(small, alignment.RATE)
     if not len(rms):
         return 0.0
-    loud = rms > 0.25 * float(np.percentile(rms, 95))
+    loud = rms > LOUD * float(np.percentile(rms, 95))
     covered = np.zeros(len(rms), dtype=bool)
     for p in phones:
         if p.label != alignment.SILENCE:
@@ -204,20 +274,6 @@ def pause_cuts(small: np.ndarray, rate: int) -> list[int]:
         target = PIECE_S
     cuts.append(n)
     return cuts
-
-
-def _slice(timeline: list[dict[str, Any]] | None, t0: float,
-           t1: float) -> list[dict[str, Any]] | None:
-    """The timeline's entries within [t0, t1), clipped and shifted to start at 0."""
-    if timeline is None:
-        return None
-    out = []
-    for p in timeline:
-        start, end = max(p["start"], t0), min(p["end"], t1)
-        if end > start:
-            out.append({"phoneme": p["phoneme"], "start": round(start - t0, 5),
-                        "end": round(end - t0, 5)})
-    return out
 
 
 def _write_wav(fh: Any, pcm: np.ndarray) -> None:
