@@ -163,6 +163,7 @@ def test_bad_recording_job_options(client: httpx.Client, avatar_id: str, recordi
         ({"audio": ref, "speed": 1.5}, 422, ("speed",)),
         ({"audio": ref, "language": "english please"}, 422, ("language code",)),
         ({"text": "hi", "language": "de"}, 422, ("language",)),
+        ({"audio": ref, "language": "de", "captions": "srt"}, 422, ("need its transcript",)),
         ({"text": "hi", "voice": "recording"}, 422, ("kind=speech",)),
         ({"audio": ref, "text": "\u0000"}, 422, ("text",)),
         ({}, 422, ("text",)),
