@@ -161,9 +161,28 @@ class EventHub:
         no stream id)."""
         follower = Follower(key, stream_id(after), self.buffer)
         self._followers.add(follower)
-        self._by_key.setdefault(key, set()).add(follower)
-        self._joined.set()
+        self._read_for(follower)
         return follower
+
+    def reserve(self, key: str, limit: int) -> Follower | None:
+        """A follower of `key`, counted at once against `limit` but read only once it `join`s;
+        None if `limit` are open. Counting and taking the place in one step, before a route
+        awaits anything, keeps concurrent requests from all passing the count together."""
+        if len(self._followers) >= limit:
+            return None
+        follower = Follower(key, (0, 0), self.buffer)
+        self._followers.add(follower)
+        return follower
+
+    def join(self, follower: Follower, after: str) -> None:
+        """Read a reserved follower's stream for the entries after id `after` (ValueError if
+        it is no stream id)."""
+        follower.last = stream_id(after)
+        self._read_for(follower)
+
+    def _read_for(self, follower: Follower) -> None:
+        self._by_key.setdefault(follower.key, set()).add(follower)
+        self._joined.set()
 
     def leave(self, follower: Follower) -> None:
         """Unregister at once (a client gone, or its stream over); calling it twice is harmless."""

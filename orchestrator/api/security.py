@@ -2,17 +2,19 @@
 
 `Guard` is a plain ASGI middleware (no per-request task or body copy) that checks, in order:
 
-* **Host**: the Host header names this server (a loopback name, the address it binds, or one of
-  `ALLOWED_HOSTS`), so a web page that rebinds its own DNS name to 127.0.0.1 reaches nothing.
+* **Host**: exactly one Host header, exactly `name[:port]`, naming this server (a loopback name,
+  the address it binds, or one of `ALLOWED_HOSTS`), so a web page that rebinds its own DNS name
+  to 127.0.0.1 reaches nothing.
 * **Origin** of state-changing requests (POST, PUT, PATCH, DELETE, WebSocket handshakes): a
   browser says where a request comes from (`Sec-Fetch-Site`, `Origin`, `Referer`); one from
   any other origin is refused, so a page elsewhere cannot submit, upload or delete through a
   visitor's browser.
   Clients that are not browsers (curl, the CLI) send none of these and pass.
-* **Token** on every `/v1` route and `/metrics` when `API_TOKEN` is set: `Authorization: Bearer
-  <token>`, or, for the web page (whose `<video src>` and `EventSource` cannot send headers),
-  the `jayavatar_session` cookie that `POST /v1/session` sets after checking the token
-  (HttpOnly, SameSite=Strict: scripts cannot read it, other sites' requests do not carry it).
+* **Token** on every `/v1` route, `/metrics` and the API's description (`/openapi.json`,
+  `/docs`, `/redoc`) when `API_TOKEN` is set: `Authorization: Bearer <token>`, or, for the web
+  page (whose `<video src>` and `EventSource` cannot send headers), the `jayavatar_session`
+  cookie that `POST /v1/session` sets after checking the token (HttpOnly, SameSite=Strict:
+  scripts cannot read it, other sites' requests do not carry it).
 
 `API_TOKEN` is required whenever the API binds beyond loopback (`check_exposure`).
 """
@@ -23,6 +25,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Any
@@ -45,7 +48,9 @@ COOKIE_MAX_AGE_S = 7 * 24 * 3600
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # FastAPI
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::[0-9]{1,5})?")
 
 router = APIRouter(prefix="/v1/session", tags=["session"])
 
@@ -79,27 +84,42 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"jayavatar-session-v1", hashlib.sha256).hexdigest()
 
 
-def host_name(authority: str) -> str:
-    """`name` of a Host header or URL authority `name[:port]` / `[v6]:port`, lower case."""
-    authority = authority.strip().lower()
-    if authority.startswith("["):
-        return authority[1:authority.find("]")] if "]" in authority else authority
-    if authority.count(":") == 1:
-        authority = authority.split(":", 1)[0]
-    return authority.rstrip(".")
+def host_name(header: str) -> str | None:
+    """The name a Host header gives, lower case without a final dot, or None unless the header
+    is exactly `name[:port]` or `[v6]:port` (no spaces, user, path, or a port that is no number:
+    `localhost:8100@evil.com` and `[::1]evil.com` name no host here)."""
+    found = _HOST.fullmatch(header.lower())
+    if found is None:
+        return None
+    if found["v6"] is None:
+        return found["name"].rstrip(".")
+    try:
+        return str(ipaddress.IPv6Address(found["v6"]))
+    except ValueError:
+        return None
+
+
+def _entry_name(entry: str) -> str:
+    """The name of a HOST or ALLOWED_HOSTS entry (`name`, `name:port`, `v6`, `[v6]:port`)."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):
+        return entry[1:entry.find("]")] if "]" in entry else entry
+    if entry.count(":") == 1:
+        entry = entry.split(":", 1)[0]
+    return entry.rstrip(".")
 
 
 def _allowed_hosts(settings: OrchestratorSettings) -> tuple[frozenset[str], tuple[str, ...]]:
     """(exact names, '.suffix' of '*.suffix' wildcards) the Host header may name."""
     names = set(LOOPBACK_NAMES)
     if settings.host not in _WILDCARD_BINDS:
-        names.add(host_name(settings.host))
+        names.add(_entry_name(settings.host))
     suffixes = []
     for entry in settings.allowed_host_list:
         if entry.startswith("*."):
             suffixes.append(entry[1:])
         else:
-            names.add(host_name(entry))
+            names.add(_entry_name(entry))
     return frozenset(names), tuple(suffixes)
 
 
@@ -125,7 +145,7 @@ def _origin_problem(method: str, headers: dict[str, str], host: str) -> str | No
 def _needs_token(path: str, method: str) -> bool:
     if path == "/v1/session" and method == "POST":
         return False  # the login itself checks the token it is given
-    return path.startswith("/v1/") or path in ("/v1", "/metrics")
+    return path.startswith("/v1/") or path in ("/v1", "/metrics") or path in DOC_PATHS
 
 
 def _has_token(headers: dict[str, str], token: str, cookie_value: str) -> bool:
@@ -168,12 +188,18 @@ class Guard:
             return
         names, suffixes, any_host, token, cookie_value = self._configure(scope)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        host = headers.get("host", "").strip().lower()
-        name = host_name(host)
-        if not any_host and not (name in names or name.endswith(suffixes)):
+        hosts = sum(k == b"host" for k, _ in scope["headers"])
+        if hosts > 1:  # servers and proxies disagree on which one counts
             await _refuse(scope, send, 400, "untrusted_host",
-                          f"this server does not answer to the name {host[:80]!r}; use "
-                          "http://127.0.0.1 or a name listed in ALLOWED_HOSTS")
+                          f"the request has {hosts} Host headers; send exactly one")
+            return
+        host = headers.get("host", "").lower()
+        name = host_name(host)
+        if name is None or (not any_host and not (name in names or name.endswith(suffixes))):
+            await _refuse(scope, send, 400, "untrusted_host",
+                          f"this server does not answer to the Host {host[:80]!r}; use "
+                          "http://127.0.0.1 or a name listed in ALLOWED_HOSTS (a name and at "
+                          "most a port number)")
             return
         # A WebSocket handshake is a GET that no browser guards with CORS: check it like a write.
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"

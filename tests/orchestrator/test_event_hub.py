@@ -100,6 +100,29 @@ def test_a_follower_that_leaves_is_read_no_more(redis_server: RedisServer) -> No
     run(main, redis_server.url)
 
 
+def test_a_reserved_place_counts_at_once_and_is_read_once_it_joins(
+        redis_server: RedisServer) -> None:
+    key = fresh_key()
+
+    async def main(hub: EventHub, writer: aredis.Redis) -> None:
+        first, second = hub.reserve(key, 2), hub.reserve(key, 2)
+        assert first is not None and second is not None
+        assert hub.reserve(key, 2) is None  # two places taken, none of them read yet
+        assert hub.open == 2 and hub.keys() == set()
+        old = await add(writer, key, 2)
+        hub.join(first, old[0])
+        new = await add(writer, key, 1)
+        assert await take(first, 2) == old[1:] + new
+        hub.leave(second)  # a place never joined comes back too
+        third = hub.reserve(key, 2)
+        assert third is not None and hub.open == 2
+        hub.leave(first)
+        hub.leave(third)
+        assert hub.open == 0 and hub.keys() == set()
+
+    run(main, redis_server.url)
+
+
 def test_a_follower_that_falls_behind_is_cut_off(redis_server: RedisServer) -> None:
     key = fresh_key()
 

@@ -64,6 +64,25 @@ def test_every_v1_route_and_metrics_need_the_token(guarded: TestClient, path: st
     assert guarded.get(path, headers=BEARER).status_code in (200, 404)
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_the_api_description_needs_the_token(guarded: TestClient, path: str) -> None:
+    resp = guarded.get(path)
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "unauthorized"
+    assert guarded.get(path, headers=BEARER).status_code == 200
+
+
+@pytest.mark.parametrize("app", ["guarded", "open_app"])
+def test_the_openapi_description_describes_every_route(app: str,
+                                                       request: pytest.FixtureRequest) -> None:
+    client: TestClient = request.getfixturevalue(app)
+    resp = client.get("/openapi.json", headers=BEARER)
+    assert resp.status_code == 200, resp.text
+    paths = resp.json()["paths"]
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/stream"):
+        assert path in paths, sorted(paths)
+
+
 def test_page_and_health_are_open(guarded: TestClient) -> None:
     assert guarded.get("/").status_code == 200
     assert guarded.get("/static/app.js").status_code == 200
@@ -93,7 +112,11 @@ def test_a_forged_cookie_is_refused(guarded: TestClient) -> None:
 # ---- trusted hosts -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example",
-                                  "lan", "api.example.org.evil", ""])
+                                  "lan", "api.example.org.evil", "",
+                                  # a trusted name followed by more than a port
+                                  "[::1]evil.com", "localhost:evil.com", "localhost:8100@evil.com",
+                                  " localhost", "localhost ", "localhost:", "localhost:80:80",
+                                  "user@localhost", "localhost/x", "[::1", "[::1]:", "[zz::1]"])
 def test_untrusted_host_names_are_refused(guarded: TestClient, host: str) -> None:
     resp = guarded.get("/v1/jobs", headers={**BEARER, "Host": host})
     assert resp.status_code == 400, host
@@ -101,8 +124,18 @@ def test_untrusted_host_names_are_refused(guarded: TestClient, host: str) -> Non
     assert "ALLOWED_HOSTS" in resp.json()["message"]
 
 
+@pytest.mark.parametrize("hosts", [["127.0.0.1", "evil.example"], ["evil.example", "127.0.0.1"],
+                                   ["localhost", "localhost"]])
+def test_two_host_headers_are_refused(guarded: TestClient, hosts: list[str]) -> None:
+    resp = guarded.get("/v1/jobs", headers=[*BEARER.items(), *(("Host", h) for h in hosts)])
+    assert resp.status_code == 400, hosts
+    assert resp.json()["error"] == "untrusted_host"
+    assert "2 Host headers" in resp.json()["message"]
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000",
-                                  "api.example.org", "api.example.org:443", "box.lan:8000"])
+                                  "[0:0::1]", "localhost.:80", "api.example.org",
+                                  "api.example.org:443", "box.lan:8000"])
 def test_loopback_and_allowed_hosts_pass(guarded: TestClient, host: str) -> None:
     assert guarded.get("/v1/jobs", headers={**BEARER, "Host": host}).status_code == 200
 

@@ -216,18 +216,27 @@ async def job_events(job_id: str, st: Annotated[AppState, Depends(state)],
                         "'id' of an event from this stream, like '1712345678901-0'",
                         code="bad_last_event_id")
     hub, limit = st.events, st.settings.max_event_streams
-    if hub.open >= limit:
+    # the place is taken before the first await: concurrent requests cannot overshoot the cap
+    place = hub.reserve(keys.events(job_id), limit)
+    if place is None:
         logger.warning("event stream for job %s refused: %d open (MAX_EVENT_STREAMS)", job_id,
                        hub.open)
         raise Busy(f"this server already follows {hub.open} event streams (its limit is "
                    f"{limit}); retry in a few seconds, or poll GET /v1/jobs/{job_id}",
                    code="too_many_streams", retry_after=RETRY_AFTER_S)
-    rec, newest = await _snapshot(hub.conn, job_id)  # a RedisError: 503 by the app's handler
-    if rec is None:
-        raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
-    resumed = last_event_id is not None
-    cursor = last_event_id.strip() if last_event_id is not None else newest
-    follower = None if rec.terminal and not resumed else hub.follow(keys.events(job_id), cursor)
+    follower: Follower | None = None
+    try:
+        rec, newest = await _snapshot(hub.conn, job_id)  # a RedisError: 503 by the app's handler
+        if rec is None:
+            raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
+        resumed = last_event_id is not None
+        cursor = last_event_id.strip() if last_event_id is not None else newest
+        if not rec.terminal or resumed:  # else its snapshot says it all: nothing to follow
+            hub.join(place, cursor)
+            follower = place
+    finally:
+        if follower is None:  # no such job, Redis away, the client gone, or nothing to follow
+            hub.leave(place)
     logger.info("job %s: event stream opened from %s", job_id, cursor)
 
     def close() -> None:

@@ -280,7 +280,8 @@ class JobStream(Response):
             await handle.aclose()
 
 
-@router.get("/{job_id}/stream", response_class=JobStream,
+# status_code given: /openapi.json cannot find it in JobStream's __init__, and would fail
+@router.get("/{job_id}/stream", response_class=JobStream, status_code=200,
             responses={200: {"content": {"video/mp4": {}},
                              "description": "a progressive fragmented MP4 (chunked)"},
                        404: {"description": "no such job"},

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from services.audio.engines import Speech, SpeechRequest
+from services.audio.engines import Speech, SpeechRequest, utterances
 from shared.errors import InvalidInput, MissingWeights, StageFailed
 from shared.storage import atomic_writer
 
@@ -171,20 +171,17 @@ class PiperEngine:
         check: Callable[[], None] | None = None,
         progress: Callable[[float], None] | None = None,
     ) -> Speech:
-        """Speak the text into a 16-bit mono WAV at the voice's rate, sentence by sentence."""
-        from piper import SynthesisConfig
-
+        """Speak the text into a 16-bit mono WAV at the voice's rate, sentence by sentence (a
+        long one in parts: services/audio/engines/utterances.py)."""
         text, out_wav, length_scale = request.text, request.out_wav, request.length_scale
         _check_request(text, length_scale)
         started = time.perf_counter()
-        try:
-            n_sentences = sum(1 for s in self._voice.phonemize(text) if s)
-        except Exception as exc:  # espeak-ng bridge
-            raise StageFailed(f"piper: cannot phonemize the text: {exc}") from exc
-        if n_sentences == 0:
+        plan = self._plan(text, length_scale)
+        if not plan:
             raise InvalidInput(f"text {text[:60]!r} gave no phonemes; expected speakable words")
-        config = SynthesisConfig(length_scale=length_scale)
-        chunks = self._voice.synthesize(text, syn_config=config, include_alignments=self.aligned)
+        n_sentences = len(plan)
+        spoken = (utterances.speak(self._voice, phonemes, length_scale, self.aligned)
+                  for phonemes in plan)
         pad = round(PAD_SECONDS * self.sample_rate)
         timings: list[tuple[list[tuple[str, int]], int]] | None = [] if self.aligned else None
         n_samples = 0
@@ -194,12 +191,11 @@ class PiperEngine:
             wav.setframerate(self.sample_rate)
             wav.writeframes(bytes(2 * pad))
             lead = bytes(2 * pad)  # the first piece carries the opening silence
-            for done, chunk in enumerate(self._chunks(chunks, check)):
-                audio = chunk.audio_int16_bytes
+            for done, utterance in enumerate(self._calls(spoken, check)):
+                audio = utterance.pcm
                 wav.writeframes(audio)
-                n = len(audio) // 2
-                n_samples += n
-                timings = self._collect(timings, chunk, n)
+                n_samples += utterance.n_samples
+                timings = self._collect(timings, utterance)
                 if request.on_piece is not None:
                     # the sentence's alignments, just collected (None: no timings)
                     self._hand_over(request, lead + audio, len(lead) // 2,
@@ -275,22 +271,21 @@ class PiperEngine:
         self._voice.session = onnxruntime.InferenceSession(
             str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def sentence_count(self, text: str) -> int:
-        """How many sentences (chunks) Piper will speak `text` in."""
-        return sum(1 for s in self._voice.phonemize(text) if s)
+    def sentence_count(self, text: str, *, length_scale: float = 1.0) -> int:
+        """How many sentences (calls: a long sentence is spoken in parts) Piper will speak
+        `text` in."""
+        return len(self._plan(text, length_scale))
 
     def sentences(self, text: str, *, length_scale: float = 1.0
                   ) -> Iterator[tuple[bytes, list[dict[str, Any]] | None]]:
-        """Speak `text` one sentence at a time, as soon as each is ready (live sessions): 16-bit
-        mono PCM at the voice's rate without padding, and its phoneme timings (or None)."""
-        from piper import SynthesisConfig
-
-        config = SynthesisConfig(length_scale=length_scale)
-        chunks = self._voice.synthesize(text, syn_config=config, include_alignments=self.aligned)
-        for chunk in self._chunks(chunks, None):
-            audio = chunk.audio_int16_bytes
-            n = len(audio) // 2
-            timings = self._collect([] if self.aligned else None, chunk, n)
+        """Speak `text` one sentence (or part of a long one) at a time, as soon as each is
+        ready (live sessions): 16-bit mono PCM at the voice's rate without padding, and its
+        phoneme timings (or None)."""
+        spoken = (utterances.speak(self._voice, phonemes, length_scale, self.aligned)
+                  for phonemes in self._plan(text, length_scale))
+        for utterance in self._calls(spoken, None):
+            audio = utterance.pcm
+            timings = self._collect([] if self.aligned else None, utterance)
             phonemes = None
             if timings is not None:
                 phonemes, at = [], 0
@@ -301,31 +296,46 @@ class PiperEngine:
                     at += samples
             yield audio, phonemes
 
-    @staticmethod
-    def _chunks(chunks: Iterator[Any], check: Callable[[], None] | None) -> Iterator[Any]:
-        """Piper's per-sentence chunks, calling `check` (which raises to stop) before each one."""
+    def _plan(self, text: str, length_scale: float) -> list[list[str]]:
+        """The phonemes of each synthesis call that speaks `text`."""
+        try:
+            return utterances.plan(self._voice, text, length_scale)
+        except Exception as exc:  # espeak-ng bridge
+            raise StageFailed(f"piper: cannot phonemize the text: {exc}") from exc
+
+    def _calls(self, spoken: Iterator[utterances.Utterance],
+               check: Callable[[], None] | None) -> Iterator[utterances.Utterance]:
+        """The utterances, calling `check` (which raises to stop) before each one; their memory
+        is given back when they end, stop, or are dropped unfinished (a live line cut short)."""
         done = 0
-        while True:
-            if check is not None:
-                check()
+        try:
+            while True:
+                if check is not None:
+                    check()
+                try:
+                    utterance = next(spoken)
+                except StopIteration:
+                    return
+                except Exception as exc:  # onnxruntime errors
+                    raise StageFailed(f"piper: synthesis failed at sentence {done + 1}: "
+                                      f"{exc}") from exc
+                done += 1
+                yield utterance
+        finally:
             try:
-                chunk = next(chunks)
-            except StopIteration:
-                return
-            except Exception as exc:  # onnxruntime / espeak errors
-                raise StageFailed(f"piper: synthesis failed at sentence {done + 1}: {exc}") from exc
-            done += 1
-            yield chunk
+                utterances.release(self._voice)
+            except Exception as exc:  # onnxruntime's own types; the speech itself is done
+                logger.warning("piper: cannot give the memory of the text back: %s", exc)
 
     @staticmethod
     def _collect(
-        timings: list[tuple[list[tuple[str, int]], int]] | None, chunk: Any, n: int
+        timings: list[tuple[list[tuple[str, int]], int]] | None, utterance: utterances.Utterance
     ) -> list[tuple[list[tuple[str, int]], int]] | None:
         """Add a sentence's alignments; give up on timings (None) if they do not match its audio."""
         if timings is None:
             return None
-        alignments = chunk.phoneme_alignments
-        covered = sum(int(a.num_samples) for a in alignments) if alignments else 0
+        n, alignments = utterance.n_samples, utterance.alignments
+        covered = sum(samples for _, samples in alignments) if alignments else 0
         if covered != n:
             logger.warning(
                 "piper: alignments cover %d of %d samples in a sentence; no phoneme timings",
@@ -333,7 +343,7 @@ class PiperEngine:
                 n,
             )
             return None
-        timings.append(([(a.phoneme, int(a.num_samples)) for a in alignments], n))
+        timings.append((list(alignments or []), n))
         return timings
 
 

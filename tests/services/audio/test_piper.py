@@ -62,7 +62,7 @@ def test_registry() -> None:
     assert found.stdout.strip() == "[]"
     with pytest.raises(InvalidInput,
                        match="unknown speech engine 'xtts2'; expected one of: piper, "
-                       "piper-female, piper-high, piper-low, piper-match, xtts"):
+                       "piper-female, piper-high, piper-low, piper-match, recording, xtts"):
         get_engine("xtts2")
 
 

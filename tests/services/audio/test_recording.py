@@ -139,7 +139,8 @@ engine.aligner.recognise(bytes(3200))
 engine.aligner.align(bytes(3200), ["hello"])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 n = []
-speech = engine.synthesize(SpeechRequest(sys.argv[3], Path(sys.argv[4]), recording=Path(sys.argv[2]),
+speech = engine.synthesize(SpeechRequest(sys.argv[3], Path(sys.argv[4]),
+                                         recording=Path(sys.argv[2]),
                                          on_piece=lambda *a, **k: n.append(1)))
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 print(speech.info["mouth"], speech.info["mouth_reason"].replace(" ", "_"), len(n), grown,
