@@ -6,7 +6,9 @@
     jayavatar submit --avatar me.jpg --text "Hi" --background beach.jpg --music song.mp3 \
         --captions burn -o hi.mp4
     jayavatar submit --avatar me.jpg --text "Hello!" --play -o hello.mp4  # watch it render
+    jayavatar submit --avatar me.jpg --audio narration.mp3 [--text "its words"] -o me.mp4
     jayavatar status JOB | watch JOB | play JOB | result JOB -o out.mp4 | cancel JOB | avatars
+    jayavatar live --avatar ID --audio reply.wav [--text "the transcript"] -o reply.mp4
     jayavatar media
     JAYAVATAR_TOKEN=... jayavatar --server http://box:8000 avatars   # a server with API_TOKEN
 """
@@ -206,9 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voice-engine", default="auto", choices=list(VOICE_HINTS),
                    help="who speaks: " + "; ".join(f"{k}: {v}" for k, v in VOICE_HINTS.items())
                    .replace("%", "%%"))
-    p.add_argument("--text", required=True)
+    p.add_argument("--text", help="what to say; with --audio, the recording's transcript "
+                   "(optional: it makes the mouth follow the words more closely)")
+    p.add_argument("--audio", help="a recording of speech to animate instead of a voice "
+                   "(WAV, MP3, FLAC, OGG/Opus, M4A), or media:<id> of one uploaded before")
+    p.add_argument("--language", default="en",
+                   help="the recording's language (default en); another code makes the mouth "
+                   "follow the sound alone")
+    p.add_argument("--normalize", action="store_true",
+                   help="bring the recording to -16 LUFS (else it is kept as it is)")
+    p.add_argument("--renderer", default="auto", help="portrait (default), wav2lip, sadtalker")
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--aspect", choices=("1:1", "16:9", "9:16"), default="1:1")
+    p.add_argument("--framing", choices=("face", "original"), default="face",
+                   help="face: cropped around the face; original: the whole photo")
+    p.add_argument("--speed", type=float, default=1.0, help="the voice's pace (0.5..2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--background", default="keep",
                    help="keep (default), a colour '#rrggbb', an image file, or media:<id>")
@@ -234,6 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True)
     sub.add_parser("avatars")
     sub.add_parser("media", help="list uploaded background images and music")
+    p = sub.add_parser("live", help="a live session speaks a WAV file streamed at real time "
+                       "(an audio line); saves what the session streamed")
+    p.add_argument("--avatar", help="a portrait photo or an avatar id: a new session for it")
+    p.add_argument("--session", help="speak in this running session instead (e.g. the web page's)")
+    p.add_argument("--audio", type=Path, required=True, help="16-bit PCM WAV, 8-48 kHz")
+    p.add_argument("--text", help="the audio's transcript, shown as captions")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="send the audio at this many times real time (0: all at once)")
+    p.add_argument("-o", "--output", type=Path, help="where to save the session's stream (MP4)")
     p = sub.add_parser("recover", help="rebuild Redis from the job.json files in DATA_DIR")
     p.add_argument("--from-disk", action="store_true", required=True)
     args = parser.parse_args(argv)
@@ -276,6 +301,8 @@ def _recover() -> int:
 
 
 def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
+    if args.text is None and args.audio is None:
+        raise CliError("say what to speak: --text \"...\", or --audio with a recording")
     photo = Path(args.avatar)
     if photo.exists():
         avatar = create_avatar(client, photo, args.voice)
@@ -283,11 +310,15 @@ def _submit(client: httpx.Client, args: argparse.Namespace) -> int:
         console.print(f"avatar {avatar_id}: face at {avatar['face_box']}")
     else:
         avatar_id = args.avatar
-    body = {"avatar_id": avatar_id, "text": args.text, "voice": args.voice_engine,
-            "fps": args.fps, "size": args.size,
+    body = {"avatar_id": avatar_id, "text": args.text or "", "voice": args.voice_engine,
+            "renderer": args.renderer, "fps": args.fps, "size": args.size,
+            "aspect": args.aspect, "framing": args.framing, "speed": args.speed,
             "seed": args.seed, "captions": args.captions, "crf": args.crf,
             "background": media_ref(client, args.background, "image"),
             "music_volume": args.music_volume}
+    if args.audio:
+        body.update(audio=media_ref(client, args.audio, "speech"), language=args.language,
+                    normalize=args.normalize)
     if args.music:
         body["music"] = media_ref(client, args.music, "audio")
     job = _check(client.post("/v1/jobs", json=body))
@@ -336,6 +367,50 @@ def _avatars(client: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _live(client: httpx.Client, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from orchestrator import live_client
+
+    if bool(args.avatar) == bool(args.session):
+        raise CliError("give --avatar (a new session) or --session (a running one)")
+    try:
+        audio = live_client.read_wav(args.audio)
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    session_id, made = args.session, False
+    if args.avatar:
+        photo = Path(args.avatar)
+        avatar_id = create_avatar(client, photo, None)["id"] if photo.is_file() else args.avatar
+        session_id = _check(client.post("/v1/sessions", json={"avatar_id": avatar_id,
+                                                               "size": args.size}))["id"]
+        made = True
+    ws_url = (str(client.base_url).rstrip("/").replace("http", "ws", 1)
+              + f"/v1/sessions/{session_id}/ws")
+
+    def show(event: dict[str, Any]) -> None:
+        if event["type"] in ("speech.start", "speech.end", "caption", "error", "restart"):
+            console.print(" ".join(f"{k}={v}" for k, v in event.items()), soft_wrap=True)
+
+    console.print(f"session {session_id}: speaking {args.audio} ({audio.duration:.1f} s, "
+                  f"{audio.rate} Hz)")
+    try:
+        spoken = asyncio.run(live_client.speak(ws_url, audio, token=args.token, text=args.text,
+                                               speed=args.speed, on_event=show))
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        raise CliError(f"live session {session_id}: {exc}") from exc
+    finally:
+        if made:
+            client.delete(f"/v1/sessions/{session_id}")
+    latency = spoken.latency_ms()
+    if latency is not None:
+        console.print(f"heard in the stream {latency:.0f} ms after the first audio byte was sent")
+    if args.output:
+        args.output.write_bytes(spoken.stream())
+        console.print(f"saved {args.output}")
+    return 0 if spoken.event("speech.end") else 1
+
+
 def _media(client: httpx.Client, args: argparse.Namespace) -> int:
     for m in _check(client.get("/v1/media")):
         shape = (f"{m['width']}x{m['height']}" if m["kind"] == "image"
@@ -346,7 +421,7 @@ def _media(client: httpx.Client, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[httpx.Client, argparse.Namespace], int]] = {
     "submit": _submit, "status": _status, "cancel": _cancel, "result": _result,
-    "avatars": _avatars, "media": _media,
+    "avatars": _avatars, "media": _media, "live": _live,
     "watch": lambda client, args: 0 if watch(client, args.job)["status"] == "succeeded" else 1,
     "play": lambda client, args: _played(client, play(client, args.job, args.token), args.job),
 }

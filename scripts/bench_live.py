@@ -5,13 +5,17 @@ portrait, then measures, at 512x512 25 fps unless told otherwise:
 * say-to-speech latency: from sending `say` to receiving the fragment whose audio holds the
   line's first speech sample (the fragment's audio time range, from its `tfdt`, covers the
   line's speech.start media time), over 20 lines, each sent while the avatar idles;
+* audio-line latency: the same lines as speech (espeak-ng, 16 kHz) streamed by
+  `orchestrator.live_client.push_audio` at real time in 20 ms messages, from the first audio
+  byte sent to the fragment that plays it arriving; and how much longer each line played than
+  its audio (gaps where the audio came late);
 * stalls: a 60 s session speaking ~70% of the time; for every fragment, how far its media time
   falls behind the wall clock (arrival time minus media time, relative to the first fragment);
 * stop: wall time from `stop` to its speech.end event, and media time from the stop to silence
   in the decoded stream;
 * concurrency: N sessions at once, each speaking ~70% of the time, for N = 1, 2, ... at each
   size, until one of them lags more than 200 ms; the largest N that did not is reported.
-Writes a JSON report (out/bench_live.json).
+Writes a JSON report (out/bench_live.json). `--cases latency audio` runs only those.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +41,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import ROOT, Stack, log  # noqa: E402
 
+from orchestrator.live_client import Pcm, push_audio, read_wav  # noqa: E402
 from shared import mp4  # noqa: E402
 
 LINES = [
@@ -50,6 +56,7 @@ LINES = [
     "Let us keep going.", "Please take your time.", "That is all for now, goodbye.",
 ]
 LAG_LIMIT_S = 0.2
+CASES = ("latency", "audio", "stalls", "stop", "concurrency")
 
 
 class Client:
@@ -191,11 +198,64 @@ async def latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
                     and _rms(audio, e["media_time"] - c.offset, 0.3) > 0.02)
     finally:
         await end_session(http, c)
-    ordered = sorted(out)
-    return {"lines": n, "ms": [round(v) for v in out],
-            "p50_ms": round(statistics.median(out)),
-            "p95_ms": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]),
+    return {"lines": n, "ms": [round(v) for v in out], **_percentiles(out),
             "speech_heard_after_start": heard}
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {"p50_ms": round(statistics.median(values)),
+            "p95_ms": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))])}
+
+
+def speech_clips(folder: Path, rate: int = 16000) -> list[Pcm]:
+    """LINES spoken by espeak-ng (a voice that is not the session's), at `rate`."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("the audio-line case needs espeak-ng to make its speech: "
+                           "apt-get install espeak-ng (make test-deps installs it)")
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for k, line in enumerate(LINES):
+        raw, wav = folder / f"line{k}.raw.wav", folder / f"line{k}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), line], check=True)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(raw), "-ar", str(rate), "-ac",
+                        "1", "-c:a", "pcm_s16le", str(wav)], check=True)
+        clips.append(read_wav(wav))
+    return clips
+
+
+async def audio_latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
+                        clips: list[Pcm]) -> dict:
+    """Audio lines pushed at real time: first audio byte sent -> the fragment playing it."""
+    c = await new_session(http, avatar_id, size)
+    out, longer, drawn = [], [], []
+    try:
+        await asyncio.sleep(1.0)
+        for k in range(n):
+            line_id, clip = f"aud{k}", clips[k % len(clips)]
+            pushed = await push_audio(c.ws, clip, line_id=line_id, text=LINES[k % len(LINES)])
+            started, start = await c.wait("speech.start", id=line_id)
+            _, end = await c.wait("speech.end", id=line_id)
+            arrival = c.speech_arrival(start["media_time"])
+            while arrival is None:
+                await asyncio.sleep(0.05)
+                arrival = c.speech_arrival(start["media_time"])
+            out.append(1000 * (arrival - pushed.first_sent))
+            drawn.append(1000 * (started - pushed.first_sent))
+            longer.append(1000 * (end["media_time"] - start["media_time"] - clip.duration))
+            await asyncio.sleep(random.uniform(0.4, 0.9))
+        audio = decoded_audio(bytes(c.data))
+        heard = sum(1 for _, e in c.events if e.get("type") == "speech.start"
+                    and _rms(audio, e["media_time"] - c.offset, 0.3) > 0.02)
+        errors = [e["message"] for _, e in c.events if e.get("type") == "error"]
+    finally:
+        await end_session(http, c)
+    return {"lines": n, "message_ms": 20, "rate": clips[0].rate, "ms": [round(v) for v in out],
+            **_percentiles(out), "played_longer_than_audio_ms": [round(v) for v in longer],
+            # the speech.start event goes out as the line's first frame is drawn: the rest of
+            # the latency is the encoder's and the fragment's
+            "speech_start_event_p50_ms": round(statistics.median(drawn)),
+            "speech_heard_after_start": heard, "errors": errors}
 
 
 def _rms(audio: np.ndarray, t: float, span: float, rate: int = 16000) -> float:
@@ -321,16 +381,33 @@ async def measure(api: str, avatar_id: str, args: argparse.Namespace,
         report: dict[str, Any] = {"size": args.size, "fps": 25, "live_nice": args.live_nice,
                                   "live_renderers": args.live_renderers,
                                   "load_average_at_start": os.getloadavg()[0]}
-        report["latency"] = await latency(http, avatar_id, args.size, args.lines,
-                                          args.out.parent / "live_stream.mp4")
-        log(f"latency: {report['latency']['p50_ms']} ms p50, {report['latency']['p95_ms']} p95")
-        report["stalls"] = await stalls(http, avatar_id, args.size, args.seconds, pids)
-        log(f"stalls: {report['stalls']}")
-        report["stop"] = await stop_latency(http, avatar_id, args.size)
-        log(f"stop: {report['stop']}")
-        report["concurrency"] = [await concurrency(http, avatar_id, size, args.most,
-                                                   args.concurrent_seconds)
-                                 for size in args.concurrency_sizes]
+        if "latency" in args.cases:
+            report["latency"] = await latency(http, avatar_id, args.size, args.lines,
+                                              args.out.parent / "live_stream.mp4")
+            log(f"latency: {report['latency']['p50_ms']} ms p50, "
+                f"{report['latency']['p95_ms']} p95")
+        if "audio" in args.cases:
+            try:
+                clips = await asyncio.to_thread(speech_clips,
+                                                args.out.parent / "bench_live_speech")
+            except RuntimeError as exc:
+                report["audio_latency"] = {"skipped": str(exc)}
+                log(f"audio lines skipped: {exc}")
+            else:
+                report["audio_latency"] = await audio_latency(http, avatar_id, args.size,
+                                                              args.lines, clips)
+                log(f"audio lines: {report['audio_latency']['p50_ms']} ms p50, "
+                    f"{report['audio_latency']['p95_ms']} p95")
+        if "stalls" in args.cases:
+            report["stalls"] = await stalls(http, avatar_id, args.size, args.seconds, pids)
+            log(f"stalls: {report['stalls']}")
+        if "stop" in args.cases:
+            report["stop"] = await stop_latency(http, avatar_id, args.size)
+            log(f"stop: {report['stop']}")
+        if "concurrency" in args.cases:
+            report["concurrency"] = [await concurrency(http, avatar_id, size, args.most,
+                                                       args.concurrent_seconds)
+                                     for size in args.concurrency_sizes]
         report["load_average_at_end"] = os.getloadavg()[0]
         return report
 
@@ -347,6 +424,8 @@ def main() -> int:
                         help="LIVE_NICE of the live workers (e.g. -10 on a busy shared machine)")
     parser.add_argument("--live-renderers", type=int, default=2,
                         help="live-visual worker processes (make run starts 2)")
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES,
+                        help="which measures to take (default: all)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_live.json"))
     args = parser.parse_args()
 

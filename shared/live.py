@@ -4,6 +4,7 @@ loop a live worker runs (claim sessions by lease, serve each in a thread, hand b
 Data flow of one session `<id>` (every stream bounded by MAXLEN, every key with a TTL):
 
     client --WS--> orchestrator --XADD ctl--> live-audio  --XADD speech--> live-visual
+                                --XADD audio_in--^   (PCM of audio lines: shared/live_audio.py)
     client <--WS-- orchestrator <--XREAD out-------------------------------------'
 
 A worker serves a session while it holds the session's lease for its role (`audio`, `visual`),
@@ -46,12 +47,19 @@ def session(session_id: str) -> str:
 
 
 def ctl(session_id: str) -> str:
-    """Stream of client commands: type=say|stop|close|keyframe (+ text, id)."""
+    """Stream of client commands: type=say|stop|close|keyframe|audio.start (+ text, id, ...)."""
     return f"{PREFIX}:live:{session_id}:ctl"
 
 
+def audio_in(session_id: str) -> str:
+    """Stream of the PCM of the client's audio lines (kind=pcm|end), read by live-audio, which
+    trims what it has forwarded."""
+    return f"{PREFIX}:live:{session_id}:audio_in"
+
+
 def speech(session_id: str) -> str:
-    """Stream of speech pieces from live-audio: one per sentence, or a stop marker."""
+    """Stream of speech pieces from live-audio: one per sentence (kind=piece) or per piece of
+    an audio line as it arrives (kind=audio)."""
     return f"{PREFIX}:live:{session_id}:speech"
 
 
@@ -70,7 +78,8 @@ def lease(session_id: str, role: str) -> str:
 
 
 def position(session_id: str, role: str) -> str:
-    """The last stream entry a role has consumed, so a worker taking over resumes after it."""
+    """The last stream entry a role has consumed, so a worker taking over resumes after it
+    (`role` is also "audio_in": live-audio's place in the audio_in stream)."""
     return f"{PREFIX}:live:{session_id}:pos:{role}"
 
 
@@ -86,8 +95,9 @@ def workers(role: str) -> str:
 
 def session_keys(session_id: str) -> list[str]:
     return [session(session_id), ctl(session_id), speech(session_id), out(session_id),
-            clock(session_id), init(session_id), *(lease(session_id, r) for r in ROLES),
-            *(position(session_id, r) for r in ROLES)]
+            clock(session_id), init(session_id), audio_in(session_id),
+            *(lease(session_id, r) for r in ROLES),
+            *(position(session_id, r) for r in (*ROLES, "audio_in"))]
 
 
 class SessionRecord(BaseModel):

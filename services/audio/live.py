@@ -1,7 +1,10 @@
 """`python -m services.audio.live`: the live-audio worker. For each live session it serves, it
-reads the client's commands (`say`, `stop`, `close`) from the session's ctl stream and speaks
-each line with Piper one sentence at a time, publishing every sentence as soon as it is ready
-(16-bit PCM + phoneme timings + the sentence's words) on the session's speech stream.
+reads the client's commands (`say`, `stop`, `close`, `audio.start`) from the session's ctl stream
+and speaks each line with Piper one sentence at a time, publishing every sentence as soon as it
+is ready (16-bit PCM + phoneme timings + the sentence's words) on the session's speech stream.
+Audio lines (speech the client streams, shared/live_audio.py) take their turn among the lines:
+their PCM, read from the audio_in stream, is resampled to the stream's rate and forwarded piece
+by piece as it arrives.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from services.audio.engines.piper import PiperEngine
+from services.audio.resample import Resampler, to_mono, to_pcm16
 from shared import live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
+from shared.live_audio import STREAM_RATE, AudioIn, AudioStart
 from shared.logs import configure_logging, job_context
 from shared.settings import Settings
 
@@ -52,26 +58,62 @@ def split_sentences(line: str, count: int) -> list[str]:
     return [line.strip()] + [""] * max(0, count - 1)
 
 
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+@dataclass
+class AudioLine:
+    """An audio line's PCM as it arrives, until it is forwarded."""
+
+    start: AudioStart
+    resampler: Resampler
+    pending: list[bytes] = field(default_factory=list)
+    ended: bool = False
+    seq: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.pending) or self.ended
+
+
 class AudioSession:
-    """One session's speech: a queue of lines, spoken sentence by sentence, cut by `stop`."""
+    """One session's speech: a queue of lines (text to speak, or audio lines to forward), in
+    the order they came, cut by `stop`."""
 
     def __init__(self, conn: redis.Redis, engine: PiperEngine, settings: Settings,
                  rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
         self.conn, self.engine, self.settings = conn, engine, settings
         self.rec, self.held, self.stopping = rec, held, stopping
         self.ttl = settings.live_idle_timeout_s
-        pos = conn.get(live.position(rec.id, "audio"))
+        pos, audio_pos = conn.mget([live.position(rec.id, "audio"),
+                                    live.position(rec.id, "audio_in")])
         self.pos = text(pos) if pos else "0-0"
+        self.audio_pos = text(audio_pos) if audio_pos else "0-0"
         self.queue: deque[tuple[str, dict[str, str]]] = deque()
+        self.lines: dict[str, AudioLine] = {}  # audio lines by the ctl id of their start
+        self.cut_before: tuple[int, int] = (0, 0)  # audio of lines started before a stop: dropped
         self.closed = False
         self._checked = time.monotonic()
 
     def run(self) -> None:
         while not self._done():
-            self._read(block_ms=0 if self.queue else 200)
+            self._read(block_ms=0 if self._has_work() else 200)
             if self.queue and not self._done():
-                ctl_id, say = self.queue.popleft()
-                self._speak(ctl_id, say)
+                ctl_id, command = self.queue[0]
+                if command.get("type") == "say":
+                    self.queue.popleft()
+                    self._speak(ctl_id, command)
+                elif self._has_work():
+                    self._forward(ctl_id)
+
+    def _has_work(self) -> bool:
+        """True if the line at the head of the queue can be worked on now."""
+        if not self.queue:
+            return False
+        ctl_id, command = self.queue[0]
+        return command.get("type") == "say" or self.lines[ctl_id].ready
 
     def _done(self) -> bool:
         if self.closed or self.stopping.is_set() or self.held.lost:
@@ -84,26 +126,92 @@ class AudioSession:
         return False
 
     def _read(self, block_ms: int) -> bool:
-        """Take new commands from the ctl stream; True if a stop or close came."""
-        reply: Any = self.conn.xread({live.ctl(self.rec.id): self.pos}, count=50,
-                                block=block_ms or None)
+        """Take new commands from the ctl stream and audio from the audio_in stream (commands
+        first: a line's start comes before its audio); True if a stop or close came."""
+        ctl_key, audio_key = live.ctl(self.rec.id), live.audio_in(self.rec.id)
+        reply: Any = self.conn.xread({ctl_key: self.pos, audio_key: self.audio_pos}, count=100,
+                                     block=block_ms or None)
+        streams = {text(key): entries for key, entries in reply or []}
         cut = False
-        for _, entries in reply or []:
-            for raw_id, raw in entries:
-                self.pos = text(raw_id)
-                fields = {text(k): text(v) for k, v in raw.items()}
-                kind = fields.get("type")
-                if kind == "say":
-                    self.queue.append((self.pos, fields))
-                elif kind == "stop":
-                    self.queue.clear()
-                    cut = True
-                elif kind == "close":
-                    self.closed = cut = True
+        for raw_id, raw in streams.get(ctl_key, []):
+            self.pos = text(raw_id)
+            fields = {text(k): text(v) for k, v in raw.items()}
+            kind = fields.get("type")
+            if kind == "say":
+                self.queue.append((self.pos, fields))
+            elif kind == "audio.start":
+                self._audio_start(self.pos, fields)
+            elif kind == "stop":
+                self.queue.clear()
+                self.cut_before = _stream_id(self.pos)
+                self.lines = {k: v for k, v in self.lines.items()
+                              if _stream_id(k) > self.cut_before}  # early audio of later lines
+                cut = True
+            elif kind == "close":
+                self.closed = cut = True
+        for raw_id, raw in streams.get(audio_key, []):
+            self.audio_pos = text(raw_id)
+            try:
+                entry = AudioIn.from_fields(raw)
+            except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+                logger.warning("session %s: audio_in entry %s is not audio (%r); skipped",
+                               self.rec.id, self.audio_pos, exc)
+                continue
+            self._audio_in(entry)
         if reply:
-            self.conn.set(live.position(self.rec.id, "audio"), self.pos,
-                          ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
+            ex = int(self.ttl + live.STREAM_TTL_MARGIN_S)
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.set(live.position(self.rec.id, "audio"), self.pos, ex=ex)
+            if audio_key in streams:  # what was read is held here: the stream need not keep it
+                pipe.set(live.position(self.rec.id, "audio_in"), self.audio_pos, ex=ex)
+                pipe.xtrim(audio_key, minid=self.audio_pos, approximate=False)
+            pipe.execute()
         return cut
+
+    def _audio_start(self, ctl_id: str, fields: dict[str, str]) -> None:
+        try:
+            start = AudioStart.from_fields(fields)
+        except (KeyError, ValueError) as exc:
+            logger.warning("session %s: ctl entry %s is not an audio line (%r); skipped",
+                           self.rec.id, ctl_id, exc)
+            return
+        early = self.lines.get(ctl_id)  # audio that was read before its start
+        if early is not None:
+            early.start = start
+        else:
+            self.lines[ctl_id] = AudioLine(start, Resampler(start.rate, STREAM_RATE))
+        self.queue.append((ctl_id, fields))
+
+    def _audio_in(self, entry: AudioIn) -> None:
+        if _stream_id(entry.ctl) < self.cut_before:
+            return  # audio of a line that was stopped
+        line = self.lines.get(entry.ctl)
+        if line is None:
+            start = AudioStart(id=entry.line, rate=entry.rate, channels=entry.channels)
+            line = self.lines[entry.ctl] = AudioLine(start, Resampler(entry.rate, STREAM_RATE))
+            if _stream_id(entry.ctl) <= _stream_id(self.pos):  # a worker that died read its
+                self.queue.append((entry.ctl, {"type": "audio.start"}))  # start: carry it on
+        if entry.kind == "end":
+            line.ended = True
+        elif entry.pcm:
+            line.pending.append(entry.pcm)
+
+    def _forward(self, ctl_id: str) -> None:
+        """Forward what has arrived of the audio line at the head of the queue, resampled."""
+        line = self.lines[ctl_id]
+        pcm = b"".join(line.pending)
+        line.pending.clear()
+        samples = line.resampler.process(to_mono(pcm, line.start.channels), final=line.ended)
+        if len(samples) or line.ended:
+            live.xadd(self.conn, live.speech(self.rec.id), {
+                "kind": "audio", "ctl": ctl_id, "line": line.start.id, "seq": line.seq,
+                "last": int(line.ended), "rate": STREAM_RATE, "pcm": to_pcm16(samples),
+                "text": line.start.text if line.seq == 0 else ""},
+                live.SPEECH_MAXLEN, self.ttl)
+            line.seq += 1
+        if line.ended:
+            self.queue.popleft()
+            del self.lines[ctl_id]
 
     def _speak(self, ctl_id: str, say: dict[str, str]) -> None:
         line, line_id = say.get("text", ""), say.get("id", ctl_id)

@@ -1,7 +1,8 @@
 """`python -m services.visual.live`: the live-visual worker. For each live session it serves, it
 draws the avatar with the portrait engine's rigs, paced to the wall clock (idle life between
-lines, speech from the live-audio worker's sentences), and encodes everything in-process into
-one continuous fragmented MP4 published, fragment by fragment, on the session's out stream.
+lines, speech from the live-audio worker's sentences and the pieces of audio lines), and encodes
+everything in-process into one continuous fragmented MP4 published, fragment by fragment, on the
+session's out stream.
 """
 
 from __future__ import annotations
@@ -12,26 +13,43 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import redis
 
 from services.visual import avatar as avatar_analysis
+from services.visual.live_audio import AudioLine, estimated_visemes
 from services.visual.live_encoder import FragmentEncoder, Piece
 from services.visual.live_motion import LiveMotion, Scheduled, viseme_items
 from shared import live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
 from shared.layout import PORTRAIT
+from shared.live_audio import STREAM_RATE
 from shared.logs import configure_logging, job_context
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 22050  # the stream's audio rate: Piper's, so speech is never resampled
+SAMPLE_RATE = STREAM_RATE  # the stream's audio rate: Piper's, so speech is never resampled
 RECORD_CHECK_S = 1.0
 LATE_LOG_S = 0.2
+BATCH_S = 0.5  # an audio line's estimated visemes (and caption updates) go out this often
+
+
+@dataclass
+class LineEvents:
+    """What an audio line has yet to tell the client: its pieces arrive a few frames at a time,
+    and their events go out in batches."""
+
+    line: str
+    caption_start: float
+    items: list[list[Any]] = field(default_factory=list)
+    last_name: str = ""
+    sent_frame: int | None = None
+    caption_end: float = 0.0
 
 
 def _stream_id(value: str) -> tuple[int, int]:
@@ -79,6 +97,8 @@ class VisualSession:
         self.stream_id = uuid.uuid4().hex  # tells a taken-over stream's init from a repeat
         self.want_key = False
         self.speaking: str | None = None
+        self.audio_line: AudioLine | None = None  # the audio line whose pieces are arriving
+        self.line_events: LineEvents | None = None
         self.closed = False
         self._checked = time.monotonic()
 
@@ -136,6 +156,7 @@ class VisualSession:
             self.cut_before = _stream_id(entry_id)
             now = self.encoder.frames
             cut = self.motion.stop(now)
+            self.audio_line = self.line_events = None
             lines = list(dict.fromkeys(p.line for p in cut))
             if self.speaking is not None and self.speaking not in lines:
                 lines.insert(0, self.speaking)
@@ -147,10 +168,14 @@ class VisualSession:
                 self._event({"type": "state", "state": "idle", "media_time": t})
 
     def _speech(self, fields: dict[str, Any]) -> None:
-        if text(fields.get("kind", b"")) != "piece":
+        kind = text(fields.get("kind", b""))
+        if kind not in ("piece", "audio"):
             return
         if _stream_id(text(fields.get("ctl", b"0-0"))) < self.cut_before:
             return  # a sentence of a line that was stopped
+        if kind == "audio":
+            self._audio_piece(fields)
+            return
         pcm = np.frombuffer(fields.get("pcm", b""), dtype="<i2")
         if not len(pcm):
             return
@@ -159,6 +184,31 @@ class VisualSession:
                              int(text(fields["seq"])), text(fields.get("last", b"1")) == "1",
                              pcm, int(text(fields.get("rate", SAMPLE_RATE))), phonemes,
                              text(fields.get("text", b"")))
+
+    def _audio_piece(self, fields: dict[str, Any]) -> None:
+        """A piece of an audio line (shared/live_audio.py), at the stream's rate."""
+        line_id, ctl = text(fields["line"]), text(fields["ctl"])
+        seq, last = int(text(fields["seq"])), text(fields.get("last", b"0")) == "1"
+        line = self.audio_line
+        if line is None or line.line != line_id or line.ctl != ctl:
+            line = self.audio_line = AudioLine(self.motion, line_id, ctl,
+                                               text(fields.get("text", b"")), first=seq == 0)
+        samples = np.frombuffer(fields.get("pcm", b""), dtype="<i2").astype(np.float32) / 32768
+        now = self.encoder.frames
+        placed = line.add(now, samples, last)
+        if last and not placed and not line.finish(now) and self.speaking == line_id:
+            # the end came after the line's audio had run out: it ends now
+            t = round(self.motion.media_time(now), 3)
+            self._event({"type": "speech.end", "id": line_id, "media_time": t})
+            self.speaking = self.line_events = None
+            if self.motion.playing(now) is None:
+                self._event({"type": "state", "state": "idle", "media_time": t})
+        if last:
+            self.audio_line = None
+            if line.dry:
+                logger.info("session %s: audio line %s ran dry %d times (its audio came late); "
+                            "buffer now %d frames", self.rec.id, line_id, line.dry,
+                            line.buffer_frames)
 
     def _frame(self, frame: int) -> None:
         self._events_at(frame)
@@ -188,10 +238,35 @@ class VisualSession:
         if self.speaking is None:
             self._event({"type": "state", "state": "speaking", "media_time": start})
         self.speaking = p.line
+        if p.streamed:
+            self._line_events(p, start)
+            return
         self._event({"type": "visemes", "id": p.line, "items": viseme_items(p.phonemes, start)})
         if p.text:
             self._event({"type": "caption", "id": p.line, "text": p.text, "start": start,
                          "end": end})
+
+    def _line_events(self, p: Scheduled, start: float) -> None:
+        """An audio line's estimated visemes and its caption (the transcript sent with its
+        audio.start, re-sent with a later end as more of its audio arrives), in batches."""
+        b = self.line_events
+        if b is None or b.line != p.line:
+            b = self.line_events = LineEvents(p.line, caption_start=start)
+        for item in estimated_visemes(p, self.animation.mouth_width, start, self.rec.fps):
+            if item[1] != b.last_name:
+                b.items.append(item)
+                b.last_name = item[1]
+        if (b.sent_frame is not None and not p.last
+                and p.start - b.sent_frame < BATCH_S * self.rec.fps):
+            return
+        b.sent_frame = p.start
+        self._event({"type": "visemes", "id": p.line, "items": b.items, "estimated": True})
+        b.items = []
+        end = self.motion.media_time(max(q.end for q in self.motion.pieces if q.line == p.line))
+        if p.text and end > b.caption_end:
+            b.caption_end = end
+            self._event({"type": "caption", "id": p.line, "text": p.text,
+                         "start": b.caption_start, "end": round(end, 3)})
 
     def _event(self, event: dict[str, Any]) -> None:
         live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(event)},

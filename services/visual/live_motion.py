@@ -23,7 +23,8 @@ STOP_FADE_FRAMES = 2  # a stopped line fades out over this many frames (no click
 
 @dataclass
 class Scheduled:
-    """A sentence placed on the timeline at frame `start` (this stream's frame numbers)."""
+    """A sentence, or a piece of an audio line, placed on the timeline at frame `start` (this
+    stream's frame numbers)."""
 
     line: str
     seq: int
@@ -38,6 +39,7 @@ class Scheduled:
     emphasis: np.ndarray
     tongue: np.ndarray  # tongue tip up 0..1 (t/d/n/l/th), as in a batch clip's tracks
     events_sent: bool = False
+    streamed: bool = False  # a piece of an audio line (services/visual/live_audio.py)
 
     @property
     def end(self) -> int:
@@ -133,12 +135,17 @@ class LiveMotion:
         tongue = tracks.tongue if tracks.tongue is not None else np.zeros(n_frames, np.float32)
         piece = Scheduled(line, seq, last, start, n_frames, words, phonemes,
                           tracks.opening, tracks.lateral, energy, emphasis, tongue)
+        return self.place(piece, samples)
+
+    def place(self, piece: Scheduled, samples: np.ndarray) -> Scheduled:
+        """Put a piece whose tracks are made on the timeline, with its audio (float32 at the
+        stream's rate from the piece's first frame on; a last partial frame is dropped)."""
         self.pieces.append(piece)
-        a0 = self.samples_of(start)[0]
+        a0 = self.samples_of(piece.start)[0]
         pcm16 = np.round(np.clip(samples, -1, 1) * 32767).astype(np.int16)
-        for k in range(n_frames):
-            a, b = self.samples_of(start + k)
-            self._audio[start + k] = pcm16[a - a0:b - a0]
+        for k in range(piece.n_frames):
+            a, b = self.samples_of(piece.start + k)
+            self._audio[piece.start + k] = pcm16[a - a0:b - a0]
         return piece
 
     def stop(self, now: int) -> list[Scheduled]:

@@ -71,6 +71,28 @@ class LiveClient:
         raise AssertionError(f"no {kind} event {match} within {timeout} s; got "
                              f"{[m for _, m in self.events()][-10:]}")
 
+    def push_audio(self, pcm: bytes, rate: int, channels: int = 1, *, line_id: str,
+                   text: str | None = None, piece_ms: int = 20, speed: float = 1.0,
+                   end: bool = True) -> float:
+        """Send an audio line: audio.start, binary messages of `piece_ms`, each when its audio
+        starts at `speed` x real time (0: at once), then audio.end (unless `end` is False).
+        Returns when the first binary message left."""
+        start: dict[str, Any] = {"type": "audio.start", "id": line_id, "sample_rate": rate,
+                                 "format": "s16le", "channels": channels}
+        if text is not None:
+            start["text"] = text
+        self.send(start)
+        step = 2 * channels * (rate * piece_ms // 1000)
+        t0 = first = time.monotonic()
+        for k, at in enumerate(range(0, len(pcm), step)):
+            if speed > 0:
+                time.sleep(max(0.0, t0 + at / (2 * channels * rate) / speed - time.monotonic()))
+            sent = self.send(pcm[at:at + step])
+            first = sent if k == 0 else first
+        if end:
+            self.send({"type": "audio.end", "id": line_id})
+        return first
+
     def stream_bytes(self) -> bytes:
         return b"".join(m for _, m in self.media())
 

@@ -2,8 +2,9 @@
 
 The relay reads the session's out stream (Redis) and forwards it: a `ready` event, the init
 segment, then fragments and events in stream order; it turns the client's JSON messages into
-commands on the session's ctl stream after checking them. A client that stops reading is dropped
-with close code 4008 rather than buffered without end.
+commands on the session's ctl stream after checking them, and the PCM of audio lines into the
+audio_in stream (orchestrator/audio_lines.py). A client that stops reading is dropped with close
+code 4008 rather than buffered without end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from orchestrator.api.deps import AppState
+from orchestrator.audio_lines import LINE_ID, AudioLines
 from orchestrator.schemas import SessionCreate, SessionPublic
 from orchestrator.sessions import SessionService
 from shared import live
@@ -41,8 +42,7 @@ SEND_BUFFER_BYTES = 64 * 1024  # kernel send buffer of a live socket: ~2 s of a 
 READY_TIMEOUT_S = 20.0
 TOUCH_EVERY_S = 5.0
 MAX_MESSAGE_CHARS = 20_000
-_LINE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-CLIENT_TYPES = ("say", "stop", "close")
+CLIENT_TYPES = ("say", "stop", "close", "audio.start", "audio.end")
 
 
 @dataclass
@@ -100,6 +100,7 @@ class Relay:
         self.ttl = lv.sessions.settings.live_idle_timeout_s
         self._send_lock = asyncio.Lock()
         self.close_code, self.close_reason = 1000, "session ended"
+        self.audio = AudioLines(lv.aconn, rec.id, self.ttl, max_chars)
 
     async def send(self, message: str | bytes) -> None:
         async with self._send_lock:
@@ -117,10 +118,13 @@ class Relay:
                               maxlen=live.CTL_MAXLEN, approximate=True)
         pump = asyncio.create_task(self.pump(start))
         reader = asyncio.create_task(self.read())
+        idle = asyncio.create_task(self.end_idle_lines())
         done, pending = await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
+        for task in (*pending, idle):
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, idle, return_exceptions=True)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.audio.close()  # a line left open by a client that went away ends
         for task in done:
             exc = task.exception()
             if isinstance(exc, TimeoutError):
@@ -203,8 +207,9 @@ class Relay:
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("bytes") is not None:
-                await self.event(_error("binary messages are not accepted; send JSON text such "
-                                        'as {"type": "say", "text": "Hello"}'))
+                problem = await self.audio.pcm(message["bytes"])
+                if problem:
+                    await self.event(_error(problem))
                 continue
             command = await self._check(message.get("text") or "")
             if command is None:
@@ -213,12 +218,23 @@ class Relay:
                 await asyncio.to_thread(self.lv.sessions.end, self.rec.id)
                 self.close_reason = "closed by the client"
                 return
+            if command["type"] == "stop":
+                self.audio.cut()
             await self.aconn.xadd(live.ctl(self.rec.id), command,  # type: ignore[arg-type]
                                   maxlen=live.CTL_MAXLEN, approximate=True)
             await self.aconn.expire(live.session(self.rec.id), int(self.ttl))
 
+    async def end_idle_lines(self) -> None:
+        """End an audio line left open with no audio for a while, saying so."""
+        while True:
+            await asyncio.sleep(1.0)
+            problem = await self.audio.end_idle()
+            if problem:
+                await self.event(_error(problem))
+
     async def _check(self, raw: str) -> dict[str, Any] | None:
-        """The command in a client message, or None after sending an error event."""
+        """The command in a client message (None: nothing to add to the ctl stream, because
+        the message was an audio line's start or end, or an error event was sent)."""
         problem = None
         try:
             message = json.loads(raw) if len(raw) <= MAX_MESSAGE_CHARS else None
@@ -236,6 +252,12 @@ class Relay:
                        f"{', '.join(CLIENT_TYPES)}")
         elif kind == "say":
             return await self._check_say(message)
+        elif kind in ("audio.start", "audio.end"):
+            problem = await (self.audio.start(message, self.ready.is_set())
+                             if kind == "audio.start" else self.audio.end(message))
+            if problem is None:
+                await self.aconn.expire(live.session(self.rec.id), int(self.ttl))
+                return None
         if problem:
             await self.event(_error(problem))
             return None
@@ -252,7 +274,7 @@ class Relay:
                        f"{self.max_chars} (send it as several lines)")
         elif not any(ch.isalnum() for ch in line):
             problem = "the line has no letters or digits to speak"
-        elif line_id is not None and not (isinstance(line_id, str) and _LINE_ID.match(line_id)):
+        elif line_id is not None and not (isinstance(line_id, str) and LINE_ID.match(line_id)):
             problem = ("'id' must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
         elif not self.ready.is_set():
             problem = "say arrived before the stream was ready; wait for the ready event"
