@@ -15,9 +15,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-system-deps: ## apt-get install redis-server, ffmpeg, libgl1, a font for captions where missing
+system-deps: ## apt-get install redis-server, ffmpeg, libgl1, a font for captions, procps where missing
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v pgrep >/dev/null || missing="$$missing procps"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	ldconfig -p | grep -q 'libGL.so.1' || missing="$$missing libgl1"; \
@@ -69,11 +70,22 @@ $(VENVS)/audio/.bench: $(VENVS)/audio/.neural requirements/audio-bench.txt
 
 setup-neural: setup $(VENVS)/audio/.neural $(VENVS)/visual/.neural ## add the neural engines' libraries (torch, coqui-tts)
 
-test-deps: ## headless Chromium for the web-page test, espeak-ng for the voice samples
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+# The browser tests drive /usr/bin/chromium with Playwright. Ubuntu's `chromium` deb installs only
+# a shim that runs the snap, which they cannot drive: that is refused here, saying what to do.
+CHROMIUM := /usr/bin/chromium
+test-deps: ## headless Chromium (a real one, not Ubuntu's snap shim) for the web-page tests, espeak-ng for the voice samples
+	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@if grep -qs '/snap/' $(CHROMIUM) || readlink -f $(CHROMIUM) | grep -q '^/snap/' \
+	    || ! $(CHROMIUM) --version 2>/dev/null | grep -q '^Chromium'; then \
+	  echo "$(CHROMIUM) is not a Chromium the browser tests can drive: it is Ubuntu's shim for the" \
+	    "chromium snap (or does not start: '$(CHROMIUM) --version' says no Chromium). Install a" \
+	    "Chromium from a .deb instead, e.g. on Ubuntu: sudo add-apt-repository ppa:xtradeb/apps &&" \
+	    "sudo apt-get install chromium (Debian's build); on Debian: sudo apt-get install chromium." >&2; \
+	  exit 1; \
+	fi
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng; }
 
-run: setup ## start Redis, the API on http://127.0.0.1:$(PORT) and one worker per stage (Ctrl-C stops)
+run: setup ## start Redis, the API on http://127.0.0.1:$(PORT) and the workers (Ctrl-C stops)
 	$(VENVS)/orchestrator/bin/python scripts/stack.py --data-dir $(DATA_DIR) --port $(PORT) --redis-port $(REDIS_PORT)
 
 demo: setup ## make out/demo.mp4 from the sample portrait (starts and stops the cluster itself)

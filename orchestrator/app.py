@@ -33,8 +33,9 @@ from orchestrator.settings import OrchestratorSettings
 from orchestrator.staging import StagingArea
 from shared.errors import ConfigError
 from shared.jobs import JobStore
-from shared.logs import configure_logging
+from shared.logs import configure_logging, hide_socket_queries
 from shared.mirror import MirrorWriter
+from shared.storage import owner_only
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or OrchestratorSettings.load()
+        owner_only()  # faces, voices and texts in DATA_DIR are this user's alone
         configure_logging(s.log_level)
+        hide_socket_queries()
         security.check_exposure(s)
         if s.api_workers > 1:
             _die_with_parent()
@@ -62,7 +65,8 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
                                        MediaLibrary(s, decoder, staging), mirrors=mirrors,
                                        events=events)
         live_conn = sessions.install(app, app.state.jayavatar)
-        reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s)
+        reconciler = Reconciler(store, every_s=s.reconcile_every_s, lease_ttl_s=s.lease_ttl_s,
+                                sweep_after_s=s.sweep_after_s)
         if s.run_reconciler:
             reconciler.start()
         logger.info("orchestrator ready: redis %s, data %s", s.redis_url_redacted, s.data_dir)
@@ -121,8 +125,10 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    """`python -m orchestrator.app`: serve the API with uvicorn."""
+    """`python -m orchestrator.app`: serve the API with uvicorn (orchestrator/serving.py)."""
     import uvicorn
+
+    from orchestrator import serving
 
     try:
         settings = OrchestratorSettings.load()
@@ -130,11 +136,19 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"jayavatar orchestrator: {exc}\n")
         raise SystemExit(2) from exc
+    fd_limit = serving.raise_fd_limit()
+    limits = serving.Limits(
+        header_timeout_s=settings.http_header_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+        max_header_bytes=settings.http_max_header_kb * 1024,
+        max_connections=serving.connection_cap(settings.http_max_connections, fd_limit))
     several = settings.api_workers > 1  # then each process builds its app from the environment
     uvicorn.run("orchestrator.app:create_app" if several else create_app(settings),
                 factory=several, workers=settings.api_workers, host=settings.host,
                 port=settings.port, access_log=settings.access_log,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), http=serving.protocol(limits),
+                timeout_keep_alive=settings.http_idle_timeout_s,
+                ws_max_size=serving.WS_MAX_BYTES)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ with the reason. For a lease TTL after Redis restarts, a running stage without a
 to its worker to take back (the lease expired while Redis was down). A Redis lock elects one
 reconciler across orchestrators. The elected one also
 keeps the job listings (shared/listings.py): it indexes old jobs once, and forgets finished jobs
-past JOB_RETENTION_DAYS every PRUNE_EVERY_S.
+past JOB_RETENTION_DAYS every PRUNE_EVERY_S; and it sweeps what ended jobs' executions left on
+disk (orchestrator/leftovers.py) when it is elected and every SWEEP_EVERY_S.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import redis
 
+from orchestrator.leftovers import SWEEP_EVERY_S, Sweeper
 from shared import keys, listings, pipeline
 from shared.jobs import JobStore
 from shared.models import TERMINAL, JobRecord
@@ -36,7 +38,7 @@ BRIEF_FIELDS = ("status", "stage", "stage_state", "attempt", "queued_at", "retry
 
 class Reconciler:
     def __init__(self, store: JobStore, *, every_s: float, lease_ttl_s: float,
-                 restart_grace_s: float | None = None) -> None:
+                 restart_grace_s: float | None = None, sweep_after_s: float = 600.0) -> None:
         self.store = store
         self.conn = store.conn
         self.every_s = every_s
@@ -47,6 +49,8 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pruned_at = float("-inf")  # the first elected pass keeps the listings
+        self.sweeper = Sweeper(store, sweep_after_s)
+        self._swept_at = float("-inf")  # and sweeps the job folders
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -63,6 +67,7 @@ class Reconciler:
                 if self._elected():
                     self.reconcile_once()
                     self._keep_listings()
+                    self._sweep()
             except redis.RedisError as exc:
                 logger.warning("reconciler: Redis unavailable (%s); retrying", exc)
             except Exception:  # the loop must outlive any one bad record
@@ -78,6 +83,12 @@ class Reconciler:
             logger.info("job listings: %d job(s) stored before per-status listings indexed",
                         indexed)
         listings.prune(self.store)
+
+    def _sweep(self) -> None:
+        if time.monotonic() - self._swept_at < SWEEP_EVERY_S:
+            return
+        self._swept_at = time.monotonic()
+        self.sweeper.sweep()
 
     def _elected(self) -> bool:
         ttl_ms = int(self.every_s * 3000)
@@ -96,7 +107,7 @@ class Reconciler:
         the whole record is read only for a stage that needs re-enqueuing.
         """
         changed = 0
-        queued: dict[str, set[str]] = {}  # rq queue name -> ids waiting in it, read once
+        queued: dict[str, set[str]] = {}  # stage -> rq ids waiting in its queues, read once
         # Redis restarted within a lease TTL: every lease may have expired while it was down,
         # though the workers live on and take them back as they reach it again (the heartbeat,
         # `JobStore.reclaim_lease`). A running stage without a lease is left to them until then.
@@ -187,10 +198,11 @@ class Reconciler:
         return False
 
     def _waiting(self, stage: str, queued: dict[str, set[str]]) -> set[str]:
-        queue = pipeline.STAGES[stage].work.queue
-        if queue not in queued:
-            queued[queue] = {keys.text(i) for i in self.conn.lrange(f"rq:queue:{queue}", 0, -1)}
-        return queued[queue]
+        """The rq ids waiting in the stage's queues (every lane's), read once per pass."""
+        if stage not in queued:
+            queued[stage] = {keys.text(i) for queue in pipeline.STAGES[stage].queues
+                             for i in self.conn.lrange(f"rq:queue:{queue}", 0, -1)}
+        return queued[stage]
 
     def _orphaned(self, rec: JobRecord, queued: dict[str, set[str]]) -> str | None:
         """Why this unleased stage needs re-enqueuing, or None if it is fine as it is."""

@@ -27,6 +27,8 @@ class OrchestratorSettings(Settings):
     max_pending_avatars: int = Field(16, ge=1)
     max_json_kb: int = Field(256, ge=16)
     run_reconciler: bool = True
+    # A finished job's leftovers (orchestrator/leftovers.py) are removed this long after it ended.
+    sweep_after_s: float = Field(600.0, ge=0)
     # Access (orchestrator/api/security.py): the token /v1 and /metrics need (required when HOST
     # is not loopback) and the Host names besides loopback ones (comma-separated, '*.x' allowed).
     api_token: SecretStr | None = None
@@ -35,6 +37,14 @@ class OrchestratorSettings(Settings):
     # Serving: API processes (one reconciler is active among them) and uvicorn's access log.
     api_workers: int = Field(1, ge=1, le=32)
     access_log: bool = False
+    # Connections (orchestrator/serving.py): a request head must be in within this; a kept-alive
+    # connection idle this long is closed; a body gets this long plus 1 s per 500 bytes; the
+    # largest head; connections open at once (0: what the file-descriptor limit leaves).
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    http_idle_timeout_s: int = Field(5, ge=1)
+    http_body_timeout_s: float = Field(20.0, gt=0)
+    http_max_header_kb: int = Field(64, ge=8, le=1024)
+    http_max_connections: int = Field(0, ge=0)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -96,7 +96,7 @@ def discard(folder: Path) -> None:
 def _lock_new(path: Path) -> int:
     """Create and lock `path`; again if a sweeper took it for a dead owner's in between."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:

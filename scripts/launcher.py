@@ -36,6 +36,7 @@ STOP_TIMEOUT_S = 15.0  # how long a process may take over SIGTERM/SIGINT before 
 if str(ROOT) not in sys.path:  # from any Python: the pipeline's table is a stdlib-only module
     sys.path.append(str(ROOT))
 from shared.pipeline import STAGES as STAGES  # noqa: E402 - the launchers' stage table
+from shared.storage import OWNER_ONLY_UMASK  # noqa: E402 - stdlib only too
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -66,9 +67,11 @@ def free_port() -> int:
 
 
 def redis_command(port: int, redis_dir: Path, password: str) -> list[str]:
-    """redis-server on `port` with its AOF in `redis_dir`; writes the ACL file there first
-    (the app's user with `password`, the default user off)."""
-    redis_dir.mkdir(parents=True, exist_ok=True)
+    """redis-server on `port` with its AOF in `redis_dir` (0700: the AOF holds every job's
+    text); writes the ACL file there first (the app's user with `password`, the default user
+    off)."""
+    redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    redis_dir.chmod(0o700)  # made by an earlier version, or by hand
     acl = redis_auth.write_acl(redis_dir / "users.acl", password)
     return ["redis-server", str(ROOT / "redis.conf"), "--port", str(port), "--dir",
             str(redis_dir), "--aclfile", str(acl)]
@@ -94,7 +97,8 @@ def live_command(role: str) -> list[str]:
 
 
 class Processes:
-    """Named child processes run from the repo root with one environment, each appending its
+    """Named child processes run from the repo root with one environment and an owner-only
+    umask (what they write, Redis's AOF included, is this user's alone), each appending its
     output to `<log_dir>/<name>.log`. Every start of a name is kept in `started[name]`, the
     latest last; `stop()` ends them all, Redis (the name "redis") last."""
 
@@ -105,10 +109,12 @@ class Processes:
         self.stopped: set[str] = set()  # names whose latest process is SIGSTOPped
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its copy
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as out:  # the child keeps its copy
             proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    umask=OWNER_ONLY_UMASK)
         self.started.setdefault(name, []).append(proc)
         self.stopped.discard(name)
         return proc

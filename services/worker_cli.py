@@ -6,6 +6,10 @@ Each stage must run from its own venv (its `venv` in shared/pipeline.py), which 
 engine's libraries. This is an application entry point that imports a stage's service module,
 so it lives beside the services rather than in `shared/`, which names no service module.
 
+A worker serves both lanes of its stage (shared/lanes.py), the short one first; with
+`--lane short` it serves only the short lane (and avatar analysis, for the visual stage), so a
+short job never waits for a long one to end (`make run` starts one such worker per stage).
+
 Workers run only the project's entry points: an rq job is checked against its stage's
 `entry_points` (its function's dotted name, no instance, callbacks or webhooks) before anything
 is imported, and anything else is logged and failed without running (rq would import and call
@@ -35,6 +39,7 @@ from shared.logs import configure_logging
 from shared.presence import Presence
 from shared.settings import Settings
 from shared.stage import Runtime, install_runtime
+from shared.storage import owner_only
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jayavatar-worker", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(pipeline.STAGES))
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--lane", choices=("all", pipeline.SHORT), default="all",
+                        help="the lanes served: all (the short one first), or only the short "
+                             "one, so that short jobs never wait for a long one to end")
     args = parser.parse_args(argv)
+    lanes = pipeline.LANES if args.lane == "all" else (pipeline.SHORT,)
     spec = pipeline.STAGES[args.stage]
 
     try:
@@ -53,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"jayavatar-worker: {exc}\n")
         return 2
+    owner_only()  # what the stages write in DATA_DIR is this user's alone
     configure_logging(settings.log_level)
     # accepting work never waits behind rendering. Every stage takes the same nice: with the
     # upstream stages first (audio at nice 0 on one Piper thread, visual at 10), overlapping
@@ -81,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.stage, lambda: runtime.worker_name)
     presence.start()  # /healthz counts this worker while it beats
     try:
-        return _work(runtime, spec, args.burst, settings.log_level.upper())
+        return _work(runtime, spec.worker_queues(lanes), spec.entry_points, args.burst,
+                     settings.log_level.upper())
     except KeyboardInterrupt:  # Ctrl-C while waiting for Redis to come back
         return 130
     except StopRequested:  # SIGTERM while waiting between rq loops (Redis away)
@@ -150,16 +161,18 @@ def rq_connection(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, health_check_interval=10)
 
 
-def _work(runtime: Runtime, spec: pipeline.StageSpec, burst: bool, log_level: str) -> int:
-    """Run the rq worker; while Redis is unreachable, wait and start it again."""
+def _work(runtime: Runtime, queues: tuple[str, ...], allowed: frozenset[str], burst: bool,
+          log_level: str) -> int:
+    """Run the rq worker on `queues`, in that order; while Redis is unreachable, wait and
+    start it again."""
     delay = 0.5
     conn = rq_connection(runtime.settings)
     while True:
         worker = None
         try:
-            worker = StageWorker(list(spec.worker_queues), connection=conn,
+            worker = StageWorker(list(queues), connection=conn,
                                  serializer=JSONSerializer, name=runtime.worker_name)
-            worker.allowed = spec.entry_points
+            worker.allowed = allowed
             worker.work(burst=burst, with_scheduler=False, logging_level=log_level)
             if burst or worker.stopping or worker._stop_requested:
                 return 0

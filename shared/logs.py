@@ -35,6 +35,28 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class SocketQueryFilter(logging.Filter):
+    """Cuts the query string out of uvicorn's WebSocket handshake lines (`"WebSocket
+    /v1/sessions/x/ws?token=..." [accepted]`), which it writes even with the access log off:
+    the API takes its token only in a header or the session cookie, and one that a client put
+    in the URL must not end up in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (isinstance(record.msg, str) and '"WebSocket %s"' in record.msg
+                and isinstance(args, tuple) and len(args) >= 2 and isinstance(args[1], str)
+                and "?" in args[1]):
+            record.args = (args[0], args[1].split("?", 1)[0] + "?<query not logged>", *args[2:])
+        return True
+
+
+def hide_socket_queries() -> None:
+    """Install SocketQueryFilter on uvicorn's logger (once)."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, SocketQueryFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(SocketQueryFilter())
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())

@@ -217,7 +217,7 @@ def audit(runtime: Runtime, event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid(),
                        "worker": runtime.worker_name, **fields}) + "\n"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())
         finally:

@@ -2,7 +2,8 @@
 
 Every file JayAvatar publishes is written to a temp name beside its target, flushed, fsynced and
 then `os.replace`d, so a reader sees either the old file, the new file, or nothing: never half.
-Where those files live under DATA_DIR is shared/layout.py's business.
+Where those files live under DATA_DIR is shared/layout.py's business. What the app writes there
+(faces, voices, texts) is its user's alone: every entry point calls `owner_only()` first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+OWNER_ONLY_UMASK = 0o077  # files 0600, folders 0700
+
+
+def owner_only() -> None:
+    """Make what this process, and every process it starts (ffmpeg, Redis), creates from now on
+    readable and writable by its own user only. The services share files as one user (the
+    containers of docker-compose.yml too); the patched Piper voice under MODELS_DIR is made
+    0644 explicitly."""
+    os.umask(OWNER_ONLY_UMASK)
 
 
 def fsync_dir(path: Path) -> None:

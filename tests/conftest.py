@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -49,13 +50,18 @@ VENVS, STAGES, free_port = launcher.VENVS, launcher.STAGES, launcher.free_port
 @contextmanager
 def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
     """A tmpfs of `size_mb` MB mounted at `path` for a test (a disk that fills up), unmounted
-    after it. Fails the test, saying why, where it cannot be mounted (not root)."""
+    after it. Fails the test, saying what it needs, where it cannot be mounted (not root)."""
     path.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.fail(f"this test needs a small filesystem: mounting a {size_mb} MB tmpfs at {path} "
-                    f"failed (run it as root, or with CAP_SYS_ADMIN): {done.stderr.strip()}")
+        uid = os.geteuid()
+        pytest.fail(f"this test needs root (or CAP_SYS_ADMIN): it fills a disk, a {size_mb} MB "
+                    f"tmpfs it mounts at {path}, and the mount failed for uid {uid}"
+                    f"{'' if uid == 0 else ' (not root)'}: {' '.join(done.stderr.split())} Run "
+                    "the tests as root, e.g. `sudo make test`, or in a container with "
+                    "CAP_SYS_ADMIN",
+                    pytrace=False)
     try:
         yield path
     finally:

@@ -83,10 +83,12 @@ def upright(rgb: np.ndarray, faces: list[Any], path: Path
             ) -> tuple[np.ndarray, list[Any], int]:
     """Stand a photo lying on its side or upside down upright: the turn the largest face's
     landmarks ask for, or each quarter turn in turn. A turn that shows an upright face, more
-    surely than the photo as it was, is stored over `path`. The picture, its faces and the
-    degrees it was turned clockwise (the photo as it was, and 0, when no turn helps)."""
+    surely than the photo as it was, is stored over `path`; a turn tried blindly must show a
+    face that a detection vouches for, since the mesh alone sees faces in cups and plates. The
+    picture, its faces and the degrees it was turned clockwise (the photo as it was, and 0,
+    when no turn helps)."""
     asked = quarter_turn(faces[0]) if faces else 0
-    score = faces[0].score if faces else 0.0
+    score = faces[0].score if faces else UNVOUCHED
     for degrees in [asked] if asked else [180, 90, 270] if faces else [90, 270, 180]:
         turned = np.ascontiguousarray(np.rot90(rgb, -degrees // 90))
         found = analyzer().analyze(turned)

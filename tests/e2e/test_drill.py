@@ -4,6 +4,7 @@ flight (a third of them while two stages of one job run at once), nothing lost."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,12 @@ def test_short_drill_loses_nothing(tmp_path: Path) -> None:
     assert jobs["succeeded"] + jobs["failed"] + jobs["canceled"] == jobs["accepted"], detail
     assert report["duplicate_published"]["count"] == 0, detail
     assert report["corrupt"]["count"] == 0, detail
-    by_kind = report["faults"]["by_kind"]
-    assert all(by_kind.get(k, 0) >= 1 for k in KINDS), by_kind
+    by_kind, disk = report["faults"]["by_kind"], report["disk"]["small_disk"]
+    kinds = KINDS
+    if os.geteuid() != 0:  # the drill cannot mount the small disk to fill: it says so
+        assert disk.startswith("unavailable: mounting a tmpfs failed"), disk
+        kinds = tuple(k for k in KINDS if k != "fill-disk")
+    assert all(by_kind.get(k, 0) >= 1 for k in kinds), f"{by_kind}; small disk: {disk}"
     faults = report["faults"]
     assert faults["injected"] == 8, detail
     # every fault landed on work in flight: it interrupted a running stage, or (a worker

@@ -28,9 +28,12 @@ def test_worker_killed_mid_visual_resumes_from_chunks(client, avatar_id, cluster
     victim.wait()
     killed_at = time.monotonic()
     cluster.start_worker("visual")
-    job = wait_job(client, job_id, timeout=60)
+    job = wait_job(client, job_id, timeout=180)  # long enough to see how long it took
+    recovered_s = time.monotonic() - killed_at
     assert job["status"] == "succeeded", job
-    assert time.monotonic() - killed_at < 60
+    # the lease TTL, the new worker's start and the rest of the render; past a minute, the
+    # reconciler or the resume from chunks is not doing its part
+    assert recovered_s < 60, f"the job took {recovered_s:.0f} s to finish after the kill"
     assert job["stages"]["visual"]["attempts"] == 2
     job_dir = cluster.data_dir / "jobs" / job_id
     info = json.loads((job_dir / "visual" / "manifest.json").read_text())["info"]

@@ -80,6 +80,16 @@ def test_photo_lying_on_its_side_is_turned_upright_and_said(
     client.delete(f"/v1/avatars/{avatar['id']}")
 
 
+def test_objects_lying_sideways_are_not_taken_for_a_face(client: httpx.Client) -> None:
+    """cups.png (mugs and a spoon, no face): the face mesh alone sees a face in it turned
+    270 degrees, which the search for a photo lying on its side used to accept."""
+    resp = _avatar(client, (DATA / "cups.png").read_bytes())
+    assert resp.status_code == 422, resp.text
+    error = resp.json()
+    assert error["error"] == "no_face", error
+    assert "no face was found in the portrait" in error["message"], error
+
+
 def test_large_jpeg_is_decoded_reduced(client: httpx.Client) -> None:
     jpeg = subprocess.run(
         ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=6000x4000",
