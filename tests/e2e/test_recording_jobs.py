@@ -122,3 +122,26 @@ def test_cli_submits_a_recording(cluster, avatar_id, tmp_path, capsys) -> None: 
     assert "established" in out.with_suffix(".srt").read_text().lower()
     assert cli.main(["--server", cluster.url, "submit", "--avatar", avatar_id]) == 1
     assert "--audio" in capsys.readouterr().err
+
+
+def _lufs(path: Path) -> float:
+    import re
+
+    log = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-i", str(path), "-vn", "-af",
+                          "ebur128", "-f", "null", "-"], capture_output=True, text=True).stderr
+    return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", log)[-1])
+
+
+def test_loudness_is_kept_unless_normalize_is_asked(client, avatar_id, recording,  # type: ignore[no-untyped-def]
+                                                    tmp_path) -> None:
+    quiet = tmp_path / "quiet.wav"  # the clip 12 dB down: far from -16 LUFS
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SPEECH), "-af", "volume=-12dB",
+                    str(quiet)], check=True)
+    media = client.post("/v1/media", data={"kind": "speech"},
+                        files={"file": ("quiet.wav", quiet.read_bytes())}).json()
+    sent = _lufs(quiet)
+    for normalize, expected in ((False, sent), (True, -16.0)):
+        job = _run(client, avatar_id, media, normalize=normalize)
+        out = tmp_path / f"n{normalize}.mp4"
+        out.write_bytes(client.get(f"/v1/jobs/{job['id']}/result").content)
+        assert _lufs(out) == pytest.approx(expected, abs=1.0), (normalize, sent)
