@@ -61,6 +61,7 @@ class JobPublic(BaseModel):
     status: str
     stage: str
     attempt: int
+    lane: str  # the queue its stages wait in: "short" or "long" (shared/lanes.py)
     progress: float
     stages: dict[str, StageInfo]
     engines: dict[str, str]
@@ -77,7 +78,8 @@ class JobPublic(BaseModel):
         done = rec.status == "succeeded"
         return cls(
             id=rec.id, avatar_id=rec.avatar_id, text=rec.text, status=rec.status,
-            stage=rec.stage, attempt=rec.attempt, progress=rec.progress(), stages=rec.stages,
+            stage=rec.stage, attempt=rec.attempt, lane=rec.lane, progress=rec.progress(),
+            stages=rec.stages,
             engines=rec.engines, options=rec.options.model_dump(), notes=rec.notes,
             error=rec.error, created_at=rec.created_at, finished_at=rec.finished_at,
             result_url=f"/v1/jobs/{rec.id}/result" if done else None,

@@ -1,12 +1,14 @@
-"""Run the whole JayAvatar cluster on this machine: Redis, orchestrator, one worker per stage.
+"""Run the whole JayAvatar cluster on this machine: Redis, orchestrator, workers per stage.
 
-`make run` uses it. Each process runs from its own venv and is supervised: Redis, the
-orchestrator and every worker are restarted when they exit, after a pause that doubles on each
-quick exit (1 s up to 10 s) and resets once the process has stayed up for 10 s. So a Redis
-that exits on an AOF write error (a full disk, with `appendfsync always`) comes back by itself
-once space is freed, and the workers and the orchestrator reconnect to it; a dead worker's stage
-is re-enqueued by the orchestrator's reconciler. Ctrl-C, SIGINT or SIGTERM stops everything:
-workers and orchestrator first, Redis last. Stdlib only, so it runs from any Python.
+`make run` uses it: per stage one worker serving both lanes and one serving only the short lane
+(shared/lanes.py), so a short job starts at once behind long ones. Each process runs from its
+own venv and is supervised: Redis, the orchestrator and every worker are restarted when they
+exit, after a pause that doubles on each quick exit (1 s up to 10 s) and resets once the
+process has stayed up for 10 s. So a Redis that exits on an AOF write error (a full disk, with
+`appendfsync always`) comes back by itself once space is freed, and the workers and the
+orchestrator reconnect to it; a dead worker's stage is re-enqueued by the orchestrator's
+reconciler. Ctrl-C, SIGINT or SIGTERM stops everything: workers and orchestrator first, Redis
+last. Stdlib only, so it runs from any Python.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ __all__ = ["ROOT", "Stack", "Supervised", "Supervisor", "log"]
 
 class Stack:
     def __init__(self, data_dir: Path, redis_port: int, api_port: int, log_dir: Path,
-                 workers: int = 1, live_renderers: int = 2) -> None:
+                 workers: int = 1, live_renderers: int = 2, short_workers: int = 0) -> None:
         self.data_dir = data_dir.resolve()
         self.redis_port, self.api_port = redis_port, api_port
         self.log_dir = log_dir
         self.workers = workers
+        self.short_workers = short_workers  # per stage, serving only the short lane
         self.live_renderers = live_renderers
         self.redis_password = redis_auth.ensure()  # .secrets/redis_password, made once
         self.env = dict(os.environ, REDIS_URL=redis_auth.url(self.redis_password,
@@ -76,7 +79,8 @@ class Stack:
         return self.supervisor.add(name, cmd)
 
     def start(self) -> None:
-        """Start Redis, the orchestrator, `workers` workers per stage and the live workers;
+        """Start Redis, the orchestrator, `workers` workers per stage (and `short_workers`
+        serving only the short lane) and the live workers;
         SystemExit (saying which log to read) when Redis or the API does not come up."""
         self.add("redis", self.redis_cmd)  # a fresh ACL file on every restart
         try:
@@ -86,6 +90,8 @@ class Stack:
             for stage in STAGES:
                 for n in range(self.workers):
                     self.add(f"{stage}-{n}", worker_command(stage))
+                for n in range(self.short_workers):
+                    self.add(f"{stage}-short-{n}", worker_command(stage, "--lane", "short"))
             # live sessions: one speaker, two renderers (either takes over the other's sessions)
             for role, count in (("audio", 1), ("visual", self.live_renderers)):
                 for n in range(count):
@@ -118,8 +124,11 @@ def main() -> int:
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("REDIS_PORT", 6390)))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
     parser.add_argument("--workers", type=int, default=1, help="workers per stage")
+    parser.add_argument("--short-workers", type=int, default=1,
+                        help="workers per stage serving only the short lane (0: none)")
     args = parser.parse_args()
-    stack = Stack(args.data_dir, args.redis_port, args.port, args.data_dir / "logs", args.workers)
+    stack = Stack(args.data_dir, args.redis_port, args.port, args.data_dir / "logs", args.workers,
+                  short_workers=args.short_workers)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

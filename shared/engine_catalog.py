@@ -23,7 +23,8 @@ class EngineSpec:
     """One engine: `live` if live sessions may use it; `thread_safe` if its frames may be drawn
     from several threads at once (the visual stage then renders chunks in lanes);
     `needs_whole_input` if it must have all its input before it starts; `streams` if it
-    hands over its output in pieces as it goes."""
+    hands over its output in pieces as it goes; `pace`, for a renderer, how many times longer
+    it takes per frame than `portrait` (a job's estimated cost, shared/lanes.py)."""
 
     name: str
     kind: Kind
@@ -36,6 +37,7 @@ class EngineSpec:
     needs_whole_input: bool = False
     # it hands over its output in pieces as it goes (piper, sentence by sentence)
     streams: bool = False
+    pace: float = 1.0
 
     def missing(self, models_dir: Path) -> list[str]:
         """The required files absent under `models_dir`, as paths relative to it."""
@@ -55,14 +57,16 @@ CATALOG: tuple[EngineSpec, ...] = (
     EngineSpec("piper-female", "audio"),
     EngineSpec(RECORDING, "audio", streams=True),
     EngineSpec("portrait", "visual", live=True, thread_safe=True, streams=True),
-    EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",), needs_whole_input=True),
+    # pace: its network draws 7.5 frames/s on the 2-core machine, portrait 139-163 (DESIGN.md)
+    EngineSpec("wav2lip", "visual", ("wav2lip/wav2lip_gan.pth",), needs_whole_input=True,
+               pace=20.0),
     # what SadTalker's `inference.py --preprocess full --size 256 --still` reads
     EngineSpec("sadtalker", "visual", tuple(f"{SADTALKER_DIR}/{f}" for f in (
         "inference.py", "src/config/facerender_still.yaml",
         "checkpoints/SadTalker_V0.0.2_256.safetensors", "checkpoints/mapping_00109-model.pth.tar",
         "gfpgan/weights/alignment_WFLW_4HG.pth",  # facexlib's face alignment (the cropper's)
         "gfpgan/weights/detection_Resnet50_Final.pth",  # facexlib's face detector
-    )), thread_safe=True, needs_whole_input=True),
+    )), thread_safe=True, needs_whole_input=True, pace=20.0),  # pace: not measured, as wav2lip
 )
 
 VOICES: dict[str, EngineSpec] = {e.name: e for e in CATALOG if e.kind == "audio"}

@@ -6,6 +6,9 @@ inside the same transaction (rq's `enqueue_call(pipeline=...)`), with determinis
 `<job>-<stage>-<attempt>`. After each committed transition the record is mirrored atomically to
 `jobs/<id>/job.json`, from which `jayavatar recover --from-disk` can rebuild Redis.
 
+Each job's stages wait in its lane's rq queues (shared/lanes.py), chosen when it is created: a
+client's unfinished short-lane jobs are counted in `keys.short_jobs`, in the same transactions.
+
 Listings read per-status sorted sets (`keys.jobs_with_status`) kept in the same transactions as
 the status changes. A finished job's record expires `JOB_RETENTION_DAYS` after it ended
 (shared/listings.py then drops its listing entries and its folder).
@@ -28,6 +31,7 @@ from rq.serializers import JSONSerializer
 
 from shared import keys, pipeline
 from shared.errors import LeaseLost
+from shared.lanes import LanePolicy
 from shared.layout import JOB_RECORD, Layout
 from shared.models import JobRecord, StageInfo
 from shared.settings import Settings
@@ -71,7 +75,8 @@ class JobStore:
 
     def __init__(self, conn: redis.Redis, data_dir: Path, *, lease_ttl_s: float = 15.0,
                  max_attempts: int = 3, retry_backoff_s: float = 2.0,
-                 retention_s: float = 0.0, idempotency_ttl_s: float = 24 * 3600.0) -> None:
+                 retention_s: float = 0.0, idempotency_ttl_s: float = 24 * 3600.0,
+                 lanes: LanePolicy | None = None) -> None:
         self.conn = conn
         self.data_dir = Path(data_dir)
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
@@ -79,6 +84,7 @@ class JobStore:
         self.retry_backoff_s = retry_backoff_s
         self.retention_s = retention_s  # 0: finished jobs are kept forever
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.lanes = lanes or LanePolicy()
         self._renew = conn.register_script(_RENEW)
 
     @classmethod
@@ -86,7 +92,8 @@ class JobStore:
         return cls(conn, settings.data_dir, lease_ttl_s=settings.lease_ttl_s,
                    max_attempts=settings.max_attempts, retry_backoff_s=settings.retry_backoff_s,
                    retention_s=settings.job_retention_days * 86400,
-                   idempotency_ttl_s=settings.idempotency_ttl_s)
+                   idempotency_ttl_s=settings.idempotency_ttl_s,
+                   lanes=LanePolicy(settings.short_job_s, settings.short_jobs_per_client))
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -142,23 +149,30 @@ class JobStore:
     # ---- transitions ---------------------------------------------------------------------
 
     def create(self, rec: JobRecord, *, mirror: bool = True) -> tuple[JobRecord, bool]:
-        """Store a new job and enqueue its first stage atomically; (record, created). With
-        `mirror` False the caller writes job.json (shared/mirror.py)."""
+        """Store a new job and enqueue its first stage atomically, in its lane; (record,
+        created). With `mirror` False the caller writes job.json (shared/mirror.py)."""
         idem = (keys.idempotency(rec.idempotency_key, rec.idempotency_scope)
                 if rec.idempotency_key else None)
+        # the client's short jobs are counted under WATCH only while they decide the lane
+        counted = (keys.short_jobs(rec.client)
+                   if self.lanes.per_client and self.lanes.wants_short(rec.cost_s) else None)
         rec.stages = {pipeline.FIRST_STAGE: StageInfo(status="queued")}
         with self.conn.pipeline() as pipe:
             while True:
                 try:
+                    watched = [k for k in (idem, counted) if k]
+                    if watched:
+                        pipe.watch(*watched)
                     if idem:
-                        pipe.watch(idem)
                         existing = pipe.get(idem)
-                        if existing:
+                        found = self.get(keys.text(existing)) if existing else None
+                        if found is not None:
                             pipe.reset()
-                            found = self.get(keys.text(existing))
-                            if found is not None:
-                                return found, False
+                            return found, False
+                    gone = self._choose_lane(pipe, rec, counted)  # still under WATCH
                     pipe.multi()
+                    if gone and counted:
+                        pipe.zrem(counted, *gone)
                     self._queue_create(pipe, rec, idem)
                     pipe.execute()
                     break
@@ -168,6 +182,22 @@ class JobStore:
             self._mirror(rec)
         return rec, True
 
+    def _choose_lane(self, pipe: redis.client.Pipeline, rec: JobRecord,
+                     counted: str | None) -> builtins.list[str]:
+        """Set `rec.lane` from its cost and, at `counted`, its client's unfinished short jobs
+        (read on `pipe`, under WATCH); returns the ids there whose jobs ended without leaving
+        (a record lost or damaged), to be dropped."""
+        if counted is None:
+            rec.lane = self.lanes.lane(rec.cost_s, 0)
+            return []
+        ids = [keys.text(i) for i in pipe.zrange(counted, 0, -1)]
+        gone: builtins.list[str] = []
+        if len(ids) >= self.lanes.per_client:
+            active = pipe.smismember(keys.ACTIVE_JOBS, ids)
+            gone = [i for i, alive in zip(ids, active, strict=True) if not alive]
+        rec.lane = self.lanes.lane(rec.cost_s, len(ids) - len(gone))
+        return gone
+
     def _queue_create(self, pipe: redis.client.Pipeline, rec: JobRecord, idem: str | None) -> None:
         """The writes of a new job, queued on a pipeline in MULTI mode."""
         pipe.hset(keys.job(rec.id), mapping=rec.to_hash())
@@ -176,8 +206,14 @@ class JobStore:
         pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
         if idem:
             pipe.set(idem, rec.id, ex=max(1, int(self.idempotency_ttl_s)))
+        self._count_short(pipe, rec)
         self._event(pipe, rec)
-        self._enqueue(pipe, rec.id, pipeline.FIRST_STAGE, 1)
+        self._enqueue(pipe, rec, pipeline.FIRST_STAGE, 1)
+
+    def _count_short(self, pipe: redis.client.Pipeline, rec: JobRecord) -> None:
+        """Count an unfinished short-lane job against its client's limit (in MULTI mode)."""
+        if rec.lane == pipeline.SHORT and self.lanes.per_client:
+            pipe.zadd(keys.short_jobs(rec.client), {rec.id: rec.created_at})
 
     def restore(self, rec: JobRecord) -> bool:
         """Put a record read from job.json back into Redis (after Redis lost its data).
@@ -213,8 +249,9 @@ class JobStore:
                         pipe.expire(job_key, max(1, int(ended + self.retention_s - time.time())))
                     if not rec.terminal:
                         pipe.sadd(keys.ACTIVE_JOBS, rec.id)
+                        self._count_short(pipe, rec)
                         self._event(pipe, rec)
-                        self._enqueue(pipe, rec.id, rec.stage, rec.attempt)
+                        self._enqueue(pipe, rec, rec.stage, rec.attempt)
                     pipe.execute()
                     break
                 except redis.WatchError:
@@ -406,14 +443,15 @@ class JobStore:
 
     # ---- machinery -----------------------------------------------------------------------
 
-    def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, stage: str, attempt: int,
+    def _enqueue(self, pipe: redis.client.Pipeline, rec: JobRecord, stage: str, attempt: int,
                  *, at_front: bool = False) -> None:
-        work = pipeline.STAGES[stage].work
-        queue = Queue(work.queue, connection=self.conn, serializer=JSONSerializer)
+        """Enqueue an execution of the job's `stage` in the job's lane."""
+        spec = pipeline.STAGES[stage]
+        queue = Queue(spec.queue(rec.lane), connection=self.conn, serializer=JSONSerializer)
         queue.enqueue_call(
-            func=work.entry_point,
-            kwargs={"job_id": job_id, "stage": stage, "attempt": attempt},
-            job_id=keys.rq_job_id(job_id, stage, attempt),
+            func=spec.work.entry_point,
+            kwargs={"job_id": rec.id, "stage": stage, "attempt": attempt},
+            job_id=keys.rq_job_id(rec.id, stage, attempt),
             timeout=RQ_JOB_TIMEOUT,
             result_ttl=600,
             failure_ttl=24 * 3600,
@@ -502,13 +540,15 @@ class JobStore:
         self._event(pipe, rec)
         if rec.terminal:
             pipe.srem(keys.ACTIVE_JOBS, rec.id)
+            if rec.lane == pipeline.SHORT:
+                pipe.zrem(keys.short_jobs(rec.client), rec.id)
             pipe.expire(keys.events(rec.id), EVENTS_TTL_S)
             pipe.delete(*(keys.pieces(rec.id, s) for s in pipeline.STAGES))
             if self.retention_s:
                 pipe.expire(job_key, max(1, int(self.retention_s)))
             return
         for item in todo:
-            self._enqueue(pipe, rec.id, item.stage, item.attempt, at_front=item.at_front)
+            self._enqueue(pipe, rec, item.stage, item.attempt, at_front=item.at_front)
 
     def _mirror(self, rec: JobRecord) -> None:
         try:

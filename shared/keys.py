@@ -34,6 +34,11 @@ def pieces(job_id: str, stage: str) -> str:
     return f"{PREFIX}:pieces:{job_id}:{stage}"
 
 
+def short_jobs(client: str) -> str:
+    """Sorted set: id -> created_at of a client's unfinished short-lane jobs (shared/lanes.py)."""
+    return f"{PREFIX}:lane:short:{client}"
+
+
 def jobs_with_status(status: str) -> str:
     """Sorted set: id -> created_at of the jobs with this status (kept by shared/jobs.py)."""
     return f"{PREFIX}:jobs:status:{status}"

@@ -115,9 +115,13 @@ class JobRecord(BaseModel):
     text: str
     options: JobOptions
     idempotency_key: str | None = None
-    idempotency_scope: str | None = None  # "token-<sha256 prefix>" or "global"
+    idempotency_scope: str | None = None  # "token-<sha256 prefix>" or "global": the client
     request_hash: str | None = None  # sha256 of the submitted body, to check a reused key
     engines: dict[str, str] = {}  # stage -> engine chosen at submission
+    # estimated work (seconds of 512x512 25 fps video) and the lane its stages wait in, set at
+    # submission (shared/lanes.py); a record from before lanes waits in the short lane's queues
+    cost_s: float = 0.0
+    lane: pipeline.Lane = pipeline.SHORT
     notes: list[str] = []  # warnings a person should see (e.g. engine fallbacks)
     status: JobStatus = "queued"
     stage: str = pipeline.FIRST_STAGE
@@ -134,6 +138,11 @@ class JobRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def client(self) -> str:
+        """Who submitted it: "token-<sha256 prefix>" of the API token it came with, or "global"."""
+        return self.idempotency_scope or "global"
 
     def early(self, stage: str) -> bool:
         """Whether `stage` was opened before its upstream finished (overlapping stages: it

@@ -11,6 +11,7 @@ scripts (scripts/stack.py) can read it from any Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 # The stages' published files (in jobs/<id>/<stage>/), named here for the stage that writes
 # each one, the stages that read it and the API that serves the result.
@@ -18,6 +19,15 @@ SPEECH, PHONEMES = "speech.wav", "phonemes.json"  # audio; phonemes when the eng
 WORDS = "words.json"  # audio: words recognised in a recording without transcript, for captions
 VIDEO, MASK = "video.mp4", "mask.mkv"  # visual; the person mask when the background is replaced
 RESULT, CAPTIONS = "result.mp4", "captions.srt"  # compose; captions when asked for
+
+# Lanes: a job's stages wait in its lane's queue, chosen at submission by the job's estimated
+# cost (shared/lanes.py), so a short job never waits behind long ones. Workers serve the lanes
+# in this order; a short-lane worker (`jayavatar-worker <stage> --lane short`) serves only the
+# first, so a short job finds a worker even while every other one renders a long job.
+Lane = Literal["short", "long"]
+SHORT: Lane = "short"
+LONG: Lane = "long"
+LANES: tuple[Lane, ...] = (SHORT, LONG)
 
 
 @dataclass(frozen=True)
@@ -60,10 +70,21 @@ class StageSpec:
         """The worker module (`warm_up` loads its engine once per process)."""
         return self.work.entry_point.rpartition(".")[0]
 
+    def queue(self, lane: str) -> str:
+        """The rq queue in which this stage's work of `lane` waits: the stage's own queue for
+        the short lane (where every job waited before there were lanes), `<queue>-long` else."""
+        return self.work.queue if lane == SHORT else f"{self.work.queue}-{lane}"
+
     @property
-    def worker_queues(self) -> tuple[str, ...]:
-        """The rq queues this stage's workers listen on, in the order they are served."""
-        return (*(w.queue for w in self.also_serves), self.work.queue)
+    def queues(self) -> tuple[str, ...]:
+        """Every rq queue in which this stage's work waits, one per lane."""
+        return tuple(self.queue(lane) for lane in LANES)
+
+    def worker_queues(self, lanes: tuple[Lane, ...] = LANES) -> tuple[str, ...]:
+        """The rq queues a worker of this stage serving `lanes` listens on, in the order they
+        are served: the other work first, then the lanes in LANES order."""
+        return (*(w.queue for w in self.also_serves),
+                *(self.queue(lane) for lane in LANES if lane in lanes))
 
     @property
     def entry_points(self) -> frozenset[str]:

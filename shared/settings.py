@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # before batch work on a busy machine; below 0 needs CAP_SYS_NICE (root).
     live_nice: int = Field(0, ge=-20, le=19)
 
+    # Lanes (shared/lanes.py): a job of at most this many seconds of work (512x512 25 fps video)
+    # waits in the short lane; a client has at most this many short jobs unfinished (0: no limit),
+    # its further ones wait in the long lane.
+    short_job_s: float = Field(30.0, ge=0)
+    short_jobs_per_client: int = Field(8, ge=0)
+
     # Job records: a finished job's record, its listing entries and its folder go this many days
     # after it ended (0: kept forever); an Idempotency-Key names its job this long.
     job_retention_days: float = Field(30.0, ge=0)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import redis
-from launcher import ROOT
+from launcher import ROOT, STAGES
 
 from . import __doc__ as DRILL_DOC
 from .checker import Report, check, summary
@@ -59,8 +59,9 @@ class Drill:
         return json.loads(raw) if raw else None
 
     def queue_len(self, stage: str) -> int:
+        """Executions of `stage` waiting, in every lane."""
         try:
-            return int(self.rconn.llen(f"rq:queue:{stage}"))
+            return sum(int(self.rconn.llen(f"rq:queue:{q}")) for q in STAGES[stage].queues)
         except redis.RedisError:
             return 0
 

@@ -20,6 +20,7 @@ _spec.loader.exec_module(_root)
 CLUSTER_ENV, DATA, ROOT, VENVS = _root.CLUSTER_ENV, _root.DATA, _root.ROOT, _root.VENVS
 Cluster, RedisServer, free_port = _root.Cluster, _root.RedisServer, _root.free_port
 small_disk, clear_db = _root.small_disk, _root.clear_db
+launcher = _root.launcher  # scripts/launcher.py
 
 
 @pytest.fixture(scope="module")

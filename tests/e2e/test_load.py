@@ -15,6 +15,7 @@ import redis
 from conftest import Cluster, RedisServer
 
 from shared.models import AvatarRecord
+from shared.pipeline import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +70,12 @@ def test_thousand_submissions_survive_a_redis_kill(tmp_path) -> None:  # type: i
         assert conn.scard("ja:jobs:active") == N
         assert conn.zcard("ja:jobs:all") == N
         assert conn.zcard("ja:jobs:status:queued") == N  # listed by status, in the same MULTI
-        queued = conn.lrange("rq:queue:audio", 0, -1)
-        assert sorted(q.decode() for q in queued) == sorted(f"{j}-audio-1" for j in accepted)
+        # one client ("global"): its first SHORT_JOBS_PER_CLIENT (8) wait in the short lane,
+        # the rest in the long lane, each exactly once
+        short, long = (conn.lrange(f"rq:queue:{q}", 0, -1) for q in STAGES["audio"].queues)
+        assert len(short) == 8
+        assert sorted(q.decode() for q in short + long) == \
+            sorted(f"{j}-audio-1" for j in accepted)
         assert all(conn.exists(f"ja:job:{j}") for j in accepted)
     finally:
         cluster.stop()

@@ -118,6 +118,26 @@ def test_a_stage_whose_worker_dies_every_time_fails_after_max_attempts(
     assert reconciler.reconcile_once() == 0  # a failed job is never re-enqueued
 
 
+def test_a_long_job_waiting_in_its_lane_is_left_there_and_rerun_there(store: JobStore) -> None:
+    rec = JobRecord(id=uuid.uuid4().hex, avatar_id="a" * 32, text="Long. " * 900,
+                    options=JobOptions(), engines={"audio": "piper"}, cost_s=340.0)
+    long = store.create(rec)[0]
+    waiting = store.create(JobRecord(id=uuid.uuid4().hex, avatar_id="a" * 32, text="Long too.",
+                                     options=JobOptions(), cost_s=340.0))[0]
+    lane_queue = f"rq:queue:{STAGES['audio'].queue('long')}"
+    reconciler = Reconciler(store, every_s=1, lease_ttl_s=TTL_S, restart_grace_s=0)
+    time.sleep(TTL_S + 0.15)  # queued past the grace, but waiting in the long lane's queue
+    assert reconciler.reconcile_once() == 0
+    assert _get(store, long.id).attempt == 1
+
+    store.conn.lrem(lane_queue, 0, keys.rq_job_id(long.id, "audio", 1))  # a worker took it, died
+    assert reconciler.reconcile_once() == 1
+    assert (_get(store, long.id).lane, _get(store, long.id).attempt) == ("long", 2)
+    assert [keys.text(i) for i in store.conn.lrange(lane_queue, 0, -1)] == [
+        keys.rq_job_id(long.id, "audio", 2), keys.rq_job_id(waiting.id, "audio", 1)]
+    assert _queue(store, "audio") == []  # nothing in the short lane
+
+
 def test_one_reconciler_is_active_and_another_takes_over_when_it_stops(store: JobStore) -> None:
     every = 0.1
     first = Reconciler(store, every_s=every, lease_ttl_s=TTL_S, restart_grace_s=0)

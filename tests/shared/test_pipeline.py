@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.pipeline import AVATAR_ANALYSIS, FIRST_STAGE, STAGES
+from shared.pipeline import AVATAR_ANALYSIS, FIRST_STAGE, LANES, LONG, SHORT, STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,15 +56,25 @@ def test_each_stage_runs_from_a_service_venv_the_makefile_builds() -> None:
 
 
 def test_visual_workers_serve_avatar_analysis_first() -> None:
-    assert STAGES["visual"].worker_queues == ("avatar", "visual")
+    assert STAGES["visual"].worker_queues() == ("avatar", "visual", "visual-long")
     assert STAGES["visual"].entry_points == frozenset({
         "services.visual.worker.run", "services.visual.avatar.analyze"})
-    assert STAGES["audio"].worker_queues == ("audio",)
-    assert AVATAR_ANALYSIS.queue not in {s.work.queue for s in STAGES.values()}
+    assert STAGES["audio"].worker_queues() == ("audio", "audio-long")
+    assert AVATAR_ANALYSIS.queue not in {q for s in STAGES.values() for q in s.queues}
+
+
+def test_workers_serve_the_short_lane_first_and_short_lane_workers_nothing_else() -> None:
+    for spec in STAGES.values():
+        # the short lane keeps the stage's own queue: work enqueued before lanes is still served
+        assert spec.queue(SHORT) == spec.work.queue
+        assert spec.queues == (spec.work.queue, f"{spec.work.queue}-long")
+        assert spec.worker_queues((SHORT,)) == (*(w.queue for w in spec.also_serves),
+                                                spec.work.queue)
+        assert spec.worker_queues((LONG, SHORT)) == spec.worker_queues(LANES)  # LANES order
 
 
 def test_queues_outputs_and_scratch_folders_never_collide() -> None:
-    queues = [q for s in STAGES.values() for q in s.worker_queues]
+    queues = [q for s in STAGES.values() for q in s.worker_queues()]
     assert len(queues) == len(set(queues))
     outputs = [f for s in STAGES.values() for f in (s.output, *s.optional_outputs)]
     assert len(outputs) == len(set(outputs)) and "manifest.json" not in outputs

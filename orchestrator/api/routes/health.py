@@ -38,8 +38,8 @@ def healthz(st: Annotated[AppState, Depends(state)]) -> JSONResponse:
     try:
         st.conn.ping()
         workers = live_workers(st.conn)
-        queued = {name: Queue(s.work.queue, connection=st.conn).count
-                  for name, s in pipeline.STAGES.items()}
+        queued = {name: sum(Queue(q, connection=st.conn).count for q in s.queues)
+                  for name, s in pipeline.STAGES.items()}  # every lane's
         active = st.conn.scard(keys.ACTIVE_JOBS)
     except redis.RedisError as exc:
         return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc}",

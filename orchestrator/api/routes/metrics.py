@@ -130,8 +130,8 @@ def render(tally: JobTally, depth: dict[str, int], workers: dict[str, int],
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(st: Annotated[AppState, Depends(state)]) -> PlainTextResponse:
-    queues = {name: Queue(s.work.queue, connection=st.conn) for name, s in pipeline.STAGES.items()}
-    depth = {stage: q.count for stage, q in queues.items()}
+    depth = {name: sum(Queue(q, connection=st.conn).count for q in s.queues)  # every lane's
+             for name, s in pipeline.STAGES.items()}
     workers = live_workers(st.conn)
     try:
         free: float | None = free_mb(st.settings.data_dir) * 1024 * 1024
