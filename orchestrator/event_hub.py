@@ -1,6 +1,8 @@
 """One reader of Redis streams for all the event streams an API process serves.
 
-Each follower (one `GET /v1/jobs/{id}/events` client) registers the stream key it follows and
+Two hubs run in each API process: the job events' and the live sessions' (whose followers are
+the sockets watching a session, orchestrator/relay.py). Each follower (one
+`GET /v1/jobs/{id}/events` client, one live socket) registers the stream key it follows and
 the id it has seen last. One task, on one Redis connection, runs a single blocking XREAD over the
 keys of every follower, each from the oldest id its followers have seen, and hands each entry to
 the followers that have not seen it, through a bounded buffer per follower. So an API process
@@ -30,6 +32,8 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from shared import keys
 
@@ -41,6 +45,7 @@ COUNT = 100  # entries per key per XREAD
 BUFFER = 256  # entries a follower may hold unread before it is cut off
 SNAPSHOT_CONNECTIONS = 2  # the pool the routes read records with (not the reader's)
 BACKOFF_S = (0.1, 5.0)  # first and longest wait before the reader retries a Redis that is away
+RETRIES = 3  # a routes' command is sent again this often on a broken connection (~0.35 s)
 
 StreamId = tuple[int, int]
 Entry = tuple[str, dict[bytes, bytes]]  # (entry id, fields) as Redis stored them
@@ -113,18 +118,23 @@ class Follower:
 class EventHub:
     """The process's reader of event streams; `start()` in the app lifespan, `close()` at exit."""
 
-    def __init__(self, redis_url: str, *, block_ms: int = BLOCK_MS, buffer: int = BUFFER) -> None:
+    def __init__(self, redis_url: str, *, block_ms: int = BLOCK_MS, buffer: int = BUFFER,
+                 name: str = CLIENT_NAME, connections: int = SNAPSHOT_CONNECTIONS,
+                 backoff_s: tuple[float, float] = BACKOFF_S) -> None:
         if buffer < COUNT:  # one XREAD must fit in the buffer of a follower that keeps up
             raise ValueError(f"buffer {buffer} is smaller than one XREAD ({COUNT} entries)")
         self.block_ms = block_ms
         self.buffer = buffer
+        self.name, self.backoff_s = name, backoff_s
         self._reader = aredis.Redis.from_url(
-            redis_url, single_connection_client=True, client_name=CLIENT_NAME,
+            redis_url, single_connection_client=True, client_name=name,
             socket_timeout=10 + block_ms / 1000, socket_connect_timeout=5)
-        # The routes' reads: a few connections, waited for when all are busy.
+        # The routes' reads: a few connections, waited for when all are busy. A connection
+        # that died with a restarted Redis is replaced and the command sent again.
         self.conn = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=SNAPSHOT_CONNECTIONS, timeout=10, client_name=CLIENT_NAME,
-            socket_timeout=10, socket_connect_timeout=5, health_check_interval=10))
+            redis_url, max_connections=connections, timeout=10, client_name=name,
+            socket_timeout=10, socket_connect_timeout=5, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES)))
         self._followers: set[Follower] = set()  # registered: counted against MAX_EVENT_STREAMS
         self._by_key: dict[str, set[Follower]] = {}  # read: registered and not cut off
         self._joined = asyncio.Event()  # set when a follower joins an idle hub
@@ -197,7 +207,8 @@ class EventHub:
                 del self._by_key[follower.key]
 
     async def _run(self) -> None:
-        backoff = BACKOFF_S[0]
+        first, longest = self.backoff_s
+        backoff = first
         while True:
             if not self._by_key:
                 self._joined.clear()
@@ -207,16 +218,16 @@ class EventHub:
                 await self._read()
             except Exception as exc:  # the reader's top loop: it must outlive any one failure
                 if not isinstance(exc, redis.RedisError):
-                    logger.exception("event hub: reading the event streams failed")
-                elif backoff == BACKOFF_S[0]:
-                    logger.warning("event hub: Redis unavailable (%s); %d streams wait while "
-                                   "it retries", exc, len(self._followers))
+                    logger.exception("%s: reading the streams failed", self.name)
+                elif backoff == first:
+                    logger.warning("%s: Redis unavailable (%s); %d streams wait while it "
+                                   "retries", self.name, exc, len(self._followers))
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_S[1])
+                backoff = min(backoff * 2, longest)
                 continue
-            if backoff != BACKOFF_S[0]:
-                logger.info("event hub: reading again (%d streams)", len(self._followers))
-                backoff = BACKOFF_S[0]
+            if backoff != first:
+                logger.info("%s: reading again (%d streams)", self.name, len(self._followers))
+                backoff = first
 
     async def _read(self) -> None:
         """One XREAD over every followed key, its entries handed to the followers."""
@@ -239,9 +250,8 @@ class EventHub:
                     if (follower.cut or follower not in self._followers
                             or follower._offer(sid, (entry_id, fields))):
                         continue
-                    logger.info("event hub: a follower of %s fell %d entries behind; its "
-                                "stream ends (the client resumes by Last-Event-ID)", key,
-                                self.buffer)
+                    logger.info("%s: a follower of %s fell %d entries behind; its stream "
+                                "ends", self.name, key, self.buffer)
                     follower._cut()
                     self._drop(follower)
             if len(entries) < COUNT:  # the read reached the stream's end

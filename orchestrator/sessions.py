@@ -59,20 +59,23 @@ class SessionService:
 
     def _admit(self, rec: live.SessionRecord) -> None:
         """Add the session unless it would take the machine past LIVE_MAX_SESSIONS (in 512x512
-        25 fps units): checked and added in one WATCHed transaction."""
+        25 fps units) or leave it without a worker of each role to serve it: checked and added
+        in one WATCHed transaction."""
         limit = self.settings.live_max_sessions
         ttl = int(self.settings.live_idle_timeout_s)
         with self.conn.pipeline(transaction=True) as pipe:
             for _ in range(20):
                 try:
                     pipe.watch(live.SESSIONS)
-                    used = sum(s.cost for s in live.active(self.conn))
+                    sessions = live.active(self.conn)
+                    used = sum(s.cost for s in sessions)
                     if used + rec.cost > limit + 1e-6:
                         raise Busy(f"this machine is already running {used:g} of the "
                                    f"{limit:g} live sessions it can hold without stalling "
                                    f"(LIVE_MAX_SESSIONS, counted as 512x512 at 25 fps; this "
                                    f"one counts {rec.cost:.2g}); close a session or try later",
                                    code="live_capacity")
+                    self._check_slots(len(sessions))
                     pipe.multi()
                     pipe.set(live.session(rec.id), rec.model_dump_json(), ex=ttl)
                     pipe.zadd(live.SESSIONS, {rec.id: rec.created_at})
@@ -81,6 +84,20 @@ class SessionService:
                 except redis.WatchError:
                     continue
         raise Busy("too many sessions are starting at once; retry", code="live_busy")
+
+    def _check_slots(self, running: int) -> None:
+        """Refuse a session no live worker could take: each serves a fixed number of sessions
+        (its slots: LIVE_SESSIONS_PER_WORKER for a render worker, 4 x that for a speech
+        worker) whatever their size."""
+        for role in live.ROLES:
+            workers, slots = live.live_slots(self.conn, role)
+            if running + 1 > slots:
+                each = ("" if role == "visual" else "4 x ") + "LIVE_SESSIONS_PER_WORKER"
+                raise Busy(f"the {workers} live {role} worker{'s' if workers != 1 else ''} "
+                           f"running serve{'' if workers != 1 else 's'} at most {slots} "
+                           f"sessions at once ({each} each), and {running} are running; close "
+                           f"a session, start another live {role} worker, or try later",
+                           code="live_capacity")
 
     def get(self, session_id: str) -> live.SessionRecord:
         rec = live.load(self.conn, session_id) if len(session_id) <= 64 else None

@@ -33,7 +33,15 @@ class OrchestratorSettings(Settings):
     # is not loopback) and the Host names besides loopback ones (comma-separated, '*.x' allowed).
     api_token: SecretStr | None = None
     allowed_hosts: str = ""
+    # Guessing the token (orchestrator/logins.py): wrong tokens one client address may send in
+    # a window; past it every try gets 429 until the window is over.
+    login_max_failures: int = Field(10, ge=1)
+    login_window_s: float = Field(60.0, gt=0)
     max_event_streams: int = Field(200, ge=1)  # open SSE streams per process; 503 past it
+    # Live sockets (orchestrator/viewers.py): open at once on one session, and from one client
+    # address over all sessions; past either a socket is closed with 4429 and a sentence.
+    live_max_viewers: int = Field(8, ge=1)
+    live_max_client_sockets: int = Field(16, ge=1)
     # Serving: API processes (one reconciler is active among them) and uvicorn's access log.
     api_workers: int = Field(1, ge=1, le=32)
     access_log: bool = False

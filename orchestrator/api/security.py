@@ -14,28 +14,36 @@
   `/docs`, `/redoc`) when `API_TOKEN` is set: `Authorization: Bearer <token>`, or, for the web
   page (whose `<video src>` and `EventSource` cannot send headers), the `jayavatar_session`
   cookie that `POST /v1/session` sets after checking the token (HttpOnly, SameSite=Strict:
-  scripts cannot read it, other sites' requests do not carry it).
+  scripts cannot read it, other sites' requests do not carry it; random per login and revoked
+  by `DELETE /v1/session`, orchestrator/logins.py). An address that sends wrong tokens too
+  often gets 429 for a while (orchestrator/logins.py `Throttle`).
 
 `API_TOKEN` is required whenever the API binds beyond loopback (`check_exposure`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import redis
 from fastapi import APIRouter, Header, Request, Response
 
 from orchestrator.api.errors import ApiError
+from orchestrator.logins import COOKIE_MAX_AGE_S, Logins, Throttle
 from orchestrator.settings import OrchestratorSettings
 from shared.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,7 +52,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "jayavatar_session"
-COOKIE_MAX_AGE_S = 7 * 24 * 3600
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -79,9 +86,20 @@ def check_exposure(settings: OrchestratorSettings) -> None:
             "-c 'import secrets; print(secrets.token_urlsafe(32))'), or bind HOST=127.0.0.1")
 
 
-def session_value(token: str) -> str:
-    """The cookie's value: derived from the token, so the token itself never sits in a cookie."""
-    return hmac.new(token.encode(), b"jayavatar-session-v1", hashlib.sha256).hexdigest()
+def client_address(scope: Scope) -> str:
+    """Who is asking, for the limits per client: the peer's address, an IPv6 one by its /64
+    (one machine usually holds a whole /64); "unknown" where the server names none."""
+    client = scope.get("client")
+    host = str(client[0]) if client else "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return f"{ipaddress.ip_network(f'{ip}/64', strict=False).network_address}/64"
+    return str(ip)
 
 
 def host_name(header: str) -> str | None:
@@ -148,45 +166,112 @@ def _needs_token(path: str, method: str) -> bool:
     return path.startswith("/v1/") or path in ("/v1", "/metrics") or path in DOC_PATHS
 
 
-def _has_token(headers: dict[str, str], token: str, cookie_value: str) -> bool:
+def bearer_of(headers: dict[str, str]) -> str | None:
     scheme, _, given = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and given:
-        return hmac.compare_digest(given.strip().encode(), token.encode())
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def cookie_of(headers: dict[str, str]) -> str | None:
     raw = headers.get("cookie")
-    if raw:
+    if not raw:
+        return None
+    try:
+        jar: SimpleCookie = SimpleCookie(raw)
+    except CookieError:  # an odd cookie another program set for this host
+        return None
+    morsel = jar.get(COOKIE)
+    return morsel.value if morsel is not None else None
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the checks need, built once from the settings and the app's Redis."""
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...]
+    any_host: bool
+    token: str | None
+    logins: Logins | None  # None without a token: nothing to log in to
+    throttle: Throttle
+
+
+def access_of(app: Any) -> Access:
+    """The app's Access, made on first use from the state its lifespan built (so
+    create_app(None) still loads the settings at start), and again after a new lifespan."""
+    st = app.state.jayavatar
+    made: tuple[Any, Access] | None = getattr(app.state, "access", None)
+    access = made[1] if made is not None and made[0] is st else None
+    if access is None:
+        settings: OrchestratorSettings = st.settings
+        names, suffixes = _allowed_hosts(settings)
+        conn = st.events.conn  # the routes' async Redis pool
+        token = settings.token
+        access = Access(names, suffixes, "*" in settings.allowed_host_list, token,
+                        Logins(conn, token) if token else None,
+                        Throttle(conn, settings.login_max_failures, settings.login_window_s))
+        app.state.access = (st, access)
+    return access
+
+
+Refusal = tuple[int, str, str, dict[str, str]]
+
+
+async def _token_refusal(access: Access, headers: dict[str, str], client: str,
+                         login: bool) -> Refusal | None:
+    """Why a request that needs the token (or is a login) is refused, or None. A login
+    without a Bearer header is left to its route, which says what to send."""
+    assert access.token is not None and access.logins is not None
+    bearer = bearer_of(headers)
+    if bearer is not None or login:
+        wait = access.throttle.wait(client)
+        if wait > 0:
+            return _too_many_tries(access, wait)
+    if bearer is not None:
+        if hmac.compare_digest(bearer.encode(), access.token.encode()):
+            return None
         try:
-            jar: SimpleCookie = SimpleCookie(raw)
-        except CookieError:  # an odd cookie another program set for this host
-            return False
-        morsel = jar.get(COOKIE)
-        if morsel is not None:
-            return hmac.compare_digest(morsel.value.encode(), cookie_value.encode())
-    return False
+            await access.throttle.failed(client)
+        except redis.RedisError as exc:
+            logger.warning("cannot count a wrong API token from %s: %s", client, exc)
+        return (401, "unauthorized", "that is not this server's API token (API_TOKEN); check "
+                "it and try again", {"WWW-Authenticate": 'Bearer realm="jayavatar"'})
+    if login:
+        return None
+    cookie = cookie_of(headers)
+    try:
+        if cookie is not None and await access.logins.valid(cookie):
+            return None
+    except redis.RedisError as exc:
+        logger.warning("cannot check a login cookie: %s", exc)
+        return (503, "queue_unavailable", "the logins cannot be checked: Redis is unreachable "
+                "or restarting; retry in a few seconds, or send the API token as 'Authorization: "
+                "Bearer <API_TOKEN>'", {"Retry-After": "5"})
+    return (401, "unauthorized", "this server needs its API token: send 'Authorization: Bearer "
+            "<API_TOKEN>' (CLI: --token or JAYAVATAR_TOKEN; web page: enter it when asked)"
+            + ("; this login has ended (logged out or expired): log in again"
+               if cookie is not None else ""),
+            {"WWW-Authenticate": 'Bearer realm="jayavatar"'})
+
+
+def _too_many_tries(access: Access, wait: float) -> Refusal:
+    seconds = max(1, math.ceil(wait))
+    return (429, "too_many_tries",
+            f"this address sent a wrong API token {access.throttle.limit} times within "
+            f"{access.throttle.window_s:g} s; wait {seconds} s before trying again",
+            {"Retry-After": str(seconds)})
 
 
 class Guard:
-    """The ASGI middleware described in the module docstring; settings are read once, lazily,
-    from the app state the lifespan builds (so create_app(None) still loads them at start)."""
+    """The ASGI middleware described in the module docstring."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._config: tuple[frozenset[str], tuple[str, ...], bool, str | None, str] | None = None
-
-    def _configure(self, scope: Scope) -> tuple[frozenset[str], tuple[str, ...], bool,
-                                                   str | None, str]:
-        if self._config is None:
-            settings: OrchestratorSettings = scope["app"].state.jayavatar.settings
-            names, suffixes = _allowed_hosts(settings)
-            token = settings.token
-            self._config = (names, suffixes, "*" in settings.allowed_host_list, token,
-                            session_value(token) if token else "")
-        return self._config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        names, suffixes, any_host, token, cookie_value = self._configure(scope)
+        access = access_of(scope["app"])
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         hosts = sum(k == b"host" for k, _ in scope["headers"])
         if hosts > 1:  # servers and proxies disagree on which one counts
@@ -195,7 +280,8 @@ class Guard:
             return
         host = headers.get("host", "").lower()
         name = host_name(host)
-        if name is None or (not any_host and not (name in names or name.endswith(suffixes))):
+        if name is None or (not access.any_host and not (name in access.names
+                                                         or name.endswith(access.suffixes))):
             await _refuse(scope, send, 400, "untrusted_host",
                           f"this server does not answer to the Host {host[:80]!r}; use "
                           "http://127.0.0.1 or a name listed in ALLOWED_HOSTS (a name and at "
@@ -209,13 +295,12 @@ class Guard:
                           f"refused: {problem}; a web page elsewhere may not change anything "
                           "here (use the JayAvatar page itself, the CLI or the REST API)")
             return
-        if token and _needs_token(scope["path"], method) and \
-                not _has_token(headers, token, cookie_value):
-            await _refuse(scope, send, 401, "unauthorized",
-                          "this server needs its API token: send 'Authorization: Bearer "
-                          "<API_TOKEN>' (CLI: --token or JAYAVATAR_TOKEN; web page: enter it "
-                          "when asked)", {"WWW-Authenticate": 'Bearer realm="jayavatar"'})
-            return
+        login = scope["path"] == "/v1/session" and method == "POST"
+        if access.token and (login or _needs_token(scope["path"], method)):
+            refusal = await _token_refusal(access, headers, client_address(scope), login)
+            if refusal is not None:
+                await _refuse(scope, send, *refusal)
+                return
         await self.app(scope, receive, send)
 
 
@@ -233,24 +318,27 @@ async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str
 
 
 @router.post("", status_code=204)
-def log_in(request: Request, response: Response,
-           authorization: Annotated[str | None, Header()] = None) -> None:
-    """Check `Authorization: Bearer <token>` and set the session cookie the web page uses."""
-    settings: OrchestratorSettings = request.app.state.jayavatar.settings
-    token = settings.token
-    if token is None:
+async def log_in(request: Request, response: Response,
+                 authorization: Annotated[str | None, Header()] = None) -> None:
+    """Check `Authorization: Bearer <token>` and set a new session cookie for the web page
+    (the Guard has counted a wrong token already, and refused a locked-out address)."""
+    access = access_of(request.app)
+    if access.token is None or access.logins is None:
         return  # no token configured: nothing to remember
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                             token.encode()):
-        raise ApiError(401, "unauthorized", "that is not this server's API token (API_TOKEN); "
-                       "check it and try again")
-    response.set_cookie(COOKIE, session_value(token), max_age=COOKIE_MAX_AGE_S, path="/",
-                        httponly=True, samesite="strict",
+    given = bearer_of({"authorization": authorization or ""})
+    if given is None or not hmac.compare_digest(given.encode(), access.token.encode()):
+        raise ApiError(401, "unauthorized", "send the API token (API_TOKEN) as "
+                       "'Authorization: Bearer <API_TOKEN>' to log in")
+    response.set_cookie(COOKIE, await access.logins.create(), max_age=COOKIE_MAX_AGE_S,
+                        path="/", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
 
 
 @router.delete("", status_code=204)
-def log_out(response: Response) -> None:
-    """Forget the session cookie."""
+async def log_out(request: Request, response: Response) -> None:
+    """End this login: its cookie no longer works, here or anywhere it was copied to."""
+    access = access_of(request.app)
+    value = request.cookies.get(COOKIE)
+    if value and access.logins is not None:
+        await access.logins.revoke(value)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")

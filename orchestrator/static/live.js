@@ -178,7 +178,9 @@
     };
     ws.onclose = (msg) => {
       setState("ended");
-      if (msg.code !== 1000) showError(`the session ended: ${msg.reason || msg.code}`);
+      // 1013 Redis away, 4008 not reading, 4429 too many sockets: the session itself goes on
+      const what = [1013, 4008, 4429].includes(msg.code) ? "the stream stopped" : "the session ended";
+      if (msg.code !== 1000) showError(`${what}: ${msg.reason || msg.code}`);
       reset();
     };
   }

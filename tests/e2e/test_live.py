@@ -129,6 +129,50 @@ def test_bad_messages_get_error_events(live_cluster, session) -> None:
         c.close()
 
 
+def test_a_flood_of_lines_gets_an_error_for_each_line_dropped(live_cluster, session) -> None:  # type: ignore[no-untyped-def]
+    """The red team's 5,000 says in well under a second (before: about 222 were spoken, the
+    rest vanished without a word): each line is either queued on the ctl stream or answered by
+    an error event that names it and says it was dropped; a stop and a line right after work."""
+    import redis as redis_lib
+
+    conn = redis_lib.Redis.from_url(live_cluster.redis.url)
+    ctl = f"ja:live:{session}:ctl"
+
+    def queued(kind: str = "say") -> list[str]:
+        return [v.get(b"id", b"").decode() for _, v in conn.xrange(ctl)
+                if v.get(b"type") == kind.encode()]
+
+    def dropped() -> list[dict]:
+        return [m for _, m in c.events("error") if "was dropped" in m["message"]]
+
+    c = LiveClient(live_cluster.url, session)
+    try:
+        c.wait_event("ready")
+        ids = [f"flood{k}" for k in range(5000)]
+        started = time.monotonic()
+        for line_id in ids:
+            c.send({"type": "say", "text": "Flooding the queue.", "id": line_id})
+        sent_s = time.monotonic() - started
+        deadline = time.monotonic() + 60
+        while len(dropped()) + len(queued()) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines, errors = queued(), dropped()
+        answered_s = time.monotonic() - started  # the relay took the budget's refill meanwhile
+        print(f"\n5000 says sent in {sent_s:.2f} s, all answered in {answered_s:.2f} s: "
+              f"{len(lines)} queued, {len(errors)} dropped with an error event")
+        assert sorted(lines + [e["id"] for e in errors]) == sorted(ids)
+        assert 20 <= len(lines) <= 20 + 10 * answered_s, (len(lines), answered_s)
+        assert "10 a second" in errors[0]["message"], errors[0]
+        time.sleep(0.3)  # a few commands' worth of budget back
+        c.send({"type": "stop"})
+        c.send({"type": "say", "text": "After the flood.", "id": "after"})
+        c.wait_event("speech.start", timeout=30, id="after")
+        assert len(queued("stop")) == 1 and "after" in queued()
+        assert len(dropped()) == len(errors)
+    finally:
+        c.close()
+
+
 def test_session_api_validation(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
     resp = client.post("/v1/sessions", json={"avatar_id": "nope"})
     assert resp.status_code == 404 and resp.json()["error"] == "avatar_not_found"
@@ -229,54 +273,6 @@ def test_takeover_after_sigkill(client, avatar_id, live_cluster, tmp_path: Path)
     assert streams["video"]["codec_name"] == "h264"
     audio = decode_audio(mp4)
     assert _speech_after(audio, 16000, start["media_time"] - restart["media_time"], 1.0) > 0.03
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def test_client_that_stops_reading_is_dropped(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
-    """Backpressure: a client that reads nothing is dropped with close code 4008 and its
-    session ended, while the orchestrator's memory stays flat."""
-    import json
-    import socket
-
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
-
-    sid = client.post("/v1/sessions", json={"avatar_id": avatar_id, "size": 720}).json()["id"]
-    orchestrator = live_cluster.procs["orchestrator"][-1].pid
-    rss_before = _rss_mb(orchestrator)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", live_cluster.port))
-    ws = connect(live_cluster.url.replace("http://", "ws://") + f"/v1/sessions/{sid}/ws",
-                 sock=sock, max_queue=1, max_size=None, ping_interval=None)
-    try:
-        deadline = time.monotonic() + 150
-        said = 0.0
-        while client.get(f"/v1/sessions/{sid}").status_code == 200:
-            assert time.monotonic() < deadline, "a client that reads nothing was never dropped"
-            if time.monotonic() - said > 4:  # speech makes the stream denser
-                ws.send(json.dumps({"type": "say", "text": "Talking to nobody. " * 6}))
-                said = time.monotonic()
-            time.sleep(0.5)
-        grown = _rss_mb(orchestrator) - rss_before
-        codes = None
-        try:
-            while True:
-                ws.recv(timeout=30)
-        except ConnectionClosed as exc:
-            codes = (exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
-    finally:
-        ws.close()
-    assert codes is not None and codes[0] == 4008, codes
-    assert "did not read" in codes[1]
-    assert grown < 30, f"the orchestrator grew {grown:.0f} MB"
-    assert client.get("/healthz").status_code == 200
 
 
 def test_connect_disconnect_cycles_leak_nothing(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]

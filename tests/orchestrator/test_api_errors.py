@@ -98,7 +98,8 @@ AVATAR_CASES = [
     ("0.5 s voice", {"portrait": ("p.png", (DATA / "portrait.png").read_bytes()),
                      "voice_sample": ("v.wav", _wav(0.5, 8000))}, 422, ("0.5 s", "3-30")),
     ("10 minute voice", {"portrait": ("p.png", (DATA / "portrait.png").read_bytes()),
-                         "voice_sample": ("v.ogg", _long_ogg(600))}, 422, ("more than 30 s", "3-30")),
+                         "voice_sample": ("v.ogg", _long_ogg(600))}, 422,
+     ("more than 30 s", "3-30")),
     ("voice path name", {"portrait": ("p.png", (DATA / "portrait.png").read_bytes()),
                          "voice_sample": ("..\\me.wav", _wav(5.0, 8000))}, 400, ("plain file",)),
 ]

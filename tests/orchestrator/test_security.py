@@ -3,10 +3,14 @@ cross-origin writes; in-process with create_app(settings) and against real serve
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +38,9 @@ def _settings(redis_url: str, data_dir: Path, **extra: object) -> OrchestratorSe
 @pytest.fixture(scope="module")
 def guarded(redis_server, tmp_path_factory: pytest.TempPathFactory  # type: ignore[no-untyped-def]
             ) -> Iterator[TestClient]:
+    # many tests send a wrong token: the limit on guessing has tests of its own (below)
     settings = _settings(redis_server.url, tmp_path_factory.mktemp("sec"), api_token=TOKEN,
-                         allowed_hosts="api.example.org, *.lan")
+                         allowed_hosts="api.example.org, *.lan", login_max_failures=1000)
     with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as c:
         yield c
 
@@ -97,7 +102,7 @@ def test_login_sets_a_strict_httponly_cookie_that_then_works(guarded: TestClient
     assert ok.status_code == 204
     cookie = ok.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
-    assert TOKEN not in cookie  # a value derived from the token, not the token
+    assert TOKEN not in cookie  # a random value, not the token
     assert guarded.get("/v1/jobs").status_code == 200  # the client sends the cookie now
     assert guarded.delete("/v1/session").status_code == 204
     guarded.cookies.clear()
@@ -107,6 +112,105 @@ def test_login_sets_a_strict_httponly_cookie_that_then_works(guarded: TestClient
 def test_a_forged_cookie_is_refused(guarded: TestClient) -> None:
     resp = guarded.get("/v1/jobs", headers={"Cookie": f"jayavatar_session={TOKEN}"})
     assert resp.status_code == 401
+    derived = hmac.new(TOKEN.encode(), b"jayavatar-session-v1", hashlib.sha256).hexdigest()
+    resp = guarded.get("/v1/jobs", headers={"Cookie": f"jayavatar_session={derived}"})
+    assert resp.status_code == 401  # the value every login once got
+
+
+def _log_in(client: TestClient) -> str:
+    resp = client.post("/v1/session", headers=BEARER)
+    assert resp.status_code == 204, resp.text
+    value = resp.cookies["jayavatar_session"]
+    client.cookies.clear()
+    return value
+
+
+def _with_cookie(client: TestClient, method: str, path: str, value: str) -> int:
+    return client.request(method, path, headers={"Cookie": f"jayavatar_session={value}"}
+                          ).status_code
+
+
+def test_each_login_gets_its_own_cookie_and_logout_revokes_it(guarded: TestClient,  # type: ignore[no-untyped-def]
+                                                              redis_server) -> None:
+    import redis as redis_lib
+
+    guarded.cookies.clear()
+    first, second = _log_in(guarded), _log_in(guarded)
+    assert first != second and len(first) >= 40
+    assert _with_cookie(guarded, "GET", "/v1/jobs", first) == 200
+    assert _with_cookie(guarded, "GET", "/v1/jobs", second) == 200
+    # kept server-side, under its hash, for the cookie's lifetime
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    stored = conn.keys("ja:login:*")
+    assert not any(first.encode() in k or second.encode() in k for k in stored)
+    key = "ja:login:" + hashlib.sha256(first.encode()).hexdigest()
+    assert 7 * 24 * 3600 - 60 < conn.ttl(key) <= 7 * 24 * 3600
+    assert _with_cookie(guarded, "DELETE", "/v1/session", first) == 204
+    assert not conn.exists(key)
+    assert _with_cookie(guarded, "GET", "/v1/jobs", first) == 401  # revoked, wherever it is
+    resp = guarded.get("/v1/jobs", headers={"Cookie": f"jayavatar_session={first}"})
+    assert "log in again" in resp.json()["message"]
+    assert _with_cookie(guarded, "GET", "/v1/jobs", second) == 200  # another login goes on
+    assert _with_cookie(guarded, "DELETE", "/v1/session", second) == 204
+
+
+def test_a_new_token_ends_the_logins_of_the_old_one(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(_settings(redis_server.url, tmp_path, api_token=TOKEN)),
+                    base_url="http://127.0.0.1:8000") as old:
+        value = _log_in(old)
+        assert _with_cookie(old, "GET", "/v1/jobs", value) == 200
+    other = "another-token-0123456789abcdef"
+    with TestClient(create_app(_settings(redis_server.url, tmp_path, api_token=other)),
+                    base_url="http://127.0.0.1:8000") as new:
+        assert _with_cookie(new, "GET", "/v1/jobs", value) == 401
+
+
+# ---- guessing the token ------------------------------------------------------------------------
+
+def _limited_app(redis_server, tmp_path: Path, window_s: float) -> Any:  # type: ignore[no-untyped-def]
+    return create_app(_settings(redis_server.url, tmp_path, api_token=TOKEN,
+                                login_max_failures=10, login_window_s=window_s))
+
+
+def test_wrong_logins_are_limited_per_address(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The red team's 1,794 guesses a second: now 10 wrong tokens a window per address, then
+    429 with Retry-After for every try, the right token too, until the window is over."""
+    app = _limited_app(redis_server, tmp_path, window_s=4)
+    wrong = {"Authorization": "Bearer guess-guess-guess-guess"}
+    with TestClient(app, base_url="http://127.0.0.1:8000", client=("198.51.100.7", 4000)) as c:
+        started = time.monotonic()
+        codes = [c.post("/v1/session", headers=wrong).status_code for _ in range(10)]
+        assert codes == [401] * 10
+        locked = c.post("/v1/session", headers=wrong)
+        assert locked.status_code == 429, locked.text
+        assert locked.json()["error"] == "too_many_tries"
+        assert "wait" in locked.json()["message"] and "10 times" in locked.json()["message"]
+        assert 1 <= int(locked.headers["retry-after"]) <= 4
+        assert c.post("/v1/session", headers=BEARER).status_code == 429  # no oracle
+        assert c.get("/v1/jobs", headers=BEARER).status_code == 429
+        time.sleep(max(0.0, started + 4.2 - time.monotonic()))
+        assert c.post("/v1/session", headers=BEARER).status_code == 204  # the window is over
+    # another address was not held up by this one (its app on the same Redis: one loop each)
+    with TestClient(_limited_app(redis_server, tmp_path, window_s=60),
+                    base_url="http://127.0.0.1:8000", client=("198.51.100.8", 4000)) as other:
+        for _ in range(9):
+            other.post("/v1/session", headers=wrong)
+        assert other.post("/v1/session", headers=BEARER).status_code == 204
+
+
+def test_wrong_bearer_tokens_count_too(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    app = _limited_app(redis_server, tmp_path, window_s=60)
+    wrong = {"Authorization": "Bearer guess-guess-guess-guess"}
+    with TestClient(app, base_url="http://127.0.0.1:8000",
+                    client=("2001:db8:5:6::1", 4000)) as c:
+        assert [c.get("/v1/jobs", headers=wrong).status_code for _ in range(10)] == [401] * 10
+        assert c.get("/v1/jobs", headers=BEARER).status_code == 429
+        assert c.get("/v1/jobs").status_code == 401  # no token: nothing guessed, nothing said
+    # the same /64 is the same client (the lock is in Redis: another process knows it)
+    with TestClient(_limited_app(redis_server, tmp_path, window_s=60), base_url="http://127.0.0.1:8000",
+                    client=("2001:db8:5:6::99", 4000)) as same:
+        assert same.get("/v1/jobs", headers=wrong).status_code == 401  # learns of the lock
+        assert same.get("/v1/jobs", headers=BEARER).status_code == 429
 
 
 # ---- trusted hosts -----------------------------------------------------------------------------
