@@ -42,7 +42,10 @@ from uvicorn.server import ServerState
 
 logger = logging.getLogger(__name__)
 
-WS_MAX_BYTES = 256 * 1024
+# A WebSocket frame past this closes the socket (1009) unread; up to it, the relay reads it and
+# answers one that breaks the live protocol's own limits (20,000 characters, 256 KiB of PCM)
+# with an error event, the session going on.
+WS_MAX_BYTES = 1024 * 1024
 BODY_MIN_RATE = 500  # bytes a second a body must average, past its first HTTP_BODY_TIMEOUT_S
 MAX_CONNECTIONS = 10_000
 FD_RESERVE = 512  # descriptors kept for Redis, files and threads beside the connections

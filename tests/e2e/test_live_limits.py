@@ -1,7 +1,7 @@
-"""The live socket's frame limit (orchestrator/serving.py WS_MAX_BYTES, 256 KiB) on the real
-cluster: what the live protocol sends passes (a message past its 20,000 characters gets the
-relay's own error event, PCM in frames up to 256 KiB reaches the relay), a larger frame closes
-the socket with 1009 (message too big) before it is read, and 16 MiB frames leave the
+"""The live socket's frame limit (orchestrator/serving.py WS_MAX_BYTES, 1 MiB) on the real
+cluster: what the live protocol sends passes, and a frame that breaks the protocol's own limits
+(a message past 20,000 characters, PCM past 256 KiB) gets the relay's error event with the
+session going on; a frame past 1 MiB closes the socket with 1009 (message too big) before it is read, and 16 MiB frames leave the
 orchestrator's memory where it was."""
 
 from __future__ import annotations
@@ -58,13 +58,14 @@ def test_frames_the_protocol_needs_pass_and_a_larger_one_closes_with_1009(
         n = len(c.events("error"))
         c.send("x" * 30_000)  # past the relay's 20,000 characters: its error, not a close
         c.send(b"\x00" * (256 * KIB))  # PCM with no audio line open: the relay's error too
+        c.send(b"\x00" * (MIB - 2))  # past the protocol's 256 KiB, within the socket's limit
         deadline = time.monotonic() + 10
-        while len(c.events("error")) < n + 2 and time.monotonic() < deadline:
+        while len(c.events("error")) < n + 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         errors = " | ".join(m["message"] for _, m in c.events("error")[n:])
         assert "30000 characters" in errors and "binary messages" in errors, errors
         assert c.closed is None
-        _send_big(c, 256 * KIB + 1)
+        _send_big(c, MIB + 1)
         assert _closed(c)[0] == 1009
     finally:
         c.close()
