@@ -1,8 +1,8 @@
 """The live socket's frame limit (orchestrator/serving.py WS_MAX_BYTES, 1 MiB) on the real
 cluster: what the live protocol sends passes, and a frame that breaks the protocol's own limits
 (a message past 20,000 characters, PCM past 256 KiB) gets the relay's error event with the
-session going on; a frame past 1 MiB closes the socket with 1009 (message too big) before it is read, and 16 MiB frames leave the
-orchestrator's memory where it was."""
+session going on; a frame past 1 MiB closes the socket with 1009 (message too big) before it is
+read, and 16 MiB frames leave the orchestrator's memory where it was."""
 
 from __future__ import annotations
 
