@@ -93,9 +93,20 @@ def workers(role: str) -> str:
     return f"{PREFIX}:live:workers:{role}"
 
 
+def slots(role: str) -> str:
+    """Hash: live worker name -> how many sessions it serves at once (its slots)."""
+    return f"{PREFIX}:live:slots:{role}"
+
+
+def viewers(session_id: str) -> str:
+    """Sorted set: the session's open sockets (a viewer id each) -> last renewed (UNIX seconds),
+    kept by the orchestrator (orchestrator/viewers.py)."""
+    return f"{PREFIX}:live:{session_id}:viewers"
+
+
 def session_keys(session_id: str) -> list[str]:
     return [session(session_id), ctl(session_id), speech(session_id), out(session_id),
-            clock(session_id), init(session_id), audio_in(session_id),
+            clock(session_id), init(session_id), audio_in(session_id), viewers(session_id),
             *(lease(session_id, r) for r in ROLES),
             *(position(session_id, r) for r in (*ROLES, "audio_in"))]
 
@@ -143,6 +154,18 @@ def live_workers(conn: redis.Redis, role: str) -> int:
     return int(conn.zcount(workers(role), time.time() - WORKER_SEEN_S, "+inf"))
 
 
+def live_slots(conn: redis.Redis, role: str) -> tuple[int, int]:
+    """(workers, sessions they serve at once in all) of the live workers of `role` seen in the
+    last WORKER_SEEN_S seconds; the slots of workers gone are forgotten."""
+    seen = [text(n) for n in conn.zrangebyscore(workers(role), time.time() - WORKER_SEEN_S,
+                                                "+inf")]
+    held = {text(k): int(v) for k, v in conn.hgetall(slots(role)).items()}
+    gone = set(held) - set(seen)
+    if gone:
+        conn.hdel(slots(role), *gone)
+    return len(seen), sum(held.get(name, 0) for name in seen)
+
+
 def end(conn: redis.Redis, session_id: str) -> bool:
     """End a session: workers notice the record is gone and stop; every key goes."""
     pipe = conn.pipeline(transaction=True)
@@ -167,6 +190,18 @@ def xadd(conn: redis.Redis | Any, key: str, fields: dict[str, Any], maxlen: int,
     """XADD to a bounded stream and keep its TTL (works on a pipeline too)."""
     conn.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
     return conn.expire(key, int(ttl_s + STREAM_TTL_MARGIN_S))
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a pair that orders as Redis orders ids."""
+    ms, _, seq = value.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+def before(value: str) -> str:
+    """The id just before entry `value`: XREAD after it reads `value` again."""
+    ms, seq = stream_id(value)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2 ** 64 - 1}" if ms else "0-0"
 
 
 class Lease:
@@ -240,7 +275,10 @@ class LiveWorker:
         beat.start()
         while not self.stopping.is_set():
             try:
-                self.conn.zadd(workers(self.role), {self.name: time.time()})
+                pipe = self.conn.pipeline(transaction=False)
+                pipe.hset(slots(self.role), self.name, self.max_sessions)
+                pipe.zadd(workers(self.role), {self.name: time.time()})
+                pipe.execute()
                 self._claim_new()
             except redis.RedisError as exc:
                 logger.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
@@ -250,6 +288,7 @@ class LiveWorker:
             thread.join(timeout=5)
         try:
             self.conn.zrem(workers(self.role), self.name)
+            self.conn.hdel(slots(self.role), self.name)
         except redis.RedisError:
             pass
 
