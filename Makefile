@@ -113,9 +113,10 @@ bench: setup-neural ## speed and memory: end-to-end RTF, stage times, RSS, API r
 	$(VENVS)/compositor/bin/python scripts/bench_compose.py --size 512 --out out/bench_compose.json
 	$(VENVS)/visual/bin/python scripts/bench_wav2lip.py --device cpu --batch 64
 
-bench-live: setup ## live sessions at real WebSocket clients: say-to-speech latency, stalls, stop, concurrent sessions, lip sync in the stream (out/bench_live.json)
+bench-live: setup ## live sessions at real WebSocket clients: say-to-speech latency, stalls, stop, concurrent sessions, lines said at once, a 10-minute audio line's drift, lip sync in the stream (out/bench_live.json)
 	$(VENVS)/orchestrator/bin/python scripts/bench_live.py --out out/bench_live.json
 	$(VENVS)/visual/bin/python scripts/live_lipsync.py out/live_stream.mp4 --out out/live_lipsync.json
+	$(VENVS)/visual/bin/python scripts/live_lipsync.py out/live_drift.mp4 --last 60 --out out/live_drift_lipsync.json
 
 bench-voice: setup-neural test-deps $(VENVS)/audio/.bench ## piper-match against generated voice samples: pitch, speaker similarity, WER (out/bench_voice.json)
 	$(VENVS)/audio/bin/python scripts/bench_voice.py --out out/bench_voice.json

@@ -14,7 +14,10 @@ portrait, then measures, at 512x512 25 fps unless told otherwise:
 * stop: wall time from `stop` to its speech.end event, and media time from the stop to silence
   in the decoded stream;
 * concurrency: N sessions at once, each speaking ~70% of the time, for N = 1, 2, ... at each
-  size, until one of them lags more than 200 ms; the largest N that did not is reported.
+  size, until one of them lags more than 200 ms; the largest N that did not is reported;
+* simultaneous: say-to-speech latency of 4 sessions whose clients send a line at the same
+  moment, round after round, with one session alone in the same run as the reference;
+* audio drift, audio concurrency: scripts/bench_live_audio.py.
 Writes a JSON report (out/bench_live.json). `--cases latency audio` runs only those.
 """
 
@@ -25,9 +28,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,142 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_live_audio import audio_cases  # noqa: E402
+from bench_live_client import (  # noqa: E402
+    LAG_LIMIT_S,
+    LINES,
+    decoded_audio,
+    end_session,
+    new_session,
+    percentiles,
+    rms,
+    say_to_speech,
+    talk,
+)
 from stack import ROOT, Stack, log  # noqa: E402
 
-from orchestrator.live_client import Pcm, push_audio, read_wav  # noqa: E402
-from shared import mp4  # noqa: E402
-
-LINES = [
-    "Hello, and welcome back.", "I can answer that right away.", "That is a good question.",
-    "Let me think about it for a second.", "Yes, I would be glad to help you with that.",
-    "The weather today looks bright and clear.", "Here is what I found for you.",
-    "Thanks for waiting.", "We can try that again tomorrow morning.",
-    "Sure, the meeting starts at ten.", "Good point, I had not thought of that.",
-    "Everything is ready now.", "Could you say that one more time?",
-    "I will send you the details later.", "No problem at all.",
-    "This avatar is rendered live on a small computer.", "It is nice to meet you.",
-    "Let us keep going.", "Please take your time.", "That is all for now, goodbye.",
-]
-LAG_LIMIT_S = 0.2
-CASES = ("latency", "audio", "stalls", "stop", "concurrency")
-
-
-class Client:
-    """One live session's socket: events and fragments with their arrival times."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.events: list[tuple[float, dict]] = []
-        self.frags: list[tuple[float, float, float]] = []  # (arrival, video t, audio t)
-        self.data = bytearray()
-        self.scales: list[int] = [1, 1]
-        self.offset = 0.0
-        self.ws: Any = None
-        self._task: asyncio.Task | None = None
-        self.changed = asyncio.Event()
-
-    async def open(self) -> None:
-        self.ws = await connect(self.url, max_size=None)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.ws:
-            now = time.monotonic()
-            if isinstance(message, str):
-                event = json.loads(message)
-                if event.get("type") == "ready":
-                    self.offset = float(event.get("media_time", 0.0))
-                self.events.append((now, event))
-            else:
-                data = bytes(message)
-                self.data += data
-                if data[4:8] == b"ftyp":
-                    self.scales = mp4.timescales(data) or [1, 1]
-                else:
-                    t = {}
-                    for run in mp4.runs(data):
-                        t.setdefault(run.track, run.decode_time)
-                    self.frags.append((now, self.offset + t.get(1, 0) / self.scales[0],
-                                       self.offset + t.get(2, 0) / self.scales[-1]))
-            self.changed.set()
-
-    async def wait(self, kind: str, timeout: float = 30, **match: Any) -> tuple[float, dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for t, event in self.events:
-                if event.get("type") == kind and all(event.get(k) == v for k, v in match.items()):
-                    return t, event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {kind} {match} within {timeout} s")
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), left)
-            except TimeoutError:
-                pass
-
-    async def say(self, text: str, line_id: str) -> float:
-        sent = time.monotonic()
-        await self.ws.send(json.dumps({"type": "say", "text": text, "id": line_id}))
-        return sent
-
-    def speech_arrival(self, media_time: float) -> float | None:
-        """Arrival of the first fragment whose audio reaches `media_time`."""
-        for i, (arrival, _, audio_t) in enumerate(self.frags):
-            nxt = self.frags[i + 1][2] if i + 1 < len(self.frags) else float("inf")
-            if audio_t <= media_time + 1e-6 < nxt:
-                return arrival
-        return None
-
-    def max_lag(self, since: float = 0.0) -> float:
-        """How far the media time of arriving fragments fell behind the wall clock."""
-        frags = [f for f in self.frags if f[0] >= since]
-        if len(frags) < 2:
-            return float("inf")
-        ref = min(a - v for a, v, _ in frags)
-        return max((a - v) - ref for a, v, _ in frags)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        if self._task:
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
-def decoded_audio(data: bytes, rate: int = 16000) -> np.ndarray:
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as fh:
-        fh.write(data)
-        fh.flush()
-        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", fh.name, "-vn", "-ac", "1", "-ar",
-                              str(rate), "-f", "f32le", "-"], capture_output=True).stdout
-    return np.frombuffer(raw, np.float32)
-
-
-async def new_session(http: httpx.AsyncClient, avatar_id: str, size: int) -> Client:
-    deadline = time.monotonic() + 60  # the live workers load their engines after a start
-    while True:
-        resp = await http.post("/v1/sessions", json={"avatar_id": avatar_id, "size": size})
-        if resp.status_code != 503 or "no_live_worker" not in resp.text:
-            break
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
-    if resp.status_code != 201:
-        raise RuntimeError(f"POST /v1/sessions: {resp.status_code} {resp.text}")
-    body = resp.json()
-    client = Client(str(http.base_url).replace("http://", "ws://").rstrip("/") + body["ws_url"])
-    client.session_id = body["id"]  # type: ignore[attr-defined]
-    await client.open()
-    await client.wait("ready")
-    return client
-
-
-async def end_session(http: httpx.AsyncClient, client: Client) -> None:
-    await client.close()
-    await http.delete(f"/v1/sessions/{client.session_id}")  # type: ignore[attr-defined]
+CASES = ("latency", "audio", "stalls", "stop", "concurrency", "simultaneous", "drift",
+         "audio_concurrency")
 
 
 async def latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
@@ -182,102 +64,18 @@ async def latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
         for k in range(n):
             line_id = f"lat{k}"
             sent = await c.say(LINES[k % len(LINES)], line_id)
-            _, start = await c.wait("speech.start", id=line_id)
-            await c.wait("speech.end", id=line_id)
-            arrival = c.speech_arrival(start["media_time"])
-            while arrival is None:
-                await asyncio.sleep(0.05)
-                arrival = c.speech_arrival(start["media_time"])
-            out.append(1000 * (arrival - sent))
+            out.append(await say_to_speech(c, line_id, sent))
             await asyncio.sleep(random.uniform(0.4, 0.9))
         audio = decoded_audio(bytes(c.data))
         if record is not None:  # for the lip-sync measure (scripts/live_lipsync.py)
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_bytes(bytes(c.data))
         heard = sum(1 for _, e in c.events if e.get("type") == "speech.start"
-                    and _rms(audio, e["media_time"] - c.offset, 0.3) > 0.02)
+                    and rms(audio, e["media_time"] - c.offset, 0.3) > 0.02)
     finally:
         await end_session(http, c)
-    return {"lines": n, "ms": [round(v) for v in out], **_percentiles(out),
+    return {"lines": n, "ms": [round(v) for v in out], **percentiles(out),
             "speech_heard_after_start": heard}
-
-
-def _percentiles(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    return {"p50_ms": round(statistics.median(values)),
-            "p95_ms": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))])}
-
-
-def speech_clips(folder: Path, rate: int = 16000) -> list[Pcm]:
-    """LINES spoken by espeak-ng (a voice that is not the session's), at `rate`."""
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("the audio-line case needs espeak-ng to make its speech: "
-                           "apt-get install espeak-ng (make test-deps installs it)")
-    folder.mkdir(parents=True, exist_ok=True)
-    clips = []
-    for k, line in enumerate(LINES):
-        raw, wav = folder / f"line{k}.raw.wav", folder / f"line{k}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), line], check=True)
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(raw), "-ar", str(rate), "-ac",
-                        "1", "-c:a", "pcm_s16le", str(wav)], check=True)
-        clips.append(read_wav(wav))
-    return clips
-
-
-async def audio_latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
-                        clips: list[Pcm]) -> dict:
-    """Audio lines pushed at real time: first audio byte sent -> the fragment playing it."""
-    c = await new_session(http, avatar_id, size)
-    out, longer, drawn = [], [], []
-    try:
-        await asyncio.sleep(1.0)
-        for k in range(n):
-            line_id, clip = f"aud{k}", clips[k % len(clips)]
-            pushed = await push_audio(c.ws, clip, line_id=line_id, text=LINES[k % len(LINES)])
-            started, start = await c.wait("speech.start", id=line_id)
-            _, end = await c.wait("speech.end", id=line_id)
-            arrival = c.speech_arrival(start["media_time"])
-            while arrival is None:
-                await asyncio.sleep(0.05)
-                arrival = c.speech_arrival(start["media_time"])
-            out.append(1000 * (arrival - pushed.first_sent))
-            drawn.append(1000 * (started - pushed.first_sent))
-            longer.append(1000 * (end["media_time"] - start["media_time"] - clip.duration))
-            await asyncio.sleep(random.uniform(0.4, 0.9))
-        audio = decoded_audio(bytes(c.data))
-        heard = sum(1 for _, e in c.events if e.get("type") == "speech.start"
-                    and _rms(audio, e["media_time"] - c.offset, 0.3) > 0.02)
-        errors = [e["message"] for _, e in c.events if e.get("type") == "error"]
-    finally:
-        await end_session(http, c)
-    return {"lines": n, "message_ms": 20, "rate": clips[0].rate, "ms": [round(v) for v in out],
-            **_percentiles(out), "played_longer_than_audio_ms": [round(v) for v in longer],
-            # the speech.start event goes out as the line's first frame is drawn: the rest of
-            # the latency is the encoder's and the fragment's
-            "speech_start_event_p50_ms": round(statistics.median(drawn)),
-            "speech_heard_after_start": heard, "errors": errors}
-
-
-def _rms(audio: np.ndarray, t: float, span: float, rate: int = 16000) -> float:
-    a = max(0, int(t * rate))
-    seg = audio[a:a + int(span * rate)]
-    return float(np.sqrt(np.mean(np.square(seg, dtype=np.float64)))) if len(seg) else 0.0
-
-
-async def talk(c: Client, seconds: float, share: float, tag: str) -> float:
-    """Keep `c` speaking about `share` of `seconds`; return the share it really spoke."""
-    end = time.monotonic() + seconds
-    spoken, k = 0.0, 0
-    while time.monotonic() < end:
-        line_id = f"{tag}{k}"
-        await c.say(LINES[k % len(LINES)] + " " + LINES[(k + 7) % len(LINES)], line_id)
-        _, start = await c.wait("speech.start", id=line_id)
-        _, stop = await c.wait("speech.end", id=line_id)
-        length = stop["media_time"] - start["media_time"]
-        spoken += length
-        await asyncio.sleep(length * (1 - share) / share)
-        k += 1
-    return spoken / seconds
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -339,7 +137,7 @@ async def stop_latency(http: httpx.AsyncClient, avatar_id: str, size: int, n: in
     cut_ms, fade_ms = [], []
     for edge, ended in medias:
         t = ended - c.offset
-        while t < ended - c.offset + 1.0 and _rms(audio, t, 0.02) > 1e-3:
+        while t < ended - c.offset + 1.0 and rms(audio, t, 0.02) > 1e-3:
             t += 0.01
         cut_ms.append(round(1000 * (ended - edge)))  # stop applied, after the live edge
         fade_ms.append(round(1000 * (t + c.offset - ended)))  # silent, after it was applied
@@ -374,6 +172,46 @@ async def concurrency(http: httpx.AsyncClient, avatar_id: str, size: int, most: 
     return {"size": size, "stall_free_sessions": best, "runs": rows}
 
 
+async def simultaneous(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,
+                       rounds: int) -> dict:
+    """Say-to-speech latency when the clients of `n` sessions send a line at the same moment,
+    `rounds` times (a pause after all have spoken); one session alone first, as the
+    reference in the same run. Also how far each session's fragments fell behind."""
+    out: dict[str, Any] = {"size": size, "rounds": rounds}
+    for count in (1, n):
+        clients = []
+        try:
+            for _ in range(count):
+                clients.append(await new_session(http, avatar_id, size))
+            await asyncio.sleep(1.0)
+            t0 = time.monotonic()
+            got: list[list[float]] = [[] for _ in clients]
+            for r in range(rounds):
+                ids = [f"sim{count}-{i}-{r}" for i in range(count)]
+                lines = [LINES[(r * count + i) % len(LINES)] for i in range(count)]
+                sent = await asyncio.gather(*(c.say(line, line_id) for c, line, line_id
+                                              in zip(clients, lines, ids, strict=True)))
+                ms = await asyncio.gather(*(say_to_speech(c, line_id, at) for c, line_id, at
+                                            in zip(clients, ids, sent, strict=True)))
+                for k, v in enumerate(ms):
+                    got[k].append(v)
+                await asyncio.sleep(random.uniform(0.4, 0.9))
+            lags = [c.max_lag(t0) for c in clients]
+        finally:
+            for c in clients:
+                await end_session(http, c)
+        every = [v for per in got for v in per]
+        out["alone" if count == 1 else "together"] = {
+            "sessions": count, **percentiles(every),
+            "per_session": [{**percentiles(per), "ms": [round(v) for v in per]} for per in got],
+            "max_lag_ms": [round(1000 * v) for v in lags]}
+        log(f"simultaneous x{count}: p50 {percentiles(every)['p50_ms']} ms, "
+            f"p95 {percentiles(every)['p95_ms']} ms; per session p50 "
+            f"{[percentiles(per)['p50_ms'] for per in got]}")
+        await asyncio.sleep(1.0)
+    return out
+
+
 async def measure(api: str, avatar_id: str, args: argparse.Namespace,
                   pids: dict[str, int]) -> dict:
     async with httpx.AsyncClient(base_url=api, timeout=60) as http:
@@ -386,18 +224,6 @@ async def measure(api: str, avatar_id: str, args: argparse.Namespace,
                                               args.out.parent / "live_stream.mp4")
             log(f"latency: {report['latency']['p50_ms']} ms p50, "
                 f"{report['latency']['p95_ms']} p95")
-        if "audio" in args.cases:
-            try:
-                clips = await asyncio.to_thread(speech_clips,
-                                                args.out.parent / "bench_live_speech")
-            except RuntimeError as exc:
-                report["audio_latency"] = {"skipped": str(exc)}
-                log(f"audio lines skipped: {exc}")
-            else:
-                report["audio_latency"] = await audio_latency(http, avatar_id, args.size,
-                                                              args.lines, clips)
-                log(f"audio lines: {report['audio_latency']['p50_ms']} ms p50, "
-                    f"{report['audio_latency']['p95_ms']} p95")
         if "stalls" in args.cases:
             report["stalls"] = await stalls(http, avatar_id, args.size, args.seconds, pids)
             log(f"stalls: {report['stalls']}")
@@ -408,6 +234,10 @@ async def measure(api: str, avatar_id: str, args: argparse.Namespace,
             report["concurrency"] = [await concurrency(http, avatar_id, size, args.most,
                                                        args.concurrent_seconds)
                                      for size in args.concurrency_sizes]
+        if "simultaneous" in args.cases:
+            report["simultaneous"] = await simultaneous(http, avatar_id, args.size,
+                                                        args.together, args.rounds)
+        report.update(await audio_cases(http, avatar_id, args))
         report["load_average_at_end"] = os.getloadavg()[0]
         return report
 
@@ -420,6 +250,14 @@ def main() -> int:
     parser.add_argument("--concurrency-sizes", type=int, nargs="*", default=[512, 384])
     parser.add_argument("--most", type=int, default=8, help="most concurrent sessions tried")
     parser.add_argument("--concurrent-seconds", type=float, default=20.0)
+    parser.add_argument("--together", type=int, default=4,
+                        help="sessions of the simultaneous and audio_concurrency cases")
+    parser.add_argument("--rounds", type=int, default=12,
+                        help="lines each session says in the simultaneous case")
+    parser.add_argument("--drift-seconds", type=float, default=600.0,
+                        help="length of the audio line of the drift case")
+    parser.add_argument("--redis-port", type=int, default=6394)
+    parser.add_argument("--api-port", type=int, default=8794)
     parser.add_argument("--live-nice", type=int, default=0,
                         help="LIVE_NICE of the live workers (e.g. -10 on a busy shared machine)")
     parser.add_argument("--live-renderers", type=int, default=2,
@@ -431,9 +269,10 @@ def main() -> int:
 
     data_dir = Path(tempfile.mkdtemp(prefix="jayavatar-bench-live-"))
     os.environ["LIVE_MAX_SESSIONS"] = "64"  # the bench finds the capacity; no cap while it does
-    os.environ["LIVE_SESSIONS_PER_WORKER"] = str(args.most)
+    os.environ["LIVE_SESSIONS_PER_WORKER"] = str(max(args.most, args.together))
     os.environ["LIVE_NICE"] = str(args.live_nice)
-    stack = Stack(data_dir, 6394, 8794, data_dir / "logs", live_renderers=args.live_renderers)
+    stack = Stack(data_dir, args.redis_port, args.api_port, data_dir / "logs",
+                  live_renderers=args.live_renderers)
     try:
         stack.start()
         with httpx.Client(base_url=stack.api_url, timeout=120) as client:

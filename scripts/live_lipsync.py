@@ -2,7 +2,8 @@
 mediapipe face mesh on every decoded frame gives the mouth opening, ffmpeg the audio's loudness
 per frame; the report is their correlation at each lag and the lag that fits best (0 means in
 sync; + means the mouth comes later than the sound). `make bench-live` records the stream of
-its latency run to out/live_stream.mp4. Run with .venvs/visual/bin/python.
+its latency run to out/live_stream.mp4, and of its 10-minute audio line to out/live_drift.mp4
+(`--last 60`: its last minute). Run with .venvs/visual/bin/python.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ def _size(video: Path) -> tuple[int, int, float]:
     return int(s["width"]), int(s["height"]), float(num) / float(den)
 
 
-def measure(video: Path) -> dict:
+def measure(video: Path, last: float | None = None) -> dict:
     import mediapipe as mp
 
     width, height, fps = _size(video)
-    proc = subprocess.Popen(["ffmpeg", "-v", "error", "-i", str(video), "-f", "rawvideo",
+    source = [*(["-sseof", f"-{last}"] if last else []), "-i", str(video)]  # both decodes
+    proc = subprocess.Popen(["ffmpeg", "-v", "error", *source, "-f", "rawvideo",
                              "-pix_fmt", "rgb24", "pipe:1"], stdout=subprocess.PIPE)
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, refine_landmarks=True,
                                            max_num_faces=1, min_detection_confidence=0.5)
@@ -53,7 +55,7 @@ def measure(video: Path) -> dict:
     mesh.close()
     rate = 16000
     audio = np.frombuffer(subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(video), "-vn", "-ac", "1", "-ar", str(rate), "-f",
+        ["ffmpeg", "-v", "error", *source, "-vn", "-ac", "1", "-ar", str(rate), "-f",
          "f32le", "-"], capture_output=True, check=True).stdout, np.float32)
     frames = len(lms)
     edges = np.round(np.arange(frames + 1) * rate / fps).astype(int)
@@ -75,8 +77,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("video", type=Path, nargs="?", default=ROOT / "out/live_stream.mp4")
     parser.add_argument("--out", type=Path, default=ROOT / "out/live_lipsync.json")
+    parser.add_argument("--last", type=float, help="measure only the last this many seconds")
     args = parser.parse_args()
-    report = measure(args.video)
+    report = measure(args.video, args.last)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "lipsync_r_by_lag"}))  # noqa: T201

@@ -4,14 +4,19 @@ and speaks each line with Piper one sentence at a time, publishing every sentenc
 is ready (16-bit PCM + phoneme timings + the sentence's words) on the session's speech stream.
 Audio lines (speech the client streams, shared/live_audio.py) take their turn among the lines:
 their PCM, read from the audio_in stream, is resampled to the stream's rate and forwarded piece
-by piece as it arrives.
+by piece as it arrives. The sessions share one voice (services/audio/live_voice.py).
+
+What a session has done is kept in Redis so that a worker taking it over (this one died) goes
+on where it stopped: the ctl position is the last entry before the first line not yet over, the
+audio_in position the last entry before the oldest PCM not yet forwarded, and the newest piece
+on the speech stream says how far the line being spoken got (its `seq`, the `opening` its
+sentences were cut with, the audio_in entries it covers); lines queued behind it are read again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
@@ -22,45 +27,29 @@ from typing import Any
 import redis
 
 from services.audio.engines.piper import PiperEngine
+from services.audio.live_voice import Turns, line_parts, opening_words, split_sentences
 from services.audio.resample import Resampler, to_mono, to_pcm16
 from shared import live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
+from shared.live import stream_id
 from shared.live_audio import STREAM_RATE, AudioIn, AudioStart
 from shared.logs import configure_logging, job_context
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 _RECORD_CHECK_S = 1.0
-_SYNTH_LOCK = threading.Lock()
-FIRST_SPLIT_WORDS = 8  # a first sentence this long is spoken clause first
+START_S = 0.1  # a piece published now starts playing this much later at the soonest
 
 
-def first_clause(line: str) -> list[str]:
-    """The line, with a long first sentence's opening clause split off at its first comma:
-    Piper's time to the first sound grows with the sentence, and a clause is spoken sooner."""
-    line = line.strip()
-    first = _SENTENCE_END.split(line, maxsplit=1)[0]
-    comma = first.find(", ")
-    if len(first.split()) < FIRST_SPLIT_WORDS or comma < 0 or len(first[:comma].split()) < 2:
-        return [line]
-    return [line[:comma + 1], line[comma + 2:]]
+@dataclass
+class Line:
+    """A line in a session's queue: its ctl entry, and when this worker read it."""
 
-
-def split_sentences(line: str, count: int) -> list[str]:
-    """The words of each of Piper's `count` sentences, for captions: the line split after
-    sentence punctuation when that gives `count` parts, else the whole line on the first."""
-    parts = [p for p in _SENTENCE_END.split(line.strip()) if p]
-    if len(parts) == count:
-        return parts
-    return [line.strip()] + [""] * max(0, count - 1)
-
-
-def _stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms or 0), int(seq or 0)
+    ctl: str
+    fields: dict[str, str]
+    arrived: float  # time.monotonic()
 
 
 @dataclass
@@ -69,13 +58,36 @@ class AudioLine:
 
     start: AudioStart
     resampler: Resampler
-    pending: list[bytes] = field(default_factory=list)
+    pending: list[tuple[str, bytes]] = field(default_factory=list)  # (audio_in id, PCM)
     ended: bool = False
     seq: int = 0
+    upto: str = "0-0"  # the newest audio_in entry forwarded
 
     @property
     def ready(self) -> bool:
         return bool(self.pending) or self.ended
+
+
+@dataclass(frozen=True)
+class Published:
+    """The newest piece on a session's speech stream: how far its line got."""
+
+    ctl: str
+    seq: int
+    last: bool
+    opening: int  # the words a text line's first part had (live_voice.line_parts)
+    upto: str  # an audio line's newest audio_in entry forwarded
+
+    @classmethod
+    def newest(cls, conn: redis.Redis, session_id: str) -> Published | None:
+        entries: Any = conn.xrevrange(live.speech(session_id), count=1)
+        if not entries:
+            return None
+        fields = {text(k): v for k, v in entries[0][1].items()}
+        return cls(ctl=text(fields.get("ctl", b"0-0")), seq=int(text(fields.get("seq", b"0"))),
+                   last=text(fields.get("last", b"1")) == "1",
+                   opening=int(text(fields.get("opening", b"0"))),
+                   upto=text(fields.get("upto", b"0-0")))
 
 
 class AudioSession:
@@ -83,37 +95,55 @@ class AudioSession:
     the order they came, cut by `stop`."""
 
     def __init__(self, conn: redis.Redis, engine: PiperEngine, settings: Settings,
-                 rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
+                 rec: live.SessionRecord, held: live.Lease, stopping: threading.Event,
+                 turns: Turns | None = None) -> None:
         self.conn, self.engine, self.settings = conn, engine, settings
         self.rec, self.held, self.stopping = rec, held, stopping
+        self.turns = turns or Turns()
         self.ttl = settings.live_idle_timeout_s
         pos, audio_pos = conn.mget([live.position(rec.id, "audio"),
                                     live.position(rec.id, "audio_in")])
         self.pos = text(pos) if pos else "0-0"
         self.audio_pos = text(audio_pos) if audio_pos else "0-0"
-        self.queue: deque[tuple[str, dict[str, str]]] = deque()
+        self.queue: deque[Line] = deque()
         self.lines: dict[str, AudioLine] = {}  # audio lines by the ctl id of their start
-        self.cut_before: tuple[int, int] = (0, 0)  # audio of lines started before a stop: dropped
+        # lines started before this are over (spoken, forwarded or stopped): their audio is dropped
+        ms, seq = stream_id(self.pos)
+        self.cut_before: tuple[int, int] = (ms, seq + 1)
+        self.resume = Published.newest(conn, rec.id)  # the line a worker before this one spoke
+        if self.resume is not None:
+            ms, seq = stream_id(self.resume.ctl)
+            self.cut_before = max(self.cut_before, (ms, seq + self.resume.last))
+            if self.resume.last or stream_id(self.resume.ctl) < self.cut_before:
+                self.resume = None
+            else:
+                logger.info("session %s: going on with line %s from its piece %d",
+                            rec.id, self.resume.ctl, self.resume.seq + 1)
+        self.play_end = 0.0  # time.monotonic() when the audio published so far has played
         self.closed = False
+        self._saved: tuple[str, str] = (self.pos, self.audio_pos)
         self._checked = time.monotonic()
 
     def run(self) -> None:
-        while not self._done():
-            self._read(block_ms=0 if self._has_work() else 200)
-            if self.queue and not self._done():
-                ctl_id, command = self.queue[0]
-                if command.get("type") == "say":
-                    self.queue.popleft()
-                    self._speak(ctl_id, command)
-                elif self._has_work():
-                    self._forward(ctl_id)
+        with self.turns.session():
+            while not self._done():
+                self._read(block_ms=0 if self._has_work() else 200)
+                if self.queue and not self._done():
+                    line = self.queue[0]
+                    if line.fields.get("type") == "say":
+                        self._speak(line)
+                        if self.queue and self.queue[0] is line:  # not dropped by a stop
+                            self.queue.popleft()
+                    elif self._has_work():
+                        self._forward(line)
+                self._save()
 
     def _has_work(self) -> bool:
         """True if the line at the head of the queue can be worked on now."""
         if not self.queue:
             return False
-        ctl_id, command = self.queue[0]
-        return command.get("type") == "say" or self.lines[ctl_id].ready
+        line = self.queue[0]
+        return line.fields.get("type") == "say" or self.lines[line.ctl].ready
 
     def _done(self) -> bool:
         if self.closed or self.stopping.is_set() or self.held.lost:
@@ -137,15 +167,18 @@ class AudioSession:
             self.pos = text(raw_id)
             fields = {text(k): text(v) for k, v in raw.items()}
             kind = fields.get("type")
+            if kind in ("say", "audio.start") and stream_id(self.pos) < self.cut_before:
+                continue  # a line a worker before this one finished
             if kind == "say":
-                self.queue.append((self.pos, fields))
+                self.queue.append(Line(self.pos, fields, time.monotonic()))
             elif kind == "audio.start":
                 self._audio_start(self.pos, fields)
             elif kind == "stop":
                 self.queue.clear()
-                self.cut_before = _stream_id(self.pos)
+                self.cut_before = stream_id(self.pos)
                 self.lines = {k: v for k, v in self.lines.items()
-                              if _stream_id(k) > self.cut_before}  # early audio of later lines
+                              if stream_id(k) > self.cut_before}  # early audio of later lines
+                self.play_end = 0.0
                 cut = True
             elif kind == "close":
                 self.closed = cut = True
@@ -157,16 +190,35 @@ class AudioSession:
                 logger.warning("session %s: audio_in entry %s is not audio (%r); skipped",
                                self.rec.id, self.audio_pos, exc)
                 continue
-            self._audio_in(entry)
-        if reply:
-            ex = int(self.ttl + live.STREAM_TTL_MARGIN_S)
-            pipe = self.conn.pipeline(transaction=False)
-            pipe.set(live.position(self.rec.id, "audio"), self.pos, ex=ex)
-            if audio_key in streams:  # what was read is held here: the stream need not keep it
-                pipe.set(live.position(self.rec.id, "audio_in"), self.audio_pos, ex=ex)
-                pipe.xtrim(audio_key, minid=self.audio_pos, approximate=False)
-            pipe.execute()
+            self._audio_in(self.audio_pos, entry)
+        self._save()
         return cut
+
+    def _save(self) -> None:
+        """Keep where a worker taking the session over goes on (the module's docstring), and
+        trim from the audio_in stream what no worker will read again."""
+        done = live.before(self.queue[0].ctl) if self.queue else self.pos
+        held = [entry for line in self.lines.values() for entry, _ in line.pending]
+        oldest = min(held, key=stream_id) if held else None
+        audio_done = live.before(oldest) if oldest else self.audio_pos
+        if (done, audio_done) == self._saved:
+            return
+        ex = int(self.ttl + live.STREAM_TTL_MARGIN_S)
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.set(live.position(self.rec.id, "audio"), done, ex=ex)
+        if audio_done != self._saved[1]:
+            pipe.set(live.position(self.rec.id, "audio_in"), audio_done, ex=ex)
+            pipe.xtrim(live.audio_in(self.rec.id), minid=oldest or self.audio_pos,
+                       approximate=False)
+        pipe.execute()
+        self._saved = (done, audio_done)
+
+    def _new_line(self, ctl_id: str, start: AudioStart) -> AudioLine:
+        line = AudioLine(start, Resampler(start.rate, STREAM_RATE))
+        if self.resume is not None and self.resume.ctl == ctl_id:  # a worker before forwarded
+            line.seq, line.upto = self.resume.seq + 1, self.resume.upto  # its start
+        self.lines[ctl_id] = line
+        return line
 
     def _audio_start(self, ctl_id: str, fields: dict[str, str]) -> None:
         try:
@@ -179,76 +231,101 @@ class AudioSession:
         if early is not None:
             early.start = start
         else:
-            self.lines[ctl_id] = AudioLine(start, Resampler(start.rate, STREAM_RATE))
-        self.queue.append((ctl_id, fields))
+            self._new_line(ctl_id, start)
+        self.queue.append(Line(ctl_id, fields, time.monotonic()))
 
-    def _audio_in(self, entry: AudioIn) -> None:
-        if _stream_id(entry.ctl) < self.cut_before:
-            return  # audio of a line that was stopped
+    def _audio_in(self, entry_id: str, entry: AudioIn) -> None:
+        if stream_id(entry.ctl) < self.cut_before:
+            return  # audio of a line that was stopped or is over
         line = self.lines.get(entry.ctl)
         if line is None:
             start = AudioStart(id=entry.line, rate=entry.rate, channels=entry.channels)
-            line = self.lines[entry.ctl] = AudioLine(start, Resampler(entry.rate, STREAM_RATE))
-            if _stream_id(entry.ctl) <= _stream_id(self.pos):  # a worker that died read its
-                self.queue.append((entry.ctl, {"type": "audio.start"}))  # start: carry it on
+            line = self._new_line(entry.ctl, start)
+        if stream_id(entry_id) <= stream_id(line.upto):
+            return  # forwarded by a worker before this one
         if entry.kind == "end":
             line.ended = True
-        elif entry.pcm:
-            line.pending.append(entry.pcm)
+        line.pending.append((entry_id, entry.pcm))
 
-    def _forward(self, ctl_id: str) -> None:
+    def _forward(self, head: Line) -> None:
         """Forward what has arrived of the audio line at the head of the queue, resampled."""
-        line = self.lines[ctl_id]
-        pcm = b"".join(line.pending)
+        line = self.lines[head.ctl]
+        pcm = b"".join(pcm for _, pcm in line.pending)
+        upto = line.pending[-1][0] if line.pending else line.upto
         line.pending.clear()
         samples = line.resampler.process(to_mono(pcm, line.start.channels), final=line.ended)
         if len(samples) or line.ended:
             live.xadd(self.conn, live.speech(self.rec.id), {
-                "kind": "audio", "ctl": ctl_id, "line": line.start.id, "seq": line.seq,
+                "kind": "audio", "ctl": head.ctl, "line": line.start.id, "seq": line.seq,
                 "last": int(line.ended), "rate": STREAM_RATE, "pcm": to_pcm16(samples),
-                "text": line.start.text if line.seq == 0 else ""},
+                "text": line.start.text if line.seq == 0 else "", "upto": upto},
                 live.SPEECH_MAXLEN, self.ttl)
-            line.seq += 1
+            line.seq, line.upto = line.seq + 1, upto
+            self._played(len(samples), STREAM_RATE)
         if line.ended:
             self.queue.popleft()
-            del self.lines[ctl_id]
+            del self.lines[head.ctl]
 
-    def _speak(self, ctl_id: str, say: dict[str, str]) -> None:
-        line, line_id = say.get("text", ""), say.get("id", ctl_id)
+    def _played(self, samples: int, rate: int) -> None:
+        """Audio was published: when all of it will have played."""
+        self.play_end = max(self.play_end, time.monotonic() + START_S) + samples / rate
+
+    def _speak(self, line: Line) -> None:
+        """Speak a text line part by part, sentence by sentence, taking turns on the voice;
+        from where a worker before this one stopped, if it was speaking this line."""
+        said, line_id = line.fields.get("text", ""), line.fields.get("id", line.ctl)
+        resume = self.resume if self.resume is not None and self.resume.ctl == line.ctl else None
+        self.resume = None
+        opening = resume.opening if resume else opening_words(said, self.turns.shared)
+        first = resume.seq + 1 if resume else 0
+        deadline = max(line.arrived, self.play_end)
         t0 = time.monotonic()
         try:
-            with _SYNTH_LOCK:  # espeak-ng's phonemizer is one global per process
-                parts = [(part, self.engine.sentence_count(part)) for part in first_clause(line)]
-            total, seq = sum(count for _, count in parts), 0
-            for part, count in parts:
-                words = split_sentences(part, count)
-                pieces = self.engine.sentences(part)
-                for k in range(count):
-                    with _SYNTH_LOCK:
-                        piece = next(pieces, None)
-                    if piece is None:
-                        break
-                    last = seq >= total - 1
-                    self._publish(ctl_id, line_id, seq, last, piece, words[k])
-                    if seq == 0:
-                        logger.info("session %s: line %s first sentence ready in %.0f ms",
-                                    self.rec.id, line_id, 1000 * (time.monotonic() - t0))
-                    seq += 1
-                    if last or self._read(block_ms=0) or self._done():
-                        return  # a stop: the visual side drops what it has of this line
+            with self.turns.turn(deadline):  # espeak-ng's phonemizer is one global per process
+                parts = [(spoken, shown, self.engine.sentence_count(spoken))
+                         for spoken, shown in line_parts(said, opening)]
+            total, seq = sum(count for _, _, count in parts), 0
+            for number, (spoken, shown, count) in enumerate(parts):
+                skip = min(count, max(0, first - seq))
+                words = split_sentences(shown, count)
+                release = number == len(parts) - 1  # the line's memory, at its end
+                pieces = self.engine.sentences(spoken, skip=skip, release=release)
+                try:
+                    for k in range(skip, count):
+                        with self.turns.turn(deadline):
+                            piece = next(pieces, None)
+                        if piece is None:
+                            break
+                        n = seq + k
+                        last = n >= total - 1
+                        self._publish(line.ctl, line_id, n, last, opening, piece, words[k])
+                        deadline = self.play_end
+                        if n == 0:
+                            logger.info("session %s: line %s first sentence ready in %.0f ms",
+                                        self.rec.id, line_id, 1000 * (time.monotonic() - t0))
+                        if last or self._read(block_ms=0) or self._done():
+                            return  # a stop: the visual side drops what it has of this line
+                finally:
+                    if release:
+                        with self.turns.turn(time.monotonic()):
+                            pieces.close()  # Piper gives the memory of the line back
+                    else:
+                        pieces.close()
+                seq += count
         except JayAvatarError as exc:
             logger.warning("session %s: cannot speak line %s: %s", self.rec.id, line_id, exc)
             live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(
                 {"type": "error", "message": f"line {line_id!r} could not be spoken: {exc}"})},
                 live.OUT_MAXLEN, self.ttl)
 
-    def _publish(self, ctl_id: str, line_id: str, seq: int, last: bool,
+    def _publish(self, ctl_id: str, line_id: str, seq: int, last: bool, opening: int,
                  piece: tuple[bytes, list[dict[str, Any]] | None], words: str) -> None:
         pcm, phonemes = piece
         live.xadd(self.conn, live.speech(self.rec.id), {
             "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq, "last": int(last),
-            "rate": self.engine.sample_rate, "pcm": pcm, "phonemes": json.dumps(phonemes),
-            "text": words}, live.SPEECH_MAXLEN, self.ttl)
+            "opening": opening, "rate": self.engine.sample_rate, "pcm": pcm,
+            "phonemes": json.dumps(phonemes), "text": words}, live.SPEECH_MAXLEN, self.ttl)
+        self._played(len(pcm) // 2, self.engine.sample_rate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,13 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     engine = PiperEngine(settings.models_dir)
     engine.single_threaded()
-    with _SYNTH_LOCK:  # the first sentence of a process is slow (onnxruntime warm-up)
-        list(engine.sentences("Ready."))
+    list(engine.sentences("Ready."))  # the first sentence of a process is slow (warm-up)
     conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+    turns = Turns()
 
     def serve(rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
         with job_context(rec.id, "live-audio"):
-            AudioSession(conn, engine, settings, rec, held, stopping).run()
+            AudioSession(conn, engine, settings, rec, held, stopping, turns).run()
 
     worker = live.LiveWorker(conn, "audio", serve, ttl_s=settings.live_lease_ttl_s,
                              max_sessions=settings.live_sessions_per_worker * 4)

@@ -3,6 +3,10 @@ draws the avatar with the portrait engine's rigs, paced to the wall clock (idle 
 lines, speech from the live-audio worker's sentences and the pieces of audio lines), and encodes
 everything in-process into one continuous fragmented MP4 published, fragment by fragment, on the
 session's out stream.
+
+With each fragment it keeps in Redis where the playback of the speech got (`Playback`), so that
+a worker taking the session over (this one died) plays the rest of the line being spoken from
+the sample the stream had reached, and the lines after it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from pydantic import BaseModel
 
 from services.visual import avatar as avatar_analysis
 from services.visual.live_audio import AudioLine, estimated_visemes
@@ -27,6 +32,7 @@ from shared import live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
 from shared.layout import PORTRAIT
+from shared.live import stream_id
 from shared.live_audio import STREAM_RATE
 from shared.logs import configure_logging, job_context
 from shared.settings import Settings
@@ -52,9 +58,24 @@ class LineEvents:
     caption_end: float = 0.0
 
 
-def _stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms or 0), int(seq or 0)
+class Playback(BaseModel):
+    """How far a session's speech has played: a worker taking the session over reads the speech
+    stream again after `after`, `entry` (the first entry read then, if any) having played
+    `into` samples; `line` is the line being spoken; pieces of lines started before `cut` (a
+    stop) are dropped."""
+
+    after: str = "0-0"
+    entry: str | None = None
+    into: int = 0
+    line: str | None = None
+    cut: str = "0-0"
+
+    @classmethod
+    def load(cls, raw: bytes | str | None) -> Playback:
+        try:
+            return cls.model_validate_json(raw) if raw else cls()
+        except ValueError:
+            return cls(after=text(raw or b"0-0"))  # an older worker's plain position
 
 
 class VisualSession:
@@ -89,14 +110,16 @@ class VisualSession:
                                  offset=self.offset_frames / rec.fps)
         self.encoder = FragmentEncoder(self.animation.width, self.animation.height, rec.fps,
                                        SAMPLE_RATE, settings.live_fragment_ms)
-        pos = conn.get(live.position(rec.id, "visual"))
-        self.speech_pos = text(pos) if pos else "0-0"
+        saved = Playback.load(conn.get(live.position(rec.id, "visual")))
+        self.speech_pos = saved.after
+        self.resume = (saved.entry, saved.into) if saved.entry else None
         last = conn.xrevrange(live.ctl(rec.id), count=1)
         self.ctl_pos = text(last[0][0]) if last else "0-0"  # commands before now are history
-        self.cut_before: tuple[int, int] = (0, 0)  # pieces of says older than a stop are dropped
+        self.cut = saved.cut  # pieces of lines older than a stop are dropped
         self.stream_id = uuid.uuid4().hex  # tells a taken-over stream's init from a repeat
         self.want_key = False
-        self.speaking: str | None = None
+        self.speaking: str | None = saved.line
+        self.published_frame = 0  # the first frame of the newest fragment published
         self.audio_line: AudioLine | None = None  # the audio line whose pieces are arriving
         self.line_events: LineEvents | None = None
         self.closed = False
@@ -142,10 +165,7 @@ class VisualSession:
                     self._command(entry_id, text(fields.get("type", b"")))
                 else:
                     self.speech_pos = entry_id
-                    self._speech(fields)
-        if reply:
-            self.conn.set(live.position(self.rec.id, "visual"), self.speech_pos,
-                          ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
+                    self._speech(entry_id, fields)
 
     def _command(self, entry_id: str, kind: str) -> None:
         if kind == "keyframe":
@@ -153,7 +173,7 @@ class VisualSession:
         elif kind == "close":
             self.closed = True
         elif kind == "stop":
-            self.cut_before = _stream_id(entry_id)
+            self.cut = entry_id
             now = self.encoder.frames
             cut = self.motion.stop(now)
             self.audio_line = self.line_events = None
@@ -167,35 +187,53 @@ class VisualSession:
                 self.speaking = None
                 self._event({"type": "state", "state": "idle", "media_time": t})
 
-    def _speech(self, fields: dict[str, Any]) -> None:
+    def _speech(self, entry_id: str, fields: dict[str, Any]) -> None:
+        into = 0
+        if self.resume is not None:  # the first entry read after a takeover
+            entry, played = self.resume
+            self.resume = None
+            if entry == entry_id:
+                into = played
+            else:
+                logger.warning("session %s: speech entry %s is no longer there; the line in "
+                               "flight goes on with what comes", self.rec.id, entry)
         kind = text(fields.get("kind", b""))
         if kind not in ("piece", "audio"):
             return
-        if _stream_id(text(fields.get("ctl", b"0-0"))) < self.cut_before:
+        if stream_id(text(fields.get("ctl", b"0-0"))) < stream_id(self.cut):
             return  # a sentence of a line that was stopped
         if kind == "audio":
-            self._audio_piece(fields)
+            self._audio_piece(entry_id, fields, into)
             return
         pcm = np.frombuffer(fields.get("pcm", b""), dtype="<i2")
         if not len(pcm):
             return
+        now = self.encoder.frames
         phonemes = json.loads(text(fields.get("phonemes", b"null")))
-        self.motion.schedule(self.encoder.frames, text(fields["line"]),
-                             int(text(fields["seq"])), text(fields.get("last", b"1")) == "1",
-                             pcm, int(text(fields.get("rate", SAMPLE_RATE))), phonemes,
-                             text(fields.get("text", b"")))
+        # a sentence the stream was playing when its worker died: its frames played go before
+        # this stream's first, and it goes on from the frame it had reached
+        at = now - into * self.rec.fps // SAMPLE_RATE if into else None
+        piece = self.motion.schedule(now, text(fields["line"]), int(text(fields["seq"])),
+                                     text(fields.get("last", b"1")) == "1", pcm,
+                                     int(text(fields.get("rate", SAMPLE_RATE))), phonemes,
+                                     text(fields.get("text", b"")), at=at)
+        piece.sources = [(entry_id, 0)]
+        piece.events_sent = piece.events_sent or bool(into)
 
-    def _audio_piece(self, fields: dict[str, Any]) -> None:
-        """A piece of an audio line (shared/live_audio.py), at the stream's rate."""
+    def _audio_piece(self, entry_id: str, fields: dict[str, Any], into: int = 0) -> None:
+        """A piece of an audio line (shared/live_audio.py), at the stream's rate (from its
+        sample `into`: the ones before played in the stream of a worker that died)."""
         line_id, ctl = text(fields["line"]), text(fields["ctl"])
         seq, last = int(text(fields["seq"])), text(fields.get("last", b"0")) == "1"
         line = self.audio_line
         if line is None or line.line != line_id or line.ctl != ctl:
             line = self.audio_line = AudioLine(self.motion, line_id, ctl,
-                                               text(fields.get("text", b"")), first=seq == 0)
-        samples = np.frombuffer(fields.get("pcm", b""), dtype="<i2").astype(np.float32) / 32768
+                                               text(fields.get("text", b"")),
+                                               first=seq == 0 and not into)
+        pcm = np.frombuffer(fields.get("pcm", b""), dtype="<i2")[into:]
+        samples = pcm.astype(np.float32) / 32768
         now = self.encoder.frames
-        placed = line.add(now, samples, last)
+        placed = line.add(now, samples, last, entry_id, into)
         if last and not placed and not line.finish(now) and self.speaking == line_id:
             # the end came after the line's audio had run out: it ends now
             t = round(self.motion.media_time(now), 3)
@@ -207,8 +245,10 @@ class VisualSession:
             self.audio_line = None
             if line.dry:
                 logger.info("session %s: audio line %s ran dry %d times (its audio came late); "
-                            "buffer now %d frames", self.rec.id, line_id, line.dry,
-                            line.buffer_frames)
+                            "buffer now %d frames; %d frames of its pauses dropped to catch up, "
+                            "it ended %.0f ms later than sent", self.rec.id, line_id, line.dry,
+                            line.buffer_frames, line.dropped,
+                            1000 * line.late / self.motion.rate)
 
     def _frame(self, frame: int) -> None:
         self._events_at(frame)
@@ -272,6 +312,23 @@ class VisualSession:
         live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(event)},
                   live.OUT_MAXLEN, self.ttl)
 
+    def _playback(self) -> Playback:
+        """Where the speech has played to, at the first frame of the newest fragment sent (the
+        fragments before it are out; what follows is played again by a worker taking over)."""
+        at = None
+        waiting = [p for p in self.motion.pieces if p.end > self.published_frame and p.sources]
+        if waiting:
+            p = min(waiting, key=lambda q: q.start)
+            m = self.motion
+            k = max(0, m.samples_of(self.published_frame)[0] - m.samples_of(p.start)[0])
+            entry, begin = [s for s in p.sources if s[1] <= k][-1]
+            at = (entry, k - begin)
+        elif self.audio_line is not None:
+            at = self.audio_line.unplaced()
+        return Playback(after=live.before(at[0]) if at else self.speech_pos,
+                        entry=at[0] if at else None, into=at[1] if at else 0,
+                        line=self.speaking, cut=self.cut)
+
     def _publish(self, pieces: list[Piece]) -> None:
         if not pieces:
             return
@@ -291,6 +348,9 @@ class VisualSession:
                 live.xadd(pipe, live.out(self.rec.id), {"kind": "frag", "data": piece.data,
                                                         "t": t, "key": int(piece.key)},
                           live.OUT_MAXLEN, self.ttl)
+                self.published_frame = round(piece.t * self.rec.fps)
+        pipe.set(live.position(self.rec.id, "visual"), self._playback().model_dump_json(),
+                 ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
         pipe.execute()
 
 

@@ -19,6 +19,7 @@ from services.visual.visemes import visemes_of
 
 IDLE_SWAY = 0.3  # share of the speaking head motion kept in silence, so the face stays alive
 STOP_FADE_FRAMES = 2  # a stopped line fades out over this many frames (no click)
+KEEP_FRAMES = 8  # a piece is kept this long after it played (its fragments are still going out)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Scheduled:
     tongue: np.ndarray  # tongue tip up 0..1 (t/d/n/l/th), as in a batch clip's tracks
     events_sent: bool = False
     streamed: bool = False  # a piece of an audio line (services/visual/live_audio.py)
+    # the speech entries whose audio it plays: (entry id, the piece's sample where that entry's
+    # audio begins; below 0 for one that began in an earlier piece)
+    sources: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -118,15 +122,17 @@ class LiveMotion:
         return max((p.end for p in self.pieces), default=0)
 
     def schedule(self, now: int, line: str, seq: int, last: bool, pcm: np.ndarray, rate: int,
-                 phonemes: list[dict[str, Any]] | None, words: str) -> Scheduled:
-        """Place a sentence after what is already scheduled, or at frame `now` if silent."""
+                 phonemes: list[dict[str, Any]] | None, words: str,
+                 at: int | None = None) -> Scheduled:
+        """Place a sentence after what is already scheduled, or at frame `now` if silent (at
+        frame `at` if given: before 0 for one whose start played in the stream before this)."""
         samples = pcm.astype(np.float32) / 32768.0
         if rate != self.rate:
             n = round(len(samples) * self.rate / rate)
             samples = np.interp(np.arange(n) * rate / self.rate, np.arange(len(samples)), samples)
             samples = samples.astype(np.float32)
             phonemes = phonemes  # timings are in seconds: unchanged
-        start = max(now, self.busy_until)
+        start = max(now, self.busy_until) if at is None else at
         n_frames = max(1, -(-len(samples) * self.fps // self.rate))
         loud, centroid = audio_features(samples, self.rate, n_frames, self.fps)
         tracks = build_tracks(loud, centroid, phonemes, self.fps, self.seed, self.mouth_width,
@@ -143,7 +149,7 @@ class LiveMotion:
         self.pieces.append(piece)
         a0 = self.samples_of(piece.start)[0]
         pcm16 = np.round(np.clip(samples, -1, 1) * 32767).astype(np.int16)
-        for k in range(piece.n_frames):
+        for k in range(max(0, -piece.start), piece.n_frames):
             a, b = self.samples_of(piece.start + k)
             self._audio[piece.start + k] = pcm16[a - a0:b - a0]
         return piece
@@ -206,7 +212,7 @@ class LiveMotion:
         audio = self._audio.pop(frame, None)
         if audio is None or len(audio) != b - a:
             audio = np.zeros(b - a, np.int16)
-        self.pieces = [p for p in self.pieces if p.end > frame - 1]
+        self.pieces = [p for p in self.pieces if p.end > frame - KEEP_FRAMES]
         return params, audio
 
     def _sway_at(self, t: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The WAV files `push_audio` and `jayavatar live --audio` accept: 16-bit PCM, mono or stereo,
 8-48 kHz, in plain or extensible headers; anything else is refused with the command that
-converts it. (Pushing over a real session: tests/e2e/test_live_audio.py.)"""
+converts it. (Pushing over a real session: tests/e2e/test_live_audio_stream.py.)"""
 
 from __future__ import annotations
 

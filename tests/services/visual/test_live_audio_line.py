@@ -126,3 +126,46 @@ def test_the_end_after_the_audio_ran_out_ends_the_line_now() -> None:
     waiting = AudioLine(m, "w", "2-0", "", first=True)
     piece = waiting.add(first.end + 5, _voice(0.4), last=False)[0]
     assert waiting.finish(piece.start) and piece.last  # its last piece ends the line
+
+
+def test_frames_waited_are_taken_back_from_the_pauses() -> None:
+    """Speech with pauses sent at real time, its pieces held up once for 0.6 s: the line runs
+    dry and plays later than sent from then on, until frames of its next pauses are dropped
+    (never the first PAUSE_FRAMES of one, never a sound); it ends no later than its buffer
+    grew, every voiced sample heard in order."""
+    voiced = _voice(0.6)
+    x = np.concatenate([np.concatenate([voiced, np.zeros(SPF * 12, np.float32)])
+                        for _ in range(6)])
+    pieces = [x[a:a + 441] for a in range(0, len(x), 441)]
+    arrivals: dict[int, list[np.ndarray]] = {}
+    for k, piece in enumerate(pieces):
+        arrivals.setdefault(max(10 + k // 2, 45) if 30 <= 10 + k // 2 < 45 else 10 + k // 2,
+                            []).append(piece)
+    m = _motion()
+    line = AudioLine(m, "c", "1-0", "", first=True)
+    audio, (placed, _) = _run(m, line, arrivals, 10 + len(pieces) // 2 + 40, max(arrivals))
+    assert line.dry == 1 and line.dropped > 0
+    assert 0 <= line.late <= (line.buffer_frames - line.least_buffer) * SPF
+    start, period = placed[0].start * SPF, len(voiced) + 12 * SPF
+    at = start
+    for k in range(6):  # each voiced part whole, in order, never sooner than sent (the
+        found = at + int(np.flatnonzero(audio[at:])[0])  # pauses are exact zeros)
+        assert found >= start + k * period
+        assert np.abs(audio[found:found + len(voiced)] - voiced).max() < 1e-4
+        at = found + len(voiced)
+    assert found - (start + 5 * period) == line.late  # the last: as late as the line ends
+
+
+def test_pieces_know_the_speech_entries_they_play() -> None:
+    """What a worker taking the session over needs: which speech entry each placed sample came
+    from, and where the first sample not placed yet lies."""
+    x = _voice(0.2)
+    m = _motion()
+    line = AudioLine(m, "s", "1-0", "", first=True)
+    first = line.add(0, x[:1000], last=False, entry="1-0")  # one frame (882 samples) of it
+    second = line.add(0, x[1000:3000], last=False, entry="2-0")  # two more frames
+    assert [p.sources for p in first + second] == [[("1-0", 0)], [("1-0", -882), ("2-0", 118)]]
+    assert line.unplaced() == ("2-0", 2646 - 1000)
+    resumed = AudioLine(m, "s", "1-0", "", first=False)  # from entry 2-0's sample 1646 on
+    assert resumed.add(20, x[2646:3000], last=True, entry="2-0", into=1646)[0].sources == [
+        ("2-0", -1646)]
