@@ -39,15 +39,26 @@ def test_api_processes_serve_and_die_with_their_supervisor(redis_server, tmp_pat
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                   text=True).stdout.split()
         assert len(children) >= 2, children  # the two API processes (and spawn's tracker)
+        started = {pid: _start_time(pid) for pid in children}
         proc.send_signal(signal.SIGKILL)  # the supervisor dies without a word to its children
         proc.wait()
         # a process still importing when its supervisor died (a loaded machine: seen at 20 s)
         # notices only once it starts, then leaves at once
         deadline = time.monotonic() + 60
-        while _answers(url) or any(Path(f"/proc/{pid}").exists() for pid in children):
+        # a child counts while its pid still names it (not a new process given the same pid)
+        while _answers(url) or any(_start_time(pid) == started[pid] is not None
+                                   for pid in children):
             assert time.monotonic() < deadline, "API processes outlived their supervisor"
             time.sleep(0.2)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _start_time(pid: str) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
