@@ -76,6 +76,10 @@ class Aligner:
         self._lock = threading.Lock()
         self._decoder_class = Decoder
         self._align: Any = Decoder(samprate=RATE, loglevel="FATAL", bestpath=False)
+        # every decoder starts each recording from the model's initial cepstral mean: it
+        # otherwise carries the last recording's mean into the next, and the same recording
+        # decodes differently
+        self._initial_cmn: str = self._align.get_cmn()
         self._phones: Any = None  # made on first use
         self._words: Any = None
         self._added: set[str] = set()
@@ -130,7 +134,7 @@ class Aligner:
             try:
                 dec.add_jsgf_string("stretch", grammar)
                 dec.activate_search("stretch")
-                _decode(dec, pcm)
+                self._decode(dec, pcm)
                 hyp = dec.hyp()
                 said = [] if hyp is None else [w for w in hyp.hypstr.split() if w in words]
             except RuntimeError as exc:
@@ -145,11 +149,11 @@ class Aligner:
         dec = self._align
         try:
             dec.set_align_text(" ".join(words))
-            _decode(dec, pcm)
+            self._decode(dec, pcm)
             if dec.hyp() is None:
                 return None
             dec.set_alignment()
-            _decode(dec, pcm)
+            self._decode(dec, pcm)
             alignment = dec.get_alignment()
         except RuntimeError as exc:
             logger.info("align: the words did not fit the recording: %s", exc)
@@ -169,7 +173,7 @@ class Aligner:
                 self._phones = self._decoder_class(samprate=RATE, loglevel="FATAL",
                                                    allphone=str(lm), lw=2.0, pip=0.3,
                                                    beam=1e-20, pbeam=1e-20)
-            _decode(self._phones, pcm)
+            self._decode(self._phones, pcm)
             return [Timed(_ipa(s.word), s.start_frame * FRAME_S, (s.end_frame + 1) * FRAME_S)
                     for s in self._phones.seg()]
 
@@ -178,7 +182,7 @@ class Aligner:
         with self._lock:
             if self._words is None:
                 self._words = self._decoder_class(samprate=RATE, loglevel="FATAL")
-            _decode(self._words, pcm)
+            self._decode(self._words, pcm)
             out = []
             for s in self._words.seg():
                 word = re.sub(r"\(\d+\)$", "", s.word)  # alternative pronunciations: "the(2)"
@@ -186,22 +190,16 @@ class Aligner:
                     out.append(Timed(word, s.start_frame * FRAME_S, (s.end_frame + 1) * FRAME_S))
             return out
 
-
-_INITIAL_CMN: dict[int, str] = {}  # per decoder (they live as long as the process)
+    def _decode(self, decoder: Any, pcm: bytes) -> None:
+        """One recording as one utterance, from the model's initial cepstral mean."""
+        decoder.set_cmn(self._initial_cmn)
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
 
 
 def _jsgf_word(word: str) -> str:
     return f'"{word}"' if "'" in word else word
-
-
-def _decode(decoder: Any, pcm: bytes) -> None:
-    """One utterance from the model's initial cepstral mean: the decoder otherwise carries the
-    last recording's mean into the next, and the same recording decodes differently."""
-    initial = _INITIAL_CMN.setdefault(id(decoder), decoder.get_cmn())
-    decoder.set_cmn(initial)
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
 
 
 def _plain(text: str) -> str:

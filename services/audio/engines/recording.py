@@ -76,10 +76,11 @@ class RecordingEngine:
                              normalize=request.normalize)
         if not len(full):
             raise InvalidInput("the recording decodes to no samples")
-        gain = level_gain(small)
+        rms = _frame_rms(small, alignment.RATE)  # 20 ms frames of the whole recording
+        gain = level_gain(rms)
         duration = len(full) / RATE
         cuts = pause_cuts(small, alignment.RATE)
-        mouth = Mouth(self.aligner, request, small, cuts)
+        mouth = Mouth(self.aligner, request, small, rms, cuts)
         step = RATE // alignment.RATE
         timeline: list[dict[str, Any]] | None = []
         for a, b in zip(cuts, cuts[1:], strict=False):
@@ -118,7 +119,7 @@ class Mouth:
     the whole recording whether phones can be found at all (else the sound alone drives it)."""
 
     def __init__(self, aligner: alignment.Aligner, request: SpeechRequest, small: np.ndarray,
-                 cuts: list[int]) -> None:
+                 rms: np.ndarray, cuts: list[int]) -> None:
         self.aligner, self.small = aligner, small
         self.mode, self.why = "recognised", "no transcript was given"
         self.words: list[dict[str, Any]] | None = None
@@ -132,7 +133,7 @@ class Mouth:
         self.next_word = 0
         self.stretches = self.fitted = 0
         # the transcript's phones per second of speech, to guess how many words a stretch holds
-        loud = _frame_rms(small, alignment.RATE) > LOUD * _p95(small)
+        loud = rms > LOUD * (float(np.percentile(rms, 95)) if len(rms) else 0.0)
         self._speech_s = np.cumsum(loud) * 0.02
         self._phones = np.cumsum([aligner.phone_count(w) for w in self.tokens])
         self._per_s = (self._phones[-1] / max(self._speech_s[-1], 0.02)
@@ -229,14 +230,9 @@ def _frame_rms(x: np.ndarray, rate: int, frame_s: float = 0.02) -> np.ndarray:
     return out
 
 
-def _p95(small: np.ndarray) -> float:
-    rms = _frame_rms(small, alignment.RATE)
-    return float(np.percentile(rms, 95)) if len(rms) else 0.0
-
-
-def level_gain(small: np.ndarray) -> float:
-    """What brings the loud frames of the speech (16 kHz) to SPEECH_LEVEL."""
-    rms = _frame_rms(small, alignment.RATE)
+def level_gain(rms: np.ndarray) -> float:
+    """What brings the loud frames of the speech (its 20 ms RMS, `_frame_rms`) to
+    SPEECH_LEVEL."""
     if not len(rms) or rms.max() <= 0:
         return 1.0
     level = float(np.percentile(rms, 95))
