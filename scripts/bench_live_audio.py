@@ -194,18 +194,10 @@ async def drift(http: httpx.AsyncClient, avatar_id: str, size: int, clips: list[
 async def talk_audio(c: Client, seconds: float, share: float, clips: list[Pcm],
                      tag: str) -> float:
     """Keep `c` speaking audio lines about `share` of `seconds`; the share it really spoke."""
-    end = time.monotonic() + seconds
-    spoken, k = 0.0, 0
-    while time.monotonic() < end:
-        line_id = f"{tag}{k}"
+    async def send(k: int, line_id: str) -> None:
         await push_audio(c.ws, clips[k % len(clips)], line_id=line_id)
-        _, start = await c.wait("speech.start", id=line_id)
-        _, stop = await c.wait("speech.end", id=line_id)
-        length = stop["media_time"] - start["media_time"]
-        spoken += length
-        await asyncio.sleep(length * (1 - share) / share)
-        k += 1
-    return spoken / seconds
+
+    return await talk(c, seconds, share, tag, send)
 
 
 async def audio_concurrency(http: httpx.AsyncClient, avatar_id: str, size: int, n: int,

@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -158,13 +159,18 @@ def rms(audio: np.ndarray, t: float, span: float, rate: int = 16000) -> float:
     return float(np.sqrt(np.mean(np.square(seg, dtype=np.float64)))) if len(seg) else 0.0
 
 
-async def talk(c: Client, seconds: float, share: float, tag: str) -> float:
-    """Keep `c` speaking about `share` of `seconds`; return the share it really spoke."""
+async def talk(c: Client, seconds: float, share: float, tag: str,
+               send: Callable[[int, str], Awaitable[None]] | None = None) -> float:
+    """Keep `c` speaking about `share` of `seconds` (line k sent by `send(k, line_id)`, text
+    lines by default); return the share it really spoke."""
     end = time.monotonic() + seconds
     spoken, k = 0.0, 0
     while time.monotonic() < end:
         line_id = f"{tag}{k}"
-        await c.say(LINES[k % len(LINES)] + " " + LINES[(k + 7) % len(LINES)], line_id)
+        if send is None:
+            await c.say(LINES[k % len(LINES)] + " " + LINES[(k + 7) % len(LINES)], line_id)
+        else:
+            await send(k, line_id)
         _, start = await c.wait("speech.start", id=line_id)
         _, stop = await c.wait("speech.end", id=line_id)
         length = stop["media_time"] - start["media_time"]
