@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,14 @@ def live_cluster(cluster):  # type: ignore[no-untyped-def]
         p.terminate()
     for p in procs:
         p.wait(timeout=15)
+
+
+@pytest.fixture
+def session(client, avatar_id, live_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A new live session of the test avatar (its id), deleted afterwards."""
+    resp = client.post("/v1/sessions", json={"avatar_id": avatar_id})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["ws_url"] == f"/v1/sessions/{body['id']}/ws"
+    yield body["id"]
+    client.delete(f"/v1/sessions/{body['id']}")

@@ -4,7 +4,6 @@ the live-audio (Piper) and live-visual (portrait + PyAV) workers, and ffmpeg on 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,16 +13,6 @@ from live_client import LiveClient, decode_audio, fragment_times, probe_streams,
 pytestmark = pytest.mark.slow
 
 LINE = "Hello there. This is a live test of the talking head."
-
-
-@pytest.fixture
-def session(client, avatar_id, live_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    resp = client.post("/v1/sessions", json={"avatar_id": avatar_id})
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    assert body["ws_url"] == f"/v1/sessions/{body['id']}/ws"
-    yield body["id"]
-    client.delete(f"/v1/sessions/{body['id']}")
 
 
 def _speech_after(audio, rate: int, t: float, span: float = 0.5) -> float:  # type: ignore[no-untyped-def]

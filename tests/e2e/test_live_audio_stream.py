@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,6 @@ WORDS = "The north wind and the sun were disputing which was the stronger."
 LONG = ("The north wind and the sun were disputing which was the stronger, when a traveler came "
         "along wrapped in a warm cloak. They agreed that the one who first made him take it off "
         "would be the stronger.")
-
-
-@pytest.fixture
-def session(client, avatar_id, live_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    resp = client.post("/v1/sessions", json={"avatar_id": avatar_id})
-    assert resp.status_code == 201, resp.text
-    yield resp.json()["id"]
-    client.delete(f"/v1/sessions/{resp.json()['id']}")
 
 
 def speech(text: str, rate: int, channels: int = 1) -> tuple[np.ndarray, bytes]:

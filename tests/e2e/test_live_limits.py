@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from websockets.exceptions import ConnectionClosed
 pytestmark = pytest.mark.slow
 
 KIB, MIB = 1024, 1024 * 1024
-
-
-@pytest.fixture
-def session(client, avatar_id, live_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    resp = client.post("/v1/sessions", json={"avatar_id": avatar_id})
-    assert resp.status_code == 201, resp.text
-    yield resp.json()["id"]
-    client.delete(f"/v1/sessions/{resp.json()['id']}")
 
 
 def _rss(pid: int) -> int:
