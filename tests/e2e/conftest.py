@@ -26,24 +26,33 @@ launcher = _root.launcher  # scripts/launcher.py
 
 @pytest.fixture(scope="module")
 def live_cluster(cluster):  # type: ignore[no-untyped-def]
-    """The cluster plus one live-audio and one live-visual worker, registered."""
-    procs = [cluster.start_live("audio"), cluster.start_live("visual")]
-    deadline = time.monotonic() + 60
+    """The cluster plus one live-audio and one live-visual worker of this module's own, each
+    seen in its role's registry (entries left by an earlier module's workers do not count).
+    Every live worker started while the module runs (spares too) is stopped at its end."""
     import redis as redis_lib
 
+    before = {role: len(cluster.procs.get(f"live-{role}", [])) for role in ("audio", "visual")}
+    procs = {role: cluster.start_live(role) for role in ("audio", "visual")}
     conn = redis_lib.Redis.from_url(cluster.redis.url)
-    while time.monotonic() < deadline:
-        if all(conn.zcard(f"ja:live:workers:{r}") for r in ("audio", "visual")):
-            break
-        assert all(p.poll() is None for p in procs), f"a live worker died; see {cluster.logs}"
+    deadline = time.monotonic() + 60
+    while not all(_registered(conn, role, p.pid) for role, p in procs.items()):
+        assert all(p.poll() is None for p in procs.values()), \
+            f"a live worker died; see {cluster.logs}"
+        assert time.monotonic() < deadline, "the live workers did not register within 60 s"
         time.sleep(0.2)
-    else:
-        raise AssertionError("the live workers did not register within 60 s")
     yield cluster
-    for p in procs:
+    started = [p for role, n in before.items() for p in cluster.procs[f"live-{role}"][n:]]
+    for p in started:
         p.terminate()
-    for p in procs:
+    for p in started:
         p.wait(timeout=15)
+
+
+def _registered(conn, role: str, pid: int) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the live worker of `role` with process id `pid` was seen in the last 3 s (its
+    name is live-<role>.<host>.<pid>.<suffix>)."""
+    seen = conn.zrangebyscore(f"ja:live:workers:{role}", time.time() - 3, "+inf")
+    return any(name.decode().split(".")[-2] == str(pid) for name in seen)
 
 
 @pytest.fixture
