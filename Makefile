@@ -98,6 +98,27 @@ test: setup-neural test-deps ## lint and types, each service's suite in its own 
 	$(VENVS)/audio/bin/python -m pytest -p no:cacheprovider -q tests/services/audio
 	$(VENVS)/visual/bin/python -m pytest -p no:cacheprovider -q tests/services/visual
 	$(VENVS)/orchestrator/bin/python -m pytest -p no:cacheprovider -q tests/orchestrator tests/e2e
+	$(MAKE) --no-print-directory test-pipecat
+
+# The Pipecat integration (integrations/pipecat/) installs on its own, into a venv of its own;
+# its tests drive a real cluster from the services' venvs as subprocesses.
+PIPECAT := integrations/pipecat
+.PHONY: setup-pipecat test-pipecat
+
+$(VENVS)/pipecat/.installed: $(PIPECAT)/requirements.txt
+	@rm -rf $(VENVS)/pipecat
+	$(PY) -m venv $(VENVS)/pipecat
+	$(VENVS)/pipecat/bin/pip install -q --disable-pip-version-check -r $(PIPECAT)/requirements.txt
+	@touch $@
+
+$(VENVS)/pipecat/.editable: $(VENVS)/pipecat/.installed $(PIPECAT)/pyproject.toml
+	$(VENVS)/pipecat/bin/pip install -q --disable-pip-version-check --no-deps -e $(PIPECAT)
+	@touch $@
+
+setup-pipecat: $(VENVS)/pipecat/.editable ## the Pipecat integration's venv (.venvs/pipecat, pipecat-ai without torch)
+
+test-pipecat: setup setup-pipecat ## the Pipecat service in a real Pipecat pipeline against a real cluster
+	$(VENVS)/pipecat/bin/python -m pytest -p no:cacheprovider -q $(PIPECAT)/tests
 
 lint: setup ## ruff
 	$(VENVS)/orchestrator/bin/python -m ruff check .

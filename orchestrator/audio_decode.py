@@ -11,13 +11,13 @@ the limit, and the seconds are counted from the decoded samples.
 from __future__ import annotations
 
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.errors import InvalidInput, Unsupported
+from shared.ffmpeg import run_ffmpeg
 
 _SNIFF_BYTES = 64
 
@@ -89,18 +89,18 @@ def decode(original: Path, out_wav: Path, *, what: str, accepted: str, max_s: fl
         raise Unsupported(f"the {what} could not be read as audio: it is {_describe(head)}; "
                           f"send {accepted}", code="not_audio")
     container, demuxer = found
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file",
-           "-f", demuxer, "-i", str(original), "-map", "0:a:0", "-vn", "-sn", "-dn",
-           "-t", f"{max_s + 1:.3f}"]
+    args = ["-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file",
+            "-f", demuxer, "-i", str(original), "-map", "0:a:0", "-vn", "-sn", "-dn",
+            "-t", f"{max_s + 1:.3f}"]
     if channels is not None:
-        cmd += ["-ac", str(channels)]
+        args += ["-ac", str(channels)]
     if rate is not None:
-        cmd += ["-ar", str(rate)]
-    cmd += ["-c:a", "pcm_s16le", "-rf64", "never", "-f", "wav", str(out_wav)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        args += ["-ar", str(rate)]
+    args += ["-c:a", "pcm_s16le", "-rf64", "never", "-f", "wav", str(out_wav)]
+    proc = run_ffmpeg(args, timeout=300)
     if proc.returncode != 0:
         out_wav.unlink(missing_ok=True)
-        if "matches no streams" in proc.stderr:
+        if b"matches no streams" in proc.stderr:
             raise Unsupported(f"the {what} ({container}) holds no audio; send {accepted}",
                               code="not_audio")
         raise InvalidInput(f"the {what} could not be decoded as {container}; send {accepted}",

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from shared import live
+from shared import keys, live
 from shared.keys import text
 from shared.live_audio import (
     AUDIO_IN_MAXLEN,
@@ -87,7 +87,7 @@ class AudioLines:
         await self.close()  # a line a stop cut: closed quietly
         start = AudioStart(id=line_id or uuid.uuid4().hex[:12], rate=rate, channels=channels,
                            text=transcript.strip())
-        ctl_id = await self.aconn.xadd(live.ctl(self.session_id), start.fields(),
+        ctl_id = await self.aconn.xadd(keys.live_ctl(self.session_id), start.fields(),
                                        maxlen=live.CTL_MAXLEN, approximate=True)
         now = time.monotonic()
         self.open = OpenLine(start, text(ctl_id), opened=now, last_audio=now)
@@ -144,7 +144,8 @@ class AudioLines:
     async def close(self) -> None:
         """End the open line, if any (audio.end, a new line after a stop, the socket closed)."""
         line, self.open = self.open, None
-        if line is None or line.cut or not await self.aconn.exists(live.session(self.session_id)):
+        if line is None or line.cut \
+                or not await self.aconn.exists(keys.live_session(self.session_id)):
             return  # none open, cut by a stop, or the session ended (its keys are going)
         await self._append(AudioIn(kind="end", line=line.start.id, ctl=line.ctl,
                                    rate=line.start.rate, channels=line.start.channels))
@@ -159,7 +160,7 @@ class AudioLines:
                 'ended; send {"type": "audio.end"} when a line is over')
 
     async def _append(self, entry: AudioIn) -> None:
-        key = live.audio_in(self.session_id)
+        key = keys.live_audio_in(self.session_id)
         pipe = self.aconn.pipeline(transaction=False)
         pipe.xadd(key, entry.fields(), maxlen=AUDIO_IN_MAXLEN, approximate=True)
         pipe.expire(key, int(self.ttl_s + live.STREAM_TTL_MARGIN_S))

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.engine_catalog import AUTO_ORDER, RECORDING, RENDERERS, VOICES, EngineSpec, Kind
+from shared.engine_catalog import AUTO_ORDER, BY_KIND, RECORDING, Kind
 from shared.errors import InvalidInput
 from shared.models import AvatarRecord
 
 DOWNLOAD_HINT = "run scripts/download_models.sh (it needs internet) or copy the files there"
+WORD: dict[Kind, str] = {"audio": "voice", "visual": "renderer"}  # what the API calls each
 
 
-def _pick(kind: str, table: dict[str, EngineSpec], stage: Kind, requested: str,
-          models_dir: Path, avatar: AvatarRecord) -> tuple[str, str | None]:
+def _pick(stage: Kind, requested: str, models_dir: Path, avatar: AvatarRecord
+          ) -> tuple[str, str | None]:
+    kind, table = WORD[stage], BY_KIND[stage]
     if requested != "auto":
         spec = table.get(requested)
         if spec is None:
@@ -66,6 +68,6 @@ def choose(voice: str, renderer: str, models_dir: Path, avatar: AvatarRecord, *,
     if recording:
         audio, n1 = RECORDING, None
     else:
-        audio, n1 = _pick("voice", VOICES, "audio", voice, models_dir, avatar)
-    visual, n2 = _pick("renderer", RENDERERS, "visual", renderer, models_dir, avatar)
+        audio, n1 = _pick("audio", voice, models_dir, avatar)
+    visual, n2 = _pick("visual", renderer, models_dir, avatar)
     return {"audio": audio, "visual": visual, "compose": "ffmpeg"}, [n for n in (n1, n2) if n]

@@ -21,7 +21,7 @@ import time
 
 import redis.asyncio as aredis
 
-from shared.keys import PREFIX
+from shared import keys
 
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
 MAX_COOKIE_CHARS = 128  # token_urlsafe(32) makes 43
@@ -29,12 +29,7 @@ _LOCKS_KEPT = 1024  # locks a process remembers before it forgets those that end
 
 
 def _login_key(value: str) -> str:
-    return f"{PREFIX}:login:{hashlib.sha256(value.encode()).hexdigest()}"
-
-
-def failures_key(client: str) -> str:
-    """Wrong tokens from a client address in the current window (expires with the window)."""
-    return f"{PREFIX}:login:failures:{client}"
+    return keys.login(hashlib.sha256(value.encode()).hexdigest())
 
 
 class Logins:
@@ -78,7 +73,7 @@ class Throttle:
 
     async def failed(self, client: str) -> float:
         """Count a wrong token from `client`; the seconds it must now wait (0: none)."""
-        key = failures_key(client)
+        key = keys.login_failures(client)
         pipe = self.conn.pipeline(transaction=True)
         pipe.incr(key)
         pipe.pexpire(key, int(self.window_s * 1000), nx=True)

@@ -31,7 +31,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from orchestrator.audio_lines import LINE_ID, AudioLines
 from orchestrator.event_hub import Follower
 from orchestrator.viewers import Viewer
-from shared import live
+from shared import keys, live
 from shared.keys import text
 
 if TYPE_CHECKING:
@@ -124,12 +124,12 @@ class Relay:
     async def run(self) -> None:
         """Relay until the session ends, the client leaves or is dropped, or Redis is away;
         then give the viewer's place back and close the socket saying which."""
-        out = live.out(self.rec.id)
+        out = keys.live_out(self.rec.id)
         try:
             last = await self.conn.xrevrange(out, count=1)
             follower = self.lv.hub.follow(out, text(last[0][0]) if last else "0-0")
             try:
-                await self.conn.xadd(live.ctl(self.rec.id), {"type": "keyframe"},
+                await self.conn.xadd(keys.live_ctl(self.rec.id), {"type": "keyframe"},
                                      maxlen=live.CTL_MAXLEN, approximate=True)
                 await self._serve(follower)
             finally:
@@ -172,10 +172,10 @@ class Relay:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while loop.time() < deadline:
-            raw = await self.conn.hgetall(live.init(self.rec.id))
+            raw = await self.conn.hgetall(keys.live_init(self.rec.id))
             if raw:
                 return {text(k): v for k, v in raw.items()}
-            if not await self.conn.exists(live.session(self.rec.id)):
+            if not await self.conn.exists(keys.live_session(self.rec.id)):
                 return None
             await asyncio.sleep(0.05)
         self.close_code = CLOSE_NO_STREAM
@@ -209,10 +209,10 @@ class Relay:
                     streaming = streaming or text(raw.get(b"key", b"0")) == "1"
             if loop.time() - touched > TOUCH_EVERY_S:
                 touched = loop.time()
-                if not await self.conn.expire(live.session(self.rec.id), int(self.ttl)):
+                if not await self.conn.expire(keys.live_session(self.rec.id), int(self.ttl)):
                     return  # the session ended (DELETE, close, idle timeout)
                 await self.lv.viewers.renew(self.viewer)
-            elif not entries and not await self.conn.exists(live.session(self.rec.id)):
+            elif not entries and not await self.conn.exists(keys.live_session(self.rec.id)):
                 return
 
     async def _forward(self, entry: dict[str, Any], stream: bytes, streaming: bool) -> None:
@@ -245,9 +245,9 @@ class Relay:
                 return
             if command["type"] == "stop":
                 self.audio.cut()
-            await self.conn.xadd(live.ctl(self.rec.id), command,  # type: ignore[arg-type]
+            await self.conn.xadd(keys.live_ctl(self.rec.id), command,  # type: ignore[arg-type]
                                  maxlen=live.CTL_MAXLEN, approximate=True)
-            await self.conn.expire(live.session(self.rec.id), int(self.ttl))
+            await self.conn.expire(keys.live_session(self.rec.id), int(self.ttl))
 
     async def end_idle_lines(self) -> None:
         """End an audio line left open with no audio for a while, saying so."""
@@ -300,7 +300,7 @@ class Relay:
         elif problem := await self.audio.start(message, self.ready.is_set()):
             self.budget.give_back()  # a start refused for what it says is no command
         if problem is None:
-            await self.conn.expire(live.session(self.rec.id), int(self.ttl))
+            await self.conn.expire(keys.live_session(self.rec.id), int(self.ttl))
         return problem, line_id
 
     async def _check_say(self, message: dict[str, Any]) -> dict[str, Any] | None:

@@ -11,10 +11,11 @@ import redis
 from orchestrator.avatars import AvatarService
 from orchestrator.schemas import SessionCreate
 from orchestrator.settings import OrchestratorSettings
-from shared import live
+from shared import keys, live
 from shared.engine_catalog import live_names
 from shared.errors import Busy, InvalidInput, NotFound
 from shared.models import MIN_FACE_PX, frame_size, original_face_width
+from shared.presence import live_capacity
 
 LIVE_VOICES = ("auto", *live_names("audio"))
 LIVE_RENDERERS = ("auto", *live_names("visual"))
@@ -46,11 +47,14 @@ class SessionService:
                     f"with framing 'original' the face would be {face:.0f} px wide in "
                     f"the {width}x{height} video; it needs at least {MIN_FACE_PX} px: "
                     "use framing 'face', a larger size, or a closer photo", code="face_too_small")
-        rec = live.SessionRecord(id=uuid.uuid4().hex, avatar_id=avatar.id, size=body.size,
+        voice = live_names("audio")[0] if body.voice == "auto" else body.voice
+        renderer = live_names("visual")[0] if body.renderer == "auto" else body.renderer
+        rec = live.SessionRecord(id=uuid.uuid4().hex, avatar_id=avatar.id, voice=voice,
+                                 renderer=renderer, size=body.size,
                                  fps=body.fps, aspect=body.aspect, framing=body.framing,
                                  width=width, height=height, created_at=time.time())
-        for role in live.ROLES:
-            if live.live_workers(self.conn, role) == 0:
+        for role in keys.LIVE_ROLES:
+            if live_capacity(self.conn, role)[0] == 0:
                 raise Busy(f"no live {role} worker is running, so no session can start; "
                            f"start one (make run starts them) and try again",
                            code="no_live_worker")
@@ -66,7 +70,7 @@ class SessionService:
         with self.conn.pipeline(transaction=True) as pipe:
             for _ in range(20):
                 try:
-                    pipe.watch(live.SESSIONS)
+                    pipe.watch(keys.LIVE_SESSIONS)
                     sessions = live.active(self.conn)
                     used = sum(s.cost for s in sessions)
                     if used + rec.cost > limit + 1e-6:
@@ -77,8 +81,8 @@ class SessionService:
                                    code="live_capacity")
                     self._check_slots(len(sessions))
                     pipe.multi()
-                    pipe.set(live.session(rec.id), rec.model_dump_json(), ex=ttl)
-                    pipe.zadd(live.SESSIONS, {rec.id: rec.created_at})
+                    pipe.set(keys.live_session(rec.id), rec.model_dump_json(), ex=ttl)
+                    pipe.zadd(keys.LIVE_SESSIONS, {rec.id: rec.created_at})
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -89,8 +93,8 @@ class SessionService:
         """Refuse a session no live worker could take: each serves a fixed number of sessions
         (its slots: LIVE_SESSIONS_PER_WORKER for a render worker, 4 x that for a speech
         worker) whatever their size."""
-        for role in live.ROLES:
-            workers, slots = live.live_slots(self.conn, role)
+        for role in keys.LIVE_ROLES:
+            workers, slots = live_capacity(self.conn, role)
             if running + 1 > slots:
                 each = ("" if role == "visual" else "4 x ") + "LIVE_SESSIONS_PER_WORKER"
                 raise Busy(f"the {workers} live {role} worker{'s' if workers != 1 else ''} "

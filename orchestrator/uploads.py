@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 import unicodedata
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -17,6 +16,7 @@ import numpy as np
 
 from orchestrator import audio_decode, voice_sample
 from shared.errors import InvalidInput, Malformed, TooLarge
+from shared.ffmpeg import run_ffmpeg
 
 MIN_VOICE_S, MAX_VOICE_S = 3.0, 30.0
 MIN_MUSIC_S, MAX_MUSIC_S = 1.0, 600.0
@@ -113,9 +113,8 @@ def check_voice_sample(original: Path, out_wav: Path) -> float:
 
 def _convert(wav: Path, out: Path, args: list[str], accepted: str, what: str) -> None:
     """Re-encode a WAV this server decoded (so no longer the upload) with ffmpeg `args`."""
-    proc = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-protocol_whitelist",
-                           "file", "-f", "wav", "-i", str(wav), *args, str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_ffmpeg(["-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file",
+                       "-f", "wav", "-i", str(wav), *args, str(out)], timeout=300)
     if proc.returncode != 0:
         out.unlink(missing_ok=True)
         raise InvalidInput(f"the {what} could not be decoded; send {accepted}", code="bad_audio")

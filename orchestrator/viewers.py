@@ -1,7 +1,7 @@
 """The sockets watching live sessions, counted over every API process.
 
-Each open socket (a viewer) is registered in Redis under its session (`live.viewers`) and under
-its client's address, and its relay renews both every few seconds, so a session holds at most
+Each open socket (a viewer) is registered in Redis under its session (`keys.live_viewers`) and
+under its client's address, and its relay renews both every few seconds, so a session holds at most
 LIVE_MAX_VIEWERS sockets and one address at most LIVE_MAX_CLIENT_SOCKETS over all sessions. A
 registration not renewed for STALE_S (its API process died, or Redis restarted before it left)
 stops counting.
@@ -15,16 +15,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aredis
 
-from shared import live
+from shared import keys
 from shared.errors import Busy
-from shared.keys import PREFIX
 
 STALE_S = 20.0  # the relay renews every 5 s (orchestrator/relay.py TOUCH_EVERY_S)
-
-
-def client_sockets(client: str) -> str:
-    """Sorted set: the live sockets ("<session>:<viewer>") a client address holds -> renewed."""
-    return f"{PREFIX}:live:client:{client}"
 
 
 @dataclass(frozen=True)
@@ -82,5 +76,5 @@ class Viewers:
 
     @staticmethod
     def _keys(viewer: Viewer) -> tuple[tuple[str, str], tuple[str, str]]:
-        return ((live.viewers(viewer.session_id), viewer.id),
-                (client_sockets(viewer.client), viewer.member))
+        return ((keys.live_viewers(viewer.session_id), viewer.id),
+                (keys.live_client_sockets(viewer.client), viewer.member))

@@ -36,15 +36,16 @@ import json, sys
 from pathlib import Path
 from services.audio.engines import SpeechRequest
 from services.audio.engines.piper import PiperEngine
+from shared.phonemes import to_dicts
 request = SpeechRequest(sys.argv[2], Path(sys.argv[3]) / "speech.wav")
 speech = PiperEngine(Path(sys.argv[1])).synthesize(request)
-(Path(sys.argv[3]) / "phonemes.json").write_text(json.dumps(speech.phonemes))
+(Path(sys.argv[3]) / "phonemes.json").write_text(json.dumps(to_dicts(speech.phonemes)))
 print(speech.duration)
 """
 SEGMENT = """
 import sys, time
 from pathlib import Path
-from services.visual.segment import segmenter, write_mask
+from services.visual.mask import segmenter, write_mask
 segmenter()
 t0 = time.perf_counter()
 write_mask(Path(sys.argv[1]), Path(sys.argv[2]), fps=int(sys.argv[3]))

@@ -1,13 +1,16 @@
-"""Speed and memory of the visual stage alone: prepare + render + encode, as the worker runs it.
+"""Speed and memory of the visual stage alone: prepare + draw + encode + join, as the worker
+runs them.
 
 For each size (256/512/1024) and clip length (10 s and 5 min by default) a fresh Python process
-prepares the `portrait` engine on tests/data/portrait.png with speech-like audio (a voiced buzz
-with syllable-rate modulation and pauses), renders through `render_chunks` into a temp dir and
-reports frames/s, the time spent drawing frames vs the rest (mostly waiting on the x264 pipe),
-and peak memory: the Python process's VmHWM and the largest ffmpeg child (RUSAGE_CHILDREN).
-`--explore` then splits the 512 px cost (render alone, encode alone per x264 preset/threads).
-Writes out/bench_visual.json. Run with .venvs/visual/bin/python; CPU-bound, so the machine's
-load average is printed next to every figure.
+renders speech-like audio (a voiced buzz with syllable-rate modulation and pauses) with the
+`portrait` engine on tests/data/portrait.png through the visual stage's own loop
+(`services.visual.progressive.draw_chunks`: chunks drawn in lanes, encoded in-process by x264,
+published as pieces, then joined; scripts/bench_clip.py) into a temp dir, and reports frames/s,
+the time spent drawing frames vs the rest (encoding, publishing, joining), and peak memory (the
+process's sampled RSS and VmHWM). `--explore` then splits the 512 px cost (drawing alone, the
+chunk encoder alone per x264 preset/threads). Writes out/bench_visual.json. Run with
+.venvs/visual/bin/python; CPU-bound, so the machine's load average is printed next to every
+figure.
 """
 
 from __future__ import annotations
@@ -75,10 +78,12 @@ def _status_mb(field: str) -> float:
 
 
 class _Timed:
-    """A FrameSource that counts the seconds spent drawing frames (summed over the lanes)."""
+    """An animation that counts the seconds spent drawing frames (summed over the lanes)."""
 
     def __init__(self, anim) -> None:
-        self._anim, self.n_frames, self.seconds = anim, anim.n_frames, 0.0
+        self._anim, self.seconds = anim, 0.0
+        self.n_frames, self.width, self.height = anim.n_frames, anim.width, anim.height
+        self.mouth_box, self.thread_safe = anim.mouth_box, anim.thread_safe
         self._lock = threading.Lock()
 
     def frame(self, i: int) -> np.ndarray:
@@ -89,16 +94,34 @@ class _Timed:
         return out
 
 
-def _setup(size: int, seconds: float):
+class _TimedEngine:
+    """The engine, its animations timed (`_Timed`)."""
+
+    def __init__(self, engine) -> None:
+        self._engine, self.name, self.version = engine, engine.name, engine.version
+        self.drawn: list[_Timed] = []
+
+    def prepare(self, *args):
+        self.drawn.append(_Timed(self._engine.prepare(*args)))
+        return self.drawn[-1]
+
+
+def _portrait():
     import cv2
 
-    from services.visual.engines.base import RenderSpec
-    from services.visual.engines.portrait import PortraitEngine
     from services.visual.face import FaceAnalyzer
 
     image = cv2.cvtColor(cv2.imread(str(ROOT / "tests/data/portrait.png")), cv2.COLOR_BGR2RGB)
     with FaceAnalyzer() as analyzer:
         face = analyzer.analyze(image)[0]
+    return image, face
+
+
+def _setup(size: int, seconds: float):
+    from services.visual.engines.base import RenderSpec
+    from services.visual.engines.portrait import PortraitEngine
+
+    image, face = _portrait()
     audio = speechlike(seconds)
     t0 = time.perf_counter()
     anim = PortraitEngine().prepare(image, face, audio, SR, None, RenderSpec(fps=FPS, size=size))
@@ -112,67 +135,67 @@ def _cpu_s() -> float:
 
 
 def one(size: int, seconds: float, preset: str, lanes: int) -> dict:
-    """One measurement, in this (fresh) process: prepare + render_chunks + concat + probe, as
-    the visual worker runs them."""
-    from services.visual import chunks
-    from shared.ffmpeg import concat, probe
-    from shared.settings import Settings
+    """One measurement, in this (fresh) process: the speech drawn, encoded, published and
+    joined by the visual stage's own loop (bench_clip.render_clip), then probed."""
+    from bench_clip import render_clip
+
+    from services.visual.engines.base import RenderSpec
+    from services.visual.engines.portrait import PortraitEngine
+    from shared.ffmpeg import probe
 
     rss_before = _status_mb("VmRSS")
     sampler = _RssSampler()
     sampler.start()
     load0 = load_avg()
-    anim, t_prepare = _setup(size, seconds)
-    source = _Timed(anim)
+    image, face = _portrait()
+    audio = speechlike(seconds)
+    engine = _TimedEngine(PortraitEngine())
     with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "video.mp4"
         cpu0 = _cpu_s()
         t0 = time.perf_counter()
-        segments, _ = chunks.render_chunks(
-            source, chunks.ChunkPlan.for_lanes(anim.n_frames, Settings().chunk_frames, lanes),
-            Path(tmp) / "chunks",
-            input_hash="bench", width=anim.width, height=anim.height, fps=FPS, tag="bench",
-            check=lambda: None, progress=lambda p: None, preset=preset, lanes=lanes)
-        t_chunks = time.perf_counter() - t0
-        concat(segments, Path(tmp) / "video.mp4")
-        assert probe(Path(tmp) / "video.mp4").n_frames == anim.n_frames
+        drawn, _ = render_clip(engine, image, face, audio, SR, None,
+                               RenderSpec(fps=FPS, size=size), video, lanes=lanes, preset=preset)
         t_total = time.perf_counter() - t0
         cpu = _cpu_s() - cpu0
+        assert probe(video).n_frames == drawn.n_frames
     sampler.stop()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    n = anim.n_frames
+    n, t_prepare = drawn.n_frames, drawn.prepare_s
+    t_render = t_total - t_prepare
+    draw_s = sum(t.seconds for t in engine.drawn)
     return {
         "size": size, "seconds": seconds, "frames": n, "preset": preset, "lanes": lanes,
-        "prepare_s": round(t_prepare, 2), "render_encode_s": round(t_total, 2),
-        "fps": round(n / (t_prepare + t_total), 1),
-        "fps_render_encode": round(n / t_chunks, 1),
-        "draw_s": round(source.seconds, 2), "draw_fps": round(n / source.seconds, 1),
-        "other_s": round(t_chunks - source.seconds, 2),  # pipe writes blocked on x264, fsync, ...
-        "ffmpeg_cpu_s": round(children.ru_utime + children.ru_stime, 2),
-        "render_encode_cpu_s": round(cpu, 2),  # this process and its ffmpeg children
+        "prepare_s": round(t_prepare, 2), "render_encode_s": round(t_render, 2),
+        "fps": round(n / t_total, 1),
+        "fps_render_encode": round(n / t_render, 1),
+        "draw_s": round(draw_s, 2), "draw_fps": round(n / draw_s, 1),
+        "other_s": round(t_render - draw_s, 2),  # encoding, publishing, joining (net of lanes)
+        "render_encode_cpu_s": round(cpu, 2),
         "rss_start_mb": round(rss_before, 1), "rss_peak_mb": round(sampler.peak_mb, 1),
         "python_hwm_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "ffmpeg_peak_mb": round(children.ru_maxrss / 1024, 1),
         "load_avg": round((load0 + load_avg()) / 2, 2),
     }
 
 
-def encode_only(size: int, frames: list[np.ndarray], n: int, extra: list[str]) -> dict:
-    """x264 alone, fed pre-rendered frames through a pipe as FrameWriter does."""
+def encode_only(size: int, frames: list[np.ndarray], n: int, preset: str,
+                threads: int | None) -> dict:
+    """The chunk encoder alone (services/visual/encode.py), fed pre-drawn frames."""
+    import cv2
+
+    from services.visual.encode import ChunkEncoder
+
+    i420 = [cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420) for f in frames]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{size}x{size}", "-r", str(FPS), "-i", "pipe:0", "-an", "-c:v", "libx264",
-               "-crf", "18", "-pix_fmt", "yuv420p", "-g", "50", "-bf", "0", *extra,
-               str(Path(tmp) / "e.mp4")]
+        out = Path(tmp) / "e.mp4"
         load0 = load_avg()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-        for i in range(n):
-            proc.stdin.write(frames[i % len(frames)].tobytes())
-        proc.stdin.close()
-        proc.wait()
+        with ChunkEncoder(out, size, size, FPS, gop=n, preset=preset, threads=threads) as enc:
+            for i in range(n):
+                enc.write(i420[i % len(i420)])
         dt = time.perf_counter() - t0
-        kb = (Path(tmp) / "e.mp4").stat().st_size / 1024
-    return {"x264": " ".join(extra), "fps": round(n / dt, 1), "kb_per_s": round(kb / (n / FPS), 1),
+        kb = out.stat().st_size / 1024
+    label = f"-preset {preset}" + (f" -threads {threads}" if threads else "")
+    return {"x264": label, "fps": round(n / dt, 1), "kb_per_s": round(kb / (n / FPS), 1),
             "load_avg": round((load0 + load_avg()) / 2, 2)}
 
 
@@ -207,15 +230,14 @@ def explore(size: int = 512, seconds: float = 10.0) -> dict:
                             anim._mouth.roi[3] - anim._mouth.roi[1]],
            "blink_frames_pct": round(100 * float(np.mean(tr.blink > 0.01)), 1),
            "encode_only": []}
-    for extra in (["-preset", "veryfast"], ["-preset", "veryfast", "-threads", "1"],
-                  ["-preset", "superfast"], ["-preset", "ultrafast"],
-                  ["-preset", "veryfast", "-tune", "zerolatency"]):
-        out["encode_only"].append(encode_only(size, frames, n, extra))
+    for preset, threads in (("veryfast", None), ("veryfast", 1), ("superfast", None),
+                            ("superfast", 1), ("ultrafast", None)):
+        out["encode_only"].append(encode_only(size, frames, n, preset, threads))
     return out
 
 
 def chunks_preset() -> str:
-    from services.visual.chunks import ENCODE_PRESET
+    from services.visual.encode import ENCODE_PRESET
 
     return ENCODE_PRESET
 
@@ -233,7 +255,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024])
     parser.add_argument("--seconds", type=float, nargs="*", default=[10, 300])
     parser.add_argument("--presets", nargs="*", default=[chunks_preset()],
-                        help="x264 presets to run every size/length with (FrameWriter's preset)")
+                        help="x264 presets to run every size/length with (the chunks' preset)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each clip of up to 60 s; the median is reported")
     parser.add_argument("--explore", action="store_true", help="also split the 512 px cost")
@@ -246,7 +268,7 @@ def main() -> int:
     parser.add_argument("--explore-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        from services.visual.chunks import usable_cpus
+        from services.visual.progressive import usable_cpus
 
         lanes = int(args.one[3]) or usable_cpus()
         print(json.dumps(one(int(args.one[0]), float(args.one[1]), args.one[2], lanes)))
@@ -256,8 +278,7 @@ def main() -> int:
         return 0
     print(f"{os.cpu_count()} CPUs, load average {load_avg():.2f} at start")
     head = (f"{'size':>5} {'clip s':>7} {'preset':>9} {'lanes':>5} {'frames':>6} {'fps':>6} "
-            f"{'draw fps':>8} "
-            f"{'draw s':>7} {'other s':>7} {'ffmpeg cpu':>10} {'rss peak':>8} {'ffmpeg rss':>10} "
+            f"{'draw fps':>8} {'draw s':>7} {'other s':>7} {'cpu s':>7} {'rss peak':>8} "
             f"{'load':>5}")
     print(head)
     runs = []
@@ -274,9 +295,8 @@ def main() -> int:
                 print(f"{r['size']:>5} {r['seconds']:>7.0f} {preset:>9} {r['lanes']:>5} "
                       f"{r['frames']:>6} "
                       f"{r['fps']:>6.1f} {r['draw_fps']:>8.1f} {r['draw_s']:>7.1f} "
-                      f"{r['other_s']:>7.1f} {r['ffmpeg_cpu_s']:>10.1f} "
-                      f"{r['rss_peak_mb']:>8.0f} {r['ffmpeg_peak_mb']:>10.0f} "
-                      f"{r['load_avg']:>5.2f}"
+                      f"{r['other_s']:>7.1f} {r['render_encode_cpu_s']:>7.1f} "
+                      f"{r['rss_peak_mb']:>8.0f} {r['load_avg']:>5.2f}"
                       + (f"  (fps of {len(tries)} runs: {min(r['fps_runs'])}-"
                          f"{max(r['fps_runs'])})" if len(tries) > 1 else ""), flush=True)
     report = {"cpus": os.cpu_count(), "fps": FPS, "runs": runs}

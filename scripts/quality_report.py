@@ -2,9 +2,9 @@
 
 Renders real Piper speech onto tests/data/portrait.png and five variants of it (a small face in
 a big wide canvas, greyscale, rotated 15 degrees, and a crop around the face rolled 30 degrees or
-turned 30 degrees away, tests/services/visual/turned.py) through the real engine and
-`render_chunks`, decodes each MP4 with ffmpeg and runs the mediapipe face mesh on every decoded
-frame. From those
+turned 30 degrees away, tests/services/visual/turned.py) through the real engine and the visual
+stage's own render loop (scripts/bench_clip.py), decodes each MP4 with ffmpeg and runs the
+mediapipe face mesh on every decoded frame. From those
 landmarks alone it measures lip sync (mouth opening vs loudness, and the lag that fits best),
 closure in silence and on p/b/m, lip rounding, blink rate, identity (SSIM of the aligned face
 outside the mouth) and jitter in still stretches. Writes out/quality/report.json, report.md and
@@ -19,7 +19,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import wave
 from pathlib import Path
@@ -30,11 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.visual.chunks import ChunkPlan, render_chunks, usable_cpus  # noqa: E402
+from bench_clip import render_clip  # noqa: E402
+
 from services.visual.engines.base import RenderSpec  # noqa: E402
 from services.visual.engines.portrait import PortraitEngine  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
-from shared.ffmpeg import concat  # noqa: E402
+from services.visual.mask import read_frames  # noqa: E402
+from services.visual.progressive import usable_cpus  # noqa: E402
 from tests.services.visual.turned import turned  # noqa: E402
 
 TEXTS = [
@@ -62,10 +63,11 @@ import json, sys
 from pathlib import Path
 from services.audio.engines import SpeechRequest
 from services.audio.engines.piper import PiperEngine
+from shared.phonemes import to_dicts
 engine = PiperEngine(Path(sys.argv[1]))
 for text, wav in json.loads(sys.argv[2]):
     speech = engine.synthesize(SpeechRequest(text, Path(wav)))
-    Path(wav).with_suffix(".json").write_text(json.dumps(speech.phonemes))
+    Path(wav).with_suffix(".json").write_text(json.dumps(to_dicts(speech.phonemes)))
 """
 
 
@@ -112,26 +114,16 @@ def portraits(analyzer: FaceAnalyzer) -> dict[str, np.ndarray]:
 
 
 def render(engine, image, face, clip, video: Path):
+    """The clip rendered into `video` as the visual stage renders it; its animation."""
     audio, rate, phonemes = clip
-    anim = engine.prepare(image, face, audio, rate, phonemes, RenderSpec(fps=FPS, size=SIZE))
-    with tempfile.TemporaryDirectory(dir=video.parent) as tmp:
-        lanes = usable_cpus()
-        plan = ChunkPlan.for_lanes(anim.n_frames, 125, lanes)
-        segments, _ = render_chunks(anim, plan, Path(tmp), input_hash="q", width=anim.width,
-                                    height=anim.height, fps=FPS, tag="q", check=lambda: None,
-                                    progress=lambda p: None, lanes=lanes)
-        concat(segments, video)
+    _, anim = render_clip(engine, image, face, audio, rate, phonemes,
+                          RenderSpec(fps=FPS, size=SIZE), video, lanes=usable_cpus())
     return anim
 
 
 def decode(video: Path):
     """Yield the MP4's frames as RGB arrays, in order."""
-    proc = subprocess.Popen(["ffmpeg", "-v", "error", "-i", str(video), "-f", "rawvideo",
-                             "-pix_fmt", "rgb24", "pipe:1"], stdout=subprocess.PIPE)
-    n = SIZE * SIZE * 3
-    while len(buf := proc.stdout.read(n)) == n:
-        yield np.frombuffer(buf, np.uint8).reshape(SIZE, SIZE, 3)
-    proc.wait()
+    yield from read_frames(video, SIZE, SIZE)
 
 
 def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:

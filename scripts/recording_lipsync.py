@@ -65,6 +65,7 @@ from pathlib import Path
 from services.audio.engines import SpeechRequest
 from services.audio.engines.recording import RecordingEngine, decode
 from services.audio.engines.piper import PiperEngine
+from shared.phonemes import to_dicts
 jobs = json.loads(sys.argv[1])
 rec = RecordingEngine(Path("models"))
 rec.aligner.recognise(bytes(3200))  # every decoder loaded before the clocks start
@@ -75,7 +76,7 @@ for job in jobs:
     if job.get("piper_text"):
         piper = piper or PiperEngine(Path("models"))
         speech = piper.synthesize(SpeechRequest(job["piper_text"], Path(job["wav"])))
-        out["text"] = {"phonemes": speech.phonemes, "gain": 1.0}
+        out["text"] = {"phonemes": to_dicts(speech.phonemes), "gain": 1.0}
     flac = Path(job["wav"]).with_suffix(".flac")
     import subprocess
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", job["wav"], "-ac", "1", "-ar", "48000",
@@ -87,7 +88,7 @@ for job in jobs:
                                          recording=flac, language=language))
         took = time.perf_counter() - t
         Path(job["wav"] + "." + mode + ".wav").unlink()
-        out[mode] = {"phonemes": s.phonemes, "gain": s.info["level_gain"],
+        out[mode] = {"phonemes": to_dicts(s.phonemes), "gain": s.info["level_gain"],
                      "mode": s.info["mouth"], "why": s.info["mouth_reason"],
                      "seconds": took, "duration": s.duration}
     Path(job["wav"]).with_suffix(".analysis.json").write_text(json.dumps(out))

@@ -33,7 +33,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from shared import pipeline
+from shared import keys, pipeline
 from shared.errors import ConfigError
 from shared.logs import configure_logging
 from shared.presence import Presence
@@ -64,11 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     owner_only()  # what the stages write in DATA_DIR is this user's alone
     configure_logging(settings.log_level)
-    # accepting work never waits behind rendering. Every stage takes the same nice: with the
-    # upstream stages first (audio at nice 0 on one Piper thread, visual at 10), overlapping
-    # stages left a core idle while the drawing waited for speech; at one nice, with Piper on
-    # every core, the wall time against sequential stages went 1.11x -> 1.02x on a 10 s text
-    # and 0.97x -> 0.89x on 60 s (`bench.py --overlap`, per turn in docs/overlap.md)
+    # stage workers run below the orchestrator (accepting work never waits behind rendering),
+    # all at one nice: Piper on every core and the drawing share the CPU as equals, so
+    # overlapping stages keep both cores busy (figures in docs/overlap.md)
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     try:
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     # a client of its own: the runtime's tries a command again while Redis restarts (for the
     # stages), and a worker told to stop then must not wait on its presence beat
     presence = Presence(redis.Redis.from_url(settings.redis_url, socket_timeout=30),
-                        args.stage, lambda: runtime.worker_name)
+                        keys.workers(args.stage), lambda: runtime.worker_name)
     presence.start()  # /healthz counts this worker while it beats
     try:
         return _work(runtime, spec.worker_queues(lanes), spec.entry_points, args.burst,

@@ -1,15 +1,20 @@
 """Every engine by name: its stage, the model files it needs, and what it can do. Data only.
 
-The orchestrator chooses and validates engines from this list without importing engine code;
-the engines read their own entries for their weight checks, so each name and file list is
-written once. Files are paths relative to MODELS_DIR.
+This is the one list of engines. The orchestrator chooses and validates engines from it without
+importing engine code; the engines read their own entries for their weight checks, so each name
+and file list is written once. Files are paths relative to MODELS_DIR. Each service maps these
+names to constructors in a plain dict (`services/audio/engines`, `services/visual/engines`)
+that `check_constructors` holds to this list when the service's engine package is imported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from shared.errors import ConfigError
 
 Kind = Literal["audio", "visual"]  # the stage an engine runs in
 
@@ -71,6 +76,7 @@ CATALOG: tuple[EngineSpec, ...] = (
 
 VOICES: dict[str, EngineSpec] = {e.name: e for e in CATALOG if e.kind == "audio"}
 RENDERERS: dict[str, EngineSpec] = {e.name: e for e in CATALOG if e.kind == "visual"}
+BY_KIND: dict[Kind, dict[str, EngineSpec]] = {"audio": VOICES, "visual": RENDERERS}
 # what `auto` tries, in order: the first whose files (and voice sample) are present
 AUTO_ORDER: dict[Kind, tuple[str, ...]] = {
     "audio": ("xtts", "piper-match", "piper"), "visual": ("portrait",)}
@@ -87,3 +93,21 @@ def spec(name: str) -> EngineSpec:
         if entry.name == name:
             return entry
     raise KeyError(name)
+
+
+def check_constructors(kind: Kind, constructors: Mapping[str, object], *,
+                       live: bool = False) -> None:
+    """ConfigError unless `constructors` (a service's engines by name) has one entry for each
+    engine of `kind` in the catalogue (each `live` one, if `live`), in its order, and nothing
+    else: called where a service makes its table, so a table that disagrees with the catalogue
+    stops the service at import."""
+    expected = live_names(kind) if live else tuple(BY_KIND[kind])
+    if tuple(constructors) == expected:
+        return
+    missing = [n for n in expected if n not in constructors]
+    extra = [n for n in constructors if n not in expected]
+    what = f"live {kind}" if live else kind
+    raise ConfigError(
+        f"the {what} engines {', '.join(constructors)} do not match the catalogue's "
+        f"{', '.join(expected)} (shared/engine_catalog.py): missing {missing or 'none'}, "
+        f"not catalogued {extra or 'none'}, else out of order", code="engine_table")

@@ -1,4 +1,5 @@
-"""ffmpeg and ffprobe, wrapped for every service: probe, stream frames in, concat, verify.
+"""ffmpeg and ffprobe, wrapped for every service: every command line of shared/, orchestrator/
+and services/ runs through here (probe, run, pipe frames in or out, verify a result).
 
 Only the standard library is used. ffmpeg's stderr is captured (never shown on the terminal)
 and its last lines are quoted in the StageFailed raised when it fails. Outputs are written to
@@ -7,18 +8,15 @@ the exact path given and removed again when a step fails, so no partial file is 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
-from shared.errors import InvalidInput, StageFailed, TransientError
+from shared.errors import StageFailed, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -160,204 +158,40 @@ def probe(path: Path) -> MediaInfo:
     )
 
 
-def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
-    """Grow a pipe's buffer (Linux; 64 KiB by default) so the writer can run a few frames ahead
-    of ffmpeg 5, which reads its input only between encoded frames. Best effort."""
-    try:
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
-    except OSError:
-        pass
+class Pipe:
+    """An ffmpeg process fed or read through a pipe (raw frames in or out), its stderr kept in
+    a temp file for the message when it fails. `reads`: its stdout is read (a decoder), else
+    its stdin is written (an encoder)."""
 
-
-_BYTES_PER_PIXEL_X2 = {"rgb24": 6, "yuv420p": 3}  # twice the bytes per pixel, to stay integral
-
-
-class FrameWriter:
-    """Streams raw RGB frames into an H.264 (yuv420p) MP4 through an ffmpeg pipe.
-
-    Never holds the video in memory. Use as a context manager: leaving the block normally
-    closes (and checks) the file, leaving it with an exception aborts and removes it.
-    `input_pix_fmt="yuv420p"` takes frames already converted (planar I420, BT.601 limited range,
-    as OpenCV's COLOR_RGB2YUV_I420 makes them): half the bytes through the pipe and no colour
-    conversion in ffmpeg, which is most of what a fast x264 preset spends on a talking head.
-    """
-
-    def __init__(
-        self,
-        out: Path,
-        width: int,
-        height: int,
-        fps: int,
-        *,
-        crf: int = 18,
-        preset: str = "veryfast",
-        gop: int | None = None,
-        input_pix_fmt: str = "rgb24",
-        threads: int | None = None,
-    ) -> None:
-        if input_pix_fmt not in _BYTES_PER_PIXEL_X2:
-            raise InvalidInput(f"input pixel format {input_pix_fmt!r}; expected one of "
-                               f"{', '.join(_BYTES_PER_PIXEL_X2)}")
-        if width <= 0 or height <= 0 or width % 2 or height % 2:
-            raise InvalidInput(
-                f"frame size {width}x{height} cannot be encoded as yuv420p; "
-                "expected positive, even width and height"
-            )
-        if fps <= 0:
-            raise InvalidInput(f"fps={fps}; expected a positive frame rate")
-        self.out = Path(out)
-        self.width, self.height, self.fps = width, height, fps
-        self.pix_fmt = input_pix_fmt
-        self.frame_size = width * height * _BYTES_PER_PIXEL_X2[input_pix_fmt] // 2
-        self.n_written = 0
-        self._done = False
-        args = [
-            FFMPEG, *_FFMPEG_FLAGS, "-f", "rawvideo", "-pix_fmt", input_pix_fmt, "-s",
-            f"{width}x{height}",
-            "-r", str(fps), "-i", "pipe:0", *"-an -c:v libx264 -preset".split(), preset,
-            "-crf", str(crf), "-pix_fmt", "yuv420p",
-        ]  # fmt: skip
-        if threads is not None:  # x264's frame threads; None lets it pick (1.5 per core)
-            args += ["-threads", str(threads)]
-        if gop is not None:  # a segment to be concatenated: closed GOPs and no B-frames, whose
-            args += ["-g", str(gop), "-bf", "0"]  # edit lists would skew the joined frame rate
-        else:  # a file to be played as it is (a segment gets its index up front when joined)
-            args += ["-movflags", "+faststart"]
-        args.append(str(self.out))
+    def __init__(self, args: list[str], doing: str, *, reads: bool) -> None:
+        self.doing = doing
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
         try:
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr
-            )
+            self.proc = subprocess.Popen(
+                [FFMPEG, *_FFMPEG_FLAGS, *args], stderr=self._stderr,
+                stdin=subprocess.DEVNULL if reads else subprocess.PIPE,
+                stdout=subprocess.PIPE if reads else subprocess.DEVNULL)
         except OSError as exc:
             self._stderr.close()
             raise StageFailed(f"ffmpeg: cannot start {FFMPEG!r} ({exc}); is it installed?") from exc
-        assert self._proc.stdin is not None
-        self._stdin = self._proc.stdin
-        _widen_pipe(self._stdin.fileno())
 
-    def _stderr_text(self) -> str:
+    def finish(self, kill: bool = False) -> None:
+        """Close the pipes and wait; raise if ffmpeg failed (unless killed on purpose)."""
+        if kill:
+            self.proc.kill()
+        for end in (self.proc.stdin, self.proc.stdout):
+            if end is not None:
+                try:
+                    end.close()
+                except OSError:
+                    pass  # a broken pipe: the exit code says what happened
+        rc = self.proc.wait()
         self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
-
-    def _finish(self) -> None:
-        self._done = True
+        text = self._stderr.read().decode("utf-8", "replace")
         self._stderr.close()
-
-    def write(self, frame: Any) -> None:
-        """Write one frame (bytes, memoryview or any buffer) in the input pixel format."""
-        if self._done:
-            raise StageFailed(f"FrameWriter for {self.out} is already closed; cannot write")
-        view = memoryview(frame)
-        if not view.c_contiguous:
-            view = memoryview(view.tobytes())
-        if view.nbytes != self.frame_size:
-            self.abort()
-            raise StageFailed(
-                f"frame {self.n_written} has {view.nbytes} bytes; expected "
-                f"{self.frame_size} ({self.width}x{self.height} {self.pix_fmt}) for {self.out.name}"
-            )
-        try:
-            self._stdin.write(view.cast("B"))
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            # ffmpeg is gone: report why, and leave nothing behind.
-            try:
-                self._stdin.close()
-            except OSError:
-                pass
-            rc = self._proc.wait()
-            err = _exit_error(
-                "ffmpeg",
-                rc if rc != 0 else 1,
-                self._stderr_text(),
-                f"encoding frame {self.n_written} of {self.out.name}",
-            )
-            _remove(self.out)
-            self._finish()
-            raise err from exc
-        self.n_written += 1
-
-    def close(self) -> None:
-        """Finish the file; raise StageFailed (quoting ffmpeg) and remove it if ffmpeg failed."""
-        if self._done:
+        if kill or rc == 0:
             return
-        try:
-            self._stdin.close()
-        except OSError:
-            pass  # broken pipe: the exit code below says what happened
-        rc = self._proc.wait()
-        text = self._stderr_text()
-        if rc != 0 or self.n_written == 0 or _write_failed(text):
-            _remove(self.out)
-            self._finish()
-            if rc != 0:
-                raise _exit_error("ffmpeg", rc, text, f"finishing {self.out.name}")
-            if self.n_written:
-                raise _unfinished("ffmpeg", self.out, text, "encoding")
-            raise StageFailed(f"ffmpeg: no frames were written to {self.out.name}; expected >= 1")
-        self._finish()
-        logger.debug("wrote %d frames to %s", self.n_written, self.out)
-
-    def abort(self) -> None:
-        """Kill ffmpeg and remove the partial file."""
-        if self._done:
-            return
-        self._proc.kill()
-        try:
-            self._stdin.close()
-        except OSError:
-            pass
-        self._proc.wait()
-        _remove(self.out)
-        self._finish()
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-def concat(segments: list[Path], out: Path) -> None:
-    """Join same-format video segments without re-encoding (concat demuxer, -c copy)."""
-    if not segments:
-        raise InvalidInput("concat got no segments; expected at least one video file")
-    missing = [str(s) for s in segments if not Path(s).is_file()]
-    if missing:
-        raise StageFailed(f"concat: segments missing on disk: {', '.join(missing)}")
-    out = Path(out)
-    lines = []
-    for seg in segments:
-        quoted = str(Path(seg).resolve()).replace("'", "'\\''")
-        lines.append(f"file '{quoted}'\n")
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".txt", prefix=".concat.", dir=out.parent, delete=False
-    ) as fh:
-        fh.writelines(lines)
-        listing = fh.name
-    try:
-        _run(
-            [
-                FFMPEG,
-                *_FFMPEG_FLAGS,
-                *"-f concat -safe 0 -i".split(),
-                listing,
-                *"-map 0 -c copy -movflags +faststart".split(),
-                str(out),
-            ],
-            f"concatenating {len(segments)} segments into {out.name}",
-            out,
-        )
-    finally:
-        os.unlink(listing)
+        raise _exit_error("ffmpeg", rc, text, self.doing)
 
 
 def verify_result(path: Path, speech_duration: float, fps: int) -> MediaInfo:
@@ -383,6 +217,15 @@ def verify_result(path: Path, speech_duration: float, fps: int) -> MediaInfo:
 def ffmpeg(args: list[str], doing: str, out: Path | None = None) -> None:
     """Run ffmpeg with `args` (inputs, filters, outputs) quietly; remove `out` if it fails."""
     _run([FFMPEG, *_FFMPEG_FLAGS, *args], doing, Path(out) if out is not None else None)
+
+
+def run_ffmpeg(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run ffmpeg with exactly `args` (no flags added) and return how it ended, output captured,
+    for a caller that judges the exit itself: an upload ffmpeg cannot decode is the client's
+    error (a 4xx), not a failed stage. Raises OSError if ffmpeg cannot start and
+    subprocess.TimeoutExpired past `timeout` seconds."""
+    return subprocess.run([FFMPEG, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, check=False)
 
 
 def ffmpeg_report(args: list[str], doing: str) -> str:

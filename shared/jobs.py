@@ -1,10 +1,11 @@
-"""The job state machine in Redis: every transition is one guarded transaction.
+"""The job state machine in Redis: what each transition does to a job record.
 
-Transitions use WATCH/MULTI on the job hash (and the stage lease where it matters), so repeating
-one is harmless and two processes can never both advance a job. Enqueuing the next stage happens
-inside the same transaction (rq's `enqueue_call(pipeline=...)`), with deterministic rq job ids
-`<job>-<stage>-<attempt>`. After each committed transition the record is mirrored atomically to
-`jobs/<id>/job.json`, from which `jayavatar recover --from-disk` can rebuild Redis.
+Each transition is a `Change` committed as one guarded transaction (shared/transitions.py: WATCH
+on the job hash and the stage lease, the next stage enqueued in the same MULTI, the record then
+mirrored to `jobs/<id>/job.json`, from which `jayavatar recover --from-disk` can rebuild Redis),
+so repeating one is harmless and two processes can never both advance a job. Stage executions
+are fenced by their leases (shared/leases.py); every change adds an event to the job's stream
+(shared/job_events.py).
 
 Each job's stages wait in its lane's rq queues (shared/lanes.py), chosen when it is created: a
 client's unfinished short-lane jobs are counted in `keys.short_jobs`, in the same transactions.
@@ -19,55 +20,22 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import Enum, auto
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
-from rq import Queue
-from rq.serializers import JSONSerializer
 
-from shared import keys, pipeline
+from shared import job_events, keys, pipeline
 from shared.errors import LeaseLost
 from shared.lanes import LanePolicy
-from shared.layout import JOB_RECORD, Layout
+from shared.layout import Layout
+from shared.leases import LeaseTerm, StageLeases
 from shared.models import JobRecord, StageInfo
 from shared.settings import Settings
-from shared.storage import atomic_write_json
+from shared.transitions import Enqueue, Transitions, Verdict, give_up
 
 logger = logging.getLogger(__name__)
-
-RQ_JOB_TIMEOUT = 24 * 3600  # our leases, not rq's timer, decide when an execution is dead
-EVENTS_MAXLEN = 500  # per-job event stream (GET /v1/jobs/{id}/events reads it)
-EVENTS_TTL_S = 24 * 3600  # kept this long after the job ends
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-
-class Verdict(Enum):
-    """What a transition's `change` decided about the record it was handed."""
-
-    DECLINE = auto()  # not this transition's case: nothing is written
-    WRITE = auto()  # write the changed record (and enqueue what the change asked for)
-
-
-@dataclass(frozen=True)
-class Enqueue:
-    """A stage execution a transition enqueues in its own transaction."""
-
-    stage: str
-    attempt: int
-    at_front: bool = False  # a re-run after a crash goes first: its job was accepted long ago
-
-
-Change = Callable[[JobRecord, "list[Enqueue]"], Verdict]
 
 
 class JobStore:
@@ -79,13 +47,13 @@ class JobStore:
                  lanes: LanePolicy | None = None) -> None:
         self.conn = conn
         self.data_dir = Path(data_dir)
-        self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.leases = StageLeases(conn, int(lease_ttl_s * 1000))
+        self.transitions = Transitions(conn, self.data_dir, self.leases, retention_s=retention_s)
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
         self.retention_s = retention_s  # 0: finished jobs are kept forever
         self.idempotency_ttl_s = idempotency_ttl_s
         self.lanes = lanes or LanePolicy()
-        self._renew = conn.register_script(_RENEW)
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, settings: Settings) -> JobStore:
@@ -142,10 +110,6 @@ class JobStore:
     def job_dir(self, job_id: str) -> Path:
         return Layout(self.data_dir).job_dir(job_id)
 
-    def lease_holder(self, job_id: str, stage: str) -> str | None:
-        value = self.conn.get(keys.lease(job_id, stage))
-        return keys.text(value) if value else None
-
     # ---- transitions ---------------------------------------------------------------------
 
     def create(self, rec: JobRecord, *, mirror: bool = True) -> tuple[JobRecord, bool]:
@@ -179,7 +143,7 @@ class JobStore:
                 except redis.WatchError:
                     continue
         if mirror:
-            self._mirror(rec)
+            self.transitions.mirror(rec)
         return rec, True
 
     def _choose_lane(self, pipe: redis.client.Pipeline, rec: JobRecord,
@@ -207,8 +171,8 @@ class JobStore:
         if idem:
             pipe.set(idem, rec.id, ex=max(1, int(self.idempotency_ttl_s)))
         self._count_short(pipe, rec)
-        self._event(pipe, rec)
-        self._enqueue(pipe, rec, pipeline.FIRST_STAGE, 1)
+        job_events.add_state(pipe, rec)
+        self.transitions.enqueue(pipe, rec, pipeline.FIRST_STAGE, 1)
 
     def _count_short(self, pipe: redis.client.Pipeline, rec: JobRecord) -> None:
         """Count an unfinished short-lane job against its client's limit (in MULTI mode)."""
@@ -250,13 +214,13 @@ class JobStore:
                     if not rec.terminal:
                         pipe.sadd(keys.ACTIVE_JOBS, rec.id)
                         self._count_short(pipe, rec)
-                        self._event(pipe, rec)
-                        self._enqueue(pipe, rec, rec.stage, rec.attempt)
+                        job_events.add_state(pipe, rec)
+                        self.transitions.enqueue(pipe, rec, rec.stage, rec.attempt)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
-        self._mirror(rec)
+        self.transitions.mirror(rec)
         return True
 
     def start_stage(self, job_id: str, stage: str, attempt: int, exec_id: str,
@@ -275,7 +239,7 @@ class JobStore:
             rec.status = "running"
             return Verdict.WRITE
 
-        return self._transition(job_id, stage, change, lease=("acquire", exec_id))
+        return self.transitions.apply(job_id, stage, change, lease=LeaseTerm.acquire(exec_id))
 
     def open_next(self, job_id: str, stage: str, exec_id: str) -> bool:
         """Open the stage after `stage` early, as `stage` starts to publish pieces: it is
@@ -291,7 +255,8 @@ class JobStore:
             todo.append(Enqueue(nxt, 1))
             return Verdict.WRITE
 
-        return self._transition(job_id, stage, change, lease=("hold", exec_id)) is not None
+        opened = self.transitions.apply(job_id, stage, change, lease=LeaseTerm.hold(exec_id))
+        return opened is not None
 
     def complete_stage(self, job_id: str, stage: str, exec_id: str, *, engine: str,
                        skipped: bool, notes: Sequence[str] = ()) -> JobRecord:
@@ -317,7 +282,7 @@ class JobStore:
                 # it failed while running early: it runs again now, from its checkpoints
                 rec.attempt, rec.stage_state = opened.attempts + 1, "queued"
                 if rec.attempt > self.max_attempts:
-                    return _give_up(rec, nxt, opened.error or "failed while running early")
+                    return give_up(rec, nxt, opened.error or "failed while running early")
                 opened.status, opened.attempts = "queued", rec.attempt
                 todo.append(Enqueue(nxt, rec.attempt))
             else:
@@ -326,7 +291,7 @@ class JobStore:
                 todo.append(Enqueue(nxt, 1))
             return Verdict.WRITE
 
-        rec = self._transition(job_id, stage, change, lease=("release", exec_id))
+        rec = self.transitions.apply(job_id, stage, change, lease=LeaseTerm.release(exec_id))
         if rec is None:
             raise LeaseLost(f"job {job_id}: stage {stage} was already advanced or canceled")
         return rec
@@ -343,7 +308,7 @@ class JobStore:
                 early = rec.stages[stage]
                 early.error = error
                 if permanent or early.attempts >= self.max_attempts:
-                    return _give_up(rec, stage, error if permanent else (
+                    return give_up(rec, stage, error if permanent else (
                         f"{stage} stage failed {early.attempts} times; last error: {error}"))
                 early.status = "pending"  # runs again once its upstream is done
                 return Verdict.WRITE
@@ -360,8 +325,8 @@ class JobStore:
                 rec.retry_at = time.time() + self.retry_backoff_s * 2 ** (rec.attempt - 1)
             return Verdict.WRITE
 
-        lease = ("release", exec_id) if exec_id else None
-        return self._transition(job_id, stage, change, lease=lease)
+        lease = LeaseTerm.release(exec_id) if exec_id else None
+        return self.transitions.apply(job_id, stage, change, lease=lease)
 
     def requeue(self, job_id: str, stage: str, attempt: int, reason: str) -> JobRecord | None:
         """Enqueue the stage again with attempt+1 (reconciler); fails the job past the limit."""
@@ -370,7 +335,7 @@ class JobStore:
                 return Verdict.DECLINE
             info = rec.stages.setdefault(stage, StageInfo())
             if attempt >= self.max_attempts:
-                return _give_up(rec, stage,
+                return give_up(rec, stage,
                                 f"{stage} stage gave up after {attempt} attempts: {reason}")
             if rec.stage == stage:
                 rec.attempt += 1
@@ -379,7 +344,7 @@ class JobStore:
             todo.append(Enqueue(stage, attempt + 1, at_front=True))
             return Verdict.WRITE
 
-        return self._transition(job_id, stage, change, lease=("absent", ""))
+        return self.transitions.apply(job_id, stage, change, lease=LeaseTerm.absent())
 
     def cancel(self, job_id: str) -> JobRecord | None:
         def change(rec: JobRecord, todo: list[Enqueue]) -> Verdict:
@@ -393,186 +358,31 @@ class JobStore:
             rec.stage_state = "canceled"
             return Verdict.WRITE
 
-        self._transition(job_id, None, change)
+        self.transitions.apply(job_id, None, change)
         return self.get(job_id)
 
     def set_progress(self, job_id: str, stage: str, value: float) -> None:
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.hset(keys.job(job_id), f"progress:{stage}", f"{value:.4f}")
-            pipe.xadd(keys.events(job_id), {"type": "progress", "stage": stage,
-                                             "value": f"{value:.4f}"},
-                      maxlen=EVENTS_MAXLEN, approximate=True)
+            job_events.add_progress(pipe, job_id, stage, f"{value:.4f}")
             pipe.execute()
 
+    # ---- stage leases (shared/leases.py) ------------------------------------------------
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return self.leases.ttl_ms
+
+    @lease_ttl_ms.setter
+    def lease_ttl_ms(self, value: int) -> None:
+        self.leases.ttl_ms = value
+
+    def lease_holder(self, job_id: str, stage: str) -> str | None:
+        return self.leases.stage_holder(job_id, stage)
+
     def renew_lease(self, job_id: str, stage: str, exec_id: str) -> bool:
-        return bool(self._renew(keys=[keys.lease(job_id, stage)],
-                                args=[exec_id, self.lease_ttl_ms]))
+        return self.leases.renew_stage(job_id, stage, exec_id)
 
     def reclaim_lease(self, job_id: str, stage: str, exec_id: str, attempt: int) -> bool:
-        """Take an expired lease back for the execution that held it: a Redis outage longer
-        than the lease (or a restart) lets every lease expire, though their workers live on.
-        Only while nobody holds the lease and the record still has this attempt running the
-        stage, so not after the reconciler has handed the stage to a new attempt; True if
-        `exec_id` holds the lease now."""
-        job_key, lease_key = keys.job(job_id), keys.lease(job_id, stage)
-        with self.conn.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(job_key, lease_key)
-                    holder = pipe.get(lease_key)
-                    if holder is not None:  # held: by this execution only if a renewal won
-                        pipe.reset()
-                        return keys.text(holder) == exec_id and \
-                            self.renew_lease(job_id, stage, exec_id)
-                    raw = pipe.hgetall(job_key)
-                    try:
-                        rec = JobRecord.from_hash(raw) if raw else None
-                    except (ValueError, TypeError, AttributeError):
-                        rec = None
-                    info = rec.stages.get(stage) if rec is not None else None
-                    if rec is None or rec.terminal or rec.attempt_of(stage) != attempt \
-                            or info is None or info.status != "running":
-                        pipe.reset()
-                        return False
-                    pipe.multi()
-                    pipe.set(lease_key, exec_id, px=self.lease_ttl_ms)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
-
-    # ---- machinery -----------------------------------------------------------------------
-
-    def _enqueue(self, pipe: redis.client.Pipeline, rec: JobRecord, stage: str, attempt: int,
-                 *, at_front: bool = False) -> None:
-        """Enqueue an execution of the job's `stage` in the job's lane."""
-        spec = pipeline.STAGES[stage]
-        queue = Queue(spec.queue(rec.lane), connection=self.conn, serializer=JSONSerializer)
-        queue.enqueue_call(
-            func=spec.work.entry_point,
-            kwargs={"job_id": rec.id, "stage": stage, "attempt": attempt},
-            job_id=keys.rq_job_id(rec.id, stage, attempt),
-            timeout=RQ_JOB_TIMEOUT,
-            result_ttl=600,
-            failure_ttl=24 * 3600,
-            at_front=at_front,
-            pipeline=pipe,
-        )
-
-    @staticmethod
-    def _relist(pipe: redis.client.Pipeline, rec: JobRecord) -> None:
-        """Move the job to its new status's listing (from whichever it was in)."""
-        for status in keys.JOB_STATUSES:
-            if status != rec.status:
-                pipe.zrem(keys.jobs_with_status(status), rec.id)
-        pipe.zadd(keys.jobs_with_status(rec.status), {rec.id: rec.created_at})
-
-    @staticmethod
-    def _event(pipe: redis.client.Pipeline, rec: JobRecord) -> None:
-        """A state-change event on the job's stream, in the same transaction as the change."""
-        pipe.xadd(keys.events(rec.id), {
-            "type": "state", "status": rec.status, "stage": rec.stage,
-            "stage_state": rec.stage_state, "attempt": str(rec.attempt),
-            "progress": f"{rec.progress():.4f}", "error": rec.error or "",
-        }, maxlen=EVENTS_MAXLEN, approximate=True)
-
-    def _transition(self, job_id: str, stage: str | None, change: Change,
-                    lease: tuple[str, str] | None = None) -> JobRecord | None:
-        """Apply `change` to the record under WATCH; commit, enqueue and mirror on success.
-
-        `lease` (on `stage`'s lease) is ("acquire", exec_id), ("release", exec_id) or
-        ("hold", exec_id) (must hold it; release deletes it), or ("absent", "") (nobody may
-        hold it). Returns the new record, or None if `change` declined or the lease check
-        failed.
-        """
-        job_key = keys.job(job_id)
-        lease_key = keys.lease(job_id, stage) if stage is not None else None
-        todo: list[Enqueue] = []
-        with self.conn.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(job_key, *([lease_key] if lease_key else []))
-                    raw = pipe.hgetall(job_key)
-                    holder = pipe.get(lease_key) if lease_key else None
-                    if not raw or not _lease_ok(lease, keys.text(holder) if holder else None):
-                        pipe.reset()
-                        return None
-                    try:
-                        rec = JobRecord.from_hash(raw)
-                    except (ValueError, TypeError, AttributeError) as exc:
-                        logger.warning("job %s: stored record cannot be read (%s); left as "
-                                       "it is", job_id, type(exc).__name__)
-                        pipe.reset()
-                        return None
-                    old_status = rec.status
-                    todo.clear()
-                    verdict = change(rec, todo)
-                    if verdict is Verdict.DECLINE:
-                        pipe.reset()
-                        return None
-                    rec.updated_at = time.time()
-                    pipe.multi()
-                    self._write(pipe, rec, lease_key, lease, todo,
-                                status_changed=rec.status != old_status)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
-        self._mirror(rec)
-        return rec
-
-    def _write(self, pipe: redis.client.Pipeline, rec: JobRecord, lease_key: str | None,
-               lease: tuple[str, str] | None, todo: builtins.list[Enqueue], *,
-               status_changed: bool) -> None:
-        """The writes of one transition, queued on a pipeline in MULTI mode."""
-        job_key = keys.job(rec.id)
-        pipe.hset(job_key, mapping=rec.to_hash())
-        if status_changed:
-            self._relist(pipe, rec)
-        stale = [f"progress:{s}" for s in pipeline.STAGES
-                 if s not in rec.stages or rec.stages[s].status != "running"]
-        if stale:
-            pipe.hdel(job_key, *stale)
-        if lease_key is not None and lease is not None and lease[0] == "acquire":
-            pipe.set(lease_key, lease[1], px=self.lease_ttl_ms)
-        elif lease_key is not None and lease is not None and lease[0] == "release":
-            pipe.delete(lease_key)
-        self._event(pipe, rec)
-        if rec.terminal:
-            pipe.srem(keys.ACTIVE_JOBS, rec.id)
-            if rec.lane == pipeline.SHORT:
-                pipe.zrem(keys.short_jobs(rec.client), rec.id)
-            pipe.expire(keys.events(rec.id), EVENTS_TTL_S)
-            pipe.delete(*(keys.pieces(rec.id, s) for s in pipeline.STAGES))
-            if self.retention_s:
-                pipe.expire(job_key, max(1, int(self.retention_s)))
-            return
-        for item in todo:
-            self._enqueue(pipe, rec, item.stage, item.attempt, at_front=item.at_front)
-
-    def _mirror(self, rec: JobRecord) -> None:
-        try:
-            atomic_write_json(self.job_dir(rec.id) / JOB_RECORD, rec.model_dump(mode="json"))
-        except OSError as exc:  # the Redis record stays the truth; the mirror is for disaster
-            logger.warning("job %s: could not mirror job.json: %s", rec.id, exc)
-
-
-def _give_up(rec: JobRecord, stage: str, error: str) -> Verdict:
-    """Fail the job for good because `stage` failed (the change of a transition)."""
-    info = rec.stages.setdefault(stage, StageInfo())
-    info.status, info.finished_at, info.error = "failed", time.time(), error
-    rec.status, rec.stage_state, rec.finished_at = "failed", "failed", time.time()
-    rec.error = error
-    return Verdict.WRITE
-
-
-def _lease_ok(lease: tuple[str, str] | None, holder: str | None) -> bool:
-    """Whether the stage lease is as a transition requires (see `JobStore._transition`)."""
-    if lease is None:
-        return True
-    mode, exec_id = lease
-    if mode == "acquire":
-        return holder in (None, exec_id)
-    if mode in ("release", "hold"):
-        return holder == exec_id
-    return holder is None  # "absent"
+        """Take an expired lease back for the execution that held it (`StageLeases.reclaim`)."""
+        return self.leases.reclaim(job_id, stage, exec_id, attempt)

@@ -4,8 +4,9 @@
       avatars/<id>/        portrait.png, voice.wav (when a sample was sent), avatar.json,
                            and the visual worker's face.json and thumbnail.jpg
       jobs/<id>/           job.json (mirror of the Redis record) and one folder per stage
-                           (audio/, visual/, compose/), each with its manifest.json, and
-                           the pieces a running stage publishes (<stage>.pieces/)
+                           (audio/, visual/, compose/), each with its manifest.json; while
+                           a stage runs, its work dir (<stage>.tmp-<exec>/), its scratch
+                           (audio.sentences/) and the pieces it publishes (<stage>.pieces/)
       media/<id>/          an upload (image.png or audio.flac) and its media.json
       .staging-owners/     one lock file per running orchestrator (see orchestrator/staging.py)
 
@@ -73,9 +74,22 @@ class Layout:
         """Where a stage's published output lives (audio/, visual/ or compose/)."""
         return self.job_dir(job_id) / stage
 
+    def work_dir(self, job_id: str, stage: str, exec_id: str) -> Path:
+        """Where one execution of a stage writes its output before publishing it by a rename
+        (shared/checkpoint.py)."""
+        return self.job_dir(job_id) / f"{stage}.tmp-{exec_id}"
+
+    def work_dirs(self, job_id: str, stage: str) -> list[Path]:
+        """The work dirs of every execution of a stage still on disk."""
+        return sorted(self.job_dir(job_id).glob(f"{stage}.tmp-*"))
+
+    def scratch_dir(self, job_id: str, name: str) -> Path:
+        """A stage's resumable partial work (`StageSpec.scratch`, e.g. audio.sentences/)."""
+        return self.job_dir(job_id) / name
+
     def pieces_dir(self, job_id: str, stage: str) -> Path:
         """Where a stage publishes its pieces while it runs (audio.pieces/, visual.pieces/,
-        compose.pieces/; docs/overlap.md)."""
+        compose.pieces/; shared/pieces.py)."""
         return self.job_dir(job_id) / f"{stage}.pieces"
 
     def media_dir(self, media_id: str) -> Path:

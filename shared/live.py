@@ -1,5 +1,6 @@
-"""Live sessions: the Redis keys and records the orchestrator and the live workers share, and the
-loop a live worker runs (claim sessions by lease, serve each in a thread, hand back on exit).
+"""Live sessions: the records the orchestrator and the live workers share (their Redis keys are
+the `keys.live_*` ones), and the loop a live worker runs (claim sessions by lease, serve each in a
+thread, hand back on exit).
 
 Data flow of one session `<id>` (every stream bounded by MAXLEN, every key with a TTL):
 
@@ -8,8 +9,9 @@ Data flow of one session `<id>` (every stream bounded by MAXLEN, every key with 
     client <--WS-- orchestrator <--XREAD out-------------------------------------'
 
 A worker serves a session while it holds the session's lease for its role (`audio`, `visual`),
-renewed every third of LIVE_LEASE_TTL_S; a worker that dies lets the lease expire and another
-worker of that role claims the session and carries on from the positions stored in Redis.
+renewed every third of LIVE_LEASE_TTL_S (shared/leases.py); a worker that dies lets the lease
+expire and another worker of that role claims the session and carries on from the positions
+stored in Redis. Live workers beat in shared/presence.py, as batch workers do.
 """
 
 from __future__ import annotations
@@ -28,87 +30,18 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from shared.keys import PREFIX, text
+from shared import keys
+from shared.keys import text
+from shared.leases import Lease
+from shared.presence import Presence
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("audio", "visual")
-SESSIONS = f"{PREFIX}:live:sessions"  # sorted set: session id -> created_at
 CTL_MAXLEN = 200  # client commands kept per session
 SPEECH_MAXLEN = 400  # speech pieces (one per sentence) kept per session
 OUT_MAXLEN = 250  # media fragments and events kept per session (~30 s of stream)
 CLAIM_STAGGER_S = 0.5  # per session already served: how long a busier worker lets others claim
-WORKER_SEEN_S = 5.0  # a live worker not seen for this long is gone
 STREAM_TTL_MARGIN_S = 60.0  # stream keys outlive the session record by this much
-
-
-def session(session_id: str) -> str:
-    return f"{PREFIX}:live:session:{session_id}"
-
-
-def ctl(session_id: str) -> str:
-    """Stream of client commands: type=say|stop|close|keyframe|audio.start (+ text, id, ...)."""
-    return f"{PREFIX}:live:{session_id}:ctl"
-
-
-def audio_in(session_id: str) -> str:
-    """Stream of the PCM of the client's audio lines (kind=pcm|end), read by live-audio, which
-    trims what it has forwarded."""
-    return f"{PREFIX}:live:{session_id}:audio_in"
-
-
-def speech(session_id: str) -> str:
-    """Stream of speech pieces from live-audio: one per sentence (kind=piece) or per piece of
-    an audio line as it arrives (kind=audio)."""
-    return f"{PREFIX}:live:{session_id}:speech"
-
-
-def out(session_id: str) -> str:
-    """Stream of what the client gets: kind=init|frag|event, in stream order."""
-    return f"{PREFIX}:live:{session_id}:out"
-
-
-def init(session_id: str) -> str:
-    """Hash: the current stream's init segment and its ready fields (mime, width, ...)."""
-    return f"{PREFIX}:live:{session_id}:init"
-
-
-def lease(session_id: str, role: str) -> str:
-    return f"{PREFIX}:live:{session_id}:lease:{role}"
-
-
-def position(session_id: str, role: str) -> str:
-    """The last stream entry a role has consumed, so a worker taking over resumes after it
-    (`role` is also "audio_in": live-audio's place in the audio_in stream)."""
-    return f"{PREFIX}:live:{session_id}:pos:{role}"
-
-
-def clock(session_id: str) -> str:
-    """The wall time (UNIX seconds) of media time 0: a new encoder continues the timeline."""
-    return f"{PREFIX}:live:{session_id}:clock"
-
-
-def workers(role: str) -> str:
-    """Sorted set: live worker name -> last seen (UNIX seconds)."""
-    return f"{PREFIX}:live:workers:{role}"
-
-
-def slots(role: str) -> str:
-    """Hash: live worker name -> how many sessions it serves at once (its slots)."""
-    return f"{PREFIX}:live:slots:{role}"
-
-
-def viewers(session_id: str) -> str:
-    """Sorted set: the session's open sockets (a viewer id each) -> last renewed (UNIX seconds),
-    kept by the orchestrator (orchestrator/viewers.py)."""
-    return f"{PREFIX}:live:{session_id}:viewers"
-
-
-def session_keys(session_id: str) -> list[str]:
-    return [session(session_id), ctl(session_id), speech(session_id), out(session_id),
-            clock(session_id), init(session_id), audio_in(session_id), viewers(session_id),
-            *(lease(session_id, r) for r in ROLES),
-            *(position(session_id, r) for r in (*ROLES, "audio_in"))]
 
 
 class SessionRecord(BaseModel):
@@ -133,45 +66,28 @@ class SessionRecord(BaseModel):
 
 
 def load(conn: redis.Redis, session_id: str) -> SessionRecord | None:
-    raw = conn.get(session(session_id))
+    raw = conn.get(keys.live_session(session_id))
     return SessionRecord.model_validate_json(raw) if raw else None
 
 
 def active(conn: redis.Redis) -> list[SessionRecord]:
     """Every live session, oldest first; ids whose record expired are dropped from the set."""
-    ids = [text(i) for i in conn.zrange(SESSIONS, 0, -1)]
+    ids = [text(i) for i in conn.zrange(keys.LIVE_SESSIONS, 0, -1)]
     if not ids:
         return []
-    raws = conn.mget([session(i) for i in ids])
+    raws = conn.mget([keys.live_session(i) for i in ids])
     gone = [i for i, raw in zip(ids, raws, strict=True) if not raw]
     if gone:
-        conn.zrem(SESSIONS, *gone)
+        conn.zrem(keys.LIVE_SESSIONS, *gone)
     return [SessionRecord.model_validate_json(raw) for raw in raws if raw]
-
-
-def live_workers(conn: redis.Redis, role: str) -> int:
-    """How many live workers of `role` were seen in the last WORKER_SEEN_S seconds."""
-    return int(conn.zcount(workers(role), time.time() - WORKER_SEEN_S, "+inf"))
-
-
-def live_slots(conn: redis.Redis, role: str) -> tuple[int, int]:
-    """(workers, sessions they serve at once in all) of the live workers of `role` seen in the
-    last WORKER_SEEN_S seconds; the slots of workers gone are forgotten."""
-    seen = [text(n) for n in conn.zrangebyscore(workers(role), time.time() - WORKER_SEEN_S,
-                                                "+inf")]
-    held = {text(k): int(v) for k, v in conn.hgetall(slots(role)).items()}
-    gone = set(held) - set(seen)
-    if gone:
-        conn.hdel(slots(role), *gone)
-    return len(seen), sum(held.get(name, 0) for name in seen)
 
 
 def end(conn: redis.Redis, session_id: str) -> bool:
     """End a session: workers notice the record is gone and stop; every key goes."""
     pipe = conn.pipeline(transaction=True)
-    pipe.xadd(ctl(session_id), {"type": "close"}, maxlen=CTL_MAXLEN, approximate=True)
-    pipe.delete(session(session_id))
-    pipe.zrem(SESSIONS, session_id)
+    pipe.xadd(keys.live_ctl(session_id), {"type": "close"}, maxlen=CTL_MAXLEN, approximate=True)
+    pipe.delete(keys.live_session(session_id))
+    pipe.zrem(keys.LIVE_SESSIONS, session_id)
     existed = pipe.execute()[1]
     expire_soon(conn, session_id)
     return bool(existed)
@@ -180,7 +96,7 @@ def end(conn: redis.Redis, session_id: str) -> bool:
 def expire_soon(conn: redis.Redis, session_id: str, seconds: int = 10) -> None:
     """The keys of an ended session stay briefly (workers and relay read the close), then go."""
     pipe = conn.pipeline(transaction=False)
-    for key in session_keys(session_id)[1:]:
+    for key in keys.live_session_keys(session_id)[1:]:
         pipe.expire(key, seconds)
     pipe.execute()
 
@@ -204,37 +120,6 @@ def before(value: str) -> str:
     return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2 ** 64 - 1}" if ms else "0-0"
 
 
-class Lease:
-    """This worker's hold on one session for one role, renewed by the worker's heartbeat
-    thread (a sentence being synthesized or a slow frame never lets it lapse); `lost` turns true
-    when another worker holds it or it lapsed."""
-
-    def __init__(self, conn: redis.Redis, session_id: str, role: str, owner: str,
-                 ttl_s: float) -> None:
-        self.conn, self.key, self.owner = conn, lease(session_id, role), owner
-        self.ttl_ms = max(100, int(ttl_s * 1000))
-        self.lost = False
-
-    def claim(self) -> bool:
-        return bool(self.conn.set(self.key, self.owner, nx=True, px=self.ttl_ms))
-
-    def renew(self) -> bool:
-        """Extend the lease; False (and `lost`) if this worker no longer holds it."""
-        if self.lost:
-            return False
-        holder = self.conn.get(self.key)
-        if holder is None or text(holder) != self.owner:
-            self.lost = True
-            return False
-        self.conn.pexpire(self.key, self.ttl_ms)
-        return True
-
-    def release(self) -> None:
-        holder = self.conn.get(self.key)
-        if holder is not None and text(holder) == self.owner:
-            self.conn.delete(self.key)
-
-
 Serve = Callable[[SessionRecord, Lease, threading.Event], None]
 
 
@@ -251,6 +136,8 @@ class LiveWorker:
         self.stopping = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
         self.leases: dict[str, Lease] = {}
+        self.presence = Presence(conn, keys.live_workers(role), lambda: self.name,
+                                 slots_key=keys.live_slots(role), slots=max_sessions)
 
     def run_until_signalled(self, nice: int = 0) -> None:
         """`run` in a worker process's main thread: SIGTERM or SIGINT ends it, letting the
@@ -273,12 +160,9 @@ class LiveWorker:
                     self.max_sessions, os.getpriority(os.PRIO_PROCESS, 0))
         beat = threading.Thread(target=self._heartbeat, name="live-heartbeat", daemon=True)
         beat.start()
+        self.presence.start()
         while not self.stopping.is_set():
             try:
-                pipe = self.conn.pipeline(transaction=False)
-                pipe.hset(slots(self.role), self.name, self.max_sessions)
-                pipe.zadd(workers(self.role), {self.name: time.time()})
-                pipe.execute()
                 self._claim_new()
             except redis.RedisError as exc:
                 logger.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
@@ -286,11 +170,7 @@ class LiveWorker:
             self.stopping.wait(poll_s)
         for thread in list(self.threads.values()):
             thread.join(timeout=5)
-        try:
-            self.conn.zrem(workers(self.role), self.name)
-            self.conn.hdel(slots(self.role), self.name)
-        except redis.RedisError:
-            pass
+        self.presence.stop()
 
     def _heartbeat(self) -> None:
         """Renew every lease this worker holds, every third of the TTL."""
@@ -312,7 +192,7 @@ class LiveWorker:
             # worker that already serves k waits k x CLAIM_STAGGER_S, so an idler one wins
             if time.time() - rec.created_at < CLAIM_STAGGER_S * len(self.threads):
                 continue
-            held = Lease(self.conn, rec.id, self.role, self.name, self.ttl_s)
+            held = Lease(self.conn, keys.live_lease(rec.id, self.role), self.name, self.ttl_s)
             if not held.claim():
                 continue
             logger.info("%s: claimed session %s", self.name, rec.id)
@@ -328,7 +208,7 @@ class LiveWorker:
         except Exception:  # a session's failure must not take the worker's other sessions
             logger.exception("%s: session %s failed", self.name, rec.id)
             try:
-                xadd(self.conn, out(rec.id), {"kind": "event", "data": _error_event(
+                xadd(self.conn, keys.live_out(rec.id), {"kind": "event", "data": _error_event(
                     f"the live {self.role} worker failed on this session; it is being "
                     "restarted")}, OUT_MAXLEN, 60)
             except redis.RedisError:
@@ -336,7 +216,7 @@ class LiveWorker:
         finally:
             self.leases.pop(rec.id, None)
             try:
-                if not self.conn.exists(session(rec.id)):  # ended: what this worker wrote goes
+                if not self.conn.exists(keys.live_session(rec.id)):  # ended: its keys go
                     expire_soon(self.conn, rec.id)
                 held.release()
             except redis.RedisError:

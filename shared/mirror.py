@@ -21,12 +21,21 @@ from pathlib import Path
 
 from shared.layout import Layout
 from shared.models import JobRecord
-from shared.storage import fsync_dir
+from shared.storage import atomic_write_json, fsync_dir
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 5000
 BATCH = 500  # mirrors made durable together
+
+
+def write_mirror(data_dir: Path, rec: JobRecord) -> None:
+    """The job's job.json now, replacing what is there: a transition's record is the newest.
+    A failure is logged: the Redis record stays the truth; the mirror is for disaster."""
+    try:
+        atomic_write_json(Layout(data_dir).job_record(rec.id), rec.model_dump(mode="json"))
+    except OSError as exc:
+        logger.warning("job %s: could not mirror job.json: %s", rec.id, exc)
 
 
 def write_mirrors(data_dir: Path, recs: list[JobRecord]) -> None:

@@ -31,13 +31,14 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared import keys, pipeline
-from shared.checkpoint import load_manifest, publish, remove_tree, write_manifest
+from shared.audit import audit
+from shared.checkpoint import MANIFEST, load_manifest, publish, remove_tree, write_manifest
 from shared.disk import free_mb, is_disk_full
 from shared.errors import Canceled, DiskFull, InvalidInput, LeaseLost, StageFailed
 from shared.jobs import JobStore
+from shared.layout import Layout
 from shared.logs import job_context
 from shared.models import JobRecord, StageManifest
-from shared.pieces import pieces_dir
 from shared.settings import Settings
 from shared.storage import sha256_file, sha256_json
 
@@ -119,7 +120,7 @@ class StageContext:
 
     @property
     def job_dir(self) -> Path:
-        return self.runtime.store.job_dir(self.job.id)
+        return self.settings.layout.job_dir(self.job.id)
 
     @property
     def settings(self) -> Settings:
@@ -131,7 +132,7 @@ class StageContext:
         name = pipeline.STAGES[self.stage].scratch
         if name is None:
             raise ValueError(f"the {self.stage} stage has no scratch folder")
-        return self.job_dir / name
+        return self.settings.layout.scratch_dir(self.job.id, name)
 
     def wait_upstream(self) -> dict[str, tuple[Path, StageManifest]]:
         """Wait until every upstream stage is done (a stage opened early runs beside them),
@@ -147,7 +148,8 @@ class StageContext:
             stages = json.loads(raw[1]) if raw[1] else {}
             if all(isinstance(stages.get(up), dict) and stages[up].get("status") == "done"
                    for up in spec.upstream):
-                self.upstream = load_upstream(self.job_dir, spec.upstream)
+                self.upstream = load_upstream(self.settings.layout, self.job.id,
+                                              spec.upstream)
                 break
             time.sleep(0.05)
         return self.upstream
@@ -209,23 +211,6 @@ class StageContext:
 Handler = Callable[[StageContext], StageResult]
 
 
-def audit(runtime: Runtime, event: str, **fields: Any) -> None:
-    """Append one line to the audit log (crash drills read it); a no-op when it is off."""
-    path = runtime.settings.audit_log
-    if path is None:
-        return
-    line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid(),
-                       "worker": runtime.worker_name, **fields}) + "\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-    except OSError as exc:  # a full disk must not fail the stage for want of an audit line
-        logger.warning("audit log %s: %s event not written: %s", path, event, exc)
-
-
 def stage_input_hash(job: JobRecord, stage: str,
                      upstream: dict[str, tuple[Path, StageManifest]]) -> str:
     """What a stage's output is made from. A stage that reads pieces may start before its
@@ -243,14 +228,17 @@ def stage_input_hash(job: JobRecord, stage: str,
     })
 
 
-def load_upstream(job_dir: Path, stages: tuple[str, ...]) -> dict[str, tuple[Path, StageManifest]]:
+def load_upstream(layout: Layout, job_id: str,
+                  stages: tuple[str, ...]) -> dict[str, tuple[Path, StageManifest]]:
     """The published outputs of `stages`; StageFailed if one is missing or corrupt."""
     upstream = {}
     for up in stages:
-        manifest = load_manifest(job_dir / up)
+        stage_dir = layout.stage_dir(job_id, up)
+        manifest = load_manifest(stage_dir)
         if manifest is None:
-            raise StageFailed(f"the {up} stage's output is missing or corrupt in {job_dir}")
-        upstream[up] = (job_dir / up, manifest)
+            raise StageFailed(f"the {up} stage's output is missing or corrupt in "
+                              f"{layout.job_dir(job_id)}")
+        upstream[up] = (stage_dir, manifest)
     return upstream
 
 
@@ -305,15 +293,15 @@ def execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
         outcome = _execute(runtime, job_id, stage, attempt, handler)
         if outcome in _SCRATCH_DONE:  # the job was at this stage, so `stage` is one of ours
             spec = pipeline.STAGES[stage]
-            job_dir = runtime.store.job_dir(job_id)
+            layout = runtime.settings.layout
             if spec.scratch is not None:
-                remove_tree(job_dir / spec.scratch)
+                remove_tree(layout.scratch_dir(job_id, spec.scratch))
             if outcome is Outcome.CANCELED:
-                remove_tree(pieces_dir(job_dir, stage))
+                remove_tree(layout.pieces_dir(job_id, stage))
             elif spec.next_stage is None:  # the job is done: only its watch stream stays
                 for other in pipeline.STAGES:
                     if other != stage:
-                        remove_tree(pieces_dir(job_dir, other))
+                        remove_tree(layout.pieces_dir(job_id, other))
         return outcome
 
 
@@ -330,19 +318,19 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
         logger.info("job %s %s#%s: another execution holds the stage", job_id, stage, attempt)
         return Outcome.STALE
 
-    job_dir = store.job_dir(job_id)
+    layout = runtime.settings.layout
     spec = pipeline.STAGES[stage]
     try:
         # a stage that reads pieces may run beside its upstream: it loads the finished
         # outputs when it needs them (`StageContext.wait_upstream`)
         upstream = {} if spec.streamed and not all(job.done(up) for up in spec.upstream) \
-            else load_upstream(job_dir, spec.upstream)
+            else load_upstream(layout, job_id, spec.upstream)
     except StageFailed as exc:
         store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
         return Outcome.FAILED
 
     input_hash = stage_input_hash(job, stage, upstream)
-    work_dir = job_dir / f"{stage}.tmp-{exec_id}"
+    work_dir = layout.work_dir(job_id, stage, exec_id)
     ctx = StageContext(job, stage, attempt, exec_id, runtime, input_hash, work_dir, upstream)
     done = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(ctx, done), daemon=True,
@@ -366,9 +354,10 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
     """The body of `execute`, once the lease is held and the heartbeat runs."""
     runtime, store = ctx.runtime, ctx.runtime.store
     job_id, stage, attempt, exec_id = ctx.job.id, ctx.stage, ctx.attempt, ctx.exec_id
-    job_dir, work_dir, input_hash = ctx.job_dir, ctx.work_dir, ctx.input_hash
+    layout, work_dir, input_hash = ctx.settings.layout, ctx.work_dir, ctx.input_hash
+    stage_dir = layout.stage_dir(job_id, stage)
     try:
-        existing = load_manifest(job_dir / stage)
+        existing = load_manifest(stage_dir)
         if existing is not None and existing.input_hash == input_hash:
             logger.info("job %s %s#%s: valid checkpoint found, not redone", job_id, stage, attempt)
             ctx.wait_upstream()  # the job moves on to this stage only once they are done
@@ -377,19 +366,19 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
             store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True,
                                  notes=[note] if isinstance(note, str) else [])
             return Outcome.SKIPPED
-        _remove_stale_work_dirs(job_dir, stage, keep=work_dir)
+        _remove_stale_work_dirs(layout, job_id, stage, keep=work_dir)
         logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
         result = _produce(ctx, handler, t0)
         ctx.wait_upstream()
         ctx.check()
         if not ctx.hold_lease():  # publish right after a fresh renewal
             raise LeaseLost(f"job {job_id}: {stage} lease expired before publishing")
-        if publish(work_dir, job_dir / stage):
+        if publish(work_dir, stage_dir):
             audit(runtime, "publish", job=job_id, stage=stage, attempt=attempt, exec=exec_id,
-                  manifest_sha256=sha256_file(job_dir / stage / "manifest.json"))
+                  manifest_sha256=sha256_file(stage_dir / MANIFEST))
         store.complete_stage(job_id, stage, exec_id, engine=result.engine, skipped=False,
                              notes=result.notes)
-        _remove_stale_work_dirs(job_dir, stage, keep=work_dir)  # a woken twin's leftovers
+        _remove_stale_work_dirs(layout, job_id, stage, keep=work_dir)
         logger.info("job %s %s#%s: done in %.2fs", job_id, stage, attempt,
                     time.monotonic() - t0)
         return Outcome.DONE
@@ -490,10 +479,9 @@ def _failed(ctx: StageContext, exc: Exception) -> Outcome:
     return Outcome.RETRY
 
 
-def _remove_stale_work_dirs(job_dir: Path, stage: str, keep: Path) -> None:
-    """Remove work dirs of earlier executions of this stage: they lost the lease we now hold."""
-    if not job_dir.exists():
-        return
-    for path in job_dir.glob(f"{stage}.tmp-*"):
+def _remove_stale_work_dirs(layout: Layout, job_id: str, stage: str, keep: Path) -> None:
+    """Remove work dirs of earlier executions of this stage (and a woken twin's leftovers):
+    they lost the lease this one holds."""
+    for path in layout.work_dirs(job_id, stage):
         if path != keep:
             remove_tree(path)

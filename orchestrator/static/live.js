@@ -1,5 +1,6 @@
 // JayAvatar's Live tab: start a live session with an avatar, play its fragmented-MP4 stream
-// through Media Source Extensions, send lines (Enter), show captions at their media time.
+// through the page's Media Source player (player.js), send lines (Enter), show captions at
+// their media time.
 "use strict";
 
 (() => {
@@ -7,14 +8,14 @@
   const live = {
     session: null,   // {id, ws_url}
     ws: null,
-    media: null,     // MediaSource
-    buffer: null,    // SourceBuffer
-    queue: [],       // ArrayBuffers waiting for the SourceBuffer
+    player: null,    // the Media Source player (player.js)
     captions: [],    // {text, start, end}
     offset: 0,       // media time of the current stream's first frame
-    frames: 0,       // frames presented (requestVideoFrameCallback), for the page test
     events: [],      // every JSON event, with its arrival time (performance.now())
     sent: {},        // line id -> performance.now() when its say was sent
+    get frames() {   // frames presented, for the page test
+      return this.player ? this.player.frames : 0;
+    },
   };
   window.jayavatarLive = live;  // read by the headless-browser test
 
@@ -68,20 +69,6 @@
     $("live-state").textContent = text;
   }
 
-  function pump() {
-    if (!live.buffer || live.buffer.updating) return;
-    // an {offset} marker (a worker took the session over) moves the timeline first
-    while (live.queue.length && live.queue[0].offset !== undefined) {
-      live.buffer.timestampOffset = live.queue.shift().offset;
-    }
-    if (!live.queue.length) return;
-    try {
-      live.buffer.appendBuffer(live.queue.shift());
-    } catch (err) {
-      showError(`the browser could not play the stream: ${err.message}`);
-    }
-  }
-
   function keepLive() {
     // stay at the live edge: a browser that fell behind (tab hidden, slow start) jumps ahead
     const video = $("live-video");
@@ -102,7 +89,7 @@
       case "restart": {
         live.offset = event.media_time || 0;
         if (event.type === "ready") openMedia(event.mime);
-        else if (live.buffer) live.queue.push({ offset: live.offset });
+        else if (live.player) live.player.moveTo(live.offset);  // a worker took it over
         setState(event.type === "ready" ? "idle" : "reconnected");
         $("live-line").disabled = false;
         $("live-stop").disabled = false;
@@ -123,26 +110,19 @@
   }
 
   function openMedia(mime) {
-    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
+    const players = window.jayavatarPlayer;
+    if (live.player) live.player.close();
+    live.player = null;
+    if (!players.supported(mime)) {
       showError(`this browser cannot play ${mime} through Media Source Extensions`);
       return;
     }
     const video = $("live-video");
-    live.media = new MediaSource();
-    video.src = URL.createObjectURL(live.media);
-    live.media.addEventListener("sourceopen", () => {
-      live.buffer = live.media.addSourceBuffer(mime);
-      live.buffer.mode = "segments";
-      live.buffer.timestampOffset = live.offset;
-      live.buffer.addEventListener("updateend", pump);
-      pump();
-      video.play().catch(() => {});
-    }, { once: true });
-    const count = () => {
-      live.frames += 1;
-      video.requestVideoFrameCallback(count);
-    };
-    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(count);
+    live.player = players.open(video, mime, {
+      offset: live.offset,
+      onOpen: () => video.play().catch(() => {}),
+      onError: showError,
+    });
   }
 
   async function start() {
@@ -171,9 +151,8 @@
     ws.onmessage = (msg) => {
       if (typeof msg.data === "string") {
         onEvent(JSON.parse(msg.data));
-      } else {
-        live.queue.push(msg.data);
-        pump();
+      } else if (live.player) {
+        live.player.push(msg.data);
       }
     };
     ws.onclose = (msg) => {

@@ -1,7 +1,8 @@
 // JayAvatar's watch player: plays a job while it renders. fetch() streams
 // GET /v1/jobs/{id}/stream (init.mp4, then each compose segment as it is published: one
-// fragmented MP4) into a Media Source SourceBuffer, as the Live tab does with its WebSocket.
-// The request carries the page's session cookie (same origin), like every other call.
+// fragmented MP4) into the page's Media Source player (player.js), as the Live tab does with
+// its WebSocket. The request carries the page's session cookie (same origin), like every other
+// call.
 "use strict";
 
 (() => {
@@ -10,21 +11,19 @@
   const watch = {
     job: null,         // id of the job being watched
     controller: null,  // AbortController of the fetch
-    media: null,       // MediaSource
-    url: null,         // its object URL
-    buffer: null,      // SourceBuffer
-    queue: [],         // {data, segment} waiting for the SourceBuffer
-    appending: false,  // whether the append under way is a segment (not the init)
+    player: null,      // the Media Source player (player.js)
     mime: null,
     bytes: 0,          // bytes received
     segments: 0,       // moof+mdat pairs appended (read by the page test)
-    frames: 0,         // frames presented (requestVideoFrameCallback)
     startedAt: 0,      // performance.now() of the request
     firstAt: null,     // performance.now() when the first segment was appended
     done: false,       // the stream ended (every byte appended, or stopped)
     plain: false,      // the answer was a plain MP4 (the result), left to the result player
     onDone: null,      // called once playback of a finished stream ends (see finish)
     error: null,
+    get frames() {     // frames presented
+      return this.player ? this.player.frames : 0;
+    },
   };
 
   function concat(a, b) {
@@ -76,62 +75,26 @@
     $("watching").hidden = !on;
   }
 
-  function pump() {
-    const buffer = watch.buffer;
-    if (!buffer || buffer.updating) return;
-    if (!watch.queue.length) {
-      if (watch.done && watch.media.readyState === "open") watch.media.endOfStream();
-      return;
-    }
-    try {
-      buffer.appendBuffer(watch.queue[0].data);
-      watch.appending = watch.queue.shift().segment;
-    } catch (err) {
-      if (err.name !== "QuotaExceededError") return fail(`the browser could not play the stream: ${err.message}`);
-      // A long video filled the browser's buffer: drop what has been played, then go on.
-      const behind = video().currentTime - 10;
-      if (behind > 0) buffer.remove(0, behind);  // its updateend appends again
-      else setTimeout(pump, 500);
-    }
-  }
-
+  // A segment is appended: the first one shows the player and starts playback.
   function appended() {
-    if (watch.appending) {
-      watch.appending = false;
-      watch.segments += 1;
-      if (watch.firstAt === null) {
-        watch.firstAt = performance.now();
-        show(true);
-        const v = video();
-        // Autoplay with sound needs a gesture the page may not have had: then start muted.
-        v.play().catch(() => { v.muted = true; v.play().catch(() => {}); });
-      }
-    }
-    pump();
+    watch.segments += 1;
+    if (watch.firstAt !== null) return;
+    watch.firstAt = performance.now();
+    show(true);
+    const v = video();
+    // Autoplay with sound needs a gesture the page may not have had: then start muted.
+    v.play().catch(() => { v.muted = true; v.play().catch(() => {}); });
   }
 
   function open(mime, init) {
-    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
+    const players = window.jayavatarPlayer;
+    if (!players.supported(mime)) {
       fail(`this browser cannot play ${mime} through Media Source Extensions; download the MP4 once the job is done`);
       return false;
     }
     watch.mime = mime;
-    watch.media = new MediaSource();
-    watch.url = URL.createObjectURL(watch.media);
-    const v = video();
-    v.src = watch.url;
-    watch.queue.push({ data: init, segment: false });
-    watch.media.addEventListener("sourceopen", () => {
-      watch.buffer = watch.media.addSourceBuffer(mime);
-      watch.buffer.mode = "segments";
-      watch.buffer.addEventListener("updateend", appended);
-      pump();
-    }, { once: true });
-    const count = () => {
-      watch.frames += 1;
-      v.requestVideoFrameCallback(count);
-    };
-    if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(count);
+    watch.player = players.open(video(), mime, { onAppended: appended, onError: fail });
+    watch.player.push(init);
     return true;
   }
 
@@ -149,7 +112,7 @@
       const [found, left] = split(concat(rest, value));
       rest = left;
       for (const box of found) {
-        if (!watch.media) {
+        if (!watch.player) {
           init = init ? concat(init, box.data) : box.data.slice();
           if (box.type !== "moov") continue;
           if (find(box.data, "mvex") < 0) {  // not fragmented: the finished result.mp4
@@ -164,11 +127,10 @@
         } else if (box.type === "moof") {
           moof = box.data.slice();
         } else if (box.type === "mdat" && moof) {
-          watch.queue.push({ data: concat(moof, box.data), segment: true });
+          watch.player.push(concat(moof, box.data), "segment");
           moof = null;
         }
       }
-      pump();
     }
   }
 
@@ -181,9 +143,9 @@
   async function start(jobId) {
     stop();
     Object.assign(watch, {
-      job: jobId, controller: new AbortController(), queue: [], bytes: 0, segments: 0,
-      frames: 0, appending: false, startedAt: performance.now(), firstAt: null, done: false,
-      plain: false, onDone: null, error: null, mime: null,
+      job: jobId, controller: new AbortController(), bytes: 0, segments: 0,
+      startedAt: performance.now(), firstAt: null, done: false, plain: false, onDone: null,
+      error: null, mime: null,
     });
     $("watch-note").textContent = "Playing while it renders\u2026";
     const v = video();
@@ -205,7 +167,7 @@
     }
     if (watch.job !== jobId) return;
     watch.done = true;
-    pump();
+    if (watch.player) watch.player.end();
     if (!watch.segments && watch.onDone) watch.onDone();
   }
 
@@ -213,16 +175,10 @@
     if (watch.controller) watch.controller.abort();
     watch.job = null;
     watch.controller = null;
-    watch.buffer = null;
-    watch.media = null;
+    if (watch.player) watch.player.close();
+    watch.player = null;
     const v = video();
-    if (v) {
-      v.onended = null;
-      v.removeAttribute("src");
-      v.load();
-    }
-    if (watch.url) URL.revokeObjectURL(watch.url);
-    watch.url = null;
+    if (v) v.onended = null;
     if ($("watching")) show(false);
   }
 

@@ -20,16 +20,17 @@ import logging
 import re
 import threading
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from shared.phonemes import SILENCE, Phoneme
 
 logger = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME_S = 0.01  # PocketSphinx frames
-SILENCE = "_"
 # ARPAbet (CMU dictionary) -> IPA, as espeak-ng writes the same sounds for US English
 ARPABET = {
     "AA": "ɑː", "AE": "æ", "AH": "ʌ", "AO": "ɔː", "AW": "aʊ", "AY": "aɪ", "B": "b", "CH": "tʃ",
@@ -238,10 +239,10 @@ def spell(word: str) -> list[str]:
 _espeak: Any = None
 
 
-def timeline(phones: list[Timed], duration: float) -> list[dict[str, Any]]:
-    """Phones as the visual stage reads them: [{"phoneme", "start", "end"}] covering
-    [0, duration] without gaps or overlaps (gaps become silence)."""
-    out: list[dict[str, Any]] = []
+def timeline(phones: list[Timed], duration: float) -> list[Phoneme]:
+    """Phones as the visual stage reads them, covering [0, duration] without gaps or overlaps
+    (gaps become silence)."""
+    out: list[Phoneme] = []
     t = 0.0
     for p in sorted(phones, key=lambda p: p.start):
         start, end = max(p.start, t), min(p.end, duration)
@@ -256,8 +257,8 @@ def timeline(phones: list[Timed], duration: float) -> list[dict[str, Any]]:
     return out
 
 
-def _push(out: list[dict[str, Any]], label: str, start: float, end: float) -> None:
-    if out and label == SILENCE and out[-1]["phoneme"] == SILENCE:
-        out[-1]["end"] = round(end, 5)
+def _push(out: list[Phoneme], label: str, start: float, end: float) -> None:
+    if out and label == SILENCE and out[-1].symbol == SILENCE:
+        out[-1] = replace(out[-1], end=round(end, 5))
     else:
-        out.append({"phoneme": label, "start": round(start, 5), "end": round(end, 5)})
+        out.append(Phoneme(label, round(start, 5), round(end, 5)))

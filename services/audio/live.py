@@ -1,10 +1,11 @@
 """`python -m services.audio.live`: the live-audio worker. For each live session it serves, it
 reads the client's commands (`say`, `stop`, `close`, `audio.start`) from the session's ctl stream
-and speaks each line with Piper one sentence at a time, publishing every sentence as soon as it
-is ready (16-bit PCM + phoneme timings + the sentence's words) on the session's speech stream.
+and speaks each line with the session's voice (services/audio/engines/live.py) one sentence
+at a time, publishing every sentence as soon as it is ready (16-bit PCM + phoneme timings + the
+sentence's words) on the session's speech stream.
 Audio lines (speech the client streams, shared/live_audio.py) take their turn among the lines:
 their PCM, read from the audio_in stream, is resampled to the stream's rate and forwarded piece
-by piece as it arrives. The sessions share one voice (services/audio/live_voice.py).
+by piece as it arrives. The sessions take turns on the voices (services/audio/live_voice.py).
 
 What a session has done is kept in Redis so that a worker taking it over (this one died) goes
 on where it stopped: the ctl position is the last entry before the first line not yet over, the
@@ -26,15 +27,17 @@ from typing import Any
 
 import redis
 
-from services.audio.engines.piper import PiperEngine
+from services.audio.engines.live import AUTO, LiveVoice, LiveVoices
 from services.audio.live_voice import Turns, line_parts, opening_words, split_sentences
 from services.audio.resample import Resampler, to_mono, to_pcm16
-from shared import live
+from shared import keys, live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
+from shared.leases import Lease
 from shared.live import stream_id
 from shared.live_audio import STREAM_RATE, AudioIn, AudioStart
 from shared.logs import configure_logging, job_context
+from shared.phonemes import Phoneme, to_dicts
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -80,7 +83,7 @@ class Published:
 
     @classmethod
     def newest(cls, conn: redis.Redis, session_id: str) -> Published | None:
-        entries: Any = conn.xrevrange(live.speech(session_id), count=1)
+        entries: Any = conn.xrevrange(keys.live_speech(session_id), count=1)
         if not entries:
             return None
         fields = {text(k): v for k, v in entries[0][1].items()}
@@ -94,15 +97,15 @@ class AudioSession:
     """One session's speech: a queue of lines (text to speak, or audio lines to forward), in
     the order they came, cut by `stop`."""
 
-    def __init__(self, conn: redis.Redis, engine: PiperEngine, settings: Settings,
-                 rec: live.SessionRecord, held: live.Lease, stopping: threading.Event,
+    def __init__(self, conn: redis.Redis, voice: LiveVoice, settings: Settings,
+                 rec: live.SessionRecord, held: Lease, stopping: threading.Event,
                  turns: Turns | None = None) -> None:
-        self.conn, self.engine, self.settings = conn, engine, settings
+        self.conn, self.voice, self.settings = conn, voice, settings
         self.rec, self.held, self.stopping = rec, held, stopping
         self.turns = turns or Turns()
         self.ttl = settings.live_idle_timeout_s
-        pos, audio_pos = conn.mget([live.position(rec.id, "audio"),
-                                    live.position(rec.id, "audio_in")])
+        pos, audio_pos = conn.mget([keys.live_position(rec.id, "audio"),
+                                    keys.live_position(rec.id, "audio_in")])
         self.pos = text(pos) if pos else "0-0"
         self.audio_pos = text(audio_pos) if audio_pos else "0-0"
         self.queue: deque[Line] = deque()
@@ -151,14 +154,14 @@ class AudioSession:
         now = time.monotonic()
         if now - self._checked > _RECORD_CHECK_S:
             self._checked = now
-            if not self.conn.exists(live.session(self.rec.id)):
+            if not self.conn.exists(keys.live_session(self.rec.id)):
                 return True
         return False
 
     def _read(self, block_ms: int) -> bool:
         """Take new commands from the ctl stream and audio from the audio_in stream (commands
         first: a line's start comes before its audio); True if a stop or close came."""
-        ctl_key, audio_key = live.ctl(self.rec.id), live.audio_in(self.rec.id)
+        ctl_key, audio_key = keys.live_ctl(self.rec.id), keys.live_audio_in(self.rec.id)
         reply: Any = self.conn.xread({ctl_key: self.pos, audio_key: self.audio_pos}, count=100,
                                      block=block_ms or None)
         streams = {text(key): entries for key, entries in reply or []}
@@ -205,10 +208,10 @@ class AudioSession:
             return
         ex = int(self.ttl + live.STREAM_TTL_MARGIN_S)
         pipe = self.conn.pipeline(transaction=False)
-        pipe.set(live.position(self.rec.id, "audio"), done, ex=ex)
+        pipe.set(keys.live_position(self.rec.id, "audio"), done, ex=ex)
         if audio_done != self._saved[1]:
-            pipe.set(live.position(self.rec.id, "audio_in"), audio_done, ex=ex)
-            pipe.xtrim(live.audio_in(self.rec.id), minid=oldest or self.audio_pos,
+            pipe.set(keys.live_position(self.rec.id, "audio_in"), audio_done, ex=ex)
+            pipe.xtrim(keys.live_audio_in(self.rec.id), minid=oldest or self.audio_pos,
                        approximate=False)
         pipe.execute()
         self._saved = (done, audio_done)
@@ -255,7 +258,7 @@ class AudioSession:
         line.pending.clear()
         samples = line.resampler.process(to_mono(pcm, line.start.channels), final=line.ended)
         if len(samples) or line.ended:
-            live.xadd(self.conn, live.speech(self.rec.id), {
+            live.xadd(self.conn, keys.live_speech(self.rec.id), {
                 "kind": "audio", "ctl": head.ctl, "line": line.start.id, "seq": line.seq,
                 "last": int(line.ended), "rate": STREAM_RATE, "pcm": to_pcm16(samples),
                 "text": line.start.text if line.seq == 0 else "", "upto": upto},
@@ -281,15 +284,15 @@ class AudioSession:
         deadline = max(line.arrived, self.play_end)
         t0 = time.monotonic()
         try:
-            with self.turns.turn(deadline):  # espeak-ng's phonemizer is one global per process
-                parts = [(spoken, shown, self.engine.sentence_count(spoken))
+            with self.turns.turn(deadline):  # a voice's text front end is one per process
+                parts = [(spoken, shown, self.voice.sentence_count(spoken))
                          for spoken, shown in line_parts(said, opening)]
             total, seq = sum(count for _, _, count in parts), 0
             for number, (spoken, shown, count) in enumerate(parts):
                 skip = min(count, max(0, first - seq))
                 words = split_sentences(shown, count)
                 release = number == len(parts) - 1  # the line's memory, at its end
-                pieces = self.engine.sentences(spoken, skip=skip, release=release)
+                pieces = self.voice.sentences(spoken, skip=skip, release=release)
                 try:
                     for k in range(skip, count):
                         with self.turns.turn(deadline):
@@ -308,24 +311,25 @@ class AudioSession:
                 finally:
                     if release:
                         with self.turns.turn(time.monotonic()):
-                            pieces.close()  # Piper gives the memory of the line back
+                            pieces.close()  # the voice gives the memory of the line back
                     else:
                         pieces.close()
                 seq += count
         except JayAvatarError as exc:
             logger.warning("session %s: cannot speak line %s: %s", self.rec.id, line_id, exc)
-            live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(
+            live.xadd(self.conn, keys.live_out(self.rec.id), {"kind": "event", "data": json.dumps(
                 {"type": "error", "message": f"line {line_id!r} could not be spoken: {exc}"})},
                 live.OUT_MAXLEN, self.ttl)
 
     def _publish(self, ctl_id: str, line_id: str, seq: int, last: bool, opening: int,
-                 piece: tuple[bytes, list[dict[str, Any]] | None], words: str) -> None:
+                 piece: tuple[bytes, list[Phoneme] | None], words: str) -> None:
         pcm, phonemes = piece
-        live.xadd(self.conn, live.speech(self.rec.id), {
+        live.xadd(self.conn, keys.live_speech(self.rec.id), {
             "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq, "last": int(last),
-            "opening": opening, "rate": self.engine.sample_rate, "pcm": pcm,
-            "phonemes": json.dumps(phonemes), "text": words}, live.SPEECH_MAXLEN, self.ttl)
-        self._played(len(pcm) // 2, self.engine.sample_rate)
+            "opening": opening, "rate": self.voice.sample_rate, "pcm": pcm,
+            "phonemes": json.dumps(to_dicts(phonemes)), "text": words},
+            live.SPEECH_MAXLEN, self.ttl)
+        self._played(len(pcm) // 2, self.voice.sample_rate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,15 +339,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"live-audio: {exc}\n")
         return 2
     configure_logging(settings.log_level)
-    engine = PiperEngine(settings.models_dir)
-    engine.single_threaded()
-    list(engine.sentences("Ready."))  # the first sentence of a process is slow (warm-up)
+    voices = LiveVoices(settings.models_dir)
+    voices.get(AUTO)  # built and warmed before the first session comes
     conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
     turns = Turns()
 
-    def serve(rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
+    def serve(rec: live.SessionRecord, held: Lease, stopping: threading.Event) -> None:
         with job_context(rec.id, "live-audio"):
-            AudioSession(conn, engine, settings, rec, held, stopping, turns).run()
+            try:
+                voice = voices.get(rec.voice)
+            except (OSError, JayAvatarError) as exc:
+                logger.warning("session %s: cannot start: %s", rec.id, exc)
+                live.xadd(conn, keys.live_out(rec.id), {"kind": "event", "data": json.dumps(
+                    {"type": "error", "message": f"voice {rec.voice!r} cannot speak: {exc}"})},
+                    live.OUT_MAXLEN, settings.live_idle_timeout_s)
+                live.end(conn, rec.id)
+                return
+            AudioSession(conn, voice, settings, rec, held, stopping, turns).run()
 
     worker = live.LiveWorker(conn, "audio", serve, ttl_s=settings.live_lease_ttl_s,
                              max_sessions=settings.live_sessions_per_worker * 4)

@@ -1,11 +1,12 @@
-"""The Piper voice a live-audio worker's sessions share, and how a line is cut for it.
+"""How a live-audio worker's sessions share its voices, and how a line is cut for them.
 
-Piper speaks one call at a time (on one thread, beside the renderers), so sessions speaking at
-once take turns: each call goes to the session whose audio is needed first (earliest deadline:
-a new line's first part is due at once, the next part of a line when what was published of it
-will have played), a sentence at a time. While several sessions share the voice, a line's first
-part is its opening words only (a short clause, or three words), so that lines said at the same
-moment wait a short call for each other instead of a whole sentence.
+A voice (services/audio/engines/live.py) speaks one call at a time (on one thread, beside the
+renderers), so sessions speaking at once take turns: each call goes to the session whose audio
+is needed first (earliest deadline: a new line's first part is due at once, the next part of a
+line when what was published of it will have played), a sentence at a time. While several
+sessions share the voice, a line's first part is its opening words only (a short clause, or
+three words), so that lines said at the same moment wait a short call for each other instead
+of a whole sentence.
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def opening_words(line: str, shared: bool) -> int:
 
 
 def line_parts(line: str, opening: int) -> list[tuple[str, str]]:
-    """(what Piper speaks, what the captions show) of each part of `line`: its first `opening`
-    words, then the rest (the whole line when `opening` is 0). Opening words that end without
-    punctuation are spoken with a comma after them, so they end as a clause does (a short
-    pause, the voice not falling as at a sentence's end)."""
+    """(what the voice speaks, what the captions show) of each part of `line`: its first
+    `opening` words, then the rest (the whole line when `opening` is 0). Opening words that
+    end without punctuation are spoken with a comma after them, so they end as a clause does
+    (a short pause, the voice not falling as at a sentence's end)."""
     words = line.split()
     if not 0 < opening < len(words):
         return [(line.strip(), line.strip())]
@@ -103,7 +104,7 @@ def line_parts(line: str, opening: int) -> list[tuple[str, str]]:
 
 
 def split_sentences(line: str, count: int) -> list[str]:
-    """The words of each of Piper's `count` sentences, for captions: the line split after
+    """The words of each of the voice's `count` sentences, for captions: the line split after
     sentence punctuation when that gives `count` parts, else the whole line on the first."""
     parts = [p for p in _SENTENCE_END.split(line.strip()) if p]
     if len(parts) == count:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import wave
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,12 @@ from services.audio.engines import AudioEngine, SpeechRequest
 from shared import engine_catalog, media_refs, spoken_text
 from shared.errors import StageFailed
 from shared.layout import VOICE_SAMPLE
+from shared.phonemes import SILENCE, Phoneme, from_dicts, to_dicts
 from shared.pieces import PIECES_INFO, Piece, PieceWriter
 from shared.pipeline import PHONEMES, SPEECH, WORDS
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
 from shared.storage import atomic_write_json, atomic_writer
-
-PIECE = "piece"  # audio.pieces/piece_<n>.wav
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def synthesize(ctx: StageContext) -> StageResult:
     text, tags = spoken_text.strip_tags(ctx.job.text)
     if tags:
         logger.info("audio: %d SSML-like tags left unspoken", tags)
-    pieces = SpeechPieces(PieceWriter(ctx, PIECE, ".wav",
-                                      soon=engine_catalog.spec(name).streams))
+    pieces = SpeechPieces(PieceWriter(ctx, soon=engine_catalog.spec(name).streams))
     # every voice gets the same request; the ones that follow a voice sample read it (and keep
     # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir,
     # piper hands over each sentence as it is spoken (published at once as a piece)
@@ -82,7 +81,7 @@ def synthesize(ctx: StageContext) -> StageResult:
     n_samples, rate, phonemes = pieces.join(ctx.work_dir / SPEECH)
     files = [SPEECH]
     if phonemes is not None:
-        atomic_write_json(ctx.work_dir / PHONEMES, phonemes)
+        atomic_write_json(ctx.work_dir / PHONEMES, to_dicts(phonemes))
         files.append(PHONEMES)
     words = info.pop("words", None)
     if words is not None:  # recognised in a recording, for its captions
@@ -115,14 +114,14 @@ class SpeechPieces:
     def count(self) -> int:
         return len(self.pieces)
 
-    def add(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None, /,
+    def add(self, pcm: bytes, rate: int, phonemes: list[Phoneme] | None, /,
             **meta: Any) -> None:
         n = self.count
         old = self.writer.existing(n)
         if old is not None:
             self.reused += 1
         else:
-            tmp = self.writer.folder / f".piece_{n:05d}.{self.writer.ctx.exec_id}.wav"
+            tmp = self.writer.temp(n)
             with open(tmp, "wb") as fh, wave.open(fh, "wb") as wav:
                 wav.setnchannels(1)
                 wav.setsampwidth(2)
@@ -130,18 +129,18 @@ class SpeechPieces:
                 wav.writeframes(pcm)
             old = self.writer.publish(n, tmp, {
                 **meta, "start_sample": self.start, "n_samples": len(pcm) // 2,
-                "sample_rate": rate, "phonemes": phonemes})
+                "sample_rate": rate, "phonemes": to_dicts(phonemes)})
         self.start += int(old.meta["n_samples"])
         self.pieces.append(old)
 
-    def add_wav(self, path: Path, phonemes: list[dict[str, Any]] | None) -> None:
+    def add_wav(self, path: Path, phonemes: list[Phoneme] | None) -> None:
         with wave.open(str(path), "rb") as wav:
             rate, pcm = wav.getframerate(), wav.readframes(wav.getnframes())
         self.add(pcm, rate, phonemes)
 
-    def join(self, out: Path) -> tuple[int, int, list[dict[str, Any]] | None]:
+    def join(self, out: Path) -> tuple[int, int, list[Phoneme] | None]:
         """Write the pieces as one WAV; (samples, rate, phoneme timeline or None)."""
-        timeline: list[dict[str, Any]] | None = []
+        timeline: list[Phoneme] | None = []
         rate, total = 0, 0
         with atomic_writer(out, "wb") as fh, wave.open(fh, "wb") as wav:
             wav.setnchannels(1)
@@ -154,25 +153,24 @@ class SpeechPieces:
                             wav.setframerate(rate)
                         wav.writeframes(part.readframes(part.getnframes()))
                 except (OSError, EOFError, wave.Error) as exc:
-                    raise StageFailed(f"speech piece {n} vanished from {self.writer.folder}: "
+                    raise StageFailed(f"speech piece {n} vanished from {self.writer.files.folder}: "
                                       f"{exc}") from exc
                 offset = total / rate
                 total += int(piece.meta["n_samples"])
-                if timeline is not None and piece.meta.get("phonemes") is not None:
-                    timeline += [{"phoneme": p["phoneme"], "start": round(p["start"] + offset, 5),
-                                  "end": round(p["end"] + offset, 5)}
-                                 for p in piece.meta["phonemes"]]
+                timings = from_dicts(piece.meta.get("phonemes"))
+                if timeline is not None and timings is not None:
+                    timeline += [p.shifted(offset, digits=5) for p in timings]
                 else:
                     timeline = None
         return total, rate, merge_silences(timeline) if timeline else None
 
 
-def merge_silences(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One "_" entry where the pieces' edges put two side by side."""
-    out: list[dict[str, Any]] = []
+def merge_silences(timeline: list[Phoneme]) -> list[Phoneme]:
+    """One silence where the pieces' edges put two side by side."""
+    out: list[Phoneme] = []
     for entry in timeline:
-        if out and entry["phoneme"] == "_" and out[-1]["phoneme"] == "_":
-            out[-1] = {**out[-1], "end": entry["end"]}
+        if out and entry.symbol == SILENCE and out[-1].symbol == SILENCE:
+            out[-1] = replace(out[-1], end=entry.end)
         else:
             out.append(entry)
     return out

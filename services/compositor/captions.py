@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-SILENCE = "_"
+from shared.phonemes import SILENCE, Phoneme
+
 PAUSES = frozenset(",.!?;:…")
 _CLAUSE_END = re.compile(r"(?<=[,.!?;:…])[\"'”’)\]]*\s+")
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
@@ -31,7 +32,7 @@ class Cue:
     text: str  # one or two lines, joined by "\n"
 
 
-def build_cues(text: str, phonemes: list[dict[str, Any]] | None, duration: float,
+def build_cues(text: str, phonemes: list[Phoneme] | None, duration: float,
                max_line: int = 32) -> list[Cue]:
     """Timed captions for `text` spoken over `duration` seconds, lines of <= `max_line` chars."""
     clauses = split_clauses(text)
@@ -79,17 +80,13 @@ def split_clauses(text: str) -> list[str]:
     return [c.strip() for c in _CLAUSE_END.split(flat) if any(ch.isalnum() for ch in c)]
 
 
-def spoken_phrases(phonemes: list[dict[str, Any]], duration: float) -> list[tuple[float, float]]:
+def spoken_phrases(phonemes: list[Phoneme], duration: float) -> list[tuple[float, float]]:
     """(start, end) of each run of phonemes between pause symbols and silences."""
     phrases: list[tuple[float, float]] = []
     start: float | None = None
     end = 0.0
-    for entry in phonemes:
-        symbol = str(entry.get("phoneme", ""))
-        try:
-            a, b = float(entry["start"]), float(entry["end"])
-        except (KeyError, TypeError, ValueError):
-            continue  # a malformed entry says nothing about timing
+    for p in phonemes:
+        symbol, a, b = p.symbol, p.start, p.end
         if symbol == SILENCE or (symbol and set(symbol) <= PAUSES):
             if start is not None:
                 phrases.append((start, end))

@@ -28,25 +28,21 @@ import numpy as np
 
 from shared import mp4
 from shared.errors import StageFailed
-from shared.pieces import Piece, read_piece
+from shared.pieces import Piece, PieceFiles
 
-AUDIO_RATE, AUDIO_BITRATE = 48_000, 128_000  # as the result has always had
-SEGMENT = "seg"  # compose.pieces/seg_<k>.m4s
-INIT = "init.mp4"
-END = "end.json"
+AUDIO_RATE, AUDIO_BITRATE = 48_000, 128_000
 
 
 class SpeechReader:
     """Samples of the speech from its published pieces (`audio.pieces/`), read as the segments
     need them; pieces are looked for only past the ones already known."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, files: PieceFiles) -> None:
+        self.files = files
         self._known: list[Piece] = []
 
     def refresh(self) -> None:
-        while (piece := read_piece(self.folder, "audio", "piece", ".wav", len(self._known),
-                                   verify=False)) is not None:
+        while (piece := self.files.read(len(self._known), verify=False)) is not None:
             self._known.append(piece)
 
     @property
@@ -129,13 +125,13 @@ class SegmentMuxer:
         self._chunks.append(frames)
         try:
             with av.open(str(chunk)) as src:
-                stream = src.streams.video[0]
+                track = src.streams.video[0]
                 if self._out is None:
-                    self._open(stream)
-                tb = stream.time_base
+                    self._open(track)
+                tb = track.time_base
                 shift = int(Fraction(frames.start, self.fps) / tb)
                 count = 0
-                for packet in src.demux(stream):
+                for packet in src.demux(track):
                     if packet.size == 0 or packet.pts is None:
                         continue
                     if count == 0 and packet.dts is not None and packet.dts != packet.pts:
@@ -221,12 +217,12 @@ class SegmentMuxer:
         return out
 
 
-def remux_result(stream: Path, out: Path, duration: float) -> None:
+def remux_result(watch_file: Path, out: Path, duration: float) -> None:
     """The watch stream (init + segments, one fragmented MP4) as an ordinary MP4 with its index
     first (+faststart), copied in-process; sound past the speech's `duration` (the encoder's
     last frame) is left out."""
     try:
-        with av.open(str(stream)) as src, av.open(str(out), "w", format="mp4",
+        with av.open(str(watch_file)) as src, av.open(str(out), "w", format="mp4",
                                                   options={"movflags": "+faststart"}) as dst:
             v_in, a_in = src.streams.video[0], src.streams.audio[0]
             v_out = dst.add_stream_from_template(v_in)

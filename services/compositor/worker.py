@@ -18,36 +18,21 @@ from typing import Any
 from services.compositor import captions
 from services.compositor.layers import Layers, video_graph
 from services.compositor.mixing import AudioPlan, MusicBed, plan_music
-from services.compositor.segments import (
-    END,
-    INIT,
-    SEGMENT,
-    Segment,
-    SegmentMuxer,
-    SpeechReader,
-    remux_result,
-)
+from services.compositor.segments import Segment, SegmentMuxer, SpeechReader, remux_result
 from shared import media_refs
 from shared.errors import StageFailed
 from shared.ffmpeg import MediaInfo, ffmpeg, probe, verify_result
 from shared.models import JobOptions
-from shared.pieces import (
-    PIECES_INFO,
-    PieceReader,
-    PieceWriter,
-    piece_paths,
-    pieces_dir,
-    pieces_gone,
-)
+from shared.phonemes import from_dicts
+from shared.pieces import PIECES_INFO, PieceFiles, PieceReader, PieceWriter
 from shared.pipeline import CAPTIONS, MASK, PHONEMES, RESULT, SPEECH, VIDEO, WORDS
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
-from shared.storage import atomic_write_json, atomic_writer
+from shared.storage import atomic_writer
 
 logger = logging.getLogger(__name__)
 
 ENGINE_VERSION = "ffmpeg-compose/3"
-CHUNK = "chunk"  # the visual stage's pieces: visual.pieces/chunk_<k>.mp4
 
 
 def warm_up(settings: Settings) -> None:
@@ -61,9 +46,10 @@ def run(job_id: str, stage: str = "compose", attempt: int = 1) -> str:
 
 def compose(ctx: StageContext) -> StageResult:
     # a job brought back from disk after it had finished has no pieces left: no watch stream
+    layout = ctx.settings.layout
     cleared = "visual" in ctx.upstream and (
-        pieces_gone(ctx.job_dir, "visual", CHUNK, ".mp4")
-        or pieces_gone(ctx.job_dir, "audio", "piece", ".wav"))
+        PieceFiles.of(layout, ctx.job.id, "visual").gone()
+        or PieceFiles.of(layout, ctx.job.id, "audio").gone())
     if ctx.job.options.compose_needs_whole_input or cleared:
         ctx.wait_upstream()
         return compose_whole(ctx)
@@ -75,7 +61,7 @@ def compose_segments(ctx: StageContext) -> StageResult:
     published (services/compositor/segments.py); the result is those segments remuxed
     in-process with +faststart (with captions: as `compose_whole` writes it)."""
     opts = ctx.job.options
-    writer = PieceWriter(ctx, SEGMENT, ".m4s")
+    writer = PieceWriter(ctx)
     count, reused = _watch_stream(ctx, writer)
     upstream = ctx.wait_upstream()
     stats = {"segments": count, "segments_reused": reused, PIECES_INFO: count}
@@ -84,14 +70,14 @@ def compose_segments(ctx: StageContext) -> StageResult:
         result.info.update(stats)
         return result
     duration = float(upstream["audio"][1].info["duration"])
-    stream = ctx.work_dir / "stream.mp4"
-    with open(stream, "wb") as out_fh:
-        out_fh.write((writer.folder / INIT).read_bytes())
+    watch_file = ctx.work_dir / "watch.mp4"
+    with open(watch_file, "wb") as out_fh:
+        out_fh.write(writer.files.watch_init.read_bytes())
         for k in range(count):
-            out_fh.write(piece_paths(writer.folder, SEGMENT, ".m4s", k)[0].read_bytes())
+            out_fh.write(writer.files.data(k).read_bytes())
     out = ctx.work_dir / RESULT
-    remux_result(stream, out, duration)
-    stream.unlink()
+    remux_result(watch_file, out, duration)
+    watch_file.unlink()
     ctx.check()
     info = verify_result(out, duration, opts.fps)
     return StageResult(files=[RESULT], engine="ffmpeg", engine_version=ENGINE_VERSION, info={
@@ -104,9 +90,9 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
     """Publish the segments as the chunks come: (segments, segments an earlier execution
     had published already)."""
     opts = ctx.job.options
-    speech = SpeechReader(pieces_dir(ctx.job_dir, "audio"))
+    speech = SpeechReader(PieceFiles.of(ctx.settings.layout, ctx.job.id, "audio"))
     muxer: SegmentMuxer | None = None
-    init = writer.folder / INIT
+    init = writer.files.watch_init
     count = reused = 0
 
     def publish(segments: list[Segment]) -> None:
@@ -119,14 +105,14 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
             if writer.existing(seg.k) is not None:  # out before a crash: kept as it is
                 reused += 1
                 continue
-            tmp = writer.folder / f".{SEGMENT}_{seg.k:05d}.{ctx.exec_id}.m4s"
+            tmp = writer.temp(seg.k)
             with open(tmp, "wb") as fh:
                 fh.write(seg.data)
             writer.publish(seg.k, tmp, {
                 "start": seg.frames.start, "stop": seg.frames.stop,
                 "t": seg.frames.start / opts.fps, "duration": len(seg.frames) / opts.fps})
 
-    for chunk in PieceReader(ctx, "visual", CHUNK, ".mp4"):
+    for chunk in PieceReader(ctx, "visual"):
         frames = range(int(chunk.meta["start"]), int(chunk.meta["stop"]))
         rate = speech.rate
         if muxer is None:
@@ -140,9 +126,7 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
     if muxer is None:
         raise StageFailed("the visual stage published no video")
     publish(muxer.close())
-    if not (writer.folder / END).is_file():
-        atomic_write_json(writer.folder / END, {"segments": count})
-        writer.announce(count)  # the watch stream's end
+    writer.finish(count)  # the watch stream's end
     return count, reused
 
 
@@ -214,7 +198,8 @@ def write_captions(text: str, audio_dir: Path, duration: float, video: MediaInfo
     a recording without transcript, the words recognised in it (words.json), or None when
     none were."""
     phonemes_path, words_path = audio_dir / PHONEMES, audio_dir / WORDS
-    phonemes = json.loads(phonemes_path.read_text()) if phonemes_path.exists() else None
+    phonemes = (from_dicts(json.loads(phonemes_path.read_text())) if phonemes_path.exists()
+                else None)
     width, height = int(video.width or 0), int(video.height or 0)
     max_line = captions.max_line_for(width, height)
     if text.strip() or not words_path.is_file():

@@ -7,9 +7,9 @@ reach past the photo. `plan_face` then keeps the frame inside the photo if any z
 MAX_ZOOM allows, choosing the least zooming and moving (the face may sit off-centre); only when
 none does, it fits the frame's short side if it can and lets the rest reach past the photo,
 where `frame_face` paints a blurred, darkened mirror of the photo that meets it in a soft seam.
-Edge pixels are never replicated into streaks. Every renderer starts from `frame_face` (through
-`engines.portrait.frame_input`), and the person mask is drawn on the rendered frames, so all
-agree on the geometry.
+Edge pixels are never replicated into streaks. Every renderer starts from `frame_input` (which
+frames with `frame_face` or `frame_original`), and the person mask is drawn on the rendered
+frames, so all agree on the geometry.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.visual.engines.base import RenderSpec
+from services.visual.face import N_LANDMARKS, FaceInfo, to_rgb
+from services.visual.motion import mono
 from shared.errors import InvalidInput
 from shared.models import MIN_FACE_PX
 
@@ -270,3 +273,27 @@ def frame_original(image: np.ndarray, lm: np.ndarray, frame: Frame
             f"{width}x{height} output; it needs at least {MIN_FACE_PX} px: choose framing 'face' "
             "or a larger size")
     return np.ascontiguousarray(base), out_lm
+
+
+def frame_input(portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray, sample_rate: int,
+                spec: RenderSpec, framed: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """What every renderer starts from: the framed portrait, its landmarks in output pixels,
+    the mono speech and the frame count (round(duration x fps), at least 1). `framed` is the
+    (portrait, landmarks) an earlier call gave for the same portrait and spec."""
+    landmarks = np.asarray(face.landmarks, dtype=np.float64)
+    if landmarks.shape != (N_LANDMARKS, 2) or not np.isfinite(landmarks).all():
+        raise InvalidInput(f"face landmarks have shape {landmarks.shape}, expected "
+                           f"({N_LANDMARKS}, 2) finite pixel coordinates")
+    if int(sample_rate) <= 0:
+        raise InvalidInput(f"sample rate is {sample_rate}, expected a positive number of Hz")
+    samples = mono(audio)
+    n = max(1, int(round(len(samples) / sample_rate * spec.fps)))
+    if framed is not None:
+        return framed[0], framed[1], samples, n
+    image = to_rgb(portrait_rgb)
+    if spec.framing == "original":
+        base, lm = frame_original(image, landmarks, spec.frame)
+    else:  # moved, zoomed or filled (plan_face), never stretched edges
+        base, lm = frame_face(image, landmarks, spec.frame)
+    return base, lm, samples, n

@@ -1,8 +1,8 @@
 """`python -m services.visual.live`: the live-visual worker. For each live session it serves, it
-draws the avatar with the portrait engine's rigs, paced to the wall clock (idle life between
-lines, speech from the live-audio worker's sentences and the pieces of audio lines), and encodes
-everything in-process into one continuous fragmented MP4 published, fragment by fragment, on the
-session's out stream.
+draws the avatar with the session's renderer (services/visual/engines/live.py), paced to the
+wall clock (idle life between lines, speech from the live-audio worker's sentences and the
+pieces of audio lines), and encodes everything in-process into one continuous fragmented MP4
+published, fragment by fragment, on the session's out stream.
 
 With each fragment it keeps in Redis where the playback of the speech got (`Playback`), so that
 a worker taking the session over (this one died) plays the rest of the line being spoken from
@@ -25,16 +25,20 @@ import redis
 from pydantic import BaseModel
 
 from services.visual import avatar as avatar_analysis
+from services.visual.engines.base import RenderSpec
+from services.visual.engines.live import LiveRenderer, LiveRenderers
 from services.visual.live_audio import AudioLine, estimated_visemes
 from services.visual.live_encoder import FragmentEncoder, Piece
 from services.visual.live_motion import LiveMotion, Scheduled, viseme_items
-from shared import live
+from shared import keys, live
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
 from shared.layout import PORTRAIT
+from shared.leases import Lease
 from shared.live import stream_id
 from shared.live_audio import STREAM_RATE
 from shared.logs import configure_logging, job_context
+from shared.phonemes import from_dicts
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,9 +87,7 @@ class VisualSession:
     wall clock so the media time of each fragment is the time it leaves."""
 
     def __init__(self, conn: redis.Redis, settings: Settings, rec: live.SessionRecord,
-                 held: live.Lease, stopping: threading.Event) -> None:
-        from services.visual.engines.base import LiveAnimation, RenderSpec
-        from services.visual.engines.portrait import PortraitEngine, frame_input
+                 held: Lease, stopping: threading.Event, renderer: LiveRenderer) -> None:
         from services.visual.face import FaceInfo
 
         self.conn, self.settings, self.rec = conn, settings, rec
@@ -95,25 +97,22 @@ class VisualSession:
         portrait = avatar_analysis.load_rgb(avatar_dir / PORTRAIT)
         face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
         spec = RenderSpec(fps=rec.fps, size=rec.size, aspect=rec.aspect, framing=rec.framing)
-        silence = np.zeros(SAMPLE_RATE // rec.fps, np.float32)
-        self.animation: LiveAnimation = PortraitEngine().prepare(portrait, face, silence,
-                                                                  SAMPLE_RATE, None, spec)
-        landmarks = frame_input(portrait, face, silence, SAMPLE_RATE, spec)[1]
-        face_width = float(np.ptp(landmarks[:, 0]))
+        rig = renderer.rig(portrait, face, spec)
+        self.animation = rig.animation
         # the session's media clock: 0 at its first frame; a worker taking over continues it
         now = time.time()
-        conn.set(live.clock(rec.id), now, nx=True,
+        conn.set(keys.live_clock(rec.id), now, nx=True,
                  ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
-        origin = float(text(conn.get(live.clock(rec.id)) or now))
+        origin = float(text(conn.get(keys.live_clock(rec.id)) or now))
         self.offset_frames = max(0, round((now - origin) * rec.fps))
-        self.motion = LiveMotion(rec.fps, SAMPLE_RATE, self.animation.mouth_width, face_width,
-                                 offset=self.offset_frames / rec.fps)
+        self.motion = LiveMotion(rec.fps, SAMPLE_RATE, self.animation.mouth_width,
+                                 rig.face_width, offset=self.offset_frames / rec.fps)
         self.encoder = FragmentEncoder(self.animation.width, self.animation.height, rec.fps,
                                        SAMPLE_RATE, settings.live_fragment_ms)
-        saved = Playback.load(conn.get(live.position(rec.id, "visual")))
+        saved = Playback.load(conn.get(keys.live_position(rec.id, "visual")))
         self.speech_pos = saved.after
         self.resume = (saved.entry, saved.into) if saved.entry else None
-        last = conn.xrevrange(live.ctl(rec.id), count=1)
+        last = conn.xrevrange(keys.live_ctl(rec.id), count=1)
         self.ctl_pos = text(last[0][0]) if last else "0-0"  # commands before now are history
         self.cut = saved.cut  # pieces of lines older than a stop are dropped
         self.stream_id = uuid.uuid4().hex  # tells a taken-over stream's init from a repeat
@@ -148,15 +147,15 @@ class VisualSession:
         now = time.monotonic()
         if now - self._checked > RECORD_CHECK_S:
             self._checked = now
-            if not self.conn.exists(live.session(self.rec.id)):
+            if not self.conn.exists(keys.live_session(self.rec.id)):
                 return True
         return False
 
     def _read(self) -> None:
-        reply: Any = self.conn.xread({live.ctl(self.rec.id): self.ctl_pos,
-                                 live.speech(self.rec.id): self.speech_pos}, count=20)
+        reply: Any = self.conn.xread({keys.live_ctl(self.rec.id): self.ctl_pos,
+                                 keys.live_speech(self.rec.id): self.speech_pos}, count=20)
         for raw_key, entries in reply or []:
-            is_ctl = text(raw_key) == live.ctl(self.rec.id)
+            is_ctl = text(raw_key) == keys.live_ctl(self.rec.id)
             for raw_id, raw in entries:
                 entry_id = text(raw_id)
                 fields = {text(k): v for k, v in raw.items()}
@@ -209,7 +208,7 @@ class VisualSession:
         if not len(pcm):
             return
         now = self.encoder.frames
-        phonemes = json.loads(text(fields.get("phonemes", b"null")))
+        phonemes = from_dicts(json.loads(text(fields.get("phonemes", b"null"))))
         # a sentence the stream was playing when its worker died: its frames played go before
         # this stream's first, and it goes on from the frame it had reached
         at = now - into * self.rec.fps // SAMPLE_RATE if into else None
@@ -309,8 +308,8 @@ class VisualSession:
                          "start": b.caption_start, "end": round(end, 3)})
 
     def _event(self, event: dict[str, Any]) -> None:
-        live.xadd(self.conn, live.out(self.rec.id), {"kind": "event", "data": json.dumps(event)},
-                  live.OUT_MAXLEN, self.ttl)
+        live.xadd(self.conn, keys.live_out(self.rec.id),
+                  {"kind": "event", "data": json.dumps(event)}, live.OUT_MAXLEN, self.ttl)
 
     def _playback(self) -> Playback:
         """Where the speech has played to, at the first frame of the newest fragment sent (the
@@ -341,15 +340,15 @@ class VisualSession:
                         "width": self.animation.width, "height": self.animation.height,
                         "fps": self.rec.fps, "offset": round(self.motion.offset, 3),
                         "stream": self.stream_id}
-                pipe.hset(live.init(self.rec.id), mapping=init)
-                pipe.expire(live.init(self.rec.id), int(self.ttl + live.STREAM_TTL_MARGIN_S))
-                live.xadd(pipe, live.out(self.rec.id), init, live.OUT_MAXLEN, self.ttl)
+                pipe.hset(keys.live_init(self.rec.id), mapping=init)
+                pipe.expire(keys.live_init(self.rec.id), int(self.ttl + live.STREAM_TTL_MARGIN_S))
+                live.xadd(pipe, keys.live_out(self.rec.id), init, live.OUT_MAXLEN, self.ttl)
             else:
-                live.xadd(pipe, live.out(self.rec.id), {"kind": "frag", "data": piece.data,
+                live.xadd(pipe, keys.live_out(self.rec.id), {"kind": "frag", "data": piece.data,
                                                         "t": t, "key": int(piece.key)},
                           live.OUT_MAXLEN, self.ttl)
                 self.published_frame = round(piece.t * self.rec.fps)
-        pipe.set(live.position(self.rec.id, "visual"), self._playback().model_dump_json(),
+        pipe.set(keys.live_position(self.rec.id, "visual"), self._playback().model_dump_json(),
                  ex=int(self.ttl + live.STREAM_TTL_MARGIN_S))
         pipe.execute()
 
@@ -362,14 +361,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+    renderers = LiveRenderers(settings.models_dir)
 
-    def serve(rec: live.SessionRecord, held: live.Lease, stopping: threading.Event) -> None:
+    def serve(rec: live.SessionRecord, held: Lease, stopping: threading.Event) -> None:
         with job_context(rec.id, "live-visual"):
             try:
-                session = VisualSession(conn, settings, rec, held, stopping)
+                session = VisualSession(conn, settings, rec, held, stopping,
+                                        renderers.get(rec.renderer))
             except (OSError, ValueError, JayAvatarError) as exc:
                 logger.warning("session %s: cannot start: %s", rec.id, exc)
-                live.xadd(conn, live.out(rec.id), {"kind": "event", "data": json.dumps(
+                live.xadd(conn, keys.live_out(rec.id), {"kind": "event", "data": json.dumps(
                     {"type": "error", "message": f"the avatar cannot be animated: {exc}"})},
                     live.OUT_MAXLEN, settings.live_idle_timeout_s)
                 live.end(conn, rec.id)

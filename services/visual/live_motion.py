@@ -16,6 +16,7 @@ import numpy as np
 
 from services.visual.motion import audio_features, build_tracks, motion_energy
 from services.visual.visemes import visemes_of
+from shared.phonemes import Phoneme
 
 IDLE_SWAY = 0.3  # share of the speaking head motion kept in silence, so the face stays alive
 STOP_FADE_FRAMES = 2  # a stopped line fades out over this many frames (no click)
@@ -33,7 +34,7 @@ class Scheduled:
     start: int
     n_frames: int
     text: str
-    phonemes: list[dict[str, Any]] | None
+    phonemes: list[Phoneme] | None
     opening: np.ndarray
     lateral: np.ndarray
     energy: np.ndarray
@@ -122,7 +123,7 @@ class LiveMotion:
         return max((p.end for p in self.pieces), default=0)
 
     def schedule(self, now: int, line: str, seq: int, last: bool, pcm: np.ndarray, rate: int,
-                 phonemes: list[dict[str, Any]] | None, words: str,
+                 phonemes: list[Phoneme] | None, words: str,
                  at: int | None = None) -> Scheduled:
         """Place a sentence after what is already scheduled, or at frame `now` if silent (at
         frame `at` if given: before 0 for one whose start played in the stream before this)."""
@@ -221,15 +222,12 @@ class LiveMotion:
         return out
 
 
-def viseme_items(phonemes: list[dict[str, Any]] | None, start: float) -> list[list[Any]]:
+def viseme_items(phonemes: list[Phoneme] | None, start: float) -> list[list[Any]]:
     """[[media_time, viseme name], ...] of a sentence starting at media time `start`."""
     items: list[list[Any]] = []
-    for entry in phonemes or []:
-        try:
-            name = visemes_of(str(entry["phoneme"]))[0].name
-            at = round(start + float(entry["start"]), 3)
-        except (KeyError, TypeError, ValueError):
-            continue
+    for p in phonemes or []:
+        name = visemes_of(p.symbol)[0].name
+        at = round(start + p.start, 3)
         if not items or items[-1][1] != name:
             items.append([at, name])
     return items

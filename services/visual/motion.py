@@ -8,12 +8,12 @@ motion x speech energy, exactly still after ~0.6 s of silence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from services.visual.visemes import tongue_track, viseme_tracks
 from shared.errors import InvalidInput
+from shared.phonemes import Phoneme
 
 NOISE_FLOOR, SPEECH_LEVEL = 0.02, 0.25  # RMS (full scale = 1) mapped to loudness 0 and 1
 SPREAD_PX, ROUND_PX = 0.07, 0.14  # lip-corner travel per unit width / rounding, x mouth width
@@ -144,7 +144,7 @@ def motion_energy(loud: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
     return energy, _convolve(loud, _hann(0.1 * fps))
 
 
-def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[dict[str, Any]] | None,
+def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[Phoneme] | None,
                  fps: int, seed: int, mouth_width: float, face_width: float) -> Tracks:
     n = len(loud)
     gain = np.sqrt(np.minimum(1.0, 2.0 * loud))  # 0 in silence, ~1 from moderate speech up

@@ -10,12 +10,17 @@ and held motion, see services/visual/motion.py), and the blinks and sway are see
 so a frame drawn from the first sentences is the frame drawn from the whole speech. Each chunk
 is published as a piece (`visual.pieces/chunk_<k>.mp4`) for the compositor the moment it is
 encoded; a resumed execution keeps every published chunk of the same input.
+
+Chunks are independent, so a thread-safe animation is drawn in `lanes`: each lane draws one
+chunk at a time into its own x264, and the lanes run side by side. `draw_chunks` is the whole
+loop, as the visual worker runs it (scripts/bench_visual.py and quality_report.py run it too).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import wave
@@ -23,17 +28,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
-from services.visual.chunks import ENCODE_PRESET, usable_cpus
-from services.visual.encode import ChunkEncoder
-from services.visual.engines.base import Animation, RenderSpec, VisualEngine
+from services.visual.encode import ENCODE_PRESET, ChunkEncoder
+from services.visual.engines.base import Animation, Box, RenderSpec, VisualEngine
 from shared.checkpoint import load_manifest
 from shared.errors import StageFailed
-from shared.pieces import POLL_S, Piece, PieceWriter
+from shared.phonemes import Phoneme, from_dicts
+from shared.pieces import POLL_S, Piece, PieceOutput
 from shared.pipeline import PHONEMES, SPEECH
 
 if TYPE_CHECKING:
@@ -42,7 +47,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOOKAHEAD_S = 0.6  # how far past a frame the speech must reach before the frame is final
-CHUNK = "chunk"  # visual.pieces/chunk_<k>.mp4
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ class SpeechSoFar:
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
-        self.phonemes: list[dict[str, Any]] | None = []
+        self.phonemes: list[Phoneme] | None = []
         self.rate = 0
         self.samples = 0
 
@@ -87,10 +99,9 @@ class SpeechSoFar:
         gain = float(piece.meta.get("level_gain") or 1.0)
         self.parts.append(data.astype(np.float32) * np.float32(gain / 32768.0))
         self.samples += len(data)
-        timings = piece.meta.get("phonemes")
+        timings = from_dicts(piece.meta.get("phonemes"))
         if self.phonemes is not None and timings is not None:
-            self.phonemes += [{"phoneme": p["phoneme"], "start": p["start"] + offset,
-                               "end": p["end"] + offset} for p in timings]
+            self.phonemes += [p.shifted(offset) for p in timings]
         else:
             self.phonemes = None
 
@@ -114,7 +125,7 @@ class SpeechSoFar:
 class ChunkLanes:
     """Draws and publishes chunks on `lanes` threads, in the order they are handed over."""
 
-    writer: PieceWriter
+    out: PieceOutput
     input_hash: str
     size: tuple[int, int]
     fps: int
@@ -122,6 +133,7 @@ class ChunkLanes:
     check: Callable[[], None]
     on_frames: Callable[[int], None]
     grid: list[int] = field(default_factory=list)  # [first, most]: kept in each chunk's meta
+    preset: str = ENCODE_PRESET  # x264's
     futures: list[Future[None]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -134,7 +146,7 @@ class ChunkLanes:
     def published_grid(self, grid: ChunkGrid) -> ChunkGrid:
         """The grid an earlier execution drew this job's chunks on (settings may have changed
         since), else `grid`: a resumed stage keeps the chunks already handed on."""
-        first = self.writer.existing(0)
+        first = self.out.existing(0)
         got = first.meta.get("grid") if first is not None else None
         if first is None or first.meta.get("input_hash") != self.input_hash or \
                 not (isinstance(got, list) and len(got) == 2):
@@ -142,7 +154,7 @@ class ChunkLanes:
         return ChunkGrid(int(got[0]), int(got[1]))
 
     def valid(self, k: int, frames: range) -> bool:
-        piece = self.writer.existing(k)
+        piece = self.out.existing(k)
         return piece is not None and piece.meta.get("input_hash") == self.input_hash and \
             piece.meta.get("start") == frames.start and piece.meta.get("stop") == frames.stop
 
@@ -158,29 +170,30 @@ class ChunkLanes:
     def _render(self, animation: Animation, k: int, frames: range) -> None:
         if self.stop.is_set():
             return
-        tmp = self.writer.folder / f".{CHUNK}_{k:05d}.{self.writer.ctx.exec_id}.mp4"
+        tmp = self.out.files.temp(k, self.out.tag)
+        # one lane leaves x264 its own threads; several share the cores out, one or more each
         threads = None if self.lanes == 1 else max(1, usable_cpus() // self.lanes)
-        out = ChunkEncoder(tmp, *self.size, self.fps, gop=len(frames), preset=ENCODE_PRESET,
-                           threads=threads)
+        encoder = ChunkEncoder(tmp, *self.size, self.fps, gop=len(frames), preset=self.preset,
+                               threads=threads)
         try:
             unreported = 0
             for i in frames:
                 if self.stop.is_set():
                     raise _Stopped
-                out.write(cv2.cvtColor(animation.frame(i), cv2.COLOR_RGB2YUV_I420))
+                encoder.write(cv2.cvtColor(animation.frame(i), cv2.COLOR_RGB2YUV_I420))
                 unreported += 1
                 if unreported == 10:
                     self.check()
                     self.on_frames(unreported)
                     unreported = 0
-            out.close()
+            encoder.close()
         except BaseException:
-            out.abort()
+            encoder.abort()
             tmp.unlink(missing_ok=True)
             self.stop.set()
             raise
         self.on_frames(unreported)
-        self.writer.publish(k, tmp, {"input_hash": self.input_hash, "start": frames.start,
+        self.out.publish(k, tmp, {"input_hash": self.input_hash, "start": frames.start,
                                      "stop": frames.stop, "fps": self.fps,
                                      "width": self.size[0], "height": self.size[1],
                                      "grid": self.grid})
@@ -313,6 +326,40 @@ class Drawing:
         return animation
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """What drawing a clip's chunks came to (the visual stage's manifest records it)."""
+
+    n_frames: int
+    chunks: int
+    reused: int  # chunks an earlier execution had published
+    prepares: int
+    prepare_s: float
+    phonemes: bool
+    mouth_box: Box
+
+
+def draw_chunks(engine: VisualEngine, portrait: np.ndarray, face: FaceInfo, spec: RenderSpec,
+                speech: PieceSource, out: PieceOutput, *, input_hash: str, lanes: int,
+                grid: ChunkGrid, whole: bool, check: Callable[[], None],
+                progress: Callable[[float], None],
+                preset: str = ENCODE_PRESET) -> tuple[Drawn, Animation]:
+    """Draw and publish every chunk of the speech `speech` hands over, on `grid` unless an
+    earlier execution published chunks of this input on another; `whole`: the renderer sees
+    the whole speech at once. Returns the facts and the animation of the whole speech (let it
+    go as soon as it is not needed: a long clip's is large)."""
+    chunks = ChunkLanes(out, input_hash, spec.frame, spec.fps, lanes, check, lambda n: None,
+                        preset=preset)
+    grid = chunks.published_grid(grid)
+    chunks.grid = [grid.first, grid.most]
+    drawing = Drawing(engine, portrait, face, spec, speech, chunks, grid, whole=whole,
+                      progress=progress)
+    animation = drawing.run()
+    return Drawn(drawing.n_frames, drawing.next_chunk, drawing.reused, drawing.prepares,
+                 drawing.prepare_s, drawing.speech.phonemes is not None,
+                 animation.mouth_box), animation
+
+
 class _Stopped(Exception):
     """Another lane failed: this one dropped its chunk."""
 
@@ -325,12 +372,12 @@ def join_chunks(chunks: list[Path], out: Path) -> int:
     written = 0
     try:
         with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
-            stream = None
+            track = None
             for chunk in chunks:
                 with av.open(str(chunk)) as src:
                     video = src.streams.video[0]
-                    if stream is None:
-                        stream = dst.add_stream_from_template(video)
+                    if track is None:
+                        track = dst.add_stream_from_template(video)
                     # chunks hold no B-frames: one packet per frame, pts == dts
                     rate = video.average_rate or video.guessed_rate
                     step = round(1 / (video.time_base * rate)) if rate else 1
@@ -339,7 +386,7 @@ def join_chunks(chunks: list[Path], out: Path) -> int:
                         if packet.size == 0 or packet.pts is None:
                             continue
                         packet.pts = packet.dts = packet.pts + shift
-                        packet.stream = stream
+                        packet.stream = track
                         dst.mux(packet)
                         written += 1
     except av.FFmpegError as exc:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from shared.phonemes import Phoneme
 
 logger = logging.getLogger(__name__)
 
@@ -93,19 +94,14 @@ def visemes_of(phoneme: str) -> list[Viseme]:
     return [first]
 
 
-def _segments(phonemes: list[dict[str, Any]]) -> list[tuple[float, float, Viseme]]:
+def _segments(phonemes: list[Phoneme]) -> list[tuple[float, float, Viseme]]:
     """(start, end, viseme) for every phoneme; a diphthong's glide takes its last 45%."""
     segments = []
-    for entry in phonemes:
-        try:
-            start, end = float(entry["start"]), float(entry["end"])
-            symbol = str(entry["phoneme"])
-        except (KeyError, TypeError, ValueError):
-            logger.debug("skipping malformed phoneme entry %r", entry)
-            continue
+    for p in phonemes:
+        start, end = p.start, p.end
         if not (np.isfinite(start) and np.isfinite(end)) or end < start:
             continue
-        shapes = visemes_of(symbol)
+        shapes = visemes_of(p.symbol)
         if len(shapes) == 2:
             mid = start + 0.55 * (end - start)
             segments += [(start, mid, shapes[0]), (mid, end, shapes[1])]
@@ -114,7 +110,7 @@ def _segments(phonemes: list[dict[str, Any]]) -> list[tuple[float, float, Viseme
     return segments
 
 
-def viseme_tracks(phonemes: list[dict[str, Any]], n_frames: int, fps: int) -> np.ndarray:
+def viseme_tracks(phonemes: list[Phoneme], n_frames: int, fps: int) -> np.ndarray:
     """Per-frame (opening, width, rounding), shape (n_frames, 3) float32, co-articulated."""
     if n_frames <= 0:
         return np.zeros((0, 3), dtype=np.float32)
@@ -140,7 +136,7 @@ def viseme_tracks(phonemes: list[dict[str, Any]], n_frames: int, fps: int) -> np
 TONGUE_RISE = 0.06  # seconds: the tongue tip rises and falls this long around its sound
 
 
-def tongue_track(phonemes: list[dict[str, Any]], n_frames: int, fps: int) -> np.ndarray:
+def tongue_track(phonemes: list[Phoneme], n_frames: int, fps: int) -> np.ndarray:
     """Per-frame tongue-tip height 0..1 (n_frames,) float32: 1 through every t/d/n/l/th, easing
     in and out over `TONGUE_RISE` (a raised-cosine ramp), 0 elsewhere. Not blended by dominance
     like the lips: the tip is up for its consonant whatever the vowels around it do."""

@@ -8,21 +8,19 @@ import time
 from typing import Any
 
 from services.visual import avatar as avatar_analysis
-from services.visual.chunks import usable_cpus
 from services.visual.engines.base import RenderSpec, VisualEngine
 from services.visual.progressive import (
-    CHUNK,
     ChunkGrid,
-    ChunkLanes,
-    Drawing,
     PieceSource,
     WholeSpeech,
+    draw_chunks,
     join_chunks,
+    usable_cpus,
 )
 from shared import engine_catalog
 from shared.errors import StageFailed
 from shared.layout import PORTRAIT
-from shared.pieces import PIECES_INFO, PieceReader, PieceWriter, piece_paths, pieces_gone
+from shared.pieces import PIECES_INFO, PieceFiles, PieceReader, PieceWriter
 from shared.pipeline import MASK, VIDEO
 from shared.settings import Settings
 from shared.stage import StageContext, StageResult, current_runtime, execute
@@ -78,49 +76,42 @@ def render(ctx: StageContext) -> StageResult:
     t0 = time.monotonic()
     catalog = engine_catalog.spec(name)
     lanes = (ctx.settings.render_lanes or usable_cpus()) if catalog.thread_safe else 1
-    chunks = ChunkLanes(PieceWriter(ctx, CHUNK, ".mp4", soon=catalog.streams),
-                        ctx.input_hash, spec.frame,
-                        opts.fps, lanes, ctx.check, lambda n: None)
-    speech: PieceSource = PieceReader(ctx, "audio", "piece", ".wav")
-    if "audio" in ctx.upstream and pieces_gone(ctx.job_dir, "audio", "piece", ".wav"):
+    writer = PieceWriter(ctx, soon=catalog.streams)
+    speech: PieceSource = PieceReader(ctx, "audio")
+    if "audio" in ctx.upstream and PieceFiles.of(ctx.settings.layout, ctx.job.id,
+                                                 "audio").gone():
         speech = WholeSpeech(ctx.upstream["audio"][0])  # the job's pieces were cleared
-    grid = chunks.published_grid(ChunkGrid(ctx.settings.first_chunk_frames,
-                                           ctx.settings.chunk_frames))
-    chunks.grid = [grid.first, grid.most]
-    drawing = Drawing(engine, portrait, face, spec, speech, chunks, grid,
-                      whole=catalog.needs_whole_input, progress=ctx.progress)
-    animation = drawing.run()
-    said, n_frames, next_chunk, reused = (drawing.speech, drawing.n_frames,
-                                            drawing.next_chunk, drawing.reused)
-    prepares, prepare_s = drawing.prepares, drawing.prepare_s
+    drawn = draw_chunks(engine, portrait, face, spec, speech, writer, input_hash=ctx.input_hash,
+                        lanes=lanes, grid=ChunkGrid(ctx.settings.first_chunk_frames,
+                                                    ctx.settings.chunk_frames),
+                        whole=catalog.needs_whole_input, check=ctx.check,
+                        progress=ctx.progress)[0]  # the animation goes: long clips stay small
     t1 = time.monotonic()
-    has_phonemes = said.phonemes is not None
-    mouth_box = animation.mouth_box
-    del animation, portrait, said, drawing  # long clips stay small
-    if reused:
-        logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, reused,
+    del portrait
+    n_frames, next_chunk = drawn.n_frames, drawn.chunks
+    if drawn.reused:
+        logger.info("job %s visual: resumed, %d of %d chunks reused", ctx.job.id, drawn.reused,
                     next_chunk)
-    segments = [piece_paths(chunks.writer.folder, CHUNK, ".mp4", k)[0]
-                for k in range(next_chunk)]
     t2 = time.monotonic()
     out = ctx.work_dir / VIDEO
-    joined = join_chunks(segments, out)
-    seconds = {"prepare": round(prepare_s, 3), "render": round(t1 - t0, 3),
+    joined = join_chunks([writer.files.data(k) for k in range(next_chunk)], out)
+    seconds = {"prepare": round(drawn.prepare_s, 3), "render": round(t1 - t0, 3),
                "join": round(time.monotonic() - t2, 3)}
     logger.info("job %s visual: %d frames, prepared %d times in %.2fs, drawn and encoded in "
-                "%.2fs (%d chunks, %d lanes), joined in %.2fs", ctx.job.id, n_frames, prepares,
-                seconds["prepare"], seconds["render"], next_chunk, lanes, seconds["join"])
+                "%.2fs (%d chunks, %d lanes), joined in %.2fs", ctx.job.id, n_frames,
+                drawn.prepares, seconds["prepare"], seconds["render"], next_chunk, lanes,
+                seconds["join"])
     if joined != n_frames:
         raise StageFailed(f"video has {joined} frames, expected {n_frames}")
     files = [VIDEO]
     if opts.needs_mask:  # the compositor replaces the background and has no segmenter itself
-        from services.visual.segment import write_mask
+        from services.visual.mask import write_mask
 
         write_mask(out, ctx.work_dir / MASK, fps=opts.fps, check=ctx.check)
         files.append(MASK)
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
         "n_frames": n_frames, "fps": opts.fps, "size": opts.size,
-        "chunks": next_chunk, "chunks_reused": reused, "lanes": lanes, "seconds": seconds,
-        "phonemes": has_phonemes, "mouth_box": [int(v) for v in mouth_box],
+        "chunks": next_chunk, "chunks_reused": drawn.reused, "lanes": lanes, "seconds": seconds,
+        "phonemes": drawn.phonemes, "mouth_box": [int(v) for v in drawn.mouth_box],
         "mask": opts.needs_mask, "framing": framing, PIECES_INFO: next_chunk,
     })

@@ -1,5 +1,5 @@
 """Admission of live sessions against what the live workers can take (orchestrator/sessions.py,
-shared/live.py `live_slots`), through the real cluster: a live-visual worker serves
+shared/presence.py `live_capacity`), through the real cluster: a live-visual worker serves
 LIVE_SESSIONS_PER_WORKER (4) sessions, however small they are."""
 
 from __future__ import annotations

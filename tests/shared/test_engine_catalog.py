@@ -1,5 +1,6 @@
 """The engine catalogue: one entry per engine, `auto` choosing among catalogued engines of its
-stage, and the file check the orchestrator runs before accepting a job."""
+stage, the file check the orchestrator runs before accepting a job, and the check that holds
+each service's table of engines to the catalogue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.engine_catalog import AUTO_ORDER, CATALOG, RENDERERS, VOICES, live_names, spec
+from shared.engine_catalog import (
+    AUTO_ORDER,
+    CATALOG,
+    RENDERERS,
+    VOICES,
+    check_constructors,
+    live_names,
+    spec,
+)
+from shared.errors import ConfigError
 
 
 def test_names_are_unique_and_split_by_stage() -> None:
@@ -48,3 +58,15 @@ def test_missing_names_absent_files_relative_to_models_dir(tmp_path: Path) -> No
 def test_unknown_name() -> None:
     with pytest.raises(KeyError):
         spec("xtts2")
+
+
+def test_a_service_table_must_name_exactly_the_catalogued_engines() -> None:
+    check_constructors("visual", dict.fromkeys(RENDERERS))
+    check_constructors("audio", dict.fromkeys(live_names("audio")), live=True)
+    with pytest.raises(ConfigError,
+                       match=r"missing \['sadtalker'\], not catalogued \['musetalk'\]"):
+        check_constructors("visual", dict.fromkeys(["portrait", "wav2lip", "musetalk"]))
+    with pytest.raises(ConfigError, match="out of order"):
+        check_constructors("visual", dict.fromkeys(reversed(RENDERERS)))
+    with pytest.raises(ConfigError, match="live audio engines piper, xtts"):
+        check_constructors("audio", dict.fromkeys(["piper", "xtts"]), live=True)

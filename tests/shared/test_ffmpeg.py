@@ -1,4 +1,4 @@
-"""Real ffmpeg: frames in, exact frame counts, durations and codecs out."""
+"""Real ffmpeg: probe, pipes, verify: exact frame counts, durations and codecs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import wave
 from pathlib import Path
 
 import pytest
+from video_files import write_video as encode
 
-from shared.errors import InvalidInput, StageFailed, TransientError
-from shared.ffmpeg import FrameWriter, MediaInfo, concat, ffmpeg, probe, verify_result
+from shared.errors import StageFailed, TransientError
+from shared.ffmpeg import MediaInfo, Pipe, ffmpeg, probe, verify_result
 
 W, H, FPS = 64, 48, 25
 
@@ -21,10 +22,7 @@ def frame(i: int) -> bytes:
 
 
 def write_video(path: Path, n: int, fps: int = FPS) -> Path:
-    with FrameWriter(path, W, H, fps) as writer:
-        for i in range(n):
-            writer.write(frame(i))
-    return path
+    return encode(path, (frame(i) for i in range(n)), W, H, fps)
 
 
 def mux(video: Path, speech: Path, out: Path) -> None:
@@ -45,7 +43,7 @@ def write_sine(path: Path, seconds: float, rate: int = 22050) -> Path:
     return path
 
 
-def test_frame_writer_exact_frames_and_format(tmp_path: Path) -> None:
+def test_probe_counts_exact_frames_and_reads_the_format(tmp_path: Path) -> None:
     out = write_video(tmp_path / "v.mp4", 37)
     info = probe(out)
     assert isinstance(info, MediaInfo)
@@ -56,64 +54,21 @@ def test_frame_writer_exact_frames_and_format(tmp_path: Path) -> None:
     assert info.audio_codec is None
 
 
-def test_frame_writer_accepts_memoryview_and_bytearray(tmp_path: Path) -> None:
-    out = tmp_path / "v.mp4"
-    with FrameWriter(out, W, H, FPS, gop=5) as writer:
-        writer.write(memoryview(frame(0)))
-        writer.write(bytearray(frame(1)))
-    assert probe(out).n_frames == 2
-
-
-def test_abort_leaves_no_file(tmp_path: Path) -> None:
-    out = tmp_path / "v.mp4"
-    writer = FrameWriter(out, W, H, FPS)
-    for i in range(10):
-        writer.write(frame(i))
-    writer.abort()
-    assert not out.exists()
-
-
-def test_exception_in_block_aborts(tmp_path: Path) -> None:
-    out = tmp_path / "v.mp4"
-    with pytest.raises(RuntimeError), FrameWriter(out, W, H, FPS) as writer:
-        writer.write(frame(0))
-        raise RuntimeError("boom")
-    assert not out.exists()
-
-
-def test_wrong_frame_size_raises_stage_failed(tmp_path: Path) -> None:
-    out = tmp_path / "v.mp4"
-    with pytest.raises(StageFailed, match=r"frame 1 has 10 bytes; expected 9216"):
-        with FrameWriter(out, W, H, FPS) as writer:
-            writer.write(frame(0))
-            writer.write(b"\x00" * 10)
-    assert not out.exists()
-
-
-def test_odd_size_rejected() -> None:
-    with pytest.raises(InvalidInput, match="63x48"):
-        FrameWriter(Path("unused.mp4"), 63, 48, FPS)
-
-
-def test_killed_ffmpeg_is_reported_and_cleaned_up(tmp_path: Path) -> None:
-    out = tmp_path / "v.mp4"
-    writer = FrameWriter(out, W, H, FPS)
-    writer.write(frame(0))
-    writer._proc.kill()  # fault injection: ffmpeg dies under us (OOM killer, container stop)
-    writer._proc.wait()
-    with pytest.raises(TransientError, match="ffmpeg was killed by signal 9"):
-        for i in range(1000):  # the pipe buffer may absorb a few frames before EPIPE
-            writer.write(frame(i))
-        writer.close()
-    assert not out.exists()
-
-
-def test_ffmpeg_error_exit_quotes_stderr(tmp_path: Path) -> None:
+def test_a_pipe_that_ffmpeg_refuses_quotes_its_stderr_and_leaves_no_file(tmp_path: Path) -> None:
     out = tmp_path / "missing-dir" / "v.mp4"
-    with pytest.raises(StageFailed, match=r"ffmpeg exited with code \d+ .*missing-dir"):
-        with FrameWriter(out, W, H, FPS) as writer:
-            for i in range(1000):
-                writer.write(frame(i))
+    with pytest.raises(StageFailed, match=r"ffmpeg exited with code \d+ while writing v.mp4: "
+                                          r".*missing-dir"):
+        encode(out, [frame(i) for i in range(1000)], W, H, FPS)
+    assert not out.exists()
+
+
+def test_a_killed_pipe_is_reported_as_transient(tmp_path: Path) -> None:
+    pipe = Pipe(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-i", "pipe:0",
+                 str(tmp_path / "v.mp4")], "encoding v.mp4", reads=False)
+    pipe.proc.kill()  # fault injection: ffmpeg dies under us (OOM killer, container stop)
+    pipe.proc.wait()
+    with pytest.raises(TransientError, match="ffmpeg was killed by signal 9 while encoding"):
+        pipe.finish()
 
 
 def test_probe_unreadable_file(tmp_path: Path) -> None:
@@ -123,23 +78,6 @@ def test_probe_unreadable_file(tmp_path: Path) -> None:
         probe(bad)
     with pytest.raises(StageFailed, match="does not exist"):
         probe(tmp_path / "nope.mp4")
-
-
-def test_concat_sums_frames(tmp_path: Path) -> None:
-    segs = [write_video(tmp_path / f"seg{i}.mp4", n) for i, n in enumerate((10, 25, 7))]
-    out = tmp_path / "all.mp4"
-    concat(segs, out)
-    info = probe(out)
-    assert info.n_frames == 42
-    assert info.duration == pytest.approx(42 / FPS, abs=1e-3)
-    assert (info.video_codec, info.pix_fmt) == ("h264", "yuv420p")
-
-
-def test_concat_missing_segment(tmp_path: Path) -> None:
-    with pytest.raises(StageFailed, match="missing"):
-        concat([tmp_path / "nope.mp4"], tmp_path / "all.mp4")
-    with pytest.raises(InvalidInput):
-        concat([], tmp_path / "all.mp4")
 
 
 def test_verify_accepts_a_result(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """ffmpeg on a full disk, for real (a tiny tmpfs): ffmpeg 5.1 exits 0 when the disk fills while
-it writes an MP4's trailer, so a chunk or result without its index looked finished. The writers
-must say so (in words a stage recognises as a full disk) and leave no file behind."""
+it writes an MP4's trailer, so a result without its index would look finished. `ffmpeg()` must
+say so (in words a stage recognises as a full disk) and leave no file behind. (The visual
+stage's chunks, written in-process, are checked in tests/services/visual/test_encode.py.)"""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from conftest import small_disk
+from video_files import write_video
 
 from shared.disk import is_disk_full
 from shared.errors import StageFailed
-from shared.ffmpeg import FrameWriter, concat, probe
+from shared.ffmpeg import ffmpeg, probe
 
 W = H = 256
 FPS, FRAMES = 25, 50
@@ -31,9 +33,13 @@ def frame(i: int) -> bytes:
 
 
 def write(path: Path) -> None:
-    with FrameWriter(path, W, H, FPS, gop=FRAMES) as writer:  # a chunk: index at the end
-        for i in range(FRAMES):
-            writer.write(frame(i))
+    write_video(path, (frame(i) for i in range(FRAMES)), W, H, FPS, gop=FRAMES)
+
+
+def remux(source: Path, out: Path) -> None:
+    """The video copied into an MP4 with its index first, as the compositor writes a result."""
+    ffmpeg(["-i", str(source), "-map", "0", "-c", "copy", "-movflags", "+faststart", str(out)],
+           f"copying {source.name} into {out.name}", out)
 
 
 def leave_room(disk: Path, room: int) -> None:
@@ -44,28 +50,15 @@ def leave_room(disk: Path, room: int) -> None:
     (disk / "ballast").write_bytes(b"\xa5" * (free - room))
 
 
-def test_a_chunk_whose_index_did_not_fit_is_refused(tiny_disk: Path, tmp_path: Path) -> None:
-    ref = tmp_path / "ref.mp4"
-    write(ref)
-    size = ref.stat().st_size
-    leave_room(tiny_disk, size - 2000)  # every frame fits, the trailer does not
-    out = tiny_disk / "chunk.mp4"
+def test_a_result_whose_index_did_not_fit_is_refused(tiny_disk: Path, tmp_path: Path) -> None:
+    source = tmp_path / "video.mp4"
+    write(source)
+    ref = tmp_path / "result.mp4"
+    remux(source, ref)
+    assert probe(ref).duration > 1.9
+    leave_room(tiny_disk, ref.stat().st_size - 2000)  # every frame fits, the index does not
+    out = tiny_disk / "result.mp4"
     with pytest.raises(StageFailed) as err:
-        write(out)
-    assert is_disk_full(err.value), err.value
-    assert not out.exists()
-
-
-def test_a_join_that_did_not_fit_is_refused(tiny_disk: Path, tmp_path: Path) -> None:
-    parts = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
-    for part in parts:
-        write(part)
-    ref = tmp_path / "joined.mp4"
-    concat(parts, ref)
-    assert probe(ref).duration > 3.9
-    leave_room(tiny_disk, ref.stat().st_size - 2000)
-    out = tiny_disk / "joined.mp4"
-    with pytest.raises(StageFailed) as err:
-        concat(parts, out)
+        remux(source, out)
     assert is_disk_full(err.value), err.value
     assert not out.exists()

@@ -18,7 +18,7 @@ from rq import Queue
 from orchestrator.api.deps import AppState, state
 from shared import keys, pipeline
 from shared.disk import free_mb
-from shared.presence import live_workers
+from shared.presence import stage_workers
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +37,7 @@ def healthz(st: Annotated[AppState, Depends(state)]) -> JSONResponse:
     disk = disk_status(st)
     try:
         st.conn.ping()
-        workers = live_workers(st.conn)
+        workers = stage_workers(st.conn)
         queued = {name: sum(Queue(q, connection=st.conn).count for q in s.queues)
                   for name, s in pipeline.STAGES.items()}  # every lane's
         active = st.conn.scard(keys.ACTIVE_JOBS)

@@ -22,7 +22,7 @@ from orchestrator.api.deps import AppState, state
 from shared import keys, pipeline
 from shared.disk import free_mb
 from shared.models import JobStatus
-from shared.presence import live_workers
+from shared.presence import stage_workers
 
 router = APIRouter(tags=["metrics"])
 
@@ -132,7 +132,7 @@ def render(tally: JobTally, depth: dict[str, int], workers: dict[str, int],
 def metrics(st: Annotated[AppState, Depends(state)]) -> PlainTextResponse:
     depth = {name: sum(Queue(q, connection=st.conn).count for q in s.queues)  # every lane's
              for name, s in pipeline.STAGES.items()}
-    workers = live_workers(st.conn)
+    workers = stage_workers(st.conn)
     try:
         free: float | None = free_mb(st.settings.data_dir) * 1024 * 1024
     except OSError:

@@ -30,7 +30,7 @@ from orchestrator.relay import (
 from orchestrator.schemas import SessionCreate, SessionPublic
 from orchestrator.sessions import SessionService
 from orchestrator.viewers import Viewers
-from shared import live
+from shared import keys, live
 from shared.errors import Busy
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ async def session_socket(ws: WebSocket, session_id: str) -> None:
     await ws.accept()
     _bound_send_buffer(ws)
     try:
-        raw = await lv.hub.conn.get(live.session(session_id)) if len(session_id) <= 64 else None
+        raw = (await lv.hub.conn.get(keys.live_session(session_id))
+               if len(session_id) <= 64 else None)
         if not raw:
             await ws.close(CLOSE_NOT_FOUND, "no live session with this id (it may have ended)")
             return

@@ -1,6 +1,6 @@
 """GET /v1/jobs/{id}/stream: watch a job while it renders, as one progressive fragmented MP4.
 
-The compose stage publishes its output in pieces (docs/overlap.md, "Contract"):
+The compose stage publishes its output in pieces (shared/pieces.py, docs/overlap.md):
 `jobs/<id>/compose.pieces/init.mp4` (ftyp+moov), then `seg_<n>.m4s` (moof+mdat), each renamed
 into place before its `seg_<n>.json` meta, and `end.json` (`{"segments": N}`) after the last.
 Init plus every segment in order is one playable fMP4 (H.264 + AAC-LC), so the response is those
@@ -17,7 +17,6 @@ that goes away ends its task; one that sees nothing new for IDLE_LIMIT_S has its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -41,6 +40,7 @@ from shared import keys
 from shared.errors import Busy, Conflict, JayAvatarError, NotFound
 from shared.layout import Layout
 from shared.models import TERMINAL
+from shared.pieces import PieceFiles
 from shared.pipeline import RESULT
 
 logger = logging.getLogger(__name__)
@@ -88,39 +88,16 @@ async def job_state(conn: aredis.Redis, job_id: str) -> JobState | None:
     return JobState(_field(status) or "queued", _field(stage) or STAGE, _field(error))
 
 
-class Pieces:
-    """One job's published compose pieces and result, as the files the contract names."""
+@dataclass(frozen=True)
+class WatchFiles:
+    """One job's watch stream on disk: its compose pieces (shared/pieces.py) and its result."""
 
-    def __init__(self, layout: Layout, job_id: str) -> None:
-        self.dir = layout.pieces_dir(job_id, STAGE)
-        self.init = self.dir / "init.mp4"
-        self.result = layout.stage_dir(job_id, STAGE) / RESULT
+    segments: PieceFiles
+    result: Path
 
-    def segment(self, n: int) -> Path:
-        return self.dir / f"seg_{n:05d}.m4s"
-
-    def published(self, n: int) -> bool:
-        """Whether segment n is whole: its meta is renamed into place after the segment."""
-        return (self.dir / f"seg_{n:05d}.json").is_file()
-
-    def end(self) -> int | None:
-        """How many segments there are, once end.json says so."""
-        try:
-            return int(json.loads((self.dir / "end.json").read_bytes())["segments"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as exc:  # written atomically: never half
-            logger.warning("%s/end.json is unreadable (%s); ignored", self.dir, exc)
-            return None
-
-    def read_segment(self, n: int) -> bytes:
-        """Segment n's bytes, checked against the size and sha256 its meta vouches for."""
-        meta = json.loads((self.dir / f"seg_{n:05d}.json").read_bytes())
-        data = self.segment(n).read_bytes()
-        if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
-            raise ValueError(f"{self.segment(n)} is {len(data)} bytes and does not match its "
-                             f"meta (size {meta['size']}, sha256 {meta['sha256'][:12]}...)")
-        return data
+    @classmethod
+    def of(cls, layout: Layout, job_id: str) -> WatchFiles:
+        return cls(PieceFiles.of(layout, job_id, STAGE), layout.stage_dir(job_id, STAGE) / RESULT)
 
 
 class Refused(Exception):
@@ -155,10 +132,12 @@ class JobStream(Response):
 
     media_type = "video/mp4"
 
-    def __init__(self, job_id: str, job: JobState, pieces: Pieces, conn: aredis.Redis) -> None:
+    def __init__(self, job_id: str, job: JobState, files: WatchFiles,
+                 conn: aredis.Redis) -> None:
         self.status_code, self.background = 200, None
         self.init_headers(HEADERS)  # no body, so no Content-Length: chunked
-        self.job_id, self.job, self.pieces, self.conn = job_id, job, pieces, conn
+        self.job_id, self.job, self.files, self.conn = job_id, job, files, conn
+        self.segments = files.segments
         self.sent, self.answered = 0, False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,7 +167,7 @@ class JobStream(Response):
             await refused.response()(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        body = self._file(self.pieces.result) if first == "result" else self._segments()
+        body = self._file(self.files.result) if first == "result" else self._segments()
         async with aclosing(body):
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -214,14 +193,14 @@ class JobStream(Response):
         job, deadline = self.job, time.monotonic() + IDLE_LIMIT_S
         next_look = time.monotonic() + STATUS_EVERY_S
         while True:
-            if self.pieces.published(0):
+            if self.segments.published(0):
                 return "segments"
             if job.terminal:
-                if self.pieces.published(0):  # published before the job ended
+                if self.segments.published(0):  # published before the job ended
                     return "segments"
                 if job.status != "succeeded":
                     raise _not_watchable(self.job_id, job)
-                if not self.pieces.result.is_file():
+                if not self.files.result.is_file():
                     raise Refused(ApiError(410, "result_missing", f"job {self.job_id} "
                                            "succeeded but its result is no longer on disk"))
                 return "result"
@@ -240,17 +219,17 @@ class JobStream(Response):
     async def _segments(self) -> AsyncGenerator[bytes, None]:
         """init.mp4, then each segment once published, until end.json's last one, or until the
         job has ended and no next segment followed, or IDLE_LIMIT_S without a new one."""
-        async for chunk in self._file(self.pieces.init):
+        async for chunk in self._file(self.segments.watch_init):
             yield chunk
         n, job = 0, self.job
         last_new = next_look = time.monotonic()
         while True:
-            end = self.pieces.end()
+            end = self.segments.end()
             if end is not None and n >= end:
                 return
-            if self.pieces.published(n):
+            if self.segments.published(n):
                 try:
-                    yield await anyio.to_thread.run_sync(self.pieces.read_segment, n)
+                    yield await anyio.to_thread.run_sync(self.segments.read_bytes, n)
                 except (OSError, ValueError, KeyError) as exc:
                     logger.warning("job %s: watch stream stops at segment %d: %s",
                                    self.job_id, n, exc)
@@ -294,8 +273,8 @@ async def job_stream(job_id: str, st: Annotated[AppState, Depends(state)]) -> Jo
     job = await job_state(st.events.conn, job_id)  # a RedisError: 503 by the app's handler
     if job is None:
         raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
-    pieces = Pieces(st.settings.layout, job_id)
-    if job.terminal and job.status != "succeeded" and not pieces.published(0):
+    files = WatchFiles.of(st.settings.layout, job_id)
+    if job.terminal and job.status != "succeeded" and not files.segments.published(0):
         raise _not_watchable(job_id, job).error
     logger.info("job %s: watch stream opened (%s at %s)", job_id, job.status, job.stage)
-    return JobStream(job_id, job, pieces, st.events.conn)
+    return JobStream(job_id, job, files, st.events.conn)

@@ -3,8 +3,9 @@ speaks a job's uploaded recording.
 
 Each engine lives in its own module, imported only when chosen (`get_engine`), and loads its
 heavy libraries in its constructor, so choosing one engine never loads another engine's models.
-Every engine takes the same `SpeechRequest` and uses what it needs of it; the names are the
-catalogue's (shared/engine_catalog.py).
+Every engine takes the same `SpeechRequest` and uses what it needs of it. `ENGINES` maps each
+voice the catalogue (shared/engine_catalog.py) lists to a loader of its class, and is checked
+against the catalogue when this package is imported.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.engine_catalog import VOICES
+from shared.engine_catalog import check_constructors
 from shared.errors import InvalidInput
+from shared.phonemes import Phoneme
 
 __all__ = ["ENGINES", "AudioEngine", "Speech", "SpeechRequest", "get_engine"]
 
@@ -24,14 +26,14 @@ __all__ = ["ENGINES", "AudioEngine", "Speech", "SpeechRequest", "get_engine"]
 class Speech:
     """A synthesized WAV: its length and, when available, phoneme timings in seconds.
 
-    `phonemes` covers [0, duration] without gaps: [{"phoneme": "h", "start": 0.15, "end": 0.2}].
-    "_" is silence, " " a word gap, punctuation a pause; None if the engine gave no timings.
+    `phonemes` covers [0, duration] without gaps: [Phoneme("h", 0.15, 0.2), ...]; None if the
+    engine gave no timings.
     """
 
     sample_rate: int
     n_samples: int
     duration: float
-    phonemes: list[dict[str, Any]] | None
+    phonemes: list[Phoneme] | None
     info: dict[str, Any] | None = None  # engine-specific facts for the manifest (a voice shift)
 
 
@@ -39,7 +41,7 @@ class PieceSink(Protocol):
     """Takes one piece of speech: 16-bit mono PCM, its rate, phoneme timings from the piece's
     start (or None), and facts kept in the piece's meta (a recording's `level_gain`)."""
 
-    def __call__(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None, /,
+    def __call__(self, pcm: bytes, rate: int, phonemes: list[Phoneme] | None, /,
                  **meta: Any) -> None: ...
 
 
@@ -114,17 +116,18 @@ def _shifted(name: str) -> Callable[[], type[AudioEngine]]:
     return load
 
 
-# one loader per voice the catalogue lists, in its order
 ENGINES: dict[str, Callable[[], type[AudioEngine]]] = {
     "piper": _piper, "xtts": _xtts,
     **{name: _shifted(name) for name in ("piper-match", "piper-low", "piper-high", "piper-female")},
     "recording": _recording,
 }
+check_constructors("audio", ENGINES)
 
 
 def get_engine(name: str) -> type[AudioEngine]:
     """The engine class called `name` (its module imported now); construct it with MODELS_DIR."""
-    if name not in VOICES:
+    loader = ENGINES.get(name)
+    if loader is None:
         raise InvalidInput(
-            f"unknown speech engine {name!r}; expected one of: {', '.join(sorted(VOICES))}")
-    return ENGINES[name]()
+            f"unknown speech engine {name!r}; expected one of: {', '.join(ENGINES)}")
+    return loader()

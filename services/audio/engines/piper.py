@@ -21,13 +21,13 @@ from typing import Any
 
 from services.audio.engines import Speech, SpeechRequest, utterances
 from shared.errors import InvalidInput, MissingWeights, StageFailed
+from shared.phonemes import SILENCE, Phoneme
 from shared.storage import atomic_writer
 
 logger = logging.getLogger(__name__)
 
 VOICE = "en_US-joe-medium"
 PAD_SECONDS = 0.15  # silence before and after the speech, so the face starts and ends closed
-SILENCE = "_"
 _STRESS = {"ˈ", "ˌ"}  # piper gives stress marks their own duration: fold into the next phoneme
 _MODIFIERS = {"ː", "ˑ", "ʲ", "ʰ", "ʷ", "̃", "̩"}  # fold into the previous phoneme: "ɑ" + "ː" -> "ɑː"
 _BOUNDARIES = {"^": SILENCE, "$": SILENCE}  # piper's sentence start/end markers
@@ -119,6 +119,15 @@ def _timeline(chunks: list[tuple[list[tuple[str, int]], int]], pad: int) -> list
     return [(symbol, samples) for symbol, samples in merged]
 
 
+def _timed(entries: list[tuple[str, int]], rate: int) -> list[Phoneme]:
+    """(phoneme, samples) laid end to end from 0 -> phonemes timed in seconds."""
+    out, at = [], 0
+    for symbol, samples in entries:
+        out.append(Phoneme(symbol, round(at / rate, 5), round((at + samples) / rate, 5)))
+        at += samples
+    return out
+
+
 def _check_request(text: str, length_scale: float) -> None:
     if not any(ch.isalnum() for ch in text):
         raise InvalidInput(f"text {text[:60]!r} has nothing to speak; expected words or numbers")
@@ -207,21 +216,10 @@ class PiperEngine:
             if request.on_piece is not None:  # the closing silence is the last piece
                 n = len(lead) // 2 + pad
                 request.on_piece(bytes(2 * n), self.sample_rate, None if timings is None else [
-                    {"phoneme": SILENCE, "start": 0.0, "end": round(n / self.sample_rate, 5)}])
+                    Phoneme(SILENCE, 0.0, round(n / self.sample_rate, 5))])
         total = n_samples + 2 * pad
         duration = total / self.sample_rate
-        phonemes = None
-        if timings is not None:
-            phonemes, at = [], 0
-            for symbol, samples in _timeline(timings, pad):
-                phonemes.append(
-                    {
-                        "phoneme": symbol,
-                        "start": round(at / self.sample_rate, 5),
-                        "end": round((at + samples) / self.sample_rate, 5),
-                    }
-                )
-                at += samples
+        phonemes = None if timings is None else _timed(_timeline(timings, pad), self.sample_rate)
         elapsed = time.perf_counter() - started
         logger.info(
             "piper: %d sentences, %.2f s of speech in %.2f s (RTF %.3f)",
@@ -239,19 +237,13 @@ class PiperEngine:
         request.on_piece(pcm, self.sample_rate, self._piece_phonemes(sentence, lead))
 
     def _piece_phonemes(self, timings: list[tuple[list[tuple[str, int]], int]] | None,
-                        lead: int) -> list[dict[str, Any]] | None:
+                        lead: int) -> list[Phoneme] | None:
         """One sentence's phoneme timings from the piece's start (after `lead` samples of
         silence), for the audio stage's pieces."""
         if timings is None:
             return None
-        out: list[dict[str, Any]] = []
-        at = 0
         entries = ([(SILENCE, lead)] if lead else []) + _timeline(timings, 0)
-        for symbol, samples in entries:
-            out.append({"phoneme": symbol, "start": round(at / self.sample_rate, 5),
-                        "end": round((at + samples) / self.sample_rate, 5)})
-            at += samples
-        return out
+        return _timed(entries, self.sample_rate)
 
     def single_threaded(self) -> None:
         """Run the voice on one thread that sleeps instead of spinning between operators: what
@@ -278,7 +270,7 @@ class PiperEngine:
 
     def sentences(self, text: str, *, length_scale: float = 1.0, skip: int = 0,
                   release: bool = True
-                  ) -> Generator[tuple[bytes, list[dict[str, Any]] | None], None, None]:
+                  ) -> Generator[tuple[bytes, list[Phoneme] | None], None, None]:
         """Speak `text` one sentence (or part of a long one) at a time, as soon as each is
         ready (live sessions): 16-bit mono PCM at the voice's rate without padding, and its
         phoneme timings (or None); the first `skip` sentences are left out (already spoken).
@@ -288,15 +280,8 @@ class PiperEngine:
         for utterance in self._calls(spoken, None, release):
             audio = utterance.pcm
             timings = self._collect([] if self.aligned else None, utterance)
-            phonemes = None
-            if timings is not None:
-                phonemes, at = [], 0
-                for symbol, samples in _timeline(timings, 0):
-                    phonemes.append({"phoneme": symbol,
-                                     "start": round(at / self.sample_rate, 5),
-                                     "end": round((at + samples) / self.sample_rate, 5)})
-                    at += samples
-            yield audio, phonemes
+            yield audio, None if timings is None else _timed(_timeline(timings, 0),
+                                                             self.sample_rate)
 
     def _plan(self, text: str, length_scale: float) -> list[list[str]]:
         """The phonemes of each synthesis call that speaks `text`."""

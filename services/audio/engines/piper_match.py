@@ -24,6 +24,7 @@ from services.audio.engines import Speech, SpeechRequest
 from services.audio.engines import voice_profile as profiles
 from services.audio.engines.piper import VOICE, PiperEngine
 from shared.errors import InvalidInput, StageFailed
+from shared.phonemes import Phoneme
 from shared.storage import atomic_write_json, atomic_writer, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -186,15 +187,15 @@ ENGINES: dict[str, type[ShiftedPiperEngine]] = {
     e.name: e for e in (PiperMatchEngine, PiperLowEngine, PiperHighEngine, PiperFemaleEngine)}
 
 
-def scale_timings(phonemes: list[dict[str, Any]] | None, factor: float, duration: float
-                  ) -> list[dict[str, Any]] | None:
+def scale_timings(phonemes: list[Phoneme] | None, factor: float, duration: float
+                  ) -> list[Phoneme] | None:
     """Phoneme timings stretched by `factor`, the last one ending at `duration` exactly."""
     if phonemes is None:
         return None
-    out = [{**p, "start": round(p["start"] * factor, 5), "end": round(p["end"] * factor, 5)}
+    out = [Phoneme(p.symbol, round(p.start * factor, 5), round(p.end * factor, 5))
            for p in phonemes]
     if out:
-        out[-1]["end"] = round(duration, 5)
+        out[-1] = replace(out[-1], end=round(duration, 5))
     return out
 
 

@@ -17,7 +17,6 @@ samples published are the recording's own.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 from services.audio import alignment
 from services.audio.engines import Speech, SpeechRequest
 from shared.errors import InvalidInput, StageFailed
+from shared.ffmpeg import run_ffmpeg
+from shared.phonemes import SILENCE, Phoneme
 from shared.storage import atomic_writer
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class RecordingEngine:
         cuts = pause_cuts(small, alignment.RATE)
         mouth = Mouth(self.aligner, request, small, rms, cuts)
         step = RATE // alignment.RATE
-        timeline: list[dict[str, Any]] | None = []
+        timeline: list[Phoneme] | None = []
         for a, b in zip(cuts, cuts[1:], strict=False):
             if check is not None:
                 check()
@@ -92,8 +93,7 @@ class RecordingEngine:
                 request.on_piece(pcm.tobytes(), RATE, stretch, level_gain=gain)
             if timeline is not None and stretch is not None:
                 offset = a / alignment.RATE
-                timeline += [{**p, "start": round(p["start"] + offset, 5),
-                              "end": round(p["end"] + offset, 5)} for p in stretch]
+                timeline += [p.shifted(offset, digits=5) for p in stretch]
             else:
                 timeline = None
             if progress is not None:
@@ -140,7 +140,7 @@ class Mouth:
                        if len(self._phones) else 0.0)
         self._last = cuts[-1]
 
-    def stretch(self, a: int, b: int) -> list[dict[str, Any]] | None:
+    def stretch(self, a: int, b: int) -> list[Phoneme] | None:
         """Phone timings of samples a..b (16 kHz) from a's start, or None (sound alone)."""
         if self.mode == "sound":
             return None
@@ -205,12 +205,12 @@ def decode(path: Path, scratch: Path, *, normalize: bool) -> tuple[np.ndarray, n
     loud = ["-af", "loudnorm=I=-16:TP=-1.5:LRA=11"] if normalize else []
     small_path = scratch / ".recording-16k.raw"
     try:
-        proc = subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file,pipe",
+        proc = run_ffmpeg(
+            ["-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file,pipe",
              "-i", str(path), *loud, "-map", "0:a:0", "-ac", "1", "-ar", str(RATE),
              "-f", "s16le", "pipe:1", *loud, "-map", "0:a:0", "-ac", "1",
              "-ar", str(alignment.RATE), "-f", "s16le", str(small_path)],
-            capture_output=True, timeout=600)
+            timeout=600)
         if proc.returncode != 0:
             raise StageFailed(f"ffmpeg could not decode the recording {path.name}: "
                               f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
@@ -248,7 +248,7 @@ def coverage(phones: list[alignment.Timed], small: np.ndarray) -> float:
     loud = rms > LOUD * float(np.percentile(rms, 95))
     covered = np.zeros(len(rms), dtype=bool)
     for p in phones:
-        if p.label != alignment.SILENCE:
+        if p.label != SILENCE:
             covered[int(p.start / 0.02):int(np.ceil(p.end / 0.02))] = True
     return float(covered[loud].mean()) if loud.any() else 0.0
 

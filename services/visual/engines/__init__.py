@@ -1,8 +1,9 @@
 """Visual engines by name. Heavy libraries load inside each engine's module, on first use.
 
 `get_engine(name)` returns a factory: call it with MODELS_DIR to build the engine. Engines
-that need weights raise MissingWeights from that call, naming the missing file. The names are
-the catalogue's (shared/engine_catalog.py); the interface is in `base`.
+that need weights raise MissingWeights from that call, naming the missing file. `ENGINES` maps
+each renderer the catalogue (shared/engine_catalog.py) lists to a loader of its factory, and is
+checked against the catalogue when this package is imported; the interface is in `base`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.visual.engines.base import Animation, LiveAnimation, RenderSpec, VisualEngine
-from shared.engine_catalog import RENDERERS
+from shared.engine_catalog import check_constructors
 from shared.errors import InvalidInput
 
 __all__ = ["ENGINES", "Animation", "LiveAnimation", "RenderSpec", "VisualEngine", "get_engine"]
@@ -22,7 +23,7 @@ Factory = Callable[[Path], VisualEngine]
 def _portrait() -> Factory:
     from services.visual.engines.portrait import PortraitEngine
 
-    return lambda models_dir: PortraitEngine()
+    return PortraitEngine
 
 
 def _wav2lip() -> Factory:
@@ -37,13 +38,14 @@ def _sadtalker() -> Factory:
     return SadTalkerEngine
 
 
-_LOADERS: dict[str, Callable[[], Factory]] = {
+ENGINES: dict[str, Callable[[], Factory]] = {
     "portrait": _portrait, "wav2lip": _wav2lip, "sadtalker": _sadtalker}
-ENGINES = tuple(RENDERERS)  # every renderer the catalogue names has a loader above
+check_constructors("visual", ENGINES)
 
 
 def get_engine(name: str) -> Factory:
     """The factory of the renderer called `name` (its module imported now)."""
-    if name not in RENDERERS:
+    loader = ENGINES.get(name)
+    if loader is None:
         raise InvalidInput(f"unknown renderer {name!r}; expected one of: {', '.join(ENGINES)}")
-    return _LOADERS[name]()
+    return loader()

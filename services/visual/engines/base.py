@@ -9,12 +9,13 @@ resumed after a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from shared.errors import InvalidInput
 from shared.models import ASPECTS, frame_size
+from shared.phonemes import Phoneme
 
 if TYPE_CHECKING:
     from services.visual.face import FaceInfo
@@ -88,7 +89,7 @@ class VisualEngine(Protocol):
     version: str
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
+                sample_rate: int, phonemes: list[Phoneme] | None, spec: RenderSpec
                 ) -> Animation:
         """Everything one clip needs, worked out once: the speech `audio` (mono float samples at
         `sample_rate`) and its `phonemes` timings, when the audio stage gave them."""

@@ -23,17 +23,17 @@ import tempfile
 import wave
 import weakref
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from services.visual.engines.base import RenderSpec
-from services.visual.engines.portrait import frame_input
 from services.visual.face import FaceInfo
+from services.visual.framing import frame_input
 from shared import engine_catalog
 from shared.errors import MissingWeights, StageFailed
-from shared.ffmpeg import FFMPEG
+from shared.ffmpeg import ffmpeg
+from shared.phonemes import Phoneme
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SadTalkerEngine:
         return found
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
+                sample_rate: int, phonemes: list[Phoneme] | None, spec: RenderSpec
                 ) -> SadTalkerAnimation:
         base, _, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         work = Path(tempfile.mkdtemp(prefix="jayavatar-sadtalker-"))
@@ -146,11 +146,8 @@ def decode(video: Path, out: Path, frame: tuple[int, int], fps: int) -> np.ndarr
     width, height = frame
     vf = (f"fps={fps},scale={width}:{height}:force_original_aspect_ratio=increase:flags=area,"
           f"crop={width}:{height}")
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
-           "-an", "-vf", vf, "-pix_fmt", "rgb24", "-f", "rawvideo", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise StageFailed(f"sadtalker: ffmpeg could not decode {video}:\n{_tail(proc.stderr)}")
+    ffmpeg(["-i", str(video), "-an", "-vf", vf, "-pix_fmt", "rgb24", "-f", "rawvideo", str(out)],
+           f"decoding SadTalker's video {video}", out)
     frame_bytes = width * height * 3
     n = out.stat().st_size // frame_bytes
     if n == 0:

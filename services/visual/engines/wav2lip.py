@@ -20,10 +20,12 @@ import numpy as np
 
 from services.visual.engines import mel as melspec
 from services.visual.engines.base import RenderSpec
-from services.visual.engines.portrait import CHIN, NOSE_BASE, OUTER_LIPS, frame_input
 from services.visual.face import FaceInfo
+from services.visual.framing import frame_input
+from services.visual.mouth import CHIN, NOSE_BASE, OUTER_LIPS
 from shared import engine_catalog
 from shared.errors import InvalidInput, MissingWeights, StageFailed
+from shared.phonemes import Phoneme
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class Wav2LipEngine:
         logger.info("wav2lip: loaded %s on %s%s", path, self.device, " (fp16)" if self.fp16 else "")
 
     def prepare(self, portrait_rgb: np.ndarray, face: FaceInfo, audio: np.ndarray,
-                sample_rate: int, phonemes: list[dict[str, Any]] | None, spec: RenderSpec
+                sample_rate: int, phonemes: list[Phoneme] | None, spec: RenderSpec
                 ) -> Wav2LipAnimation:
         base, lm, samples, n = frame_input(portrait_rgb, face, audio, sample_rate, spec)
         box = face_box(lm, spec.frame)

@@ -55,8 +55,8 @@ def test_piper_speaks_sentence_by_sentence_with_timings() -> None:
     for pcm, phonemes in pieces:
         n = len(pcm) // 2
         assert n > 0.3 * engine.sample_rate
-        assert phonemes and phonemes[0]["start"] == 0.0
-        assert abs(phonemes[-1]["end"] - n / engine.sample_rate) < 1e-3  # timings cover it
+        assert phonemes and phonemes[0].start == 0.0
+        assert abs(phonemes[-1].end - n / engine.sample_rate) < 1e-3  # timings cover it
 
 
 def test_turns_go_to_the_earliest_deadline() -> None:
@@ -88,6 +88,6 @@ def test_piper_leaves_out_sentences_already_spoken() -> None:
     engine = PiperEngine(ROOT / "models")
     engine.single_threaded()
     text = "Good morning. This line has two sentences."
-    whole = [[p["phoneme"] for p in ph or []] for _, ph in engine.sentences(text)]
-    rest = [[p["phoneme"] for p in ph or []] for _, ph in engine.sentences(text, skip=1)]
+    whole = [[p.symbol for p in ph or []] for _, ph in engine.sentences(text)]
+    rest = [[p.symbol for p in ph or []] for _, ph in engine.sentences(text, skip=1)]
     assert len(whole) == 2 and rest == whole[1:]

@@ -16,7 +16,8 @@ import redis
 
 from services.audio.live import AudioSession
 from services.audio.resample import Resampler
-from shared import live
+from shared import keys, live
+from shared.leases import Lease
 from shared.live_audio import STREAM_RATE, AudioIn, AudioStart
 from shared.settings import Settings
 
@@ -34,8 +35,8 @@ class Running:
 
     def __init__(self, conn: redis.Redis, sid: str, tmp_path: Any) -> None:
         rec = live.SessionRecord(id=sid, avatar_id="a", created_at=time.time())
-        conn.set(live.session(sid), rec.model_dump_json(), ex=60)
-        held = live.Lease(conn, sid, "audio", "test", 30)
+        conn.set(keys.live_session(sid), rec.model_dump_json(), ex=60)
+        held = Lease(conn, keys.live_lease(sid, "audio"), "test", 30)
         assert held.claim()
         self.stopping = threading.Event()
         settings = Settings(redis_url="redis://unused", data_dir=tmp_path)
@@ -50,23 +51,23 @@ class Running:
 
 def _start(conn: redis.Redis, sid: str, line: str, rate: int, text: str = "") -> str:
     fields = AudioStart(id=line, rate=rate, text=text).fields()
-    return conn.xadd(live.ctl(sid), fields).decode()
+    return conn.xadd(keys.live_ctl(sid), fields).decode()
 
 
 def _pcm(conn: redis.Redis, sid: str, line: str, ctl: str, rate: int, pcm: bytes) -> None:
-    conn.xadd(live.audio_in(sid), AudioIn(kind="pcm", line=line, ctl=ctl, rate=rate,
+    conn.xadd(keys.live_audio_in(sid), AudioIn(kind="pcm", line=line, ctl=ctl, rate=rate,
                                           pcm=pcm).fields())
 
 
 def _end(conn: redis.Redis, sid: str, line: str, ctl: str, rate: int) -> None:
-    conn.xadd(live.audio_in(sid), AudioIn(kind="end", line=line, ctl=ctl, rate=rate).fields())
+    conn.xadd(keys.live_audio_in(sid), AudioIn(kind="end", line=line, ctl=ctl, rate=rate).fields())
 
 
 def _pieces(conn: redis.Redis, sid: str, line: str, timeout: float = 10) -> list[dict]:
     """The speech pieces of `line`, once its last one is there."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = [{k.decode(): v for k, v in f.items()} for _, f in conn.xrange(live.speech(sid))]
+        got = [{k.decode(): v for k, v in f.items()} for _, f in conn.xrange(keys.live_speech(sid))]
         mine = [f for f in got if f["line"].decode() == line]
         if mine and mine[-1]["last"] == b"1":
             return mine
@@ -100,7 +101,7 @@ def test_a_line_is_forwarded_piece_by_piece_resampled(conn: redis.Redis, tmp_pat
     whole = Resampler(16000, STREAM_RATE).process(x, final=True)
     assert len(heard) == len(whole) == STREAM_RATE
     assert np.abs(heard / 32767 - whole).max() < 1e-4
-    assert conn.xlen(live.audio_in("s1")) <= 1  # what was forwarded is trimmed
+    assert conn.xlen(keys.live_audio_in("s1")) <= 1  # what was forwarded is trimmed
 
 
 def test_lines_keep_their_order_and_a_stop_drops_the_rest(conn: redis.Redis, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -112,18 +113,18 @@ def test_lines_keep_their_order_and_a_stop_drops_the_rest(conn: redis.Redis, tmp
         _pcm(conn, "s2", "second", second, 8000, one)
         _end(conn, "s2", "second", second, 8000)
         time.sleep(0.3)
-        assert conn.xlen(live.speech("s2")) == 0  # the first line has not ended
+        assert conn.xlen(keys.live_speech("s2")) == 0  # the first line has not ended
         _pcm(conn, "s2", "first", first, 8000, one)
         _end(conn, "s2", "first", first, 8000)
         assert _pieces(conn, "s2", "second")
-        lines = [f[b"line"] for _, f in conn.xrange(live.speech("s2"))]
+        lines = [f[b"line"] for _, f in conn.xrange(keys.live_speech("s2"))]
         assert lines.index(b"second") > max(i for i, n in enumerate(lines) if n == b"first")
         cut = _start(conn, "s2", "cut", 8000)
         _pcm(conn, "s2", "cut", cut, 8000, one)
         time.sleep(0.3)
-        conn.xadd(live.ctl("s2"), {"type": "stop"})
+        conn.xadd(keys.live_ctl("s2"), {"type": "stop"})
         time.sleep(0.2)
-        before = conn.xlen(live.speech("s2"))
+        before = conn.xlen(keys.live_speech("s2"))
         _pcm(conn, "s2", "cut", cut, 8000, one)  # in flight when the stop came
         _end(conn, "s2", "cut", cut, 8000)
         after = _start(conn, "s2", "after", 8000)
@@ -132,7 +133,7 @@ def test_lines_keep_their_order_and_a_stop_drops_the_rest(conn: redis.Redis, tmp
         assert _pieces(conn, "s2", "after")
     finally:
         run.stop()
-    cut_pieces = [f for _, f in conn.xrange(live.speech("s2")) if f[b"line"] == b"cut"]
+    cut_pieces = [f for _, f in conn.xrange(keys.live_speech("s2")) if f[b"line"] == b"cut"]
     assert len(cut_pieces) <= before and not any(f[b"last"] == b"1" for f in cut_pieces)
 
 
@@ -151,13 +152,13 @@ def test_a_worker_taking_over_goes_on_where_the_dead_one_stopped(conn: redis.Red
         _pcm(conn, "s3", "two", two, 16000, short)
         _end(conn, "s3", "two", two, 16000)
         deadline = time.monotonic() + 10
-        while not conn.xlen(live.speech("s3")) and time.monotonic() < deadline:
+        while not conn.xlen(keys.live_speech("s3")) and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.3)  # it has read line two's audio too, held until line one ends
     finally:
         first.stop()
-    assert conn.xlen(live.speech("s3")) >= 1
-    conn.delete(live.lease("s3", "audio"))  # its lease lapses
+    assert conn.xlen(keys.live_speech("s3")) >= 1
+    conn.delete(keys.live_lease("s3", "audio"))  # its lease lapses
     _pcm(conn, "s3", "one", one, 24000, half)
     _end(conn, "s3", "one", one, 24000)
     second = Running(conn, "s3", tmp_path)
@@ -165,7 +166,7 @@ def test_a_worker_taking_over_goes_on_where_the_dead_one_stopped(conn: redis.Red
         pieces = _pieces(conn, "s3", "two")
     finally:
         second.stop()
-    ones = [f for _, f in conn.xrange(live.speech("s3")) if f[b"line"] == b"one"]
+    ones = [f for _, f in conn.xrange(keys.live_speech("s3")) if f[b"line"] == b"one"]
     assert [int(f[b"seq"]) for f in ones] == list(range(len(ones)))
     assert ones[-1][b"last"] == b"1"
     heard = sum(len(f[b"pcm"]) // 2 for f in ones)

@@ -15,13 +15,13 @@ import pytest
 from services.audio.engines import ENGINES, Speech, SpeechRequest, get_engine
 from services.audio.engines.piper import (
     PAD_SECONDS,
-    SILENCE,
     PiperEngine,
     aligned_path,
     prepare,
 )
 from shared.engine_catalog import VOICES
 from shared.errors import Canceled, InvalidInput
+from shared.phonemes import SILENCE, Phoneme
 
 TEXT = "Hello world. This is JayAvatar."
 BILABIAL = {"m", "p", "b"}
@@ -61,8 +61,8 @@ def test_registry() -> None:
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
     with pytest.raises(InvalidInput,
-                       match="unknown speech engine 'xtts2'; expected one of: piper, "
-                       "piper-female, piper-high, piper-low, piper-match, recording, xtts"):
+                       match="unknown speech engine 'xtts2'; expected one of: piper, xtts, "
+                       "piper-match, piper-low, piper-high, piper-female, recording"):
         get_engine("xtts2")
 
 
@@ -90,24 +90,24 @@ def test_phonemes_cover_audio_and_follow_it(engine: PiperEngine, tmp_path: Path)
     speech = engine.synthesize(SpeechRequest("Mama bought a map. " + TEXT, out))
     phonemes = speech.phonemes
     assert phonemes, "the aligned voice should give phoneme timings"
-    assert phonemes[0]["start"] == 0.0
-    assert abs(phonemes[-1]["end"] - speech.duration) <= 0.05
+    assert phonemes[0].start == 0.0
+    assert abs(phonemes[-1].end - speech.duration) <= 0.05
     for prev, cur in zip(phonemes, phonemes[1:], strict=False):
-        assert cur["start"] == prev["end"]
-    assert all(p["end"] > p["start"] for p in phonemes)
-    symbols = [p["phoneme"] for p in phonemes]
+        assert cur.start == prev.end
+    assert all(p.end > p.start for p in phonemes)
+    symbols = [p.symbol for p in phonemes]
     assert sum(s in BILABIAL for s in symbols) >= 4  # m, m, b, m, p
     assert symbols[0] == symbols[-1] == SILENCE
-    assert phonemes[0]["end"] >= PAD_SECONDS
+    assert phonemes[0].end >= PAD_SECONDS
     assert not {"ˈ", "ˌ", "^", "$"} & set(symbols)
 
     # The timings match the sound: vowels are loud, the padding is silent.
     _, audio = read_wav(out)
 
-    def segment(p: dict) -> np.ndarray:
-        return audio[round(p["start"] * 22050) : round(p["end"] * 22050)]
+    def segment(p: Phoneme) -> np.ndarray:
+        return audio[round(p.start * 22050) : round(p.end * 22050)]
 
-    vowels = [p for p in phonemes if p["phoneme"][0] in "aeiouæɑɐəɛɜɪʊʌɔ"]
+    vowels = [p for p in phonemes if p.symbol[0] in "aeiouæɑɐəɛɜɪʊʌɔ"]
     assert len(vowels) >= 8
     loud = np.median([rms(segment(p)) for p in vowels])
     assert loud > 20 * max(rms(segment(phonemes[0])), rms(segment(phonemes[-1])), 1e-4)

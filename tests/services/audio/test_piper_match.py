@@ -22,6 +22,7 @@ from services.audio.engines.piper_match import (
 from services.audio.engines.voice_profile import VoiceProfile, measure
 from shared.engine_catalog import VOICES
 from shared.errors import Canceled, InvalidInput
+from shared.phonemes import Phoneme
 
 TEXT = ("Good morning. I recorded this message so that you can hear how the new voice sounds, "
         "and whether it fits the face on the screen.")
@@ -112,25 +113,25 @@ def test_phoneme_timings_cover_the_audio_at_the_samples_rate(
     assert wav_samples(out) == speech.n_samples
     phonemes = speech.phonemes
     assert phonemes is not None
-    assert phonemes[0]["start"] == 0 and phonemes[-1]["end"] == pytest.approx(speech.duration,
+    assert phonemes[0].start == 0 and phonemes[-1].end == pytest.approx(speech.duration,
                                                                               abs=1e-4)
-    assert all(a["end"] == b["start"] for a, b in zip(phonemes, phonemes[1:], strict=False))
+    assert all(a.end == b.start for a, b in zip(phonemes, phonemes[1:], strict=False))
     # the audio is stretched by the rate change, and every phoneme with it: the speech starts
     # where the timings say, every pause they list is silent and every sound they list is not
     # (timings left unscaled would be off by 1.6 s at the end)
-    spoken = [p for p in phonemes if any(c.isalpha() for c in p["phoneme"])]
+    spoken = [p for p in phonemes if any(c.isalpha() for c in p.symbol)]
     onset, offset = _speech_span(out)
-    assert onset == pytest.approx(spoken[0]["start"], abs=0.04)
-    assert offset == pytest.approx(spoken[-1]["end"], abs=0.15)
+    assert onset == pytest.approx(spoken[0].start, abs=0.04)
+    assert offset == pytest.approx(spoken[-1].end, abs=0.15)
     level = _levels(out)
-    pauses = [p for p in phonemes if p["phoneme"] in ("_", ".", ",") and
-              p["end"] - p["start"] > 0.05]
+    pauses = [p for p in phonemes if p.symbol in ("_", ".", ",") and
+              p.end - p.start > 0.05]
     assert len(pauses) >= 4  # start, the full stop, the comma, the end
     # most of each pause is silent (Piper now and then starts the next word's breath inside
     # one, up to -31 dB in 1 run of 40, so its loudest frame says less than its median)
     for p in pauses:
         assert _median(level, p) < -45, p
-    loud = [_loudest(level, p) > -40 for p in spoken if p["end"] - p["start"] > 0.06]
+    loud = [_loudest(level, p) > -40 for p in spoken if p.end - p.start > 0.06]
     assert np.mean(loud) > 0.85  # stop closures are quiet
     # slower than joe by the rate (Piper draws its durations with some noise: a few per cent)
     joe_onset, joe_offset = _speech_span(plain[0])
@@ -147,15 +148,15 @@ def _levels(path: Path) -> np.ndarray:
     return level - level.max()
 
 
-def _loudest(level: np.ndarray, phoneme: dict) -> float:
+def _loudest(level: np.ndarray, phoneme: Phoneme) -> float:
     """The loudest 10 ms frame in the middle half of a phoneme's span."""
-    a, b = phoneme["start"] * 100, phoneme["end"] * 100
+    a, b = phoneme.start * 100, phoneme.end * 100
     return float(level[int(a + (b - a) / 4): int(b - (b - a) / 4) + 1].max())
 
 
-def _median(level: np.ndarray, phoneme: dict) -> float:
+def _median(level: np.ndarray, phoneme: Phoneme) -> float:
     """The median level of the 10 ms frames in the middle half of a phoneme's span."""
-    a, b = phoneme["start"] * 100, phoneme["end"] * 100
+    a, b = phoneme.start * 100, phoneme.end * 100
     return float(np.median(level[int(a + (b - a) / 4): int(b - (b - a) / 4) + 1]))
 
 

@@ -17,6 +17,7 @@ import pytest
 from services.audio.engines import SpeechRequest
 from services.audio.engines.piper import PiperEngine
 from services.audio.engines.recording import RATE, RecordingEngine
+from shared.phonemes import Phoneme
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 LJ = DATA / "speech" / "LJ050-0131.wav"
@@ -31,9 +32,9 @@ class Pieces:
     """Collects what the engine hands over, as the audio stage's SpeechPieces would."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[bytes, int, list[dict[str, Any]] | None, dict[str, Any]]] = []
+        self.items: list[tuple[bytes, int, list[Phoneme] | None, dict[str, Any]]] = []
 
-    def __call__(self, pcm: bytes, rate: int, phonemes: list[dict[str, Any]] | None, /,
+    def __call__(self, pcm: bytes, rate: int, phonemes: list[Phoneme] | None, /,
                  **meta: Any) -> None:
         self.items.append((pcm, rate, phonemes, meta))
 
@@ -50,7 +51,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> RecordingEngine:
 
 
 @pytest.fixture(scope="module")
-def piper_speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+def piper_speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Phoneme]]:
     """Piper's speech of TEXT as a recording, and Piper's own phoneme timings of it."""
     tmp = tmp_path_factory.mktemp("piper")
     speech = PiperEngine(tmp).synthesize(SpeechRequest(TEXT, tmp / "piper.wav"))
@@ -58,8 +59,8 @@ def piper_speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
     return flac(tmp / "piper.wav", tmp / "piper.flac"), speech.phonemes
 
 
-def _centres(phonemes: list[dict[str, Any]] | None) -> list[float]:
-    return [(p["start"] + p["end"]) / 2 for p in phonemes or [] if p["phoneme"][:1] in BILABIAL]
+def _centres(phonemes: list[Phoneme] | None) -> list[float]:
+    return [(p.start + p.end) / 2 for p in phonemes or [] if p.symbol[:1] in BILABIAL]
 
 
 def _found(truth: list[float], got: list[float], within: float) -> float:
@@ -81,11 +82,11 @@ def test_pieces_are_the_recording_and_the_timeline_covers_it(engine: RecordingEn
     gains = {p[3]["level_gain"] for p in pieces.items}
     assert len(gains) == 1 and 1.0 < gains.pop() < 2.0  # LJ is quieter than the tuned level
     for pcm, _, phonemes, _ in pieces.items:  # each piece's timings cover exactly that piece
-        assert phonemes is not None and phonemes[0]["start"] == 0
-        assert phonemes[-1]["end"] == pytest.approx(len(pcm) / 2 / RATE, abs=1e-4)
-        assert all(a["end"] == b["start"] for a, b in zip(phonemes, phonemes[1:], strict=False))
+        assert phonemes is not None and phonemes[0].start == 0
+        assert phonemes[-1].end == pytest.approx(len(pcm) / 2 / RATE, abs=1e-4)
+        assert all(a.end == b.start for a, b in zip(phonemes, phonemes[1:], strict=False))
     assert speech.info and speech.info["mouth"] == "aligned"
-    said = [p["phoneme"] for p in speech.phonemes or []]
+    said = [p.symbol for p in speech.phonemes or []]
     assert said.count("m") == 2 and said.count("b") == 1  # system, formal; established
     assert "ð" in said  # "thereunder", spelled by espeak-ng: not in the dictionary
 
@@ -144,7 +145,7 @@ speech = engine.synthesize(SpeechRequest(sys.argv[3], Path(sys.argv[4]),
                                          on_piece=lambda *a, **k: n.append(1)))
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 print(speech.info["mouth"], speech.info["mouth_reason"].replace(" ", "_"), len(n), grown,
-      speech.phonemes[-1]["end"], speech.duration)
+      speech.phonemes[-1].end, speech.duration)
 """
 
 

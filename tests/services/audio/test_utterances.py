@@ -76,6 +76,7 @@ ceiling = int(sys.argv[3]) * 2**30
 resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
 from services.audio.engines import SpeechRequest
 from services.audio.engines.piper import PiperEngine
+from shared.phonemes import to_dicts
 
 engine = PiperEngine(Path(sys.argv[1]))
 engine.sleeping_threads(2)
@@ -87,11 +88,11 @@ text, mode = json.loads(sys.argv[2]), sys.argv[4]
 out = {}
 if mode == "job":
     speech = engine.synthesize(SpeechRequest(text, Path(sys.argv[5])))
-    out.update(duration=speech.duration, phonemes=speech.phonemes)
+    out.update(duration=speech.duration, phonemes=to_dicts(speech.phonemes))
 else:  # a live session's line: sentence by sentence
     pieces = [(len(pcm) // 2, phonemes) for pcm, phonemes in engine.sentences(text)]
     out.update(count=engine.sentence_count(text), rate=engine.sample_rate,
-               pieces=[[n, p[-1]["end"] if p else None] for n, p in pieces])
+               pieces=[[n, p[-1].end if p else None] for n, p in pieces])
 out.update(base_mb=base / 1024, peak_mb=kb("VmHWM") / 1024, after_mb=kb("VmRSS") / 1024)
 print(json.dumps(out))
 """

@@ -11,7 +11,9 @@ import subprocess
 import wave
 from pathlib import Path
 
-from shared.ffmpeg import FrameWriter, ffmpeg_report
+from video_files import write_video
+
+from shared.ffmpeg import ffmpeg_report
 
 RATE = 22050
 
@@ -19,10 +21,8 @@ RATE = 22050
 def solid_video(path: Path, width: int, height: int, fps: int, n: int,
                 rgb: tuple[int, int, int]) -> Path:
     """n frames of one colour (the 'person' layer: the mask decides where it shows)."""
-    with FrameWriter(path, width, height, fps) as writer:
-        for _ in range(n):
-            writer.write(bytes(rgb) * (width * height))
-    return path
+    return write_video(path, (bytes(rgb) * (width * height) for _ in range(n)), width, height,
+                       fps)
 
 
 def half_mask(path: Path, width: int, height: int, fps: int, n: int) -> Path:

@@ -19,9 +19,11 @@ from services.compositor.captions import (
     to_srt,
     wrap,
 )
+from shared.phonemes import Phoneme, from_dicts
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 SAMPLE = json.loads((DATA / "piper_phonemes.json").read_text())
+TIMELINE = from_dicts(SAMPLE["phonemes"])
 _SRT_BLOCK = re.compile(
     r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n((?:.+\n)+)\n")
 
@@ -53,11 +55,11 @@ def assert_well_formed(cues: list[Cue], duration: float, max_line: int) -> None:
 
 def test_piper_sample_gets_one_cue_per_spoken_phrase_group() -> None:
     duration = SAMPLE["duration"]
-    cues = build_cues(SAMPLE["text"], SAMPLE["phonemes"], duration)
+    cues = build_cues(SAMPLE["text"], TIMELINE, duration)
     assert_well_formed(cues, duration, 32)
     # every word of the text, in order, and nothing else
     assert " ".join(" ".join(c.text.split("\n")) for c in cues).split() == SAMPLE["text"].split()
-    phrases = spoken_phrases(SAMPLE["phonemes"], duration)
+    phrases = spoken_phrases(TIMELINE, duration)
     clauses = split_clauses(SAMPLE["text"])
     assert len(phrases) == len(clauses) == 7  # "2.5" and "$12" split nothing; "Dr." does
     # each cue starts when its first clause is spoken (phrase start), not before
@@ -80,9 +82,8 @@ def test_without_timings_the_text_shares_the_duration_by_length() -> None:
 def test_mismatched_timings_fall_back_to_the_spoken_spans() -> None:
     # two spoken phrases (1-2 s and 3-5 s) for three clauses: proportional inside the spans,
     # so no cue starts during the leading silence
-    phonemes = [{"phoneme": "_", "start": 0, "end": 1},
-                {"phoneme": "a", "start": 1, "end": 2}, {"phoneme": "_", "start": 2, "end": 3},
-                {"phoneme": "b", "start": 3, "end": 5}, {"phoneme": "_", "start": 5, "end": 6}]
+    phonemes = [Phoneme("_", 0, 1), Phoneme("a", 1, 2), Phoneme("_", 2, 3), Phoneme("b", 3, 5),
+                Phoneme("_", 5, 6)]
     cues = build_cues("Alpha beta. Gamma delta. Epsilon zeta.", phonemes, 6.0)
     assert_well_formed(cues, 6.0, 32)
     assert len(cues) == 3 and cues[0].start == 1.0

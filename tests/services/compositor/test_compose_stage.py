@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 from synth import half_mask, music
+from video_files import write_video
 
 from services.compositor import worker
 from shared.checkpoint import load_manifest, write_manifest
-from shared.ffmpeg import FrameWriter, probe
+from shared.ffmpeg import probe
 from shared.models import JobOptions, JobRecord, MediaRecord, StageInfo
-from shared.pieces import pieces_dir, write_piece
+from shared.pieces import PieceFiles
 from shared.settings import Settings
 from shared.stage import Runtime
 from shared.storage import sha256_file
@@ -52,9 +53,9 @@ def stage_job(redis_url: str, tmp_path: Path, options: JobOptions, *, text: str 
         w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 10)))
                                for i in range(int(22050 * seconds))))
     video = tmp_path / "video.mp4"
-    with FrameWriter(video, SIZE, SIZE, FPS, gop=round(seconds * FPS)) as fw:  # a chunk
-        for i in range(round(seconds * FPS)):
-            fw.write(bytes([i * 7 % 256]) * SIZE * SIZE * 3)
+    n_frames = round(seconds * FPS)
+    write_video(video, (bytes([i * 7 % 256]) * SIZE * SIZE * 3 for i in range(n_frames)),
+                SIZE, SIZE, FPS, gop=n_frames)  # a chunk
     audio_files = {"speech.wav": wav}
     if phonemes is not None:
         (tmp_path / "phonemes.json").write_text(json.dumps(phonemes))
@@ -64,17 +65,15 @@ def stage_job(redis_url: str, tmp_path: Path, options: JobOptions, *, text: str 
         visual_files["mask.mkv"] = half_mask(tmp_path / "mask.mkv", SIZE, SIZE, FPS,
                                              round(seconds * FPS))
     # what the stages publish as they go (shared/pieces.py): here one piece each
-    n_frames = round(seconds * FPS)
-    for stage, prefix, src, meta in (
-            ("audio", "piece", wav, {"start_sample": 0, "n_samples": int(22050 * seconds),
-                                     "sample_rate": 22050, "phonemes": phonemes}),
-            ("visual", "chunk", video, {"start": 0, "stop": n_frames, "fps": FPS})):
-        folder = pieces_dir(job_dir, stage)
-        folder.mkdir(parents=True)
-        suffix = src.suffix
-        tmp = folder / f".{prefix}{suffix}"
+    for stage, src, meta in (
+            ("audio", wav, {"start_sample": 0, "n_samples": int(22050 * seconds),
+                            "sample_rate": 22050, "phonemes": phonemes}),
+            ("visual", video, {"start": 0, "stop": n_frames, "fps": FPS})):
+        files = PieceFiles.of(settings.layout, rec.id, stage)
+        files.folder.mkdir(parents=True)
+        tmp = files.temp(0, "test")
         shutil.copyfile(src, tmp)
-        write_piece(folder, prefix, suffix, 0, tmp, meta)
+        files.write(0, tmp, meta)
     _publish(job_dir, "audio", audio_files, {"duration": seconds, "pieces": 1})
     _publish(job_dir, "visual", visual_files, {"pieces": 1})
     rec.stage, rec.stage_state, rec.status = "compose", "queued", "running"

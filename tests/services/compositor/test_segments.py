@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from video_files import write_video
 
 from services.compositor.segments import SegmentMuxer, remux_result
 from shared import mp4
 from shared.errors import StageFailed
-from shared.ffmpeg import FrameWriter, probe
+from shared.ffmpeg import probe
 
 FPS, SIZE, RATE = 25, 64, 22050
 GRID = [range(0, 10), range(10, 30), range(30, 70), range(70, 83)]  # as the visual stage cuts
@@ -20,10 +21,8 @@ GRID = [range(0, 10), range(10, 30), range(30, 70), range(70, 83)]  # as the vis
 
 def _chunk(path: Path, frames: range, *, gop: bool = True) -> Path:
     """A chunk as the visual stage encodes it: frame i is flat grey level 3*i."""
-    with FrameWriter(path, SIZE, SIZE, FPS, gop=len(frames) if gop else None) as fw:
-        for i in frames:
-            fw.write(bytes([3 * i % 256]) * SIZE * SIZE * 3)
-    return path
+    return write_video(path, (bytes([3 * i % 256]) * SIZE * SIZE * 3 for i in frames), SIZE,
+                       SIZE, FPS, gop=len(frames) if gop else None)
 
 
 def _speech(n_frames: int) -> np.ndarray:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from services.visual.engines.base import RenderSpec
-from services.visual.engines.portrait import MIN_FACE_PX, PortraitEngine, frame_original
+from services.visual.engines.portrait import MIN_FACE_PX, PortraitEngine
 from services.visual.face import FaceAnalyzer
-from services.visual.framing import frame_face, plan_face
+from services.visual.framing import frame_face, frame_original, plan_face
 from shared.errors import InvalidInput
 from shared.models import frame_size
 

@@ -12,6 +12,7 @@ import numpy as np
 from services.visual.live_encoder import FragmentEncoder
 from services.visual.live_motion import LiveMotion
 from shared import mp4
+from shared.phonemes import Phoneme
 
 RATE, FPS = 22050, 25
 
@@ -97,9 +98,9 @@ def test_a_live_line_raises_the_tongue_tip_on_its_alveolars_and_stop_lowers_it()
     """The live stream draws the tongue track a batch clip draws (t/d/n/l/th), and a stop
     fades it with the rest of the mouth."""
     m = _motion()
-    phonemes = [{"phoneme": "ɑ", "start": 0.0, "end": 0.4},
-                {"phoneme": "t", "start": 0.4, "end": 0.52},
-                {"phoneme": "ɑ", "start": 0.52, "end": 1.0}]
+    phonemes = [Phoneme("ɑ", 0.0, 0.4),
+                Phoneme("t", 0.4, 0.52),
+                Phoneme("ɑ", 0.52, 1.0)]
     t = np.arange(RATE) / RATE
     voice = (6000 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))).astype(np.int16)
     piece = m.schedule(5, "l1", 0, True, voice, RATE, phonemes, "a ta")

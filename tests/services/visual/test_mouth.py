@@ -13,6 +13,7 @@ from services.visual.engines.base import RenderSpec
 from services.visual.engines.portrait import PortraitAnimation, PortraitEngine
 from services.visual.face import FaceAnalyzer
 from services.visual.visemes import tongue_track
+from shared.phonemes import Phoneme
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "data" / "portrait.png"
 SR = 16000
@@ -96,10 +97,8 @@ def test_tongue_tip_shows_in_the_middle_on_t_d_n_l(portrait, face, size):
 
 
 def test_tongue_track_rises_on_alveolars_only():
-    phonemes = [{"phoneme": "ɑ", "start": 0.0, "end": 0.3}, {"phoneme": "l", "start": 0.3,
-                 "end": 0.4}, {"phoneme": "ɑ", "start": 0.4, "end": 0.7},
-                {"phoneme": "m", "start": 0.7, "end": 0.8}, {"phoneme": "θ", "start": 0.8,
-                 "end": 0.9}, {"phoneme": "i", "start": 0.9, "end": 1.3}]
+    phonemes = [Phoneme("ɑ", 0.0, 0.3), Phoneme("l", 0.3, 0.4), Phoneme("ɑ", 0.4, 0.7),
+                Phoneme("m", 0.7, 0.8), Phoneme("θ", 0.8, 0.9), Phoneme("i", 0.9, 1.3)]
     tip = tongue_track(phonemes, 33, 25)
     assert tip.shape == (33,) and tip.dtype == np.float32
     assert tip[8] == pytest.approx(1.0) and tip[21] == pytest.approx(1.0)  # l, th
@@ -108,10 +107,8 @@ def test_tongue_track_rises_on_alveolars_only():
 
 
 def test_speech_raises_the_tongue_tip_on_its_alveolars(portrait, face):
-    phonemes = [{"phoneme": " ", "start": 0.0, "end": 0.1}, {"phoneme": "ɑ", "start": 0.1,
-                 "end": 0.4}, {"phoneme": "t", "start": 0.4, "end": 0.52},
-                {"phoneme": "ɑ", "start": 0.52, "end": 0.9}, {"phoneme": ".", "start": 0.9,
-                 "end": 1.0}]
+    phonemes = [Phoneme(" ", 0.0, 0.1), Phoneme("ɑ", 0.1, 0.4), Phoneme("t", 0.4, 0.52),
+                Phoneme("ɑ", 0.52, 0.9), Phoneme(".", 0.9, 1.0)]
     t = np.arange(SR) / SR
     audio = (0.3 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))).astype(np.float32)
     anim = _anim(portrait, face, audio=audio, phonemes=phonemes)
@@ -122,10 +119,8 @@ def test_speech_raises_the_tongue_tip_on_its_alveolars(portrait, face):
 
 def test_p_b_m_close_the_lips(portrait, face):
     """On the p of "ah-pa" the frame's mouth is as shut as at rest: no dark interior."""
-    phonemes = [{"phoneme": " ", "start": 0.0, "end": 0.1}, {"phoneme": "ɑ", "start": 0.1,
-                 "end": 0.5}, {"phoneme": "p", "start": 0.5, "end": 0.58},
-                {"phoneme": "ɑ", "start": 0.58, "end": 1.0}, {"phoneme": ".", "start": 1.0,
-                 "end": 1.2}]
+    phonemes = [Phoneme(" ", 0.0, 0.1), Phoneme("ɑ", 0.1, 0.5), Phoneme("p", 0.5, 0.58),
+                Phoneme("ɑ", 0.58, 1.0), Phoneme(".", 1.0, 1.2)]
     t = np.arange(int(1.2 * SR)) / SR
     audio = (0.3 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))).astype(np.float32)
     anim = _anim(portrait, face, audio=audio, phonemes=phonemes)

@@ -12,6 +12,7 @@ from services.visual.engines.base import RenderSpec
 from services.visual.engines.portrait import PortraitEngine
 from services.visual.face import FaceAnalyzer
 from shared.errors import InvalidInput
+from shared.phonemes import Phoneme
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "data" / "portrait.png"
 SR = 16000
@@ -156,11 +157,11 @@ def test_blink_closes_the_eyes(portrait, face):
 
 
 def test_phonemes_drive_the_shape(portrait, face):
-    phonemes = [{"phoneme": " ", "start": 0.0, "end": 0.1},
-                {"phoneme": "ɑ", "start": 0.1, "end": 0.5},
-                {"phoneme": "p", "start": 0.5, "end": 0.58},
-                {"phoneme": "ɑ", "start": 0.58, "end": 1.0},
-                {"phoneme": ".", "start": 1.0, "end": 1.2}]
+    phonemes = [Phoneme(" ", 0.0, 0.1),
+                Phoneme("ɑ", 0.1, 0.5),
+                Phoneme("p", 0.5, 0.58),
+                Phoneme("ɑ", 0.58, 1.0),
+                Phoneme(".", 1.0, 1.2)]
     audio = buzz(1.2, modulate=False)
     anim = PortraitEngine().prepare(portrait, face, audio, SR, phonemes, RenderSpec())
     assert anim.opening(13) < 0.1  # t = 0.52 s, lips shut for the p

@@ -63,7 +63,7 @@ def test_frames_final_so_far_are_the_frames_of_the_whole_speech(face_and_portrai
     whole = engine.prepare(portrait, face, everything.audio(), SR, everything.phonemes, spec)
     assert whole.n_frames == everything.frames(FPS)
     assert everything.phonemes is not None
-    assert everything.phonemes[-1]["end"] == pytest.approx(start)
+    assert everything.phonemes[-1].end == pytest.approx(start)
 
     speech, checked = SpeechSoFar(), 0
     for piece in pieces[:-1]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.visual.visemes import viseme_tracks, visemes_of
+from shared.phonemes import Phoneme, from_dicts
 
 
 @pytest.mark.parametrize("phoneme,name", [
@@ -33,9 +34,7 @@ def _at(t: float, fps: int = 25) -> int:
 
 
 def test_closure_wins_between_vowels():
-    phonemes = [{"phoneme": "ɑ", "start": 0.20, "end": 0.50},
-                {"phoneme": "p", "start": 0.50, "end": 0.58},
-                {"phoneme": "ɑ", "start": 0.58, "end": 0.90}]
+    phonemes = [Phoneme("ɑ", 0.20, 0.50), Phoneme("p", 0.50, 0.58), Phoneme("ɑ", 0.58, 0.90)]
     tracks = viseme_tracks(phonemes, 30, 25)
     assert tracks.shape == (30, 3) and tracks.dtype == np.float32
     assert tracks[_at(0.52), 0] < 0.1  # lips shut for the p
@@ -44,8 +43,7 @@ def test_closure_wins_between_vowels():
 
 
 def test_transitions_are_smooth_and_anticipate():
-    phonemes = [{"phoneme": " ", "start": 0.0, "end": 0.4},
-                {"phoneme": "ɑ", "start": 0.4, "end": 1.0}]
+    phonemes = [Phoneme(" ", 0.0, 0.4), Phoneme("ɑ", 0.4, 1.0)]
     opening = viseme_tracks(phonemes, 50, 50)[:, 0]
     assert np.abs(np.diff(opening)).max() < 0.35  # no one-frame jumps
     assert opening[_at(0.4, 50)] > 0.3  # already opening as the vowel begins
@@ -54,14 +52,18 @@ def test_transitions_are_smooth_and_anticipate():
 
 
 def test_rounding_and_spread():
-    rounded = viseme_tracks([{"phoneme": "uː", "start": 0.0, "end": 0.5}], 12, 25)[6]
-    spread = viseme_tracks([{"phoneme": "iː", "start": 0.0, "end": 0.5}], 12, 25)[6]
+    rounded = viseme_tracks([Phoneme("uː", 0.0, 0.5)], 12, 25)[6]
+    spread = viseme_tracks([Phoneme("iː", 0.0, 0.5)], 12, 25)[6]
     assert rounded[2] > 0.8 and rounded[1] < -0.5
     assert spread[1] > 0.6 and spread[2] == 0.0
 
 
 def test_malformed_entries_are_skipped():
-    tracks = viseme_tracks([{"phoneme": "ɑ"}, {"start": "x"}, {"phoneme": "ɑ", "start": 1.0,
-                                                                "end": 0.5}], 10, 25)
+    """Entries without times are left out where the timeline is read; one ending before it
+    starts shapes no mouth."""
+    timeline = from_dicts([{"phoneme": "ɑ"}, {"start": "x"}, {"phoneme": "ɑ", "start": 1.0,
+                                                              "end": 0.5}])
+    assert timeline == [Phoneme("ɑ", 1.0, 0.5)]
+    tracks = viseme_tracks(timeline, 10, 25)
     assert np.all(tracks == 0.0)
     assert viseme_tracks([], 0, 25).shape == (0, 3)

@@ -1,5 +1,5 @@
 """Wav2Lip: the network matches the official checkpoint layout, a checkpoint in the official
-format loads through the real code, and a clip renders end to end through the chunk renderer.
+format loads through the real code, and a clip renders end to end through the chunk lanes.
 
 The weights are random (the real ones cannot be shipped); everything else is real: the cached
 face landmarks of tests/data/portrait.png, the mel features, ffmpeg encoding and decoding.
@@ -15,16 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from services.visual.chunks import ChunkPlan, render_chunks
+from services.visual.encode import ChunkEncoder
 from services.visual.engines import get_engine
 from services.visual.engines import mel as melspec
 from services.visual.engines.base import RenderSpec
-from services.visual.engines.portrait import frame_face
 from services.visual.engines.wav2lip import CHECKPOINT, Wav2LipEngine
 from services.visual.engines.wav2lip_model import Wav2Lip, strip_prefix
 from services.visual.face import FaceAnalyzer
+from services.visual.framing import frame_face
+from services.visual.progressive import ChunkGrid, ChunkLanes
 from shared.errors import MissingWeights
-from shared.ffmpeg import FrameWriter, probe
+from shared.ffmpeg import probe
+from shared.pieces import CHUNKS, PieceFiles, UnannouncedWriter
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 SR = 16000
@@ -151,19 +153,23 @@ def test_renders_a_clip_that_changes_only_the_lower_face(engine, portrait, face,
     assert changed[region].mean() > 0.2  # the generated lower face really is blended in
     assert np.array_equal(anim.frame(3), frames[3])  # pure in i, across batch reloads
 
-    segments, reused = render_chunks(
-        anim, ChunkPlan(anim.n_frames, 10), tmp_path / "chunks", input_hash="h", width=SIZE,
-        height=SIZE, fps=FPS, tag="t", check=lambda: None, progress=lambda p: None)
-    assert reused == 0 and len(segments) == 3
-    for seg in segments:
-        info = probe(seg)
+    out = UnannouncedWriter(PieceFiles(tmp_path / "chunks", CHUNKS))
+    lanes = ChunkLanes(out, "h", (SIZE, SIZE), FPS, 1, lambda: None, lambda n: None)
+    grid = ChunkGrid(10, 10)
+    for k in range(grid.count(anim.n_frames)):
+        lanes.submit(anim, k, grid.frames(k, anim.n_frames))
+    lanes.finish()
+    chunks = [out.files.data(k) for k in range(grid.count(anim.n_frames))]
+    assert len(chunks) == 3
+    for chunk in chunks:
+        info = probe(chunk)
         assert (info.width, info.height) == (SIZE, SIZE)
-    video = np.concatenate([decode(seg) for seg in segments])
+    video = np.concatenate([decode(chunk) for chunk in chunks])
     assert len(video) == anim.n_frames
     # away from the blend region (by more than a macroblock) the clip differs from the framed
     # portrait by no more than the still portrait itself does after the same encoder
-    with FrameWriter(tmp_path / "rest.mp4", SIZE, SIZE, FPS, gop=10) as writer:
-        writer.write(base)
+    with ChunkEncoder(tmp_path / "rest.mp4", SIZE, SIZE, FPS, gop=10) as still:
+        still.write(cv2.cvtColor(base, cv2.COLOR_RGB2YUV_I420))
     far = cv2.dilate(region.astype(np.uint8), np.ones((33, 33), np.uint8)) == 0
     noise = np.abs(decode(tmp_path / "rest.mp4")[0][far].astype(int) - base[far]).mean()
     for f in video:

@@ -8,10 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from video_files import write_video
 
-from services.visual.segment import write_mask
+from services.visual.mask import write_mask
 from shared.errors import Canceled, StageFailed
-from shared.ffmpeg import FrameWriter, probe
+from shared.ffmpeg import probe
 from shared.pipeline import MASK
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -27,10 +28,8 @@ def portrait() -> np.ndarray:
 def video(portrait: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """N frames of the portrait (512x512), shifted a few pixels per frame like a moving head."""
     out = tmp_path_factory.mktemp("seg") / "video.mp4"
-    with FrameWriter(out, 512, 512, FPS) as writer:
-        for i in range(N):
-            writer.write(np.ascontiguousarray(np.roll(portrait, i // 3, axis=1)))
-    return out
+    return write_video(out, (np.ascontiguousarray(np.roll(portrait, i // 3, axis=1))
+                             for i in range(N)), 512, 512, FPS)
 
 
 @pytest.fixture(scope="module")

@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import io
 import logging
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Generator
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import numpy as np
 
-from shared.errors import StageFailed, TransientError
-from shared.ffmpeg import FFMPEG, probe
+from shared.errors import StageFailed
+from shared.ffmpeg import Pipe, probe
 
 logger = logging.getLogger(__name__)
 
 TEMPORAL = 0.7  # weight of the current frame's probability against the previous frame's
 SOFT_LOW, SOFT_HIGH = 0.3, 0.7  # probabilities mapped onto 0..255 with a smoothstep
 MODEL_SIDE = 256  # the general selfie model's input size
-_FLAGS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
 
 _segmenter: Any = None
 
@@ -78,57 +75,20 @@ def person_mask(rgb: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarra
     return (alpha * 255.0 + 0.5).astype(np.uint8), prob
 
 
-class _Pipe:
-    """An ffmpeg process with its stderr in a temp file, for messages when it fails."""
-
-    def __init__(self, args: list[str], doing: str, *, reads: bool) -> None:
-        self.doing = doing
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()
-        try:
-            self.proc = subprocess.Popen(
-                [FFMPEG, *_FLAGS, *args], stderr=self._stderr,
-                stdin=subprocess.DEVNULL if reads else subprocess.PIPE,
-                stdout=subprocess.PIPE if reads else subprocess.DEVNULL)
-        except OSError as exc:
-            self._stderr.close()
-            raise StageFailed(f"ffmpeg: cannot start {FFMPEG!r} ({exc}); is it installed?") from exc
-
-    def finish(self, kill: bool = False) -> None:
-        """Close the pipes and wait; raise if ffmpeg failed (unless killed on purpose)."""
-        if kill:
-            self.proc.kill()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass  # a broken pipe: the exit code says what happened
-        rc = self.proc.wait()
-        self._stderr.seek(0)
-        text = self._stderr.read().decode("utf-8", "replace").strip()
-        self._stderr.close()
-        if kill or rc == 0:
-            return
-        tail = " | ".join(text.splitlines()[-5:]) or "(no message from ffmpeg)"
-        if rc < 0:
-            raise TransientError(f"ffmpeg was killed by signal {-rc} while {self.doing}: {tail}")
-        raise StageFailed(f"ffmpeg exited with code {rc} while {self.doing}: {tail}")
-
-
 def read_frames(video: Path, width: int, height: int) -> Generator[np.ndarray, None, None]:
     """Decode `video` frame by frame as HxWx3 RGB arrays, every frame exactly once."""
-    pipe = _Pipe(["-i", str(video), "-map", "0:v:0", "-fps_mode", "passthrough",
-                  "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
-                 f"decoding {video.name} for the person mask", reads=True)
+    pipe = Pipe(["-i", str(video), "-map", "0:v:0", "-fps_mode", "passthrough",
+                 "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+                f"decoding {video.name}", reads=True)
     size = width * height * 3
-    stream = cast(io.BufferedReader, pipe.proc.stdout)
+    frames = cast(io.BufferedReader, pipe.proc.stdout)
     ok = False
     try:
         while True:
             buf = bytearray(size)
-            got = stream.readinto(buf)
+            got = frames.readinto(buf)
             while got and got < size:
-                more = stream.readinto(memoryview(buf)[got:])
+                more = frames.readinto(memoryview(buf)[got:])
                 if not more:
                     break
                 got += more
@@ -148,10 +108,10 @@ class MaskWriter:
     def __init__(self, out: Path, width: int, height: int, fps: int) -> None:
         self.out, self.n_written = Path(out), 0
         self.frame_size = width * height
-        self._pipe = _Pipe(["-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{width}x{height}",
-                            "-r", str(fps), "-i", "pipe:0", "-c:v", "ffv1", "-level", "3",
-                            "-pix_fmt", "gray", str(self.out)],
-                           f"writing {self.out.name}", reads=False)
+        self._pipe = Pipe(["-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{width}x{height}",
+                           "-r", str(fps), "-i", "pipe:0", "-c:v", "ffv1", "-level", "3",
+                           "-pix_fmt", "gray", str(self.out)],
+                          f"writing {self.out.name}", reads=False)
 
     def write(self, mask: np.ndarray) -> None:
         data = np.ascontiguousarray(mask, dtype=np.uint8)
