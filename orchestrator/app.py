@@ -23,6 +23,7 @@ from orchestrator.api.routes import (
     sessions,
     watch,
     web,
+    webrtc,
 )
 from orchestrator.avatars import AvatarService
 from orchestrator.event_hub import EventHub
@@ -93,6 +94,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(watch.router)
+    app.include_router(webrtc.router)
     app.include_router(metrics.router)
     app.include_router(web.router)
     return app

@@ -38,9 +38,9 @@ from orchestrator.uploads import (
 )
 from shared import keys, pipeline
 from shared.errors import Busy, Conflict, InvalidInput
-from shared.layout import AVATAR_RECORD, PORTRAIT, VOICE_SAMPLE
+from shared.layout import AVATAR_RECORD, FACE, PORTRAIT, THUMBNAIL, VOICE_SAMPLE
 from shared.models import AvatarRecord
-from shared.storage import atomic_write_json, publish_dir, sha256_file
+from shared.storage import atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class AvatarService:
         folder = self.layout.avatar_dir(avatar_id)
         if folder.exists():
             discard(folder)
+        self.layout.store.remove_tree(folder)
         return True
 
     async def create(self, portrait: Upload, voice: Upload | None, name: str | None,
@@ -158,7 +159,11 @@ class AvatarService:
             record = await run(self._publish, staging, record)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if self.layout.store.remote:
+                await run(self.layout.store.remove_tree, staging)
             raise
+        if self.layout.store.remote:  # its copy for the visual worker
+            await run(self.layout.store.remove_tree, staging)
         await run(self._index, record)
         logger.info("avatar %s created (%d face(s))", avatar_id, record.faces_found)
         return record, notes
@@ -173,6 +178,13 @@ class AvatarService:
         original.unlink()
         return seconds
 
+    def _fetch_analysis(self, staging: Path) -> None:
+        """What the visual worker wrote into the store's staging folder (the face, the
+        thumbnail, the portrait if it turned it), into the local one."""
+        for name in (PORTRAIT, FACE, THUMBNAIL):
+            (staging / name).unlink(missing_ok=True)
+            self.layout.store.fetch(staging / name)
+
     def _publish(self, staging: Path, record: AvatarRecord) -> AvatarRecord:
         """Hash the files, write the record and rename the staging folder into place."""
         voice = staging / VOICE_SAMPLE
@@ -180,7 +192,7 @@ class AvatarService:
             "portrait_sha256": sha256_file(staging / PORTRAIT),
             "voice_sha256": sha256_file(voice) if record.has_voice_sample else None})
         atomic_write_json(staging / AVATAR_RECORD, record.model_dump(mode="json"))
-        publish_dir(staging, self.layout.avatar_dir(record.id))
+        self.layout.store.publish_dir(staging, self.layout.avatar_dir(record.id), AVATAR_RECORD)
         return record
 
     def _index(self, record: AvatarRecord) -> None:
@@ -189,7 +201,27 @@ class AvatarService:
             pipe.zadd(keys.AVATARS, {record.id: record.created_at})
             pipe.execute()
 
+    def _analysis_args(self, folder: Path, face: int) -> dict[str, Any]:
+        """The analysis job's arguments: the folder, and with a remote store its path under
+        DATA_DIR (the worker's DATA_DIR is another disk)."""
+        args: dict[str, Any] = {"avatar_dir": str(folder.resolve()), "face": face}
+        if self.layout.store.remote:
+            args["key"] = folder.resolve().relative_to(
+                Path(self.layout.data_dir).resolve()).as_posix()
+        return args
+
     async def _analyze(self, folder: Path, face: int) -> dict[str, Any]:
+        """Face analysis by a visual worker; with a remote store the portrait goes to it
+        through the store, and what the worker wrote comes back the same way."""
+        store = self.layout.store
+        if not store.remote:
+            return await self._analysis(folder, face)
+        await anyio.to_thread.run_sync(store.push, folder / PORTRAIT, limiter=self.polls)
+        found = await self._analysis(folder, face)
+        await anyio.to_thread.run_sync(self._fetch_analysis, folder, limiter=self.polls)
+        return found
+
+    async def _analysis(self, folder: Path, face: int) -> dict[str, Any]:
         """Face analysis by a visual worker (rq job on the avatar queue), awaited by polling
         its status from a thread a moment at a time: no thread waits for it."""
 
@@ -200,7 +232,7 @@ class AvatarService:
                       serializer=JSONSerializer)
         job = await run(partial(
             queue.enqueue_call, func=pipeline.AVATAR_ANALYSIS.entry_point,
-            kwargs={"avatar_dir": str(folder.resolve()), "face": face}, timeout=120,
+            kwargs=self._analysis_args(folder, face), timeout=120,
             result_ttl=60, failure_ttl=600, ttl=int(self.settings.analyze_timeout_s) + 5))
         deadline = time.monotonic() + self.settings.analyze_timeout_s
         delay = 0.02

@@ -32,7 +32,7 @@ from shared import media_refs
 from shared.errors import InvalidInput, NotFound
 from shared.layout import MEDIA_RECORD
 from shared.models import MediaRecord
-from shared.storage import atomic_write_json, publish_dir, sha256_file
+from shared.storage import atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,22 +55,24 @@ class MediaLibrary:
         return media_refs.load_record(self.layout, media_id)
 
     def file(self, record: MediaRecord) -> Path:
-        return self.layout.media_dir(record.id) / record.file
+        path = self.layout.media_dir(record.id) / record.file
+        return self.layout.store.fetch(path) or path  # into the cache from a remote store
 
     def list(self) -> list[MediaRecord]:
         """Every upload, newest first (at most LIST_LIMIT)."""
-        root = self.layout.media
-        if not root.is_dir():
-            return []
-        found = (self.get(p.name) for p in root.iterdir() if media_refs.MEDIA_ID.match(p.name))
+        names = self.layout.store.folders(self.layout.media)
+        found = (self.get(name) for name in names if media_refs.MEDIA_ID.match(name))
         records = [r for r in found if r is not None]
         return sorted(records, key=lambda r: r.created_at, reverse=True)[:LIST_LIMIT]
 
     def delete(self, media_id: str) -> bool:
         folder = self.layout.media_dir(media_id)
-        if self.get(media_id) is None or not folder.is_dir():
+        store = self.layout.store
+        if self.get(media_id) is None or not (store.remote or folder.is_dir()):
             return False
-        discard(folder)
+        if folder.is_dir():
+            discard(folder)
+        store.remove_tree(folder)
         return True
 
     async def create(self, upload: Upload, kind: str, name: str | None) -> MediaRecord:
@@ -94,7 +96,8 @@ class MediaLibrary:
                           staging / "original")
             record = await run(self._store, staging, media_id, kind, data, picture,
                                name or upload.filename or None)
-            await run(publish_dir, staging, self.layout.media_dir(media_id))
+            await run(self.layout.store.publish_dir, staging, self.layout.media_dir(media_id),
+                      MEDIA_RECORD)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

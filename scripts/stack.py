@@ -8,7 +8,9 @@ process has stayed up for 10 s. So a Redis that exits on an AOF write error (a f
 `appendfsync always`) comes back by itself once space is freed, and the workers and the
 orchestrator reconnect to it; a dead worker's stage is re-enqueued by the orchestrator's
 reconciler. Ctrl-C, SIGINT or SIGTERM stops everything: workers and orchestrator first, Redis
-last. Stdlib only, so it runs from any Python.
+last. With `--store s3` (`make run STORE=s3`) the job files live in a local S3 server,
+SeaweedFS (DATA_DIR/store/), supervised like the rest; DATA_DIR keeps scratch and a cache.
+Stdlib only, so it runs from any Python.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import redis_auth  # noqa: E402
 from launcher import (  # noqa: E402
     ROOT,
     STAGES,
+    ObjectStore,
     Processes,
     Supervised,
     Supervisor,
@@ -44,8 +47,10 @@ __all__ = ["ROOT", "Stack", "Supervised", "Supervisor", "log"]
 
 class Stack:
     def __init__(self, data_dir: Path, redis_port: int, api_port: int, log_dir: Path,
-                 workers: int = 1, live_renderers: int = 2, short_workers: int = 0) -> None:
+                 workers: int = 1, live_renderers: int = 2, short_workers: int = 0,
+                 store: str = "local") -> None:
         self.data_dir = data_dir.resolve()
+        self.store = (ObjectStore.create(self.data_dir / "store") if store == "s3" else None)
         self.redis_port, self.api_port = redis_port, api_port
         self.log_dir = log_dir
         self.workers = workers
@@ -84,6 +89,12 @@ class Stack:
         SystemExit (saying which log to read) when Redis or the API does not come up."""
         self.add("redis", self.redis_cmd)  # a fresh ACL file on every restart
         try:
+            if self.store is not None:
+                self.add("store", self.store.command)
+                took = self.store.wait(lambda: self.processes.alive("store"),
+                                       self.processes.log_of("store"))
+                self.env.update(self.store.env())  # before any worker or the API starts
+                log(f"object store {self.store.endpoint} (SeaweedFS) up in {took:.1f}s")
             wait_redis(self.redis_port, self.redis_password,
                        lambda: self.processes.alive("redis"), self.processes.log_of("redis"))
             self.add("orchestrator", api_command())
@@ -126,9 +137,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="workers per stage")
     parser.add_argument("--short-workers", type=int, default=1,
                         help="workers per stage serving only the short lane (0: none)")
+    parser.add_argument("--store", choices=("local", "s3"),
+                        default=os.environ.get("STORE", "local") or "local",
+                        help="where job files live: DATA_DIR, or a local S3 server (SeaweedFS)")
     args = parser.parse_args()
     stack = Stack(args.data_dir, args.redis_port, args.port, args.data_dir / "logs", args.workers,
-                  short_workers=args.short_workers)
+                  short_workers=args.short_workers, store=args.store)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

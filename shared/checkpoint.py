@@ -4,6 +4,10 @@ A stage writes its files into `jobs/<id>/<stage>.tmp-<exec>/`, then `manifest.js
 the whole directory is renamed to `jobs/<id>/<stage>/` and the parent fsynced. A directory
 without a valid manifest (every file present with its size and sha256) is garbage: it is never
 served or consumed, and a rerun replaces it.
+
+With a remote store (shared/store.py) the work dir is this host's scratch: publishing uploads
+its files, the manifest last (the old manifest is deleted first), and a reader takes the
+manifest from the store and fetches the files it lists into the cache, checked the same way.
 """
 
 from __future__ import annotations
@@ -19,14 +23,21 @@ from pydantic import ValidationError
 
 from shared.models import OutputFile, StageManifest
 from shared.storage import atomic_write_json, fsync_dir, read_json, sha256_file
+from shared.store import Store
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
 
-def load_manifest(stage_dir: Path, *, verify: bool = True) -> StageManifest | None:
-    """The stage's manifest if it and every file it lists are intact, else None."""
+def load_manifest(stage_dir: Path, *, verify: bool = True, store: Store | None = None,
+                  fetch: bool | None = None) -> StageManifest | None:
+    """The stage's manifest if it and every file it lists are intact, else None. From a
+    remote `store`, the files are fetched into `stage_dir` (the cache) when `fetch` (by default
+    when `verify`), else only their sizes are compared."""
+    if store is not None and store.remote:
+        return _load_remote(Path(stage_dir), store, verify,
+                            verify if fetch is None else fetch)
     path = Path(stage_dir) / MANIFEST
     try:
         manifest = StageManifest.model_validate(read_json(path))
@@ -45,6 +56,28 @@ def load_manifest(stage_dir: Path, *, verify: bool = True) -> StageManifest | No
     return manifest
 
 
+def _load_remote(stage_dir: Path, store: Store, verify: bool,
+                 fetch: bool) -> StageManifest | None:
+    raw = store.read_bytes(stage_dir / MANIFEST)
+    try:
+        manifest = StageManifest.model_validate_json(raw or b"")
+    except ValidationError:
+        return None
+    if not fetch:
+        sizes = store.sizes(stage_dir)
+        return manifest if all(sizes.get(f.name) == f.size for f in manifest.files) else None
+    for entry in manifest.files:
+        local = store.fetch(stage_dir / entry.name, size=entry.size,
+                            sha256=entry.sha256 if verify else None)
+        if local is None or local.stat().st_size != entry.size or (
+                verify and sha256_file(local) != entry.sha256):
+            logger.warning("checkpoint %s: %s is missing or does not match", stage_dir,
+                           entry.name)
+            return None
+    atomic_write_json(stage_dir / MANIFEST, manifest.model_dump(mode="json"))  # the cache's
+    return manifest
+
+
 def write_manifest(work_dir: Path, manifest_fields: dict[str, Any],
                    files: list[str]) -> StageManifest:
     """Hash the listed files and write the manifest last."""
@@ -60,10 +93,15 @@ def write_manifest(work_dir: Path, manifest_fields: dict[str, Any],
     return manifest
 
 
-def publish(work_dir: Path, final_dir: Path) -> bool:
+def publish(work_dir: Path, final_dir: Path, store: Store | None = None) -> bool:
     """Rename a finished work dir into place. False if a valid result of the same input is
     already there (a twin's); one made from other input is replaced, never kept."""
     final_dir = Path(final_dir)
+    if store is not None and store.remote:
+        if _same_input(final_dir, work_dir, store):
+            return False
+        store.publish_dir(work_dir, final_dir, MANIFEST)
+        return True
     if final_dir.exists():
         if _same_input(final_dir, work_dir):
             return False
@@ -80,9 +118,9 @@ def publish(work_dir: Path, final_dir: Path) -> bool:
     return True
 
 
-def _same_input(final_dir: Path, work_dir: Path) -> bool:
+def _same_input(final_dir: Path, work_dir: Path, store: Store | None = None) -> bool:
     """Whether `final_dir` holds a valid result made from the same input as `work_dir`'s."""
-    published = load_manifest(final_dir, verify=False)
+    published = load_manifest(final_dir, verify=False, store=store, fetch=False)
     if published is None:
         return False
     made = load_manifest(work_dir, verify=False)

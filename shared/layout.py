@@ -17,22 +17,31 @@ constants below, so a folder being staged and a published one read the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.store import LocalStore, Store
 
 PORTRAIT = "portrait.png"
 VOICE_SAMPLE = "voice.wav"
 AVATAR_RECORD = "avatar.json"
 THUMBNAIL = "thumbnail.jpg"
+FACE = "face.json"
 JOB_RECORD = "job.json"
 MEDIA_RECORD = "media.json"
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The paths of one DATA_DIR."""
+    """The paths of one DATA_DIR, and the store that holds the files they name (shared/store.py:
+    DATA_DIR itself by default; with STORE=s3 a bucket, DATA_DIR being scratch and cache)."""
 
     data_dir: Path
+    backend: Store | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def store(self) -> Store:
+        return self.backend if self.backend is not None else LocalStore(Path(self.data_dir))
 
     @property
     def avatars(self) -> Path:

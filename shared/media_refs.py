@@ -2,8 +2,8 @@
 
 The orchestrator checks and stores an upload in `DATA_DIR/media/<id>/` (the file and its
 `media.json`, renamed into place together: orchestrator/media_library.py); job options refer to
-it as `media:<id>`. The files are the only record, so media survive a lost Redis and any worker
-sharing DATA_DIR can read them.
+it as `media:<id>`. The files are the only record, so media survive a lost Redis; a worker reads
+them through the job-file store (shared/store.py: DATA_DIR, or a bucket it fetches them from).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def load_record(layout: Layout, media_id: str) -> MediaRecord | None:
     if not MEDIA_ID.match(media_id):
         return None
     try:
-        return MediaRecord.model_validate_json(layout.media_record(media_id).read_bytes())
+        return MediaRecord.model_validate_json(
+            layout.store.read_bytes(layout.media_record(media_id)) or b"")
     except (OSError, ValidationError):
         return None
 
@@ -45,6 +46,8 @@ def resolve(layout: Layout, ref: str, kind: str, what: str) -> Path:
     media_id = parse_ref(ref)
     record = load_record(layout, media_id) if media_id else None
     path = layout.media_dir(record.id) / record.file if record else None
+    if path is not None:
+        path = layout.store.fetch(path)  # into this host's cache from a remote store
     if record is None or path is None or not path.is_file():
         raise StageFailed(f"the {what} {ref!r} is no longer stored (deleted, or DATA_DIR is not "
                           "shared with this worker); upload it again with POST /v1/media and "

@@ -52,6 +52,9 @@ class JobOptions(BaseModel):
     audio: str | None = Field(None, pattern=MEDIA_REF_PATTERN)
     language: str = Field("en", pattern=LANGUAGE_PATTERN)
     normalize: bool = False
+    # The persona's emotion over the whole clip (shared/persona.py), and how strongly it shows.
+    emotion: Literal["neutral", "happy", "sad", "surprised", "angry", "concerned"] = "neutral"
+    intensity: float = Field(1.0, ge=0.0, le=1.0)
 
     @property
     def english(self) -> bool:

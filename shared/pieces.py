@@ -11,7 +11,9 @@ The one module for the pieces contract, its writers and its readers. A stage wit
 
 A piece is a data file renamed into place, then a small JSON meta file (`<name>.json`: its
 size and sha256, and what it covers) renamed after it; one whose meta is missing or does not
-match its data is not published. Temp files are `.<name>.<exec>.<suffix>` beside them. Pieces
+match its data is not published. With a remote store (shared/store.py) the data is uploaded,
+then the meta: a reader reads the meta from the store and fetches the data into its cache.
+Temp files are `.<name>.<exec>.<suffix>` beside them. Pieces
 stay until the job ends, so a resumed execution of either stage picks up where the last
 published piece left off: the producer keeps what is published and makes the rest; the
 consumer reads them again from the first.
@@ -47,7 +49,8 @@ from shared.audit import audit
 from shared.checkpoint import load_manifest
 from shared.errors import LeaseLost, StageFailed
 from shared.layout import Layout
-from shared.storage import atomic_write_json, fsync_dir, read_json, sha256_file
+from shared.storage import atomic_write_json, fsync_dir, sha256_file
+from shared.store import LocalStore, Store
 
 if TYPE_CHECKING:
     from shared.stage import StageContext
@@ -89,12 +92,13 @@ class Piece:
 class PieceFiles:
     """One stage's pieces folder, as files: the contract without Redis."""
 
-    def __init__(self, folder: Path, kind: PieceKind) -> None:
+    def __init__(self, folder: Path, kind: PieceKind, store: Store | None = None) -> None:
         self.folder, self.kind = Path(folder), kind
+        self.store = store if store is not None else LocalStore(self.folder.parent)
 
     @classmethod
     def of(cls, layout: Layout, job_id: str, stage: str) -> PieceFiles:
-        return cls(layout.pieces_dir(job_id, stage), KINDS[stage])
+        return cls(layout.pieces_dir(job_id, stage), KINDS[stage], layout.store)
 
     def _name(self, n: int) -> str:
         return f"{self.kind.prefix}_{n:05d}"
@@ -117,14 +121,18 @@ class PieceFiles:
 
     def published(self, n: int) -> bool:
         """Whether piece `n`'s meta is in place (renamed after its data: the data is whole)."""
-        return self.meta(n).is_file()
+        return self.store.read_bytes(self.meta(n)) is not None
 
     def read(self, n: int, *, verify: bool = True) -> Piece | None:
-        """Piece `n` if it is published and intact (sha256 checked with `verify`), else None."""
-        data = self.data(n)
+        """Piece `n` if it is published and intact (sha256 checked with `verify`), else None;
+        its data is on the local disk (fetched from a remote store into the cache)."""
         try:
-            meta = read_json(self.meta(n))
-            if not isinstance(meta, dict) or data.stat().st_size != meta["size"]:
+            meta = json.loads(self.store.read_bytes(self.meta(n)) or b"null")
+            if not isinstance(meta, dict):
+                return None
+            data = self.store.fetch(self.data(n), size=meta["size"],
+                                    sha256=meta["sha256"] if verify else None)
+            if data is None or data.stat().st_size != meta["size"]:
                 return None
             if verify and sha256_file(data) != meta["sha256"]:
                 return None
@@ -135,8 +143,14 @@ class PieceFiles:
     def read_bytes(self, n: int) -> bytes:
         """Piece `n`'s data, read once and checked against its meta's size and sha256;
         OSError if it is not there, ValueError if it does not match."""
-        meta = json.loads(self.meta(n).read_bytes())
-        data = self.data(n).read_bytes()
+        raw = self.store.read_bytes(self.meta(n))
+        if raw is None:
+            raise FileNotFoundError(f"{self.meta(n)} is not published")
+        meta = json.loads(raw)
+        local = self.store.fetch(self.data(n), size=meta["size"])
+        if local is None:
+            raise FileNotFoundError(f"{self.data(n)} is not published")
+        data = local.read_bytes()
         if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise ValueError(f"{self.data(n)} is {len(data)} bytes and does not match its "
                              f"meta (size {meta['size']}, sha256 {meta['sha256'][:12]}...)")
@@ -149,8 +163,10 @@ class PieceFiles:
             os.fsync(fh.fileno())
         os.replace(tmp, data)
         full = {**meta, "n": n, "size": data.stat().st_size, "sha256": sha256_file(data)}
+        self.store.push(data)
         atomic_write_json(self.meta(n), full)
         fsync_dir(self.folder)
+        self.store.push(self.meta(n))
         return Piece(self.kind.stage, n, data, full)
 
     def gone(self) -> bool:
@@ -158,17 +174,34 @@ class PieceFiles:
         again after that reads the finished outputs instead."""
         return self.read(0, verify=False) is None
 
+    def fetch(self, n: int) -> Path:
+        """Piece `n`'s data on the local disk; StageFailed if it is not published whole."""
+        piece = self.read(n, verify=False)
+        if piece is None:
+            raise StageFailed(f"piece {n} is missing or damaged in {self.folder}")
+        return piece.path
+
     @property
     def watch_init(self) -> Path:
         return self.folder / WATCH_INIT
 
+    def init_bytes(self) -> bytes | None:
+        """The watch stream's header (`init.mp4`), None before it is written."""
+        return self.store.read_bytes(self.watch_init)
+
+    def write_init(self, data: bytes) -> None:
+        """Write `init.mp4` once (a resumed execution finds it written)."""
+        if self.store.read_bytes(self.watch_init) is None:
+            self.store.put_bytes(self.watch_init, data)
+
     def end(self) -> int | None:
         """How many pieces there are, once `end.json` says so (None before)."""
         path = self.folder / WATCH_END
-        try:
-            return int(json.loads(path.read_bytes())["segments"])
-        except FileNotFoundError:
+        raw = self.store.read_bytes(path)
+        if raw is None:
             return None
+        try:
+            return int(json.loads(raw)["segments"])
         except (ValueError, KeyError, TypeError) as exc:  # written atomically: never half
             logger.warning("%s is unreadable (%s); ignored", path, exc)
             return None
@@ -176,9 +209,10 @@ class PieceFiles:
     def write_end(self, count: int) -> bool:
         """Write `end.json` once; False if it was there already."""
         path = self.folder / WATCH_END
-        if path.is_file():
+        if self.store.read_bytes(path) is not None:
             return False
-        atomic_write_json(path, {"segments": count})
+        self.store.put_bytes(path, json.dumps({"segments": count}, indent=2,
+                                              sort_keys=True).encode() + b"\n")
         return True
 
 
@@ -338,8 +372,9 @@ class PieceReader:
         return self._ready()
 
     def _count(self) -> int:
-        stage_dir = self.ctx.settings.layout.stage_dir(self.ctx.job.id, self.stage)
-        manifest = load_manifest(stage_dir, verify=False)
+        layout = self.ctx.settings.layout
+        stage_dir = layout.stage_dir(self.ctx.job.id, self.stage)
+        manifest = load_manifest(stage_dir, verify=False, store=layout.store, fetch=False)
         if manifest is None or not isinstance(manifest.info.get(PIECES_INFO), int):
             raise StageFailed(f"the {self.stage} stage is done but its manifest does not say "
                               "how many pieces it published")

@@ -7,14 +7,19 @@ nothing reads `os.environ` deeper in the code.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.layout import Layout
+from shared.store import LocalStore, S3Config, S3Store, Store
+
+_STORES: dict[tuple[str, ...], Store] = {}
+_STORES_LOCK = threading.Lock()
 
 
 class Settings(BaseSettings):
@@ -77,13 +82,47 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(30.0, ge=0)
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
 
+    # Where job files live (shared/store.py): "local" (DATA_DIR) or "s3", any S3-compatible
+    # server (AWS S3, R2, MinIO, SeaweedFS); with s3, DATA_DIR keeps only scratch and a cache.
+    store: Literal["local", "s3"] = "local"
+    s3_endpoint: str = ""  # http(s)://host[:port]
+    s3_bucket: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = Field("", repr=False)
+    s3_region: str = "us-east-1"  # R2: "auto"
+
     # Append-only audit log of stage executions (one JSON line per event); off when empty.
     audit_log: Path | None = None
 
     @property
     def layout(self) -> Layout:
-        """The paths under DATA_DIR."""
-        return Layout(self.data_dir)
+        """The paths under DATA_DIR, and the store holding their files (one per process)."""
+        return Layout(self.data_dir, self.job_store)
+
+    @property
+    def job_store(self) -> Store:
+        ident = (self.store, str(self.data_dir), self.s3_endpoint, self.s3_bucket,
+                 self.s3_access_key_id, self.s3_region)
+        with _STORES_LOCK:
+            if ident not in _STORES:
+                _STORES[ident] = (LocalStore(self.data_dir) if self.store == "local" else
+                                  S3Store(self.data_dir, S3Config(
+                                      self.s3_endpoint, self.s3_bucket, self.s3_access_key_id,
+                                      self.s3_secret_access_key, self.s3_region)))
+            return _STORES[ident]
+
+    def _check_store(self) -> None:
+        """With STORE=s3, the endpoint, bucket and credentials are all needed."""
+        if self.store != "s3":
+            return
+        for name in ("s3_endpoint", "s3_bucket", "s3_access_key_id", "s3_secret_access_key"):
+            if not getattr(self, name):
+                raise ConfigError(f"invalid settings: STORE=s3 needs {name.upper()}; set it to "
+                                  "the S3 server's " + _S3_HELP[name])
+        if not re.match(r"^https?://[^/\s]+/?$", self.s3_endpoint):
+            raise ConfigError(f"invalid settings: S3_ENDPOINT {self.s3_endpoint!r} must be an "
+                              "http:// or https:// URL with no path, such as "
+                              "https://<account>.r2.cloudflarestorage.com")
 
     @property
     def heartbeat_interval(self) -> float:
@@ -98,10 +137,20 @@ class Settings(BaseSettings):
     def load(cls, **overrides: object) -> Self:
         """Build settings from the environment, naming the variable that is wrong."""
         try:
-            return cls(**overrides)  # type: ignore[arg-type]
+            settings = cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid settings: {problems}") from exc
+        settings._check_store()
+        return settings
+
+
+_S3_HELP = {
+    "s3_endpoint": "URL (http://127.0.0.1:8333 for `make run STORE=s3`)",
+    "s3_bucket": "bucket that holds the job files",
+    "s3_access_key_id": "access key id (docs/distributed.md: a key limited to that bucket)",
+    "s3_secret_access_key": "secret access key, paired with S3_ACCESS_KEY_ID",
+}

@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from shared import persona
+
 # <name attr="v" ...>, </name> or <name/>: a tag name, then only name=value attributes
 _TAG = re.compile(
     r"</?[A-Za-z][\w:.-]*(?:\s+[\w:.-]+\s*=\s*(?:\"[^\"<>]*\"|'[^'<>]*'|[^\s<>\"']+))*\s*/?>")
+_MARKER = re.compile(r"\[[A-Za-z][A-Za-z_-]{0,30}\]")  # [happy]: shared/persona.py
 _WORD = re.compile(r"[^\W\d_]+")
 # the commonest English words: ordinary English text of a dozen words has several of them
 _ENGLISH = frozenset(
@@ -32,9 +35,23 @@ _SCRIPT_SAYS = {  # what Piper (espeak-ng English) says, heard here
 
 
 def strip_tags(text: str) -> tuple[str, int]:
-    """`text` without SSML-like tags (a space where one stood) and how many there were."""
+    """`text` without SSML-like tags and [emotion] markers (a space where one stood) and how
+    many there were."""
     stripped, count = _TAG.subn(" ", text)
+    stripped, markers = _MARKER.subn(" ", stripped)
+    count += markers
     return (" ".join(stripped.split()) if count else text), count
+
+
+def _marker_notes(text: str) -> list[str]:
+    """What a job does with inline emotion markers: its `emotion` holds over the whole clip."""
+    known = [m for m in _MARKER.findall(text) if m[1:-1].lower() in persona.EMOTIONS]
+    out = [n for n in persona.segments(text, persona.Feeling())[1] if "marker" in n]
+    if known:
+        out.insert(0, f"the text has emotion markers (e.g. {known[0]}); a job shows its "
+                      "'emotion' option over the whole clip and leaves the markers out, unspoken "
+                      "(live sessions follow them within a line)")
+    return out
 
 
 def _script(ch: str) -> str:
@@ -46,8 +63,9 @@ def _script(ch: str) -> str:
 def notes(text: str) -> list[str]:
     """Sentences for the job's notes about what the voice will do with `text`; [] for plain
     English."""
-    out: list[str] = []
-    stripped, tags = strip_tags(text)
+    out: list[str] = _marker_notes(text)
+    stripped, _ = strip_tags(text)
+    tags = len(_TAG.findall(text))
     first = _TAG.search(text)
     if first is not None:
         out.append(f"the text has {tags} SSML-like tag{'s' if tags > 1 else ''} (e.g. "

@@ -8,7 +8,9 @@ does the real work into `ctx.work_dir`. Everything about crash safety lives here
 * a heartbeat thread renews the lease and notices cancel requests and lost leases;
 * the result is published by renaming the finished temp dir, and the job advances only while
   this execution still holds the lease (the transaction in `JobStore.complete_stage`);
-* the stage's scratch folder (shared/pipeline.py) is removed once it is no longer wanted.
+* the stage's scratch folder (shared/pipeline.py) is removed once it is no longer wanted;
+* a job-file store out of reach (shared/store.py) holds the stage, lease kept, until it answers
+  again, then the stage runs again from its published pieces: no attempt is spent.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from shared.logs import job_context
 from shared.models import JobRecord, StageManifest
 from shared.settings import Settings
 from shared.storage import sha256_file, sha256_json
+from shared.store import StoreUnavailable
+from shared.store_wait import STORE_POLL_S, wait_for_store, when_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +138,10 @@ class StageContext:
             raise ValueError(f"the {self.stage} stage has no scratch folder")
         return self.settings.layout.scratch_dir(self.job.id, name)
 
-    def wait_upstream(self) -> dict[str, tuple[Path, StageManifest]]:
+    def wait_upstream(self, *, fetch: bool = True) -> dict[str, tuple[Path, StageManifest]]:
         """Wait until every upstream stage is done (a stage opened early runs beside them),
-        then load their published outputs into `upstream`."""
+        then load their published outputs into `upstream` (from a remote store: their
+        manifests, and their files only with `fetch`)."""
         spec = pipeline.STAGES[self.stage]
         conn = self.runtime.conn
         while len(self.upstream) < len(spec.upstream):
@@ -149,7 +154,7 @@ class StageContext:
             if all(isinstance(stages.get(up), dict) and stages[up].get("status") == "done"
                    for up in spec.upstream):
                 self.upstream = load_upstream(self.settings.layout, self.job.id,
-                                              spec.upstream)
+                                              spec.upstream, fetch=fetch)
                 break
             time.sleep(0.05)
         return self.upstream
@@ -228,13 +233,15 @@ def stage_input_hash(job: JobRecord, stage: str,
     })
 
 
-def load_upstream(layout: Layout, job_id: str,
-                  stages: tuple[str, ...]) -> dict[str, tuple[Path, StageManifest]]:
-    """The published outputs of `stages`; StageFailed if one is missing or corrupt."""
+def load_upstream(layout: Layout, job_id: str, stages: tuple[str, ...], *,
+                  fetch: bool = True) -> dict[str, tuple[Path, StageManifest]]:
+    """The published outputs of `stages`; StageFailed if one is missing or corrupt. From a
+    remote store, `fetch` false reads the manifests and checks the files' sizes only (a stage
+    that took its input from the pieces needs no more)."""
     upstream = {}
     for up in stages:
         stage_dir = layout.stage_dir(job_id, up)
-        manifest = load_manifest(stage_dir)
+        manifest = load_manifest(stage_dir, store=layout.store, fetch=fetch)
         if manifest is None:
             raise StageFailed(f"the {up} stage's output is missing or corrupt in "
                               f"{layout.job_dir(job_id)}")
@@ -292,17 +299,25 @@ def execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
     with job_context(job_id, stage):
         outcome = _execute(runtime, job_id, stage, attempt, handler)
         if outcome in _SCRATCH_DONE:  # the job was at this stage, so `stage` is one of ours
-            spec = pipeline.STAGES[stage]
-            layout = runtime.settings.layout
-            if spec.scratch is not None:
-                remove_tree(layout.scratch_dir(job_id, spec.scratch))
-            if outcome is Outcome.CANCELED:
-                remove_tree(layout.pieces_dir(job_id, stage))
-            elif spec.next_stage is None:  # the job is done: only its watch stream stays
-                for other in pipeline.STAGES:
-                    if other != stage:
-                        remove_tree(layout.pieces_dir(job_id, other))
+            try:
+                _clear(runtime, job_id, stage, outcome)
+            except StoreUnavailable as exc:  # what is left goes with the job's folder
+                logger.warning("job %s %s: pieces not cleared: %s", job_id, stage, exc)
         return outcome
+
+
+def _clear(runtime: Runtime, job_id: str, stage: str, outcome: Outcome) -> None:
+    """Remove the scratch and pieces an ended execution leaves no use for."""
+    spec = pipeline.STAGES[stage]
+    layout = runtime.settings.layout
+    if spec.scratch is not None:
+        remove_tree(layout.scratch_dir(job_id, spec.scratch))
+    if outcome is Outcome.CANCELED:
+        layout.store.remove_tree(layout.pieces_dir(job_id, stage))
+    elif spec.next_stage is None:  # the job is done: only its watch stream stays
+        for other in pipeline.STAGES:
+            if other != stage:
+                layout.store.remove_tree(layout.pieces_dir(job_id, other))
 
 
 def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
@@ -324,11 +339,13 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
         # a stage that reads pieces may run beside its upstream: it loads the finished
         # outputs when it needs them (`StageContext.wait_upstream`)
         upstream = {} if spec.streamed and not all(job.done(up) for up in spec.upstream) \
-            else load_upstream(layout, job_id, spec.upstream)
+            else _upstream_when_reachable(runtime, job_id, stage, exec_id)
     except StageFailed as exc:
         store.fail_stage(job_id, stage, exec_id, str(exc), permanent=True)
         return Outcome.FAILED
 
+    if upstream is None:
+        return Outcome.LEASE_LOST
     input_hash = stage_input_hash(job, stage, upstream)
     work_dir = layout.work_dir(job_id, stage, exec_id)
     ctx = StageContext(job, stage, attempt, exec_id, runtime, input_hash, work_dir, upstream)
@@ -340,6 +357,7 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
     ids = {"job": job_id, "stage": stage, "attempt": attempt, "exec": exec_id}
     audit(runtime, "start", **ids)
     outcome = Outcome.ERROR
+    sent, received, requests = layout.store.traffic.snapshot()
     try:
         outcome = _run(ctx, handler, t0)
         return outcome
@@ -347,7 +365,24 @@ def _execute(runtime: Runtime, job_id: str, stage: str, attempt: int,
         done.set()
         beat.join(timeout=5)
         remove_tree(work_dir)
-        audit(runtime, "end", outcome=outcome, **ids)
+        after = layout.store.traffic.snapshot()
+        audit(runtime, "end", outcome=outcome, store_sent=after[0] - sent,
+              store_received=after[1] - received, store_requests=after[2] - requests, **ids)
+
+
+def _upstream_when_reachable(runtime: Runtime, job_id: str, stage: str,
+                             exec_id: str) -> dict[str, tuple[Path, StageManifest]] | None:
+    """`load_upstream`, waiting (lease renewed) while the job-file store is out of reach;
+    None if the lease went to another execution meanwhile."""
+    layout = runtime.settings.layout
+    while True:
+        try:
+            return load_upstream(layout, job_id, pipeline.STAGES[stage].upstream)
+        except StoreUnavailable as exc:
+            logger.warning("job %s %s: %s; waiting for it", job_id, stage, exc)
+            if not runtime.store.renew_lease(job_id, stage, exec_id):
+                return None
+            time.sleep(STORE_POLL_S)
 
 
 def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
@@ -357,10 +392,11 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
     layout, work_dir, input_hash = ctx.settings.layout, ctx.work_dir, ctx.input_hash
     stage_dir = layout.stage_dir(job_id, stage)
     try:
-        existing = load_manifest(stage_dir)
+        existing = when_reachable(ctx, lambda: load_manifest(stage_dir, store=layout.store))
         if existing is not None and existing.input_hash == input_hash:
             logger.info("job %s %s#%s: valid checkpoint found, not redone", job_id, stage, attempt)
-            ctx.wait_upstream()  # the job moves on to this stage only once they are done
+            # the job moves on to this stage once they are done
+            when_reachable(ctx, lambda: ctx.wait_upstream(fetch=False))
             ctx.check()
             note = existing.info.get("note")
             store.complete_stage(job_id, stage, exec_id, engine=existing.engine, skipped=True,
@@ -369,11 +405,11 @@ def _run(ctx: StageContext, handler: Handler, t0: float) -> Outcome:
         _remove_stale_work_dirs(layout, job_id, stage, keep=work_dir)
         logger.info("job %s %s#%s: started (exec %s)", job_id, stage, attempt, exec_id)
         result = _produce(ctx, handler, t0)
-        ctx.wait_upstream()
+        when_reachable(ctx, lambda: ctx.wait_upstream(fetch=False))
         ctx.check()
         if not ctx.hold_lease():  # publish right after a fresh renewal
             raise LeaseLost(f"job {job_id}: {stage} lease expired before publishing")
-        if publish(work_dir, stage_dir):
+        if when_reachable(ctx, lambda: publish(work_dir, stage_dir, layout.store)):
             audit(runtime, "publish", job=job_id, stage=stage, attempt=attempt, exec=exec_id,
                   manifest_sha256=sha256_file(stage_dir / MANIFEST))
         store.complete_stage(job_id, stage, exec_id, engine=result.engine, skipped=False,
@@ -423,6 +459,9 @@ def _produce(ctx: StageContext, handler: Handler, t0: float) -> StageResult:
             return result
         except (Canceled, LeaseLost):
             raise
+        except StoreUnavailable as exc:
+            remove_tree(ctx.work_dir)  # made again from the published pieces
+            wait_for_store(ctx, exc)
         except Exception as exc:
             if not _disk_is_full(ctx, exc):
                 raise

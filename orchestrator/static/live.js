@@ -13,6 +13,7 @@
     offset: 0,       // media time of the current stream's first frame
     events: [],      // every JSON event, with its arrival time (performance.now())
     sent: {},        // line id -> performance.now() when its say was sent
+    send: (message) => send(message),
     get frames() {   // frames presented, for the page test
       return this.player ? this.player.frames : 0;
     },
@@ -73,10 +74,12 @@
     // stay at the live edge: a browser that fell behind (tab hidden, slow start) jumps ahead
     const video = $("live-video");
     const ranges = video.buffered;
-    if (!ranges.length) return;
-    const end = ranges.end(ranges.length - 1);
-    if (end - video.currentTime > 1.0) video.currentTime = end - 0.15;
-    const now = video.currentTime;
+    if (!live.rtc && !ranges.length) return;
+    if (!live.rtc) {
+      const end = ranges.end(ranges.length - 1);
+      if (end - video.currentTime > 1.0) video.currentTime = end - 0.15;
+    }
+    const now = live.rtc ? live.rtc.mediaTime() : video.currentTime;  // WebRTC: webrtc.js
     const cue = live.captions.find((c) => c.start <= now && now < c.end);
     $("live-caption").textContent = cue ? cue.text : "";
     live.captions = live.captions.filter((c) => c.end > now - 1);
@@ -84,11 +87,12 @@
 
   function onEvent(event) {
     live.events.push({ at: performance.now(), event });
+    window.jayavatarPersona.onEvent(event);  // persona.js: states, emotion, debug overlay
     switch (event.type) {
       case "ready":
       case "restart": {
         live.offset = event.media_time || 0;
-        if (event.type === "ready") openMedia(event.mime);
+        if (event.type === "ready" && !live.rtc) openMedia(event.mime);  // WebRTC: tracks
         else if (live.player) live.player.moveTo(live.offset);  // a worker took it over
         setState(event.type === "ready" ? "idle" : "reconnected");
         $("live-line").disabled = false;
@@ -120,7 +124,7 @@
     const video = $("live-video");
     live.player = players.open(video, mime, {
       offset: live.offset,
-      onOpen: () => video.play().catch(() => {}),
+      onOpen: () => window.jayavatarPersona.play(video),  // a tap for sound where needed
       onError: showError,
     });
   }
@@ -144,6 +148,13 @@
     $("live-start").hidden = true;
     $("live-end").hidden = false;
     setState("connecting");
+    if ($("live-webrtc").checked) {  // webrtc.js: tracks and a data channel instead of the socket
+      if (live.player) live.player.close();
+      live.player = null;
+      live.rtc = live.ws = window.jayavatarWebRTC.open(live.session, $("live-video"),
+        { onEvent, onClose: (code, reason) => ended({ code, reason }) });
+      return;
+    }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}${live.session.ws_url}`);
     ws.binaryType = "arraybuffer";
@@ -155,13 +166,15 @@
         live.player.push(msg.data);
       }
     };
-    ws.onclose = (msg) => {
-      setState("ended");
-      // 1013 Redis away, 4008 not reading, 4429 too many sockets: the session itself goes on
-      const what = [1013, 4008, 4429].includes(msg.code) ? "the stream stopped" : "the session ended";
-      if (msg.code !== 1000) showError(`${what}: ${msg.reason || msg.code}`);
-      reset();
-    };
+    ws.onclose = ended;
+  }
+
+  function ended(msg) {
+    setState("ended");
+    // 1013 Redis away, 4008 not reading, 4429 too many sockets: the session itself goes on
+    const what = [1013, 4008, 4429].includes(msg.code) ? "the stream stopped" : "the session ended";
+    if (msg.code !== 1000) showError(`${what}: ${msg.reason || msg.code}`);
+    reset();
   }
 
   function reset() {
@@ -170,6 +183,7 @@
     $("live-start").hidden = false;
     $("live-end").hidden = true;
     live.ws = null;
+    live.rtc = null;
   }
 
   function send(message) {
@@ -183,7 +197,7 @@
     if (!text) return;
     const id = `l${Date.now().toString(36)}`;
     live.sent[id] = performance.now();
-    send({ type: "say", text, id });
+    send({ type: "say", text, id, ...window.jayavatarPersona.feeling() });
     $("live-line").value = "";
   }
 

@@ -27,17 +27,19 @@ from typing import Any
 
 import redis
 
+from services.audio import prosody
 from services.audio.engines.live import AUTO, LiveVoice, LiveVoices
 from services.audio.live_voice import Turns, line_parts, opening_words, split_sentences
 from services.audio.resample import Resampler, to_mono, to_pcm16
-from shared import keys, live
+from shared import keys, live, persona
 from shared.errors import ConfigError, JayAvatarError
 from shared.keys import text
 from shared.leases import Lease
 from shared.live import stream_id
 from shared.live_audio import STREAM_RATE, AudioIn, AudioStart
 from shared.logs import configure_logging, job_context
-from shared.phonemes import Phoneme, to_dicts
+from shared.persona import Feeling
+from shared.phonemes import SILENCE, Phoneme, to_dicts
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,29 @@ class AudioLine:
     @property
     def ready(self) -> bool:
         return bool(self.pending) or self.ended
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What a text line is spoken in: words (`spoken`, shown as `shown`) in `count` sentences,
+    or a break of `pause_s` (no words), with the feeling of its segment."""
+
+    spoken: str
+    shown: str
+    count: int
+    feeling: Feeling
+    pause_s: float = 0.0
+
+
+@dataclass
+class _Said:
+    """A text line being spoken: its ctl entry and id, opening words, pieces and start."""
+
+    ctl: str
+    line_id: str
+    opening: int
+    t0: float
+    total: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +148,7 @@ class AudioSession:
                 logger.info("session %s: going on with line %s from its piece %d",
                             rec.id, self.resume.ctl, self.resume.seq + 1)
         self.play_end = 0.0  # time.monotonic() when the audio published so far has played
+        self._deadline = 0.0  # the turn on the voice of the line being spoken
         self.closed = False
         self._saved: tuple[str, str] = (self.pos, self.audio_pos)
         self._checked = time.monotonic()
@@ -274,60 +300,93 @@ class AudioSession:
         self.play_end = max(self.play_end, time.monotonic() + START_S) + samples / rate
 
     def _speak(self, line: Line) -> None:
-        """Speak a text line part by part, sentence by sentence, taking turns on the voice;
-        from where a worker before this one stopped, if it was speaking this line."""
+        """Speak a text line segment by segment (its emotion markers and breaks), part by part,
+        sentence by sentence, taking turns on the voice; from where a worker before this one
+        stopped, if it was speaking this line."""
         said, line_id = line.fields.get("text", ""), line.fields.get("id", line.ctl)
         resume = self.resume if self.resume is not None and self.resume.ctl == line.ctl else None
         self.resume = None
-        opening = resume.opening if resume else opening_words(said, self.turns.shared)
+        segments = persona.segments(said, Feeling.from_fields(line.fields))[0]
+        words = next((s.text for s in segments if s.text), "")
+        opening = resume.opening if resume else opening_words(words, self.turns.shared)
         first = resume.seq + 1 if resume else 0
-        deadline = max(line.arrived, self.play_end)
-        t0 = time.monotonic()
+        self._deadline = max(line.arrived, self.play_end)
+        said_line = _Said(line.ctl, line_id, opening, time.monotonic())
         try:
-            with self.turns.turn(deadline):  # a voice's text front end is one per process
-                parts = [(spoken, shown, self.voice.sentence_count(spoken))
-                         for spoken, shown in line_parts(said, opening)]
-            total, seq = sum(count for _, _, count in parts), 0
-            for number, (spoken, shown, count) in enumerate(parts):
-                skip = min(count, max(0, first - seq))
-                words = split_sentences(shown, count)
-                release = number == len(parts) - 1  # the line's memory, at its end
-                pieces = self.voice.sentences(spoken, skip=skip, release=release)
-                try:
-                    for k in range(skip, count):
-                        with self.turns.turn(deadline):
-                            piece = next(pieces, None)
-                        if piece is None:
-                            break
-                        n = seq + k
-                        last = n >= total - 1
-                        self._publish(line.ctl, line_id, n, last, opening, piece, words[k])
-                        deadline = self.play_end
-                        if n == 0:
-                            logger.info("session %s: line %s first sentence ready in %.0f ms",
-                                        self.rec.id, line_id, 1000 * (time.monotonic() - t0))
-                        if last or self._read(block_ms=0) or self._done():
-                            return  # a stop: the visual side drops what it has of this line
-                finally:
-                    if release:
-                        with self.turns.turn(time.monotonic()):
-                            pieces.close()  # the voice gives the memory of the line back
-                    else:
-                        pieces.close()
-                seq += count
+            with self.turns.turn(self._deadline):  # a voice's text front end is one per process
+                parts = self._parts(segments, opening)
+            said_line.total, seq = sum(p.count for p in parts), 0
+            voiced = max((k for k, p in enumerate(parts) if p.spoken), default=-1)
+            for number, part in enumerate(parts):
+                skip = min(part.count, max(0, first - seq))
+                if self._say_part(said_line, part, seq, skip, release=number == voiced):
+                    return  # the line is over, or a stop: the visual side drops what it has
+                seq += part.count
         except JayAvatarError as exc:
             logger.warning("session %s: cannot speak line %s: %s", self.rec.id, line_id, exc)
             live.xadd(self.conn, keys.live_out(self.rec.id), {"kind": "event", "data": json.dumps(
                 {"type": "error", "message": f"line {line_id!r} could not be spoken: {exc}"})},
                 live.OUT_MAXLEN, self.ttl)
 
+    def _parts(self, segments: list[persona.Segment], opening: int) -> list[_Part]:
+        """Each segment's pause (a break) and its parts (live_voice.line_parts: the line's first
+        `opening` words are a part of their own), with the voice's sentence count of each."""
+        parts: list[_Part] = []
+        for seg in segments:
+            if seg.pause_s > 0:
+                parts.append(_Part("", "", 1, seg.feeling, seg.pause_s))
+            if seg.text:
+                for spoken, shown in line_parts(seg.text, opening):
+                    parts.append(_Part(spoken, shown, self.voice.sentence_count(spoken),
+                                       seg.feeling))
+                opening = 0  # only the line's first words open it
+        return parts
+
+    def _say_part(self, said: _Said, part: _Part, seq: int, skip: int, release: bool) -> bool:
+        """Speak the sentences of `part` after its first `skip` as pieces `seq + k`; True when
+        the line is over or was stopped."""
+        if not part.spoken:  # a break: silence
+            n = round(part.pause_s * self.voice.sample_rate)
+            silence = [Phoneme(SILENCE, 0.0, round(n / self.voice.sample_rate, 5))]
+            return not skip and self._put(said, seq, (bytes(2 * n), silence), "", part.feeling)
+        words = split_sentences(part.shown, part.count)
+        pieces = self.voice.sentences(part.spoken, skip=skip, release=release)
+        try:
+            for k in range(skip, part.count):
+                with self.turns.turn(self._deadline):
+                    piece = next(pieces, None)
+                if piece is None:
+                    break
+                shaped = prosody.shape(piece[0], self.voice.sample_rate, piece[1], part.feeling)
+                if self._put(said, seq + k, shaped, words[k], part.feeling):
+                    return True
+        finally:
+            if release:
+                with self.turns.turn(time.monotonic()):
+                    pieces.close()  # the voice gives the memory of the line back
+            else:
+                pieces.close()
+        return False
+
+    def _put(self, said: _Said, n: int, piece: tuple[bytes, list[Phoneme] | None], words: str,
+             feeling: Feeling) -> bool:
+        """Publish piece `n` of a line; True when it was the last or a stop or close came."""
+        last = n >= said.total - 1
+        self._publish(said.ctl, said.line_id, n, last, said.opening, piece, words, feeling)
+        self._deadline = self.play_end
+        if n == 0:
+            logger.info("session %s: line %s first sentence ready in %.0f ms",
+                        self.rec.id, said.line_id, 1000 * (time.monotonic() - said.t0))
+        return last or self._read(block_ms=0) or self._done()
+
     def _publish(self, ctl_id: str, line_id: str, seq: int, last: bool, opening: int,
-                 piece: tuple[bytes, list[Phoneme] | None], words: str) -> None:
+                 piece: tuple[bytes, list[Phoneme] | None], words: str,
+                 feeling: Feeling) -> None:
         pcm, phonemes = piece
         live.xadd(self.conn, keys.live_speech(self.rec.id), {
             "kind": "piece", "ctl": ctl_id, "line": line_id, "seq": seq, "last": int(last),
             "opening": opening, "rate": self.voice.sample_rate, "pcm": pcm,
-            "phonemes": json.dumps(to_dicts(phonemes)), "text": words},
+            "phonemes": json.dumps(to_dicts(phonemes)), "text": words, **feeling.fields()},
             live.SPEECH_MAXLEN, self.ttl)
         self._played(len(pcm) // 2, self.voice.sample_rate)
 

@@ -56,6 +56,7 @@ def synthesize(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("audio", "piper")
     engine = _engine(name, ctx.settings)
     avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
+    ctx.settings.layout.store.fetch(avatar_dir / VOICE_SAMPLE)  # a remote store's, if any
     text, tags = spoken_text.strip_tags(ctx.job.text)
     if tags:
         logger.info("audio: %d SSML-like tags left unspoken", tags)

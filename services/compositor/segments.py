@@ -129,6 +129,7 @@ class SegmentMuxer:
                 if self._out is None:
                     self._open(track)
                 tb = track.time_base
+                assert tb is not None, "a demuxed stream has a time base"
                 shift = int(Fraction(frames.start, self.fps) / tb)
                 count = 0
                 for packet in src.demux(track):
@@ -231,7 +232,7 @@ def remux_result(watch_file: Path, out: Path, duration: float) -> None:
                 if packet.dts is None or packet.pts is None:
                     continue
                 if packet.stream is a_in:
-                    if packet.pts * a_in.time_base >= duration:
+                    if packet.pts * (a_in.time_base or 0) >= duration:
                         continue
                     packet.stream = a_out
                 else:

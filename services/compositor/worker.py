@@ -63,18 +63,21 @@ def compose_segments(ctx: StageContext) -> StageResult:
     opts = ctx.job.options
     writer = PieceWriter(ctx)
     count, reused = _watch_stream(ctx, writer)
-    upstream = ctx.wait_upstream()
+    upstream = ctx.wait_upstream(fetch=opts.captions != "off")  # else the pieces were all
     stats = {"segments": count, "segments_reused": reused, PIECES_INFO: count}
     if opts.captions != "off":  # a subtitle track: ffmpeg writes it with the speech again
         result = compose_whole(ctx)
         result.info.update(stats)
         return result
     duration = float(upstream["audio"][1].info["duration"])
+    init = writer.files.init_bytes()
+    if init is None:
+        raise StageFailed(f"the watch stream's {writer.files.watch_init.name} is missing")
     watch_file = ctx.work_dir / "watch.mp4"
     with open(watch_file, "wb") as out_fh:
-        out_fh.write(writer.files.watch_init.read_bytes())
+        out_fh.write(init)
         for k in range(count):
-            out_fh.write(writer.files.data(k).read_bytes())
+            out_fh.write(writer.files.read_bytes(k))
     out = ctx.work_dir / RESULT
     remux_result(watch_file, out, duration)
     watch_file.unlink()
@@ -92,14 +95,14 @@ def _watch_stream(ctx: StageContext, writer: PieceWriter) -> tuple[int, int]:
     opts = ctx.job.options
     speech = SpeechReader(PieceFiles.of(ctx.settings.layout, ctx.job.id, "audio"))
     muxer: SegmentMuxer | None = None
-    init = writer.files.watch_init
     count = reused = 0
+    init_written = False
 
     def publish(segments: list[Segment]) -> None:
-        nonlocal count, reused
-        if muxer is not None and muxer.init is not None and not init.is_file():
-            with atomic_writer(init, "wb") as fh:
-                fh.write(muxer.init)
+        nonlocal count, reused, init_written
+        if muxer is not None and muxer.init is not None and not init_written:
+            writer.files.write_init(muxer.init)
+            init_written = True
         for seg in segments:
             count += 1
             if writer.existing(seg.k) is not None:  # out before a crash: kept as it is

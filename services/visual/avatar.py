@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from services.visual.framing import FramePlan, plan_face
-from shared.layout import PORTRAIT, THUMBNAIL
+from shared.layout import FACE, PORTRAIT, THUMBNAIL
 from shared.storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,27 @@ def load_rgb(path: Path) -> np.ndarray:
 THUMB_SIDE = 320  # longest side of an avatar's thumbnail, in pixels
 
 
-def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
+def analyze(avatar_dir: str, face: int = 0, key: str | None = None) -> dict[str, Any]:
     """Detect faces in `avatar_dir/portrait.png` (numbered largest first); write face.json for
     face number `face` and thumbnail.jpg showing every face box, the chosen one highlighted.
-    A `face` beyond the faces found writes neither and reports `chosen: None`."""
-    folder = Path(avatar_dir)
+    A `face` beyond the faces found writes neither and reports `chosen: None`. With `key`
+    (the folder's path under DATA_DIR, given when job files live in a remote store), the
+    portrait comes from the store and what was written goes back to it."""
+    if key is None:
+        return _analyze(Path(avatar_dir), face)
+    from shared.stage import current_runtime
+
+    layout = current_runtime("visual").settings.layout
+    folder = Path(layout.data_dir) / key
+    layout.store.fetch(folder / PORTRAIT)
+    found = _analyze(folder, face)
+    for name in ((PORTRAIT,) if found["turned"] else ()) + (FACE, THUMBNAIL):
+        if (folder / name).is_file():
+            layout.store.push(folder / name)
+    return found
+
+
+def _analyze(folder: Path, face: int) -> dict[str, Any]:
     rgb = load_rgb(folder / PORTRAIT)
     faces = analyzer().analyze(rgb)
     turned = 0
@@ -57,7 +73,7 @@ def analyze(avatar_dir: str, face: int = 0) -> dict[str, Any]:
     found: dict[str, Any] = {"faces": len(faces), "boxes": boxes, "chosen": chosen,
                              "turned": turned, "width": rgb.shape[1], "height": rgb.shape[0]}
     if chosen is not None:
-        atomic_write_json(folder / "face.json", faces[chosen].to_json())
+        atomic_write_json(folder / FACE, faces[chosen].to_json())
         # how the default video (framing 'face', 1:1) frames this photo: said when it is tight
         plan = plan_face(faces[chosen].landmarks, (rgb.shape[1], rgb.shape[0]), (512, 512))
         write_thumbnail(rgb, boxes, chosen, folder / THUMBNAIL, plan)

@@ -11,10 +11,15 @@ from services.visual.warp import Frame, even_box, pixel_grid, smoothstep
 
 RIGHT_EYE = (33, 133, [246, 161, 160, 159, 158, 157, 173], [7, 163, 144, 145, 153, 154, 155])
 LEFT_EYE = (263, 362, [466, 388, 387, 386, 385, 384, 398], [249, 390, 373, 374, 380, 381, 382])
+BROWS = {33: [46, 53, 52, 65, 55], 263: [276, 283, 282, 295, 285]}  # each brow's lower edge
 
 
 class EyeRig:
-    """A blink: the upper lid slides down over the eye, stretching the lid skin above it."""
+    """A blink: the photo's own upper lid slides down over the eye. Its lash line keeps its
+    thickness (moved, not stretched) and the lid skin above it stretches to cover the eye, so a
+    closed eye is skin with a lash line at its edge, not a dark bar."""
+
+    LASH = 0.1  # the lash line along the lid's edge, as a share of the eye's width
 
     def __init__(self, lm: np.ndarray, eye: tuple[int, int, list[int], list[int]],
                  frame: Frame) -> None:
@@ -31,7 +36,12 @@ class EyeRig:
         self.yu = np.interp(xs, *_sorted_xy(top_pts)).astype(np.float32)[None, :]
         self.yl = np.maximum(np.interp(xs, *_sorted_xy(bot_pts)), self.yu[0])[None, :]
         self.yl = self.yl.astype(np.float32)
-        self.ytop = self.yu - np.float32(lid)
+        # the stretched skin ends below the brow: a blink never bends the eyebrow
+        brow = lm[BROWS[outer]] if outer in BROWS else top_pts - [0, 2 * lid]
+        below_brow = np.interp(xs, *_sorted_xy(brow)).astype(np.float32)[None, :]
+        gap = self.yu - below_brow
+        self.ytop = np.maximum(self.yu - np.float32(lid), below_brow + 0.35 * gap)
+        self.lash = np.float32(max(1.0, self.LASH * ew))
 
     def apply(self, base: np.ndarray, out: np.ndarray, amount: float) -> None:
         x0, y0, x1, y1 = self.roi
@@ -39,10 +49,13 @@ class EyeRig:
 
     def render(self, base: np.ndarray, amount: float) -> np.ndarray:
         """The `roi` of `base` with the lid `amount` (0 open .. 1 shut) down, as a new array."""
-        lid_edge = self.yu + amount * (self.yl - self.yu)
-        stretch = (self.yu - self.ytop) / np.maximum(lid_edge - self.ytop, 1e-3)
-        inside = (self.Y >= self.ytop) & (self.Y < lid_edge)
-        my = np.where(inside, self.ytop + (self.Y - self.ytop) * stretch, self.Y).astype(np.float32)
+        drop = amount * (self.yl - self.yu)
+        lid_edge = self.yu + drop
+        skin_end = lid_edge - self.lash  # output rows above: the skin, stretched
+        stretch = (self.yu - self.lash - self.ytop) / np.maximum(skin_end - self.ytop, 1e-3)
+        skin = self.ytop + (self.Y - self.ytop) * stretch
+        my = np.where(self.Y < skin_end, skin, self.Y - drop)  # the lash line: moved down
+        my = np.where((self.Y >= self.ytop) & (self.Y < lid_edge), my, self.Y).astype(np.float32)
         out: np.ndarray = cv2.remap(base, self.X, my, cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE)
         return out

@@ -38,6 +38,7 @@ from shared.leases import Lease
 from shared.live import stream_id
 from shared.live_audio import STREAM_RATE
 from shared.logs import configure_logging, job_context
+from shared.persona import Feeling
 from shared.phonemes import from_dicts
 from shared.settings import Settings
 
@@ -73,6 +74,7 @@ class Playback(BaseModel):
     into: int = 0
     line: str | None = None
     cut: str = "0-0"
+    state: str = "idle"  # the client's (listening, thinking, idle)
 
     @classmethod
     def load(cls, raw: bytes | str | None) -> Playback:
@@ -94,6 +96,8 @@ class VisualSession:
         self.held, self.stopping = held, stopping
         self.ttl = settings.live_idle_timeout_s
         avatar_dir = settings.layout.avatar_dir(rec.avatar_id)
+        for name in (PORTRAIT, "face.json"):  # into this host's cache from a remote store
+            settings.layout.store.fetch(avatar_dir / name)
         portrait = avatar_analysis.load_rgb(avatar_dir / PORTRAIT)
         face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
         spec = RenderSpec(fps=rec.fps, size=rec.size, aspect=rec.aspect, framing=rec.framing)
@@ -118,6 +122,7 @@ class VisualSession:
         self.stream_id = uuid.uuid4().hex  # tells a taken-over stream's init from a repeat
         self.want_key = False
         self.speaking: str | None = saved.line
+        self.motion.persona.state = saved.state
         self.published_frame = 0  # the first frame of the newest fragment published
         self.audio_line: AudioLine | None = None  # the audio line whose pieces are arriving
         self.line_events: LineEvents | None = None
@@ -161,13 +166,15 @@ class VisualSession:
                 fields = {text(k): v for k, v in raw.items()}
                 if is_ctl:
                     self.ctl_pos = entry_id
-                    self._command(entry_id, text(fields.get("type", b"")))
+                    self._command(entry_id, text(fields.get("type", b"")), fields)
                 else:
                     self.speech_pos = entry_id
                     self._speech(entry_id, fields)
 
-    def _command(self, entry_id: str, kind: str) -> None:
-        if kind == "keyframe":
+    def _command(self, entry_id: str, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "state":
+            self._state(text(fields.get("state", b"idle")))
+        elif kind == "keyframe":
             self.want_key = True
         elif kind == "close":
             self.closed = True
@@ -184,7 +191,7 @@ class VisualSession:
                 self._event({"type": "speech.end", "id": line, "media_time": t, "stopped": True})
             if self.speaking is not None or lines:
                 self.speaking = None
-                self._event({"type": "state", "state": "idle", "media_time": t})
+                self._spoken(t)
 
     def _speech(self, entry_id: str, fields: dict[str, Any]) -> None:
         into = 0
@@ -217,6 +224,7 @@ class VisualSession:
                                      int(text(fields.get("rate", SAMPLE_RATE))), phonemes,
                                      text(fields.get("text", b"")), at=at)
         piece.sources = [(entry_id, 0)]
+        piece.feeling = Feeling.from_fields(fields)
         piece.events_sent = piece.events_sent or bool(into)
 
     def _audio_piece(self, entry_id: str, fields: dict[str, Any], into: int = 0) -> None:
@@ -239,7 +247,7 @@ class VisualSession:
             self._event({"type": "speech.end", "id": line_id, "media_time": t})
             self.speaking = self.line_events = None
             if self.motion.playing(now) is None:
-                self._event({"type": "state", "state": "idle", "media_time": t})
+                self._spoken(t)
         if last:
             self.audio_line = None
             if line.dry:
@@ -252,7 +260,7 @@ class VisualSession:
     def _frame(self, frame: int) -> None:
         self._events_at(frame)
         params, audio = self.motion.frame(frame)
-        image = self.animation.draw(*params.astuple())
+        image = self.animation.draw(*params.astuple(), look=params.look)
         key, self.want_key = self.want_key, False
         self._publish(self.encoder.add(image, audio, key=key))
 
@@ -265,8 +273,10 @@ class VisualSession:
                              "media_time": round(self.motion.media_time(frame), 3)})
                 if self.motion.playing(frame) is None:
                     self.speaking = None
-                    self._event({"type": "state", "state": "idle",
-                                 "media_time": round(self.motion.media_time(frame), 3)})
+                    self._spoken(round(self.motion.media_time(frame), 3))
+        playing = self.motion.playing(frame)
+        if playing is not None:
+            self._feel(playing.feeling, round(self.motion.media_time(frame), 3))
 
     def _piece_events(self, p: Scheduled) -> None:
         p.events_sent = True
@@ -307,6 +317,26 @@ class VisualSession:
             self._event({"type": "caption", "id": p.line, "text": p.text,
                          "start": b.caption_start, "end": round(end, 3)})
 
+    def _state(self, state: str) -> None:
+        """The client's state (checked by the relay): shown now, or after the line playing."""
+        persona = self.motion.persona
+        if state == persona.state:
+            return
+        persona.state = state
+        if self.speaking is None:
+            t = round(self.motion.media_time(self.encoder.frames), 3)
+            self._event({"type": "state", "state": state, "media_time": t})
+
+    def _spoken(self, t: float) -> None:
+        """Speech is over: back to the client's state, and the face to neutral."""
+        self._event({"type": "state", "state": self.motion.persona.state, "media_time": t})
+        self._feel(Feeling(), t)
+
+    def _feel(self, feeling: Feeling, t: float) -> None:
+        if self.motion.persona.feel(feeling, t):
+            self._event({"type": "emotion", "emotion": feeling.emotion,
+                         "intensity": feeling.intensity, "media_time": t})
+
     def _event(self, event: dict[str, Any]) -> None:
         live.xadd(self.conn, keys.live_out(self.rec.id),
                   {"kind": "event", "data": json.dumps(event)}, live.OUT_MAXLEN, self.ttl)
@@ -326,7 +356,7 @@ class VisualSession:
             at = self.audio_line.unplaced()
         return Playback(after=live.before(at[0]) if at else self.speech_pos,
                         entry=at[0] if at else None, into=at[1] if at else 0,
-                        line=self.speaking, cut=self.cut)
+                        line=self.speaking, cut=self.cut, state=self.motion.persona.state)
 
     def _publish(self, pieces: list[Piece]) -> None:
         if not pieces:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -104,7 +105,7 @@ class FragmentEncoder:
                 self._mux(packet, out)
         return out
 
-    def _mux(self, packet: av.Packet, out: list[Piece]) -> None:
+    def _mux(self, packet: av.Packet[Any], out: list[Piece]) -> None:
         if packet.stream is self._video and packet.is_keyframe and packet.pts is not None:
             self._keys.add(int(packet.pts * packet.time_base * self.fps + Fraction(1, 2)))
         self._out.mux(packet)

@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from services.visual.expression import Look
 from services.visual.motion import audio_features, build_tracks, motion_energy
+from services.visual.persona_motion import PersonaMotion
 from services.visual.visemes import visemes_of
+from shared.persona import Feeling
 from shared.phonemes import Phoneme
 
 IDLE_SWAY = 0.3  # share of the speaking head motion kept in silence, so the face stays alive
@@ -41,6 +44,7 @@ class Scheduled:
     emphasis: np.ndarray
     tongue: np.ndarray  # tongue tip up 0..1 (t/d/n/l/th), as in a batch clip's tracks
     events_sent: bool = False
+    feeling: Feeling = field(default_factory=Feeling)  # the face (and voice) it is said with
     streamed: bool = False  # a piece of an audio line (services/visual/live_audio.py)
     # the speech entries whose audio it plays: (entry id, the piece's sample where that entry's
     # audio begins; below 0 for one that began in an earlier piece)
@@ -61,8 +65,9 @@ class FrameParams:
     rot: float
     breath: float
     tongue: float = 0.0
+    look: Look | None = None  # emotion, state and gaze (services/visual/persona_motion.py)
 
-    def astuple(self) -> tuple[float, ...]:
+    def astuple(self) -> tuple[float, float, float, float, float, float, float, float]:
         """In the order of `LiveAnimation.draw`'s parameters."""
         return (self.opening, self.lateral, self.blink, self.tx, self.ty, self.rot, self.breath,
                 self.tongue)
@@ -75,6 +80,7 @@ class _Blinks:
     rng: np.random.Generator
     next_at: float = 0.0
     active: list[tuple[float, float]] = field(default_factory=list)  # (peak time, duration)
+    length: float = 1.0  # blinks take this much longer (thinking)
 
     def closure(self, t: float) -> float:
         while self.next_at <= t + 0.2:
@@ -82,7 +88,7 @@ class _Blinks:
             if self.rng.random() < 0.12:
                 starts.append(self.next_at + self.rng.uniform(0.3, 0.45))
             for start in starts:
-                duration = self.rng.uniform(0.13, 0.18)
+                duration = self.rng.uniform(0.13, 0.18) * self.length
                 self.active.append((start + 0.4 * duration, duration))
             self.next_at = starts[-1] + max(1.2, self.rng.gamma(2.0, 2.0))
         self.active = [(p, d) for p, d in self.active if p + d > t]
@@ -107,6 +113,7 @@ class LiveMotion:
         self._sway = rng.uniform([0.12, 0, 0.5], [0.6, 2 * np.pi, 1.0], size=(3, 3, 3))
         self._breath = (rng.uniform(3.4, 4.6), rng.uniform(0, 2 * np.pi))
         self._blinks = _Blinks(np.random.default_rng(seed + 1), next_at=offset + 0.8)
+        self.persona = PersonaMotion(seed, offset)
         self.pieces: list[Scheduled] = []
         self._audio: dict[int, np.ndarray] = {}  # frame -> its int16 samples, while speaking
 
@@ -198,17 +205,19 @@ class LiveMotion:
             energy, emphasis = float(piece.energy[k]), float(piece.emphasis[k])
             tongue = float(piece.tongue[k])
         sway = self._sway_at(t)
+        look, nod = self.persona.at(t, speaking=piece is not None)
+        self._blinks.length = self.persona.blink_length
         amount = IDLE_SWAY + (1.0 - IDLE_SWAY) * energy
         fw = self.face_width
         period, phase = self._breath
         params = FrameParams(
             opening=opening, lateral=lateral, blink=self._blinks.closure(t),
             tx=0.010 * fw * sway[0] * amount,
-            ty=(0.007 * sway[1] + 0.006 * emphasis) * fw * amount,
+            ty=(0.007 * sway[1] + 0.006 * emphasis) * fw * amount + nod * fw,
             rot=float(np.deg2rad(1.0)) * sway[2] * amount,
             breath=0.012 * fw * (0.6 + 0.4 * energy)
             * (0.5 - 0.5 * float(np.cos(2 * np.pi * t / period + phase))),
-            tongue=tongue)
+            tongue=tongue, look=look)
         a, b = self.samples_of(frame)
         audio = self._audio.pop(frame, None)
         if audio is None or len(audio) != b - a:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.visual.visemes import tongue_track, viseme_tracks
+from services.visual.visemes import press_track, tongue_track, viseme_tracks
 from shared.errors import InvalidInput
 from shared.phonemes import Phoneme
 
@@ -30,7 +30,7 @@ BLOCK = 250  # video frames of speech analysed at a time (10 s at 25 fps)
 class Tracks:
     """Per-frame parameters, all (n_frames,) float32: mouth in units, motion in output pixels."""
 
-    opening: np.ndarray
+    opening: np.ndarray  # jaw 0..1; below 0 the lips pressed together (services/visual/mouth.py)
     lateral: np.ndarray  # lip-corner travel in pixels, + outwards (spread), - inwards (rounded)
     blink: np.ndarray
     tx: np.ndarray
@@ -38,6 +38,7 @@ class Tracks:
     rot: np.ndarray  # radians
     breath: np.ndarray  # shoulder rise in pixels
     tongue: np.ndarray | None = None  # tongue tip up 0..1 (t/d/n/l/th); None: never shown
+    relax: np.ndarray | None = None  # lips relaxed together while speaking 0..1 (mouth.py)
 
 
 def mono(audio: np.ndarray) -> np.ndarray:
@@ -144,6 +145,36 @@ def motion_energy(loud: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
     return energy, _convolve(loud, _hann(0.1 * fps))
 
 
+RELAX_BEFORE_S, RELAX_HOLD_S, RELAX_EASE_S = 0.3, 2.0, 0.8  # lips together around speech
+SPEAKING = 0.05  # loudness above this is speech, for `speaking_lips`
+
+
+def speaking_lips(loud: np.ndarray, fps: int) -> np.ndarray:
+    """Per frame 0..1: how far the lips relax together for speech. 1 from `RELAX_BEFORE_S`
+    before the speech to `RELAX_HOLD_S` after it, easing out over `RELAX_EASE_S` (a raised
+    cosine), so a photo that smiles with its lips parted speaks from relaxed lips and returns
+    to its smile only after a long silence, not in every pause."""
+    n = len(loud)
+    said = np.flatnonzero(loud > SPEAKING)
+    if not len(said):
+        return np.zeros(n)
+    frames = np.arange(n)
+    at = np.searchsorted(said, frames)
+    until = (said[np.minimum(at, len(said) - 1)] - frames) / fps
+    until[at >= len(said)] = np.inf
+    since = (frames - said[np.maximum(at - 1, 0)]) / fps
+    since[at == 0] = np.inf
+    since[said] = 0.0
+
+    def ease(seconds: np.ndarray, hold: float) -> np.ndarray:
+        out: np.ndarray = 0.5 + 0.5 * np.cos(np.pi * np.clip((seconds - hold) / RELAX_EASE_S,
+                                                             0.0, 1.0))
+        return out
+
+    out: np.ndarray = np.maximum(ease(until, RELAX_BEFORE_S), ease(since, RELAX_HOLD_S))
+    return out
+
+
 def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[Phoneme] | None,
                  fps: int, seed: int, mouth_width: float, face_width: float) -> Tracks:
     n = len(loud)
@@ -160,6 +191,7 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[Phoneme]
         opening = effort * (EFFORT_SCALE * target + LOUD_JAW * jaw)
         width, rounding = shape[:, 1] * posture, shape[:, 2] * posture
         tongue = tongue_track(phonemes, n, fps) * posture
+        opening = opening - press_track(phonemes, n, fps)  # below 0: lips pressed (p/b/m)
     else:  # loudness opens the jaw; bright spectra spread the lips, dark ones round them
         smooth = _hann(1)
         opening = 0.85 * gain
@@ -177,6 +209,7 @@ def build_tracks(loud: np.ndarray, centroid: np.ndarray, phonemes: list[Phoneme]
     breath = (0.012 * face_width * (0.6 + 0.4 * energy)
               * (0.5 - 0.5 * np.cos(2 * np.pi * t / period + phase)))
     f32 = np.float32
-    return Tracks(opening=np.clip(opening, 0, 1).astype(f32), lateral=lateral.astype(f32),
+    return Tracks(opening=np.clip(opening, -1, 1).astype(f32), lateral=lateral.astype(f32),
                   blink=_blinks(rng, n, fps).astype(f32), tx=tx.astype(f32), ty=ty.astype(f32),
-                  rot=rot.astype(f32), breath=breath.astype(f32), tongue=tongue.astype(f32))
+                  rot=rot.astype(f32), breath=breath.astype(f32), tongue=tongue.astype(f32),
+                  relax=speaking_lips(loud, fps).astype(f32))

@@ -1,16 +1,23 @@
-"""The portrait's mouth: jaw drop, lip-corner travel and a painted mouth interior (cavity,
-tongue, teeth, the lips' wet inner surface), in a mouth-aligned frame, with colours taken from
-the photo. The lip and chin landmarks are MediaPipe Face Mesh indices."""
+"""The portrait's mouth: jaw drop, lip-corner travel, lips pressed together (p/b/m, whatever
+gap the photo shows) and a painted mouth interior (services/visual/mouth_paint.py), in a
+mouth-aligned frame. The lip and chin landmarks are MediaPipe Face Mesh indices.
+
+`opening` above 0 drops the jaw by that share of `MAX_GAP`; below 0 presses the lips together:
+-1 closes the photo's own open lips (an open smile) fully, the upper lip coming down over the
+teeth and the lower lip up, the skin around them following."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from services.visual.mouth_paint import UPPER_LIP_SHARE, Interior, palette, photo_teeth
 from services.visual.warp import Frame, even_box, pixel_grid, smoothstep
 
 MAX_GAP = 0.24  # lip gap at opening 1, as a fraction of mouth width
-UPPER_LIP_SHARE = 0.2  # the upper lip rises this much for every unit the jaw drops
+MEET = 0.55  # pressed lips meet this far down the photo's gap (the upper lip moves more)
+RELAXED, PART = -0.75, 2.0  # parted lips relaxed for speech; how fast the jaw parts them
+CLOSED_PART = 0.6  # a closed photo's lips part sooner than the jaw drops (MouthRig.lips)
 TEETH_SPLIT = 0.4  # with teeth showing at rest, the lips part this much lower than mid-gap
 JAW_SHARE = 0.88  # the chin drops this share of the lower lip's inner edge: the lip thins
 
@@ -18,7 +25,9 @@ OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 
               40, 185]
 UPPER_INNER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
 LOWER_INNER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
-CHIN, NOSE_BASE, LOWER_LIP_BOTTOM = 152, 2, 17
+CHIN, NOSE_BASE, LOWER_LIP_BOTTOM, UPPER_LIP_TOP = 152, 2, 17, 0
+CHEEKS = [50, 101, 36, 206, 216, 212, 202, 204, 194, 201, 200, 421, 418, 424, 422, 432, 436, 426,
+          266, 330, 280, 2]  # skin around the mouth, for the palette's light and white balance
 
 
 class MouthRig:
@@ -35,9 +44,11 @@ class MouthRig:
         self.gap_px = MAX_GAP * self.mw
         uv = self._uv(lm.astype(np.float64))
 
-        # rest-pose gap between the inner lips: teeth are probably already showing if it is wide
+        # teeth the photo shows (light between the lips, a gap) are its own; else painted
         rest_gap = float(uv[14, 1] - uv[13, 1])
-        self.teeth = float(np.clip(1.0 - rest_gap / (0.08 * self.mw), 0.0, 1.0))
+        outer, inner = lm[OUTER_LIPS], lm[UPPER_INNER + LOWER_INNER[::-1]]
+        shown = photo_teeth(base_rgb, outer, inner) is not None
+        self.teeth = float(np.clip(1.0 - rest_gap / (0.08 * self.mw), 0.0, 1.0)) if shown else 1.0
         # the jaw opens below the upper teeth: where they show, split near the lower lip
         low = 0.5 + TEETH_SPLIT * (1.0 - self.teeth)
         knots: dict[float, float] = {}  # split line between the lips, v as a function of u
@@ -96,8 +107,11 @@ class MouthRig:
         cols = np.flatnonzero(((np.abs(U) < 1.3 * hw) & (np.abs(vrel) < self.gap_px)).any(axis=0))
         self.paint = (slice(int(rows[0]), int(rows[-1]) + 1),
                       slice(int(cols[0]), int(cols[-1]) + 1))
-        self.colours = _palette(base_rgb, lm)
-        self._band = max(1.2, 0.035 * self.mw)  # depth of the lips' wet inner surface, pixels
+        self.colours = palette(base_rgb, outer, inner, lm[CHEEKS])
+        self.interior = Interior(self.colours, self.mw, self.gap_px, self.teeth)
+        parted = shown or rest_gap > 0.08 * self.mw
+        self._seam: tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None = None
+        self._press = self._press_field(uv, U, V, nose + v0, chin + v0) if parted else None
         self.pU = U[self.paint].astype(np.float32)
         self.pV = vrel[self.paint].astype(np.float32)
         # per row / column extents, to paint only the part of the box a given gap can reach
@@ -106,9 +120,9 @@ class MouthRig:
 
     @property
     def palette(self) -> np.ndarray:
-        """The cavity's shadow and deep colours, the tongue's and the teeth's (4, 3) RGB."""
+        """The cavity's throat and wall colours, the tongue's and the teeth's (4, 3) RGB."""
         c = self.colours
-        return np.stack([c["shadow"], c["deep"], c["tongue"], c["teeth"]])
+        return np.stack([c["throat"], c["wall"], c["tongue"], c["teeth"]])
 
     def _uv(self, pts: np.ndarray) -> np.ndarray:
         d = pts - self.center
@@ -124,18 +138,41 @@ class MouthRig:
         wx = np.clip(np.minimum(np.arange(shape[1]), np.arange(shape[1])[::-1]) / ramp, 0, 1)
         return np.outer(wy, wx)
 
+    def lips(self, opening: float, relax: float = 0.0) -> float:
+        """The opening to draw for a frame's `opening` with the lips `relax`ed together 0..1
+        for speech. On a photo whose lips are parted (an open smile) relaxed lips rest at
+        `RELAXED` (just meeting) and the jaw parts them from there, `PART` times faster, so
+        a full opening still reaches 1 and pressing (p/b/m) still reaches -1. Lips closed in
+        the photo are relaxed already and have nothing to press; they part sooner
+        (opening ** `CLOSED_PART`), so a small opening shows as one rather than as lip."""
+        if self._press is None:
+            return float(max(opening, 0.0) ** CLOSED_PART)
+        if relax <= 0.0:
+            return opening
+        if opening > 0.0:
+            relaxed = RELAXED + PART * opening
+        else:
+            relaxed = RELAXED + (1.0 + RELAXED) * opening
+        return max(-1.0, min(1.0, opening + min(relax, 1.0) * (relaxed - opening)))
+
     def apply(self, base: np.ndarray, out: np.ndarray, opening: float, lateral: float,
               tongue: float = 0.0) -> None:
-        """Warp the lower face of `base` into `out` and paint the opened gap."""
+        """Warp the lower face of `base` into `out` and paint the opened gap; `opening` as
+        `lips` returns it."""
         x0, y0, x1, y1 = self.roi
         out[y0:y1, x0:x1] = self.render(base, opening, lateral, tongue)
 
     def render(self, base: np.ndarray, opening: float, lateral: float, tongue: float = 0.0
                ) -> np.ndarray:
         """The warped and painted `roi` of `base`, as a new RGB array."""
-        gap = opening * self.gap_px
-        mx = cv2.scaleAdd(self.Fx, gap, self.X)  # X + gap Fx + lateral Gx, in one pass each
-        my = cv2.scaleAdd(self.Fy, gap, self.Y)
+        gap = max(opening, 0.0) * self.gap_px
+        if opening < 0.0 and self._press is not None:  # lips pressed: no jaw drop
+            press = min(-opening, 1.0)
+            mx = cv2.scaleAdd(self._press[0], press, self.X)
+            my = cv2.scaleAdd(self._press[1], press, self.Y)
+        else:
+            mx = cv2.scaleAdd(self.Fx, gap, self.X)  # X + gap Fx + lateral Gx, one pass each
+            my = cv2.scaleAdd(self.Fy, gap, self.Y)
         if lateral:
             mx, my = cv2.scaleAdd(self.Gx, lateral, mx), cv2.scaleAdd(self.Gy, lateral, my)
         if gap > 0.3:
@@ -144,7 +181,79 @@ class MouthRig:
                                        borderMode=cv2.BORDER_REPLICATE)
         if gap > 0.3:
             self._paint(region[self.paint], gap, lateral, tongue)
+        elif opening < -0.5:
+            self._soften_seam(region, float(smoothstep(0.5, 0.85, np.float32(-opening))))
         return region
+
+    def _soften_seam(self, region: np.ndarray, amount: float) -> None:
+        """Where pressed lips meet, the backward maps jump from the upper lip to the lower one:
+        blend across that line (a vertical [1 2 1] blur within a pixel of it) and shade it a
+        little, the fold where lips touch, so the seam is soft at every size."""
+        if self._seam is None:
+            return
+        box, blend, crease = self._seam
+        sub = region[box].astype(np.float32)
+        soft = sub.copy()
+        soft[1:-1] = 0.25 * sub[:-2] + 0.5 * sub[1:-1] + 0.25 * sub[2:]
+        sub += (amount * blend)[..., None] * (soft - sub)
+        sub *= (1.0 - amount * crease)[..., None]
+        region[box] = np.clip(sub + 0.5, 0, 255).astype(np.uint8)
+
+    def _press_field(self, uv: np.ndarray, U: np.ndarray, V: np.ndarray, nose: float,
+                     chin: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Backward maps (per unit of pressing) that close the photo's own lip gap: above the
+        line where the lips meet, output pixels show the upper lip moved down (the skin up to
+        the nose following), below it the lower lip moved up (the skin down to the chin
+        following). The maps jump at that line, so the teeth between are never sampled. None
+        when the photo's lips are already closed."""
+        iu = uv[UPPER_INNER]
+        il = uv[LOWER_INNER]
+        order_u, order_l = np.argsort(iu[:, 0]), np.argsort(il[:, 0])
+        vu = np.interp(U, iu[order_u, 0], iu[order_u, 1])
+        vl = np.maximum(np.interp(U, il[order_l, 0], il[order_l, 1]), vu)
+        if float((vl - vu).max()) < max(1.5, 0.02 * self.mw):
+            return None
+        margin = 0.012 * self.mw  # sample a little inside the lips, never the teeth's edge
+        gap = vl - vu
+        within = np.clip(1.0 - (U / (self.hw * 1.02)) ** 2, 0.0, 1.0) ** 0.35  # 0 at corners
+        meet = vu + MEET * gap
+        lip_top = min(float(uv[UPPER_LIP_TOP, 1]), float(iu[:, 1].min()))
+        up_w = smoothstep(nose, lip_top + 0.3 * (float(iu[:, 1].min()) - lip_top), V)
+        lo_bottom = max(float(uv[LOWER_LIP_BOTTOM, 1]), float(il[:, 1].max()))
+        lo_w = 1.0 - smoothstep(lo_bottom, chin, V)
+        down = -(MEET * gap + margin) * up_w  # upper side: sample from higher up
+        up = ((1.0 - MEET) * gap + margin) * lo_w  # lower side: sample from lower down
+        shift = np.where(V < meet, down, up) * within * self._edge_window(U.shape)
+        self._seam_field(V - meet, within)
+        return ((shift * self.v_hat[0]).astype(np.float32),
+                (shift * self.v_hat[1]).astype(np.float32))
+
+    def _seam_field(self, dist: np.ndarray, within: np.ndarray) -> None:
+        """The pressed lips' seam: its box in the roi, the blend weight across it (1 within a
+        pixel of the line) and the fold's shade, both fading out towards the corners."""
+        near = (np.abs(dist) < 2.5) & (within > 0.05)
+        rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
+        if not len(rows):
+            return
+        y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, dist.shape[0])
+        box = (slice(y0, y1), slice(int(cols[0]), int(cols[-1]) + 1))
+        d, w = dist[box], within[box]
+        blend = (np.clip(1.5 - np.abs(d), 0.0, 1.0) * w).astype(np.float32)
+        crease = (0.16 * np.exp(-((d + 0.5) / 0.9) ** 2) * w).astype(np.float32)
+        self._seam = (box, blend, crease)
+
+    def _paint(self, region: np.ndarray, gap: float, lateral: float, tongue: float) -> None:
+        """Paint the opened mouth over `region` (the warped lips), on the rows and columns of
+        the paint box that this gap and lateral reach."""
+        hw = self.hw + lateral
+        feather = self.interior.feather
+        top_min = -UPPER_LIP_SHARE * gap - feather
+        rows = np.flatnonzero((self._row_hi >= top_min) & (self._row_lo <= gap + feather))
+        cols = np.flatnonzero(self._col_u < hw)
+        if not len(rows) or not len(cols):
+            return
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        self.interior.paint(region[box], self.pU[box], self.pV[box], gap, hw, lateral, tongue)
 
     def _thin(self, mx: np.ndarray, my: np.ndarray, gap: float) -> None:
         """Lower the lower lip's inner edge by the whole gap, its outer edge by JAW_SHARE of it
@@ -156,139 +265,3 @@ class MouthRig:
         extra = (np.float32(gap) * (1.0 - s)) * self._lipW  # the drop beyond JAW_SHARE
         mx[self._lip] -= extra * np.float32(self.v_hat[0])
         my[self._lip] -= extra * np.float32(self.v_hat[1])
-
-    def _paint(self, region: np.ndarray, gap: float, lateral: float, tongue: float) -> None:
-        """Paint the inside of the opened mouth over `region` (the warped lips), in layers from
-        the back: the dark cavity (darker into the corners), the tongue's body on the floor of
-        the mouth, the tongue tip raised behind the upper teeth (t/d/n/l/th), the lower teeth
-        on wide vowels, the upper teeth where the photo's lips were closed, and the wet inner
-        surface of the lips shading into the dark; then blended onto the lips by a feathered
-        mask of the opening."""
-        hw = self.hw + lateral
-        feather = 1.6
-        top_min = -UPPER_LIP_SHARE * gap - feather
-        rows = np.flatnonzero((self._row_hi >= top_min) & (self._row_lo <= gap + feather))
-        cols = np.flatnonzero(self._col_u < hw)
-        if not len(rows) or not len(cols):
-            return
-        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-        pU, pV, region = self.pU[box], self.pV[box], region[box]
-        q = pU * np.float32(1.0 / hw)
-        aq = np.abs(q)
-        t = np.maximum(1.0 - q * q, 0.0) ** 0.6
-        top = np.sqrt(t) * np.float32(-UPPER_LIP_SHARE * gap)
-        bottom = t * np.float32(gap)
-        from_top, from_bottom = pV - top, bottom - pV
-        alpha = (np.clip(from_top / feather + 0.5, 0, 1)
-                 * np.clip(from_bottom / feather + 0.5, 0, 1)
-                 * np.clip((bottom - top) / 2.0, 0, 1))  # a gap thinner than the feather is faint
-        if not alpha.any():
-            return
-        mw, c = self.mw, self.colours
-        height = np.maximum(bottom - top, 1e-3)
-        pos = np.clip(from_top / height, 0, 1)  # 0 at the upper teeth / lip, 1 at the lower lip
-        big = float(np.clip((gap * (1.0 + UPPER_LIP_SHARE) - 2.0) / (0.06 * mw), 0, 1))
-
-        # the cavity: darkest under the upper teeth and into the corners, a little light on
-        # the floor of the mouth in the middle
-        floor = smoothstep(0.3, 1.0, pos) * (1.0 - smoothstep(0.3, 0.9, aq))
-        colour = c["shadow"] + floor[..., None] * (c["deep"] - c["shadow"])
-        colour *= (1.0 - 0.4 * smoothstep(0.55, 1.0, aq))[..., None]
-        # the tongue's body, a mound on the floor, lit at the front, shaded at the sides
-        mound = 0.45 * height * np.sqrt(np.maximum(1.0 - (q / 0.85) ** 2, 0.0)) * big
-        over = _cover(pV - (bottom - mound), 1.5) * (mound > 0.8)
-        if over.any():  # its ridge curves away into the dark, its front faces the light
-            lit = np.clip((pV - bottom + mound) / np.maximum(0.5 * mound, 1e-3), 0, 1)
-            shade = (0.45 + 0.55 * lit) * (1.0 - 0.5 * aq * aq)
-            colour += over[..., None] * (shade[..., None] * c["tongue"] - colour)
-        # the tongue tip, up behind the upper teeth for t/d/n/l (between them for th)
-        tip = tongue * big
-        if tip > 0.02:
-            tip_top = top + height * (0.08 + 0.92 * (1.0 - tip))
-            rx = 0.28 * hw  # a rounded tip (half an ellipse) on a column down to the floor
-            ry = np.minimum(0.7 * rx, np.maximum(height, 1.0))
-            dy = np.clip((pV - tip_top) / ry, 0, 1) - 1.0
-            half = rx * np.sqrt(1.0 - dy * dy) * (1.0 + 0.8 * pos)  # wider towards the floor
-            cover = _cover(half - np.abs(pU), 1.2) * _cover(pV - tip_top, 1.2) * tip
-            across = np.clip(1.0 - np.abs(pU) / np.maximum(half, 1e-3), 0, 1)
-            shade = (0.55 + 0.3 * np.sqrt(across)) * (0.7 + 0.3 * pos)  # in the teeth's shadow
-            colour += cover[..., None] * (shade[..., None] * c["tongue_tip"] - colour)
-        # the lower teeth: their edges show above the lower lip on wide-open vowels
-        lower = (float(smoothstep(0.4, 0.85, np.float32(gap / self.gap_px)))
-                 * float(np.clip(0.6 + lateral / (0.08 * mw), 0, 1)))
-        if lower > 0.02:
-            teeth_h = np.minimum(0.2 * height, 0.05 * mw) * lower
-            edge = bottom - 0.6 * self._band - teeth_h
-            cover = (_cover(pV - edge, 1.0) * (1.0 - smoothstep(0.25, 0.6, aq))
-                     * (teeth_h > 0.6))
-            shade = 0.92 * (1.0 - 0.6 * aq) * self._gaps(pU, 0.1 * mw, 0.0)
-            colour += cover[..., None] * (shade[..., None] * c["teeth"] - colour)
-        # the upper teeth, painted where the photo's closed lips hide them
-        if self.teeth > 0.0:
-            teeth_h = np.minimum(0.35 * height, 0.09 * mw) * self.teeth
-            cover = (_cover(teeth_h - from_top, 1.2)
-                     * (1.0 - smoothstep(0.35, 0.75, aq)) * (teeth_h > 0.5))
-            shade = (1.0 - 0.3 * aq) * self._gaps(pU, 0.12 * mw, 0.5)
-            colour += cover[..., None] * (shade[..., None] * c["teeth"] - colour)
-        # the lips' wet inner surface, lip-coloured at the edge, shading into the dark
-        band = np.float32(min(self._band, 0.3 * float(height.max())))
-        wet = np.clip(1.0 - from_bottom / (2.5 * band), 0, 1) ** 2
-        if self.teeth > 0.0:
-            wet = np.maximum(wet, self.teeth * np.clip(1.0 - from_top / (1.5 * band), 0, 1) ** 2)
-        wet *= 1.0 - 0.5 * smoothstep(0.6, 1.0, aq)
-        colour += wet[..., None] * (c["mucosa"] - colour)
-        colour *= alpha[..., None]
-        colour += region * (1.0 - alpha)[..., None]
-        colour += 0.5
-        region[:] = colour.astype(np.uint8)
-
-    @staticmethod
-    def _gaps(u: np.ndarray, width: float, phase: float) -> np.ndarray:
-        """Brightness across a row of teeth `width` wide: a faint dark line between two."""
-        out: np.ndarray = 1.0 - 0.12 * np.abs(np.cos(np.pi * (u / np.float32(width) + phase))) ** 24
-        return out
-
-
-def _cover(distance: np.ndarray, feather: float) -> np.ndarray:
-    """Coverage 0..1 of a shape from the signed distance to its edge (positive inside)."""
-    return np.clip(distance / np.float32(feather) + 0.5, 0.0, 1.0)
-
-
-_CAVITY_SHADOW = np.array([26, 10, 10], dtype=np.float32)
-_CAVITY_DEEP = np.array([58, 24, 25], dtype=np.float32)
-_TONGUE = np.array([160, 72, 70], dtype=np.float32)
-_TONGUE_TIP = np.array([196, 104, 100], dtype=np.float32)
-_TEETH = np.array([214, 208, 198], dtype=np.float32)
-_LIP_CHROMA = 0.25  # typical (max - min) / max of lip pixels in a colour photo
-_MUCOSA = 0.62  # the inner surface of the lips: the lips' colour in their own shade
-
-
-def _palette(base_rgb: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
-    """Mouth-interior colours for this photo: the stock palette with its colourfulness scaled
-    by how colourful the lips are, so a grey-scale or faded photo gets a grey or faded mouth;
-    the inner surface of the lips is the photo's own lip colour, shaded."""
-    mask = np.zeros(base_rgb.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(lm[OUTER_LIPS]).astype(np.int32)], 1)
-    cv2.fillPoly(mask, [np.round(lm[UPPER_INNER + LOWER_INNER[::-1]]).astype(np.int32)], 0)
-    lips = base_rgb[mask.astype(bool)].astype(np.float32)
-    stock = {"shadow": _CAVITY_SHADOW, "deep": _CAVITY_DEEP, "tongue": _TONGUE,
-             "tongue_tip": _TONGUE_TIP, "teeth": _TEETH}
-    if len(lips) < 4:
-        return {**stock, "mucosa": _MUCOSA * np.array([170, 90, 90], np.float32)}
-    hi, lo = lips.max(axis=1), lips.min(axis=1)
-    chroma = float(np.median((hi - lo) / np.maximum(hi, 1.0)))
-    keep = float(np.clip(chroma / _LIP_CHROMA, 0.0, 1.0))
-    grey = np.array([0.299, 0.587, 0.114], np.float32)
-    out = {name: (c @ grey + keep * (c - c @ grey)).astype(np.float32)
-           for name, c in stock.items()}
-    out["mucosa"] = (_MUCOSA * np.median(lips, axis=0)).astype(np.float32)
-    # teeth showing in the photo give the painted teeth their colour
-    inner = np.zeros(base_rgb.shape[:2], np.uint8)
-    cv2.fillPoly(inner, [np.round(lm[UPPER_INNER + LOWER_INNER[::-1]]).astype(np.int32)], 1)
-    gap = base_rgb[inner.astype(bool)].astype(np.float32)
-    if len(gap) >= 20:
-        luma = gap @ grey
-        bright = gap[luma >= np.percentile(luma, 70)]
-        if float(np.median(bright @ grey)) > 1.15 * float(np.median(lips @ grey)):
-            out["teeth"] = np.median(bright, axis=0).astype(np.float32)
-    return out

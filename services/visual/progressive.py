@@ -380,7 +380,7 @@ def join_chunks(chunks: list[Path], out: Path) -> int:
                         track = dst.add_stream_from_template(video)
                     # chunks hold no B-frames: one packet per frame, pts == dts
                     rate = video.average_rate or video.guessed_rate
-                    step = round(1 / (video.time_base * rate)) if rate else 1
+                    step = round(1 / (video.time_base * rate)) if rate and video.time_base else 1
                     shift = written * step
                     for packet in src.demux(video):
                         if packet.size == 0 or packet.pts is None:

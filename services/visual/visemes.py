@@ -32,11 +32,12 @@ class Viseme:
     rounding: float
     dominance: float = 1.0
     spread: float = 0.07  # seconds, the Gaussian time constant of the pull
-    tongue: float = 0.0  # 1: the tongue tip is up at the front of the mouth, seen when it opens
+    tongue: float = 0.0  # 1: the tongue tip up behind the upper teeth; 2: forward between them
+    press: float = 0.0  # 1: the lips pressed together, whatever gap the photo shows (p/b/m)
 
 
 REST = Viseme("rest", 0.0, 0.0, 0.0, 1.5, 0.08)
-CLOSED = Viseme("closed", 0.0, 0.0, 0.0, 40.0, 0.03)
+CLOSED = Viseme("closed", 0.0, 0.0, 0.0, 40.0, 0.03, press=1.0)
 TEETH_LIP = Viseme("teeth_lip", 0.08, 0.1, 0.0, 6.0, 0.035)
 OPEN = Viseme("open", 0.95, 0.15, 0.0)
 OPEN_ROUND = Viseme("open_round", 0.75, -0.3, 0.45)
@@ -49,7 +50,7 @@ ROUNDED = Viseme("rounded", 0.45, -0.5, 0.7)
 ROUNDED_CLOSE = Viseme("rounded_close", 0.2, -0.8, 1.0, 1.5, 0.06)
 ROUNDED_FRONT = Viseme("rounded_front", 0.25, -0.5, 0.85)
 RHOTIC_VOWEL = Viseme("rhotic_vowel", 0.35, -0.2, 0.35)
-DENTAL = Viseme("dental", 0.2, 0.2, 0.0, 1.5, 0.04, tongue=1.0)
+DENTAL = Viseme("dental", 0.2, 0.2, 0.0, 1.5, 0.04, tongue=2.0)
 ALVEOLAR = Viseme("alveolar", 0.25, 0.2, 0.0, 0.5, 0.05, tongue=1.0)
 SIBILANT = Viseme("sibilant", 0.12, 0.45, 0.0, 1.2, 0.045)
 POSTALVEOLAR = Viseme("postalveolar", 0.2, -0.3, 0.7, 1.5, 0.05)
@@ -134,24 +135,41 @@ def viseme_tracks(phonemes: list[Phoneme], n_frames: int, fps: int) -> np.ndarra
 
 
 TONGUE_RISE = 0.06  # seconds: the tongue tip rises and falls this long around its sound
+PRESS_RISE = 0.05  # seconds: the lips come together and part this long around p/b/m
 
 
-def tongue_track(phonemes: list[Phoneme], n_frames: int, fps: int) -> np.ndarray:
-    """Per-frame tongue-tip height 0..1 (n_frames,) float32: 1 through every t/d/n/l/th, easing
-    in and out over `TONGUE_RISE` (a raised-cosine ramp), 0 elsewhere. Not blended by dominance
-    like the lips: the tip is up for its consonant whatever the vowels around it do."""
+def _held(phonemes: list[Phoneme], n_frames: int, fps: int, rise: float, field: str
+          ) -> np.ndarray:
+    """Per-frame max over the phonemes of `getattr(viseme, field)`, held through each
+    phoneme and easing in and out over `rise` seconds (a raised-cosine ramp)."""
     out = np.zeros(max(n_frames, 0))
     if n_frames <= 0:
         return out.astype(np.float32)
     t = np.arange(n_frames, dtype=np.float64) / fps + ANTICIPATION
     for start, end, v in _segments(phonemes):
-        if v.tongue <= 0.0:
+        level = float(getattr(v, field))
+        if level <= 0.0:
             continue
-        lo = int(np.searchsorted(t, start - TONGUE_RISE))
-        hi = int(np.searchsorted(t, end + TONGUE_RISE))
+        lo = int(np.searchsorted(t, start - rise))
+        hi = int(np.searchsorted(t, end + rise))
         if hi <= lo:
             continue
         distance = np.maximum(0.0, np.maximum(start - t[lo:hi], t[lo:hi] - end))
-        ramp = 0.5 + 0.5 * np.cos(np.pi * np.minimum(distance / TONGUE_RISE, 1.0))
-        out[lo:hi] = np.maximum(out[lo:hi], v.tongue * ramp)
+        ramp = 0.5 + 0.5 * np.cos(np.pi * np.minimum(distance / rise, 1.0))
+        out[lo:hi] = np.maximum(out[lo:hi], level * ramp)
     return out.astype(np.float32)
+
+
+def tongue_track(phonemes: list[Phoneme], n_frames: int, fps: int) -> np.ndarray:
+    """Per-frame tongue tip (n_frames,) float32: 1 through every t/d/n/l (up behind the upper
+    teeth), 2 through th (forward between the teeth), easing in and out over `TONGUE_RISE`,
+    0 elsewhere. Not blended by dominance like the lips: the tip is up for its consonant
+    whatever the vowels around it do."""
+    return _held(phonemes, n_frames, fps, TONGUE_RISE, "tongue")
+
+
+def press_track(phonemes: list[Phoneme], n_frames: int, fps: int) -> np.ndarray:
+    """Per-frame lip pressing 0..1 (n_frames,) float32: 1 through every p/b/m, easing in and out
+    over `PRESS_RISE`. The renderer closes the photo's own open lips by it (an open smile),
+    so the lips meet on bilabials whatever pose the photo shows."""
+    return _held(phonemes, n_frames, fps, PRESS_RISE, "press")

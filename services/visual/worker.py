@@ -19,7 +19,7 @@ from services.visual.progressive import (
 )
 from shared import engine_catalog
 from shared.errors import StageFailed
-from shared.layout import PORTRAIT
+from shared.layout import FACE, PORTRAIT
 from shared.pieces import PIECES_INFO, PieceFiles, PieceReader, PieceWriter
 from shared.pipeline import MASK, VIDEO
 from shared.settings import Settings
@@ -55,15 +55,18 @@ def render(ctx: StageContext) -> StageResult:
     name = ctx.job.engines.get("visual", "portrait")
     engine = _engine(name, ctx.settings)
     avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
+    store = ctx.settings.layout.store
     try:
+        for file in (PORTRAIT, FACE):  # into this host's cache from a remote store
+            store.fetch(avatar_dir / file)
         portrait = avatar_analysis.load_rgb(avatar_dir / PORTRAIT)
-        face = FaceInfo.from_json(json.loads((avatar_dir / "face.json").read_text()))
+        face = FaceInfo.from_json(json.loads((avatar_dir / FACE).read_text()))
     except (OSError, ValueError) as exc:
         raise StageFailed(f"avatar {ctx.job.avatar_id} is missing or damaged on disk: {exc}. "
                           "Upload the portrait again.") from exc
     opts = ctx.job.options
     spec = RenderSpec(fps=opts.fps, size=opts.size, seed=opts.seed, aspect=opts.aspect,
-                      framing=opts.framing)
+                      framing=opts.framing, emotion=opts.emotion, intensity=opts.intensity)
     framing: dict[str, Any] = {"framing": spec.framing}
     if spec.framing == "face":  # how a tight photo was framed (moved, zoomed, filled)
         from services.visual.framing import plan_face
@@ -94,7 +97,7 @@ def render(ctx: StageContext) -> StageResult:
                     next_chunk)
     t2 = time.monotonic()
     out = ctx.work_dir / VIDEO
-    joined = join_chunks([writer.files.data(k) for k in range(next_chunk)], out)
+    joined = join_chunks([writer.files.fetch(k) for k in range(next_chunk)], out)
     seconds = {"prepare": round(drawn.prepare_s, 3), "render": round(t1 - t0, 3),
                "join": round(time.monotonic() - t2, 3)}
     logger.info("job %s visual: %d frames, prepared %d times in %.2fs, drawn and encoded in "

@@ -43,3 +43,11 @@ def test_notes_name_what_the_voice_does(text: str, words: list[str]) -> None:
 ])
 def test_plain_english_gets_no_notes(text: str) -> None:
     assert notes(text) == []
+
+
+def test_emotion_markers_are_never_spoken_in_a_job() -> None:
+    assert strip_tags("[happy] Hello [wink] there.") == ("Hello there.", 2)
+    assert strip_tags("See note [1] here.") == ("See note [1] here.", 0)  # not a marker
+    said = " ".join(notes("[happy] Hello [wink] there."))
+    assert "emotion markers (e.g. [happy])" in said and "'emotion' option" in said
+    assert "unknown marker [wink]" in said

@@ -51,7 +51,8 @@ def get_avatar(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Avata
 @router.get("/{avatar_id}/portrait")
 def get_portrait(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> FileResponse:
     _get(st, avatar_id)
-    return FileResponse(st.settings.layout.portrait(avatar_id), media_type="image/png")
+    path = st.settings.layout.portrait(avatar_id)
+    return FileResponse(st.settings.layout.store.fetch(path) or path, media_type="image/png")
 
 
 @router.get("/{avatar_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
@@ -60,7 +61,7 @@ def get_thumbnail(avatar_id: str, st: Annotated[AppState, Depends(state)]) -> Fi
     in green."""
     _get(st, avatar_id)
     path = st.settings.layout.thumbnail(avatar_id)
-    if not path.is_file():
+    if st.settings.layout.store.fetch(path) is None:
         raise NotFound(f"avatar {avatar_id} has no thumbnail (it was made by an older version); "
                        "upload the portrait again to get one", code="thumbnail_missing")
     return FileResponse(path, media_type="image/jpeg")

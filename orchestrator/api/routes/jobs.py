@@ -87,7 +87,8 @@ def create_job(body: JobCreate, request: Request, response: Response,
                          size=body.size, seed=body.seed, speed=body.speed,
                          aspect=body.aspect, framing=body.framing, background=background,
                          music=music, music_volume=body.music_volume, captions=body.captions,
-                         crf=body.crf, audio=audio, language=language, normalize=body.normalize)
+                         crf=body.crf, audio=audio, language=language, normalize=body.normalize,
+                         emotion=body.emotion, intensity=body.intensity)
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"),
                                              sort_keys=True).encode()).hexdigest()
     recording_s = st.media.require(audio, "speech", "audio").duration if audio else None
@@ -256,8 +257,9 @@ def _published(st: AppState, rec: JobRecord, what: str) -> Path:
         reason = f": {rec.error}" if rec.error else ""
         raise Conflict(f"job {rec.id} is {rec.status}{reason}; the {what} "
                        "exists only once the job has succeeded", code="not_ready")
-    folder = st.settings.layout.stage_dir(rec.id, "compose")
-    if load_manifest(folder, verify=False) is None:
+    layout = st.settings.layout
+    folder = layout.stage_dir(rec.id, "compose")  # fetched into the cache from a remote store
+    if load_manifest(folder, verify=False, store=layout.store, fetch=True) is None:
         raise ApiError(410, "result_missing",
                        f"job {rec.id} succeeded but its {what} is no longer on disk")
     return folder

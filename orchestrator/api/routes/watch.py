@@ -21,11 +21,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import redis
@@ -42,8 +42,10 @@ from shared.layout import Layout
 from shared.models import TERMINAL
 from shared.pieces import PieceFiles
 from shared.pipeline import RESULT
+from shared.store import Store, StoreUnavailable
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -175,6 +177,9 @@ class JobStream(Response):
         self.answered = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _at(self, call: Callable[..., _T], *args: Any) -> _T | None:
+        return await _look(self.segments.store, call, *args)
+
     async def _status(self) -> JobState:
         """The job's state now; the last one known while Redis is away (the stream waits)."""
         try:
@@ -193,14 +198,14 @@ class JobStream(Response):
         job, deadline = self.job, time.monotonic() + IDLE_LIMIT_S
         next_look = time.monotonic() + STATUS_EVERY_S
         while True:
-            if self.segments.published(0):
+            if await self._at(self.segments.published, 0):
                 return "segments"
             if job.terminal:
-                if self.segments.published(0):  # published before the job ended
+                if await self._at(self.segments.published, 0):  # published before the job ended
                     return "segments"
                 if job.status != "succeeded":
                     raise _not_watchable(self.job_id, job)
-                if not self.files.result.is_file():
+                if await self._at(self.segments.store.fetch, self.files.result) is None:
                     raise Refused(ApiError(410, "result_missing", f"job {self.job_id} "
                                            "succeeded but its result is no longer on disk"))
                 return "result"
@@ -219,15 +224,19 @@ class JobStream(Response):
     async def _segments(self) -> AsyncGenerator[bytes, None]:
         """init.mp4, then each segment once published, until end.json's last one, or until the
         job has ended and no next segment followed, or IDLE_LIMIT_S without a new one."""
-        async for chunk in self._file(self.segments.watch_init):
-            yield chunk
+        init = await self._at(self.segments.init_bytes)
+        if init is None:
+            logger.warning("job %s: watch stream has no %s", self.job_id,
+                           self.segments.watch_init.name)
+            return
+        yield init
         n, job = 0, self.job
         last_new = next_look = time.monotonic()
         while True:
-            end = self.segments.end()
+            end = await self._at(self.segments.end)
             if end is not None and n >= end:
                 return
-            if self.segments.published(n):
+            if await self._at(self.segments.published, n):
                 try:
                     yield await anyio.to_thread.run_sync(self.segments.read_bytes, n)
                 except (OSError, ValueError, KeyError) as exc:
@@ -259,6 +268,19 @@ class JobStream(Response):
             await handle.aclose()
 
 
+async def _look(store: Store, call: Callable[..., _T], *args: Any) -> _T | None:
+    """`call(*args)`: at once on the local disk, in the thread pool for a remote store (a
+    waiting watcher holds no thread); None while the store is out of reach: the stream
+    waits, as for a file not there yet."""
+    if not store.remote:
+        return call(*args)
+    try:
+        return await anyio.to_thread.run_sync(call, *args)
+    except StoreUnavailable as exc:
+        logger.info("watch stream: %s", exc)
+        return None
+
+
 # status_code given: /openapi.json cannot find it in JobStream's __init__, and would fail
 @router.get("/{job_id}/stream", response_class=JobStream, status_code=200,
             responses={200: {"content": {"video/mp4": {}},
@@ -274,7 +296,9 @@ async def job_stream(job_id: str, st: Annotated[AppState, Depends(state)]) -> Jo
     if job is None:
         raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
     files = WatchFiles.of(st.settings.layout, job_id)
-    if job.terminal and job.status != "succeeded" and not files.segments.published(0):
+    segments = files.segments
+    if job.terminal and job.status != "succeeded" and not await _look(
+            segments.store, segments.published, 0):
         raise _not_watchable(job_id, job).error
     logger.info("job %s: watch stream opened (%s at %s)", job_id, job.status, job.stage)
     return JobStream(job_id, job, files, st.events.conn)

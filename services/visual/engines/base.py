@@ -18,6 +18,7 @@ from shared.models import ASPECTS, frame_size
 from shared.phonemes import Phoneme
 
 if TYPE_CHECKING:
+    from services.visual.expression import Look
     from services.visual.face import FaceInfo
 
 Box = tuple[int, int, int, int]  # (x, y, width, height) in output pixels
@@ -33,6 +34,8 @@ class RenderSpec:
     seed: int = 0
     aspect: str = "1:1"
     framing: str = "face"
+    emotion: str = "neutral"  # the face's emotion over the clip (shared/persona.py)
+    intensity: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.fps <= 120:
@@ -77,7 +80,8 @@ class LiveAnimation(Animation, Protocol):
         ...
 
     def draw(self, opening: float, lateral: float, blink: float, tx: float, ty: float,
-             rot: float, breath: float, tongue: float = 0.0) -> np.ndarray:
+             rot: float, breath: float, tongue: float = 0.0, look: Look | None = None
+             ) -> np.ndarray:
         """The portrait posed by one set of frame parameters, as `frame` returns it."""
         ...
 
