@@ -119,9 +119,9 @@ def test_bad_messages_get_error_events(live_cluster, session) -> None:
 
 
 def test_a_flood_of_lines_gets_an_error_for_each_line_dropped(live_cluster, session) -> None:  # type: ignore[no-untyped-def]
-    """The red team's 5,000 says in well under a second (before: about 222 were spoken, the
-    rest vanished without a word): each line is either queued on the ctl stream or answered by
-    an error event that names it and says it was dropped; a stop and a line right after work."""
+    """The red team's 5,000 says in well under a second: none vanishes without a word; each
+    line is either queued on the ctl stream or answered by an error event that names it and
+    says it was dropped; a stop and a line right after work."""
     import redis as redis_lib
 
     conn = redis_lib.Redis.from_url(live_cluster.redis.url)

@@ -14,10 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_admitted_session_gets_a_worker(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
-    """The red team's repro: twelve 256 px 10 fps sessions, then a 512 px one (before: all
-    thirteen got 201, as their pixels fit LIVE_MAX_SESSIONS, and those past the workers'
-    slots closed with 4503 20 s later). Now each 201 is served, the rest get a 503 with a
-    sentence, and a session ended frees its place for the next."""
+    """The red team's repro: twelve 256 px 10 fps sessions, then a 512 px one, all within
+    LIVE_MAX_SESSIONS by their pixels but past the workers' slots: each 201 is served, the rest
+    get a 503 with a sentence, and a session ended frees its place for the next."""
     conn = redis_lib.Redis.from_url(live_cluster.redis.url)
     # one, or two where test_live.py's spare still runs: each serves LIVE_SESSIONS_PER_WORKER
     workers = conn.zcount("ja:live:workers:visual", time.time() - 5, "+inf")
@@ -44,7 +43,7 @@ def test_every_admitted_session_gets_a_worker(client, avatar_id, live_cluster) -
                 "worker" in message, message
         clients = [LiveClient(live_cluster.url, sid) for sid in made]
         for c in clients:
-            c.wait_event("ready", timeout=30)  # before: 4503 "no live worker started the stream"
+            c.wait_event("ready", timeout=30)  # none closes with 4503
         # a session ended gives its place to the next, which is served too
         assert client.delete(f"/v1/sessions/{made[0]}").status_code == 204
         clients.pop(0).close()

@@ -133,8 +133,8 @@ def _places_given_back(cluster: Cluster, timeout: float = 30) -> None:
 def test_sockets_past_a_sessions_limit_are_refused_and_others_start(
         client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
     """The red team's repro: 150 sockets on one's own session. Past LIVE_MAX_VIEWERS (8) each
-    is refused with 4429 and a sentence (before: all let in, the 101st on failed with
-    MaxConnectionsError and someone else's new session got nothing for 28 s)."""
+    is refused with 4429 and a sentence, and someone else's new session still starts at once
+    (no Redis MaxConnectionsError)."""
     sid = _new_session(client, avatar_id, size=256, fps=10)
     try:
         watchers, victim, held = asyncio.run(_crowd(live_cluster, sid, avatar_id, SOCKETS))
@@ -227,8 +227,7 @@ def _rss_mb(pid: int) -> float:
 
 def test_a_socket_that_stops_reading_is_dropped_alone(client, avatar_id, live_cluster) -> None:  # type: ignore[no-untyped-def]
     """Backpressure: a client that reads nothing is dropped with close code 4008 while the
-    orchestrator's memory stays flat; the session and its other socket go on (before: the
-    session was ended, and the other socket got 1000)."""
+    orchestrator's memory stays flat; the session and its other socket go on."""
     conn = redis_lib.Redis.from_url(live_cluster.redis.url)
     sid = _new_session(client, avatar_id, size=720)
     orchestrator = live_cluster.procs["orchestrator"][-1].pid
@@ -247,7 +246,7 @@ def test_a_socket_that_stops_reading_is_dropped_alone(client, avatar_id, live_cl
         said, both = 0.0, False
         while not (both and conn.zcard(viewers) == 1):  # until the stalled one is dropped
             assert time.monotonic() < deadline, "a client that reads nothing was never dropped"
-            assert good.closed is None, good.closed  # before: 1000 "session ended"
+            assert good.closed is None, good.closed  # the session was not ended
             both = both or conn.zcard(viewers) == 2
             if time.monotonic() - said > 4:  # speech makes the stream denser
                 good.send({"type": "say", "text": "Talking to nobody. " * 6})

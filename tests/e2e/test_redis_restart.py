@@ -1,7 +1,6 @@
 """Redis killed while a job's stages run side by side, and restarted after its leases expired:
 the workers take their leases back, the reconciler leaves them a lease TTL to do so, and the job
-succeeds with no stage run twice (before, each such outage cost every running stage an attempt,
-and a job in the drill failed after five)."""
+succeeds with no stage run twice: an outage costs no running stage an attempt."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_16_bit_grey_portrait_is_scaled_not_clipped(client: httpx.Client) -> Non
     photo = _png(wide)
     assert Image.open(io.BytesIO(photo)).mode == "I;16"
     resp = _avatar(client, photo)
-    assert resp.status_code == 201, resp.text  # before: clipped to white, "no face"
+    assert resp.status_code == 201, resp.text  # not clipped to white (which finds no face)
     avatar = resp.json()
     stored = _stored(client, avatar).convert("L")
     assert stored.getextrema()[0] < 40 and 60 < sum(stored.getdata()) / (512 * 512) < 200
@@ -72,7 +72,7 @@ def test_photo_lying_on_its_side_is_turned_upright_and_said(
     upright = Image.open(DATA / "portrait.png").convert("RGB")
     side = upright.crop((0, 0, 512, 400)).transpose(turn)  # not square: the turn shows
     resp = _avatar(client, _png(side))
-    assert resp.status_code == 201, resp.text  # before: "no face" (or a sideways animation)
+    assert resp.status_code == 201, resp.text  # upright, so a face is found
     avatar = resp.json()
     assert any(f"turned {degrees} degrees" in n for n in avatar["notes"]), avatar["notes"]
     assert (avatar["width"], avatar["height"]) == (512, 400)
