@@ -23,6 +23,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's build (make test-deps), driven by Playwright
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run"]
+PLAYS_SOUND = "--autoplay-policy=no-user-gesture-required"  # media plays without a tap
 
 
 def _load_launcher() -> ModuleType:
@@ -220,3 +224,29 @@ def avatar_id(client) -> str:  # type: ignore[no-untyped-def]
     assert resp.status_code == 201, resp.text
     avatar: str = resp.json()["id"]
     return avatar
+
+
+@contextmanager
+def chromium(args: list[str]) -> Iterator[Any]:
+    """A headless Chromium (`CHROMIUM`, launched with `args`) for a test, closed afterwards; the
+    test fails with the install line if it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed in this venv ({exc}); run `make setup`")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def page_errors(page: Any) -> list[str]:
+    """The page's uncaught script errors and console errors, collected as they happen."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+    return problems

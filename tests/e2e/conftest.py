@@ -22,6 +22,8 @@ CLUSTER_ENV, DATA, ROOT, VENVS = _root.CLUSTER_ENV, _root.DATA, _root.ROOT, _roo
 Cluster, RedisServer, free_port = _root.Cluster, _root.RedisServer, _root.free_port
 small_disk, clear_db = _root.small_disk, _root.clear_db
 launcher = _root.launcher  # scripts/launcher.py
+CHROMIUM, BROWSER_ARGS, PLAYS_SOUND = _root.CHROMIUM, _root.BROWSER_ARGS, _root.PLAYS_SOUND
+chromium, page_errors = _root.chromium, _root.page_errors
 
 
 @pytest.fixture(scope="module")

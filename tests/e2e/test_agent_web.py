@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, VENVS, free_port
+from conftest import BROWSER_ARGS, CHROMIUM, PLAYS_SOUND, ROOT, VENVS, chromium, free_port
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 AGENT = ROOT / "integrations" / "agent"
 QUESTIONS = (("en-us", "What time is it?", "time"),
              ("en-gb", "Hello there, what is your name?", "name"),
@@ -64,8 +63,6 @@ def test_agent_hears_and_answers(live_cluster, avatar_id, tmp_path: Path) -> Non
         pytest.fail(f"{python} is missing: run `make setup-agent`")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
     wav = tmp_path / "questions.wav"
     _questions_wav(wav)
     port, log = free_port(), tmp_path / "agent.log"
@@ -75,23 +72,18 @@ def test_agent_hears_and_answers(live_cluster, avatar_id, tmp_path: Path) -> Non
                                  cwd=AGENT, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_http(f"http://127.0.0.1:{port}/", agent, log)
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
+        args = [*BROWSER_ARGS, PLAYS_SOUND, "--use-fake-ui-for-media-stream",
                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}"]
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.click("#start")
-                page.wait_for_function("window.agentStats.latencies.length >= 3",
-                                       timeout=int((len(QUESTIONS) * (GAP_S + 3) + 40) * 1000))
-                stats = page.evaluate("window.agentStats")
-                video = page.evaluate("""() => { const v = document.getElementById('face');
-                    return [v.videoWidth, v.videoHeight]; }""")
-                page.screenshot(path=str(ROOT / "out" / "agent_page.png"))
-            finally:
-                browser.close()
+        with chromium(args) as browser:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#start")
+            page.wait_for_function("window.agentStats.latencies.length >= 3",
+                                   timeout=int((len(QUESTIONS) * (GAP_S + 3) + 40) * 1000))
+            stats = page.evaluate("window.agentStats")
+            video = page.evaluate("""() => { const v = document.getElementById('face');
+                return [v.videoWidth, v.videoHeight]; }""")
+            page.screenshot(path=str(ROOT / "out" / "agent_page.png"))
     finally:
         agent.terminate()
         try:

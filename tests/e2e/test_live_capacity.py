@@ -18,7 +18,8 @@ def test_every_admitted_session_gets_a_worker(client, avatar_id, live_cluster) -
     LIVE_MAX_SESSIONS by their pixels but past the workers' slots: each 201 is served, the rest
     get a 503 with a sentence, and a session ended frees its place for the next."""
     conn = redis_lib.Redis.from_url(live_cluster.redis.url)
-    # one, or two where test_live.py's spare still runs: each serves LIVE_SESSIONS_PER_WORKER
+    # this module's own worker, plus any an earlier module left running; each serves
+    # LIVE_SESSIONS_PER_WORKER
     workers = conn.zcount("ja:live:workers:visual", time.time() - 5, "+inf")
     assert 1 <= workers <= 3, workers
     slots = 4 * workers

@@ -18,16 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 import redis
+from conftest import BROWSER_ARGS, PLAYS_SOUND, chromium, page_errors
 
 from shared.checkpoint import write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run",
-        "--autoplay-policy=no-user-gesture-required"]
+ARGS = [*BROWSER_ARGS, PLAYS_SOUND]
 
 
 def _stream_tests() -> ModuleType:
@@ -57,24 +54,16 @@ def _publish_result(job, data: bytes) -> None:  # type: ignore[no-untyped-def]
 def _watching(api, job_id: str, compose: Callable[[], None]):  # type: ignore[no-untyped-def]
     """Chromium on the page, following the job `job_id`, while `compose` publishes it from a
     thread; yields the page, and fails the test on any page error."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
     writer = threading.Thread(target=compose)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium(ARGS) as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 1100})
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+        problems = page_errors(page)
         page.goto(f"{api.url}/")
         page.evaluate(f"watch('{job_id}')")
         try:
             writer.start()
             yield page
         finally:
-            browser.close()
             writer.join(30)
     assert not problems, problems
 

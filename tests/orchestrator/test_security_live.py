@@ -10,13 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLUSTER_ENV, Cluster
+from conftest import BROWSER_ARGS, CLUSTER_ENV, Cluster, chromium, page_errors
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TOKEN = "live-token-abcdefghijklmnop"
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +74,15 @@ def test_cli_uses_the_token(guarded: Cluster, tmp_path: Path,  # type: ignore[no
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(BROWSER_ARGS) as launched:
+        yield launched
 
 
 def test_web_page_logs_in_and_plays_the_video(guarded: Cluster, browser) -> None:  # type: ignore[no-untyped-def]
     assert shutil.which("ffprobe")
     context = browser.new_context(viewport={"width": 1200, "height": 1000})
     page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+    problems = page_errors(page)
     try:
         page.goto(f"{guarded.url}/")
         page.wait_for_selector("#login:not([hidden])")

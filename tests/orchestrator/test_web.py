@@ -11,28 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import BROWSER_ARGS, chromium
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 SCREENSHOT_COPY = Path("/tmp/web_screenshot.png")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"playwright is not installed in this venv ({exc}); run `make setup`")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(BROWSER_ARGS) as launched:
+        yield launched
 
 
 @pytest.fixture
