@@ -48,7 +48,7 @@ def watched_job(client: httpx.Client, url: str, headers: dict[str, str], avatar:
     t0 = time.monotonic()
     job_id = client.post("/v1/jobs", json={"avatar_id": avatar, "text": text}).json()["id"]
     seen: dict[str, Any] = {}
-    watcher = threading.Thread(target=_watch, args=(url, headers, job_id, t0, seen))
+    watcher = threading.Thread(target=watch_first_segment, args=(url, job_id, t0, seen, headers))
     watcher.start()
     await_success(client, job_id)
     result = client.get(f"/v1/jobs/{job_id}/result")
@@ -56,21 +56,6 @@ def watched_job(client: httpx.Client, url: str, headers: dict[str, str], avatar:
     watcher.join(timeout=30)
     return {"id": job_id, "wall_s": round(wall, 3), "first_segment_s": seen.get(
         "first_segment_s"), "result_bytes": len(result.content)}
-
-
-def _watch(url: str, headers: dict[str, str], job_id: str, t0: float,
-           out: dict[str, Any]) -> None:
-    if not headers:
-        watch_first_segment(url, job_id, t0, out)
-        return
-    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/stream", headers=headers,
-                      timeout=120) as resp:
-        seen = b""
-        for data in resp.iter_bytes():
-            seen = seen[-8:] + data
-            if b"moof" in seen:
-                out["first_segment_s"] = time.monotonic() - t0
-                return
 
 
 def store_bytes(audit: list[Path], job_id: str) -> dict[str, int]:

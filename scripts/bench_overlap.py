@@ -19,11 +19,13 @@ from bench_procs import cpu_seconds, peak_rss_mb
 from stack import Stack, log
 
 
-def watch_first_segment(api_url: str, job_id: str, t0: float, out: dict) -> None:
+def watch_first_segment(api_url: str, job_id: str, t0: float, out: dict,
+                        headers: dict[str, str] | None = None) -> None:
     """Time from the 202 to the first media fragment of GET /v1/jobs/{id}/stream (a moof:
     the first picture a watcher can play); a thread beside the job."""
     try:
-        with httpx.stream("GET", f"{api_url}/v1/jobs/{job_id}/stream", timeout=120) as resp:
+        with httpx.stream("GET", f"{api_url}/v1/jobs/{job_id}/stream", headers=headers,
+                          timeout=120) as resp:
             seen = b""
             for data in resp.iter_bytes():
                 seen = seen[-8:] + data
