@@ -16,6 +16,7 @@ stored in Redis. Live workers beat in shared/presence.py, as batch workers do.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -106,6 +107,13 @@ def xadd(conn: redis.Redis | Any, key: str, fields: dict[str, Any], maxlen: int,
     """XADD to a bounded stream and keep its TTL (works on a pipeline too)."""
     conn.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
     return conn.expire(key, int(ttl_s + STREAM_TTL_MARGIN_S))
+
+
+def tell_error(conn: redis.Redis, session_id: str, message: str, ttl_s: float) -> Any:
+    """Give the session's clients an error event with `message` (on its out stream)."""
+    data = json.dumps({"type": "error", "message": message})
+    return xadd(conn, keys.live_out(session_id), {"kind": "event", "data": data}, OUT_MAXLEN,
+                ttl_s)
 
 
 def stream_id(value: str) -> tuple[int, int]:
@@ -208,9 +216,8 @@ class LiveWorker:
         except Exception:  # a session's failure must not take the worker's other sessions
             logger.exception("%s: session %s failed", self.name, rec.id)
             try:
-                xadd(self.conn, keys.live_out(rec.id), {"kind": "event", "data": _error_event(
-                    f"the live {self.role} worker failed on this session; it is being "
-                    "restarted")}, OUT_MAXLEN, 60)
+                tell_error(self.conn, rec.id, f"the live {self.role} worker failed on this "
+                           "session; it is being restarted", 60)
             except redis.RedisError:
                 pass
         finally:
@@ -222,9 +229,3 @@ class LiveWorker:
             except redis.RedisError:
                 pass
             logger.info("%s: session %s released", self.name, rec.id)
-
-
-def _error_event(message: str) -> str:
-    import json
-
-    return json.dumps({"type": "error", "message": message})

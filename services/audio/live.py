@@ -324,9 +324,8 @@ class AudioSession:
                 seq += part.count
         except JayAvatarError as exc:
             logger.warning("session %s: cannot speak line %s: %s", self.rec.id, line_id, exc)
-            live.xadd(self.conn, keys.live_out(self.rec.id), {"kind": "event", "data": json.dumps(
-                {"type": "error", "message": f"line {line_id!r} could not be spoken: {exc}"})},
-                live.OUT_MAXLEN, self.ttl)
+            live.tell_error(self.conn, self.rec.id,
+                            f"line {line_id!r} could not be spoken: {exc}", self.ttl)
 
     def _parts(self, segments: list[persona.Segment], opening: int) -> list[_Part]:
         """Each segment's pause (a break) and its parts (live_voice.line_parts: the line's first
@@ -409,9 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                 voice = voices.get(rec.voice)
             except (OSError, JayAvatarError) as exc:
                 logger.warning("session %s: cannot start: %s", rec.id, exc)
-                live.xadd(conn, keys.live_out(rec.id), {"kind": "event", "data": json.dumps(
-                    {"type": "error", "message": f"voice {rec.voice!r} cannot speak: {exc}"})},
-                    live.OUT_MAXLEN, settings.live_idle_timeout_s)
+                live.tell_error(conn, rec.id, f"voice {rec.voice!r} cannot speak: {exc}",
+                                settings.live_idle_timeout_s)
                 live.end(conn, rec.id)
                 return
             AudioSession(conn, voice, settings, rec, held, stopping, turns).run()

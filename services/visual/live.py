@@ -400,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                                         renderers.get(rec.renderer))
             except (OSError, ValueError, JayAvatarError) as exc:
                 logger.warning("session %s: cannot start: %s", rec.id, exc)
-                live.xadd(conn, keys.live_out(rec.id), {"kind": "event", "data": json.dumps(
-                    {"type": "error", "message": f"the avatar cannot be animated: {exc}"})},
-                    live.OUT_MAXLEN, settings.live_idle_timeout_s)
+                live.tell_error(conn, rec.id, f"the avatar cannot be animated: {exc}",
+                                settings.live_idle_timeout_s)
                 live.end(conn, rec.id)
                 return
             session.run()
