@@ -17,6 +17,7 @@ EMOTIONS = ("neutral", "happy", "sad", "surprised", "angry", "concerned")
 STATES = ("idle", "listening", "thinking")  # what a client sets; "speaking" is the server's
 DEFAULT_INTENSITY = 1.0
 MAX_BREAK_S = 5.0
+SPANS_INFO = "emotion_spans"  # in the audio stage's manifest info: a job's spans (Span.to_dict)
 
 _MARKER = re.compile(r"\[([A-Za-z][A-Za-z_-]{0,30})\]")
 _BREAK = re.compile(
@@ -127,6 +128,42 @@ def segments(text: str, feeling: Feeling) -> tuple[list[Segment], list[str]]:
     return out, notes
 
 
+def is_break(tag: str) -> bool:
+    """Whether `tag` is a break the persona pauses for (`<break time="500ms"/>`)."""
+    return _BREAK.fullmatch(tag.strip()) is not None
+
+
 def plain(text: str) -> str:
     """`text` without its markers and breaks: what is spoken."""
     return " ".join(_TOKEN.sub(" ", text).split())
+
+
+@dataclass(frozen=True)
+class Span:
+    """From `start` to `end` seconds of a clip's speech, said and shown with `feeling`: a job's
+    emotion curve, as its audio stage records it and its renderer blends the face along it."""
+
+    start: float
+    end: float
+    feeling: Feeling
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start, 5), "end": round(self.end, 5),
+                "emotion": self.feeling.emotion, "intensity": self.feeling.intensity}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], offset: float = 0.0) -> Span:
+        """From `to_dict`'s form (an unknown emotion reads as neutral), shifted by `offset`."""
+        feeling = Feeling.from_fields({k: str(data.get(k, "")) for k in ("emotion", "intensity")})
+        return cls(float(data["start"]) + offset, float(data["end"]) + offset, feeling)
+
+
+def joined_spans(spans: list[Span]) -> list[Span]:
+    """`spans` in order with each run of one feeling made one span."""
+    out: list[Span] = []
+    for span in spans:
+        if out and out[-1].feeling == span.feeling:
+            out[-1] = Span(out[-1].start, span.end, span.feeling)
+        else:
+            out.append(span)
+    return out

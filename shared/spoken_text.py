@@ -1,8 +1,9 @@
 """What the voices make of a job's text: SSML-like tags and languages other than English.
 
 Every voice here speaks English only (Piper's en_US-joe and its reshaped variants; XTTS is run
-with language "en"). Tags such as <break time="1s"/> would be read out as words, so the audio
-stage drops them; the orchestrator says so, and what happens to other languages, in the job notes.
+with language "en"). A job's [emotion] markers and <break time="1s"/> are followed (shared/
+persona.py); other tags would be read out as words, so the audio stage drops them. The
+orchestrator says so, and what happens to other languages, in the job notes.
 """
 
 from __future__ import annotations
@@ -44,14 +45,9 @@ def strip_tags(text: str) -> tuple[str, int]:
 
 
 def _marker_notes(text: str) -> list[str]:
-    """What a job does with inline emotion markers: its `emotion` holds over the whole clip."""
-    known = [m for m in _MARKER.findall(text) if m[1:-1].lower() in persona.EMOTIONS]
-    out = [n for n in persona.segments(text, persona.Feeling())[1] if "marker" in n]
-    if known:
-        out.insert(0, f"the text has emotion markers (e.g. {known[0]}); a job shows its "
-                      "'emotion' option over the whole clip and leaves the markers out, unspoken "
-                      "(live sessions follow them within a line)")
-    return out
+    """What a job leaves out of its emotion markers and breaks: unknown markers, breaks cut
+    to MAX_BREAK_S."""
+    return persona.segments(text, persona.Feeling())[1]
 
 
 def _script(ch: str) -> str:
@@ -65,12 +61,12 @@ def notes(text: str) -> list[str]:
     English."""
     out: list[str] = _marker_notes(text)
     stripped, _ = strip_tags(text)
-    tags = len(_TAG.findall(text))
-    first = _TAG.search(text)
-    if first is not None:
+    found = [m.group(0) for m in _TAG.finditer(text) if not persona.is_break(m.group(0))]
+    if found:
+        tags = len(found)
         out.append(f"the text has {tags} SSML-like tag{'s' if tags > 1 else ''} (e.g. "
-                   f"{first.group(0)[:40]!r}); they are not interpreted: the voice leaves them "
-                   "out and speaks the words between them")
+                   f"{found[0][:40]!r}); they are not interpreted: the voice leaves them "
+                   "out and speaks the words between them (a <break time=\"500ms\"/> pauses)")
     letters = [ch for ch in stripped if ch.isalpha()]
     if not letters:
         return out

@@ -10,8 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from services.audio import emotions
 from services.audio.engines import AudioEngine, SpeechRequest
-from shared import engine_catalog, media_refs, spoken_text
+from shared import engine_catalog, media_refs, persona, spoken_text
 from shared.errors import StageFailed
 from shared.layout import VOICE_SAMPLE
 from shared.phonemes import SILENCE, Phoneme, from_dicts, to_dicts
@@ -57,9 +58,6 @@ def synthesize(ctx: StageContext) -> StageResult:
     engine = _engine(name, ctx.settings)
     avatar_dir = ctx.settings.layout.avatar_dir(ctx.job.avatar_id)
     ctx.settings.layout.store.fetch(avatar_dir / VOICE_SAMPLE)  # a remote store's, if any
-    text, tags = spoken_text.strip_tags(ctx.job.text)
-    if tags:
-        logger.info("audio: %d SSML-like tags left unspoken", tags)
     pieces = SpeechPieces(PieceWriter(ctx, soon=engine_catalog.spec(name).streams))
     # every voice gets the same request; the ones that follow a voice sample read it (and keep
     # what they measure of it beside it), xtts checkpoints each sentence in the scratch dir,
@@ -68,17 +66,18 @@ def synthesize(ctx: StageContext) -> StageResult:
     options = ctx.job.options
     recording = (media_refs.resolve(ctx.settings.layout, options.audio, "speech", "recording")
                  if options.audio else None)
-    request = SpeechRequest(text, engine_wav, length_scale=1.0 / options.speed,
+    request = SpeechRequest(ctx.job.text, engine_wav, length_scale=1.0 / options.speed,
                             voice_sample=avatar_dir / VOICE_SAMPLE, cache_dir=avatar_dir,
                             checkpoint_dir=ctx.scratch_dir, on_piece=pieces.add,
                             recording=recording, language=options.language,
                             normalize=options.normalize, captions=options.captions != "off")
-    speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
-    info = dict(speech.info or {})
-    ctx.check()
-    if pieces.count == 0:  # a voice that reshapes the whole speech: one piece, at the end
-        pieces.add_wav(engine_wav, speech.phonemes)
-    engine_wav.unlink(missing_ok=True)
+    if recording is None:  # text: said with its emotions, sentence by sentence
+        feeling = persona.feeling_of(options.emotion, options.intensity)
+        info = emotions.speak(engine, request, feeling, pieces.add, check=ctx.check,
+                              progress=ctx.progress)
+    else:  # a user's recording keeps its voice as it is
+        info = _recorded(engine, replace(request, text=spoken_text.strip_tags(request.text)[0]),
+                         pieces, ctx)
     n_samples, rate, phonemes = pieces.join(ctx.work_dir / SPEECH)
     files = [SPEECH]
     if phonemes is not None:
@@ -89,12 +88,24 @@ def synthesize(ctx: StageContext) -> StageResult:
         atomic_write_json(ctx.work_dir / WORDS, words)
         files.append(WORDS)
     note = info.get("note")
+    spans = emotions.spans([p.meta for p in pieces.pieces]) if recording is None else []
     return StageResult(files=files, engine=name, engine_version=engine.version, info={
-        **info,
+        **info, **({persona.SPANS_INFO: [span.to_dict() for span in spans]} if spans else {}),
         "duration": n_samples / rate, "sample_rate": rate, "n_samples": n_samples,
         "phonemes": phonemes is not None, PIECES_INFO: pieces.count,
         "pieces_reused": pieces.reused,
     }, notes=[note] if note else [])
+
+
+def _recorded(engine: AudioEngine, request: SpeechRequest, pieces: SpeechPieces,
+              ctx: StageContext) -> dict[str, Any]:
+    """A job's recording as the speech: one call of the `recording` engine, untouched."""
+    speech = engine.synthesize(request, check=ctx.check, progress=ctx.progress)
+    ctx.check()
+    if pieces.count == 0:  # a voice that reshapes the whole speech: one piece, at the end
+        pieces.add_wav(request.out_wav, speech.phonemes)
+    request.out_wav.unlink(missing_ok=True)
+    return dict(speech.info or {})
 
 
 class SpeechPieces:

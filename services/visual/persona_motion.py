@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.visual.expression import COMPONENTS, Look
-from shared.persona import Feeling
+from shared.persona import Feeling, Span
 
 EMOTION_BLEND_S = 0.45  # an emotion eases in (and out) over this long
 STATE_BLEND_S = 0.6  # ... a state's face
@@ -146,9 +146,27 @@ class PersonaMotion:
                    for s in self._flashes)
 
 
-def clip_looks(n_frames: int, fps: int, seed: int, feeling: Feeling) -> list[Look]:
-    """A batch clip's look per frame: its emotion throughout, eye contact with saccades."""
+def clip_looks(n_frames: int, fps: int, seed: int, feeling: Feeling,
+               spans: tuple[Span, ...] = ()) -> list[Look]:
+    """A batch clip's look per frame, eye contact with saccades, and its emotion curve: each
+    span's feeling eases in from the span's start (as a live line's does, EMOTION_BLEND_S)
+    and holds until the next span's; `feeling` before the first span, the first frame's feeling
+    shown from the start. Look i depends only on the seed and the spans that start by frame i,
+    so a chunk drawn from the first pieces of speech is the chunk drawn from the whole."""
     persona = PersonaMotion(seed)
-    persona.feel(feeling, 0.0)
+    persona.feel(_feeling_at(spans, 0.0, feeling), 0.0)
     persona._emotion.t0 = -EMOTION_BLEND_S  # shown from the first frame
-    return [persona.at(i / fps, speaking=True)[0] for i in range(n_frames)]
+    looks, k = [], 0
+    for i in range(n_frames):
+        t = i / fps
+        while k < len(spans) and spans[k].start <= t:
+            persona.feel(spans[k].feeling, max(0.0, spans[k].start))
+            k += 1
+        looks.append(persona.at(t, speaking=True)[0])
+    return looks
+
+
+def _feeling_at(spans: tuple[Span, ...], t: float, default: Feeling) -> Feeling:
+    """The feeling of the last span starting by `t`, else `default`."""
+    started = [span for span in spans if span.start <= t]
+    return started[-1].feeling if started else default

@@ -26,9 +26,9 @@ import time
 import wave
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -37,6 +37,7 @@ from services.visual.encode import ENCODE_PRESET, ChunkEncoder
 from services.visual.engines.base import Animation, Box, RenderSpec, VisualEngine
 from shared.checkpoint import load_manifest
 from shared.errors import StageFailed
+from shared.persona import SPANS_INFO, Feeling, Span, joined_spans
 from shared.phonemes import Phoneme, from_dicts
 from shared.pieces import POLL_S, Piece, PieceOutput
 from shared.pipeline import PHONEMES, SPEECH
@@ -88,6 +89,7 @@ class SpeechSoFar:
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
         self.phonemes: list[Phoneme] | None = []
+        self.spans: list[Span] = []  # the emotion of each piece that names one
         self.rate = 0
         self.samples = 0
 
@@ -99,6 +101,7 @@ class SpeechSoFar:
         gain = float(piece.meta.get("level_gain") or 1.0)
         self.parts.append(data.astype(np.float32) * np.float32(gain / 32768.0))
         self.samples += len(data)
+        self.spans += _spans(piece.meta, offset, len(data) / self.rate)
         timings = from_dicts(piece.meta.get("phonemes"))
         if self.phonemes is not None and timings is not None:
             self.phonemes += [p.shifted(offset) for p in timings]
@@ -119,6 +122,16 @@ class SpeechSoFar:
         if not self.rate:
             return 0
         return max(0, int((self.samples / self.rate - LOOKAHEAD_S) * fps))
+
+
+def _spans(meta: dict[str, Any], offset: float, seconds: float) -> list[Span]:
+    """The emotion spans a piece's meta names, from `offset` seconds: one over the piece
+    (`emotion`, `intensity`: a piece of a text job) or the whole speech's (SPANS_INFO)."""
+    if isinstance(meta.get(SPANS_INFO), list):
+        return [Span.from_dict(d, offset) for d in meta[SPANS_INFO]]
+    if "emotion" in meta:
+        return [Span(offset, offset + seconds, Feeling.from_fields(meta))]
+    return []
 
 
 @dataclass
@@ -232,7 +245,8 @@ class WholeSpeech:
         phonemes = audio_dir / PHONEMES
         manifest = load_manifest(audio_dir, verify=False)
         meta = {"phonemes": json.loads(phonemes.read_text()) if phonemes.is_file() else None,
-                "level_gain": manifest.info.get("level_gain") if manifest else None}
+                "level_gain": manifest.info.get("level_gain") if manifest else None,
+                SPANS_INFO: manifest.info.get(SPANS_INFO) if manifest else None}
         self._piece = Piece("audio", 0, audio_dir / SPEECH, meta)
         self.finished = False
 
@@ -292,8 +306,9 @@ class Drawing:
 
     def _prepare(self) -> Animation:
         t0 = time.monotonic()
+        spec = replace(self.spec, spans=tuple(joined_spans(self.speech.spans)))
         animation = self.engine.prepare(self.portrait, self.face, self.speech.audio(),
-                                        self.speech.rate, self.speech.phonemes, self.spec)
+                                        self.speech.rate, self.speech.phonemes, spec)
         self.prepare_s += time.monotonic() - t0
         self.prepares += 1
         return animation

@@ -150,7 +150,7 @@ def test_presets_and_their_refusals(client, avatar_id, female_avatar) -> None:  
 
 @pytest.mark.parametrize(("text", "words"), [
     ('Hello <break time="1s"/> world, <emphasis>really</emphasis>.',
-     ("3 SSML-like tags", "not interpreted", "leaves them out")),
+     ("2 SSML-like tags", "not interpreted", "leaves them out")),  # the break is followed
     ("Привет, как у тебя дела сегодня?", ("Cyrillic", "English only", "letter by letter")),
     ("你好，世界", ("CJK", "Chinese letter")),
     ("Bonjour tout le monde, je suis très content de vous voir aujourd'hui.",

@@ -19,7 +19,8 @@ def test_strip_tags(text: str, spoken: str, count: int) -> None:
 
 
 @pytest.mark.parametrize(("text", "words"), [
-    ('Hello <break time="1s"/> world.', ["1 SSML-like tag ", "<break time=", "leaves them out"]),
+    ('Hello <break time="1s"/> <emphasis>world</emphasis>.',
+     ["2 SSML-like tags ", "<emphasis>", "leaves them out"]),
     ("Привет, как дела?", ["100% of the letters are Cyrillic", "letter by letter"]),
     ("你好世界", ["CJK (Chinese)", "'Chinese letter'"]),
     ("こんにちは", ["Hiragana", "'Japanese letter'"]),
@@ -48,6 +49,8 @@ def test_plain_english_gets_no_notes(text: str) -> None:
 def test_emotion_markers_are_never_spoken_in_a_job() -> None:
     assert strip_tags("[happy] Hello [wink] there.") == ("Hello there.", 2)
     assert strip_tags("See note [1] here.") == ("See note [1] here.", 0)  # not a marker
-    said = " ".join(notes("[happy] Hello [wink] there."))
-    assert "emotion markers (e.g. [happy])" in said and "'emotion' option" in said
-    assert "unknown marker [wink]" in said
+    said = " ".join(notes('[happy] Hello [wink] there. <break time="7s"/> Bye.'))
+    assert "e.g. [happy]" not in said  # followed, so nothing to say about it
+    assert "unknown marker [wink]" in said and "shortened to 5 s" in said
+    assert "SSML" not in said  # a break is followed, not a tag left out
+    assert notes('[sad] Hello <break time="500ms"/> there.') == []

@@ -71,6 +71,9 @@ class SpeechRequest:
     language: str = "en"
     normalize: bool = False
     captions: bool = False
+    # Whether the speech opens and closes with the voice's own silence (PAD_SECONDS): a job's
+    # text in several stretches (emotion markers, breaks) is padded once, by the audio stage.
+    pad: bool = True
 
 
 class AudioEngine(Protocol):

@@ -191,7 +191,7 @@ class PiperEngine:
         n_sentences = len(plan)
         spoken = (utterances.speak(self._voice, phonemes, length_scale, self.aligned)
                   for phonemes in plan)
-        pad = round(PAD_SECONDS * self.sample_rate)
+        pad = round(PAD_SECONDS * self.sample_rate) if request.pad else 0
         timings: list[tuple[list[tuple[str, int]], int]] | None = [] if self.aligned else None
         n_samples = 0
         with atomic_writer(out_wav, "wb") as fh, wave.open(fh, "wb") as wav:
@@ -213,8 +213,8 @@ class PiperEngine:
                 if progress is not None:
                     progress(min(1.0, (done + 1) / n_sentences))
             wav.writeframes(bytes(2 * pad))
-            if request.on_piece is not None:  # the closing silence is the last piece
-                n = len(lead) // 2 + pad
+            n = len(lead) // 2 + pad
+            if request.on_piece is not None and n:  # the closing silence is the last piece
                 request.on_piece(bytes(2 * n), self.sample_rate, None if timings is None else [
                     Phoneme(SILENCE, 0.0, round(n / self.sample_rate, 5))])
         total = n_samples + 2 * pad

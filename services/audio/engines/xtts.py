@@ -151,7 +151,7 @@ class XttsEngine:
         sample_sha = sha256_file(voice_sample)
         latents = self._voice(Path(voice_sample), sample_sha, cache_dir)
         gap = bytes(2 * round(GAP_SECONDS * SAMPLE_RATE))
-        pad = bytes(2 * round(PAD_SECONDS * SAMPLE_RATE))
+        pad = bytes(2 * round(PAD_SECONDS * SAMPLE_RATE)) if request.pad else b""
         n_samples, reused = 0, 0
         with atomic_writer(out_wav, "wb") as fh, wave.open(fh, "wb") as wav:
             wav.setnchannels(1)

@@ -15,6 +15,7 @@ import numpy as np
 
 from shared.errors import InvalidInput
 from shared.models import ASPECTS, frame_size
+from shared.persona import Span
 from shared.phonemes import Phoneme
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ class RenderSpec:
     seed: int = 0
     aspect: str = "1:1"
     framing: str = "face"
-    emotion: str = "neutral"  # the face's emotion over the clip (shared/persona.py)
+    emotion: str = "neutral"  # the face's emotion where no span says otherwise (persona.py)
     intensity: float = 1.0
+    spans: tuple[Span, ...] = ()  # the emotion curve of the speech, as the audio stage said it
 
     def __post_init__(self) -> None:
         if not 1 <= self.fps <= 120:

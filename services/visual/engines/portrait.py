@@ -10,7 +10,7 @@ services/visual/head.py; what every renderer starts from in services/visual/fram
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -117,7 +117,7 @@ class PortraitEngine:
                 sample_rate: int, phonemes: list[Phoneme] | None, spec: RenderSpec
                 ) -> PortraitAnimation:
         key = (portrait_rgb.__array_interface__["data"][0], portrait_rgb.shape,
-               np.asarray(face.landmarks, dtype=np.float64).tobytes(), spec)
+               np.asarray(face.landmarks, dtype=np.float64).tobytes(), replace(spec, spans=()))
         cached = self._rigged[1] if self._rigged is not None and self._rigged[0] == key else None
         base, lm, samples, n = frame_input(
             portrait_rgb, face, audio, sample_rate, spec,
@@ -133,7 +133,8 @@ class PortraitEngine:
                     "phonemes" if phonemes else "loudness only")
         anim = PortraitAnimation(base, tracks, rigs.mouth, rigs.eyes, rigs.pose, rigs.mouth_box,
                                  rigs.face)
-        anim.looks = clip_looks(n, spec.fps, spec.seed, Feeling.of(spec.emotion, spec.intensity))
+        anim.looks = clip_looks(n, spec.fps, spec.seed, Feeling.of(spec.emotion, spec.intensity),
+                                spec.spans)
         return anim
 
 
