@@ -72,6 +72,12 @@ $(VENVS)/audio/.bench: $(VENVS)/audio/.neural requirements/audio-bench.txt
 	$(VENVS)/audio/bin/pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4
 	@touch $@
 
+# The quality and persona reports' identity judge (dlib's face recognition ResNet), never used at
+# run time.
+$(VENVS)/visual/.bench: $(VENVS)/visual/.installed requirements/visual-bench.txt
+	$(VENVS)/visual/bin/pip install -q --disable-pip-version-check -r requirements/visual-bench.txt
+	@touch $@
+
 setup-neural: setup $(VENVS)/audio/.neural $(VENVS)/visual/.neural ## add the neural engines' libraries (torch, coqui-tts)
 
 # The browser tests drive /usr/bin/chromium with Playwright. Ubuntu's `chromium` deb installs only
@@ -167,7 +173,7 @@ bench-live: setup ## live sessions at real WebSocket clients: say-to-speech late
 bench-voice: setup-neural test-deps $(VENVS)/audio/.bench ## piper-match against generated voice samples: pitch, speaker similarity, WER (out/bench_voice.json)
 	$(VENVS)/audio/bin/python scripts/bench_voice.py --out out/bench_voice.json
 
-quality: setup test-deps ## quality report of the portrait renderer on its output videos (out/quality/), and lip sync of jobs from recordings (out/recordings/)
+quality: setup test-deps $(VENVS)/visual/.bench ## quality report of the portrait renderer on its output videos (out/quality/), and lip sync of jobs from recordings (out/recordings/)
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
 	$(VENVS)/visual/bin/python scripts/recording_lipsync.py --out out/recordings
 

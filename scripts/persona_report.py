@@ -4,13 +4,14 @@ outside with the mediapipe face mesh on decoded MP4 frames.
 For each emotion it renders the same real Piper speech onto tests/data/portrait.png through the
 visual stage's own render loop (as scripts/quality_report.py does), decodes the MP4 and measures,
 against `neutral`: the mouth-corner lift, the eye aperture and the brow height (in % of the eye
-distance, medians over the clip), lip-sync r (mouth opening against loudness) and identity (SSIM
-of the aligned face against the first frame). Then the largest landmark step between two frames
-while an emotion blends in (live motion), and the gaze in idle and listening (iris position over
-60 s of live motion). Writes out/persona/report.json and report.md; the voice figures come from
-the audio venv (scripts/persona_voice.py). A benchmark: it prints figures, it does not fail on
-them (tests/services/visual/test_expression.py checks them with margins). `--emotions neutral
-happy --faces-only` renders fewer.
+distance, medians over the clip), lip-sync r (mouth opening against loudness), identity (dlib's
+face recognition descriptors of every tenth frame against the photo's, scripts/face_identity.py)
+and the SSIM of the aligned face against the first frame. Then the largest landmark step between
+two frames while an emotion blends in (live motion), and the gaze in idle and listening (iris
+position over 60 s of live motion). Writes out/persona/report.json and report.md; the voice
+figures come from the audio venv (scripts/persona_voice.py). A benchmark: it prints figures, it
+does not fail on them (tests/services/visual/test_expression.py checks them with margins).
+`--emotions neutral happy --faces-only` renders fewer.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def emotion_rows(out: Path, mesh, analyzer, image: np.ndarray,  # type: ignore[n
     """Per emotion, over real speech clips rendered by the visual stage's loop and decoded."""
     import quality_report as q
     from bench_clip import render_clip
+    from face_identity import IdentityJudge, clip_identity
 
     from services.visual.engines.base import RenderSpec
     from services.visual.engines.portrait import PortraitEngine
@@ -74,9 +76,11 @@ def emotion_rows(out: Path, mesh, analyzer, image: np.ndarray,  # type: ignore[n
     face = analyzer.analyze(image)[0]
     clips = q.speech(out)[:2]
     engine = PortraitEngine()
+    judge = IdentityJudge()
+    reference = judge.of_landmarks(image, _mesh(mesh, image))
     rows: dict[str, dict] = {}
     for emotion in emotions:
-        measures, opens, rmss, ssim, ssim0 = [], [], [], [], []
+        measures, opens, rmss, ssim, ssim0, ident = [], [], [], [], [], []
         for k, (audio, rate, phonemes) in enumerate(clips):
             video = out / f"{emotion}_{k}.mp4"
             spec = RenderSpec(fps=q.FPS, size=q.SIZE, emotion=emotion, intensity=1.0)
@@ -91,6 +95,8 @@ def emotion_rows(out: Path, mesh, analyzer, image: np.ndarray,  # type: ignore[n
             blinks = np.convolve(anim.tracks.blink > 0.01, np.ones(5), "same") > 0
             ssim.append(m["ssim"][~blinks])  # as quality_report: a blink is no change of face
             ssim0.append(m["ssim_first_vs_portrait"])
+            ident.append(clip_identity(judge, q.decode(video), lm, reference))
+        same = np.concatenate(ident)
         rows[emotion] = {
             **{key: round(float(np.median([x[key] for x in measures])), 2)
                for key in measures[0]},
@@ -98,6 +104,9 @@ def emotion_rows(out: Path, mesh, analyzer, image: np.ndarray,  # type: ignore[n
             "lipsync_r_best": round(max(q._lagged(opens, rmss, lag) for lag in q.LAGS), 3),
             "ssim_vs_first_mean": round(float(np.nanmean(np.concatenate(ssim))), 4),
             "ssim_first_vs_portrait": round(float(np.mean(ssim0)), 4),
+            "identity_median": round(float(np.median(same[:, 0])), 4),
+            "identity_p5": round(float(np.percentile(same[:, 0], 5)), 4),
+            "identity_distance_max": round(float(np.max(same[:, 1])), 3),
         }
     return rows
 
@@ -161,13 +170,17 @@ def markdown(figures: dict) -> str:
     rows = figures["emotions"]
     base = rows["neutral"]
     out = ["| emotion | mouth corners | eye aperture | brows | lip-sync r (lag 0 / best) | "
-           "SSIM vs first (mean) | SSIM first vs portrait |", "|---" * 7 + "|"]
+           "identity vs photo (median / 5th pct; largest distance) | SSIM vs first (mean) | "
+           "SSIM first vs portrait |",
+           "|---" * 8 + "|"]
     for emotion, r in rows.items():
         out.append(
             f"| {emotion} | {r['corner_height'] - base['corner_height']:+.1f} | "
             f"{r['eye_aperture'] - base['eye_aperture']:+.1f} | "
             f"{r['brow_height'] - base['brow_height']:+.1f} | "
-            f"{r['lipsync_r_lag0']} / {r['lipsync_r_best']} | {r['ssim_vs_first_mean']} | "
+            f"{r['lipsync_r_lag0']} / {r['lipsync_r_best']} | "
+            f"{r['identity_median']} / {r['identity_p5']}; {r['identity_distance_max']} | "
+            f"{r['ssim_vs_first_mean']} | "
             f"{r['ssim_first_vs_portrait']} |")
     if "jumps" not in figures:
         return "\n".join(out) + "\n"

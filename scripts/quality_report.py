@@ -1,18 +1,23 @@
 """`make quality`: how good the default `portrait` renderer's videos look, measured on the MP4s.
 
 Renders real Piper speech onto tests/data/portrait.png and five variants of it (a small face in
-a big wide canvas, greyscale, rotated 15 degrees, and a crop around the face rolled 30 degrees or
-turned 30 degrees away, tests/services/visual/turned.py) through the real engine and the visual
-stage's own render loop (scripts/bench_clip.py), decodes each MP4 with ffmpeg and runs the
-mediapipe face mesh on every decoded frame. From those
-landmarks alone it measures lip sync (mouth opening vs loudness, and the lag that fits best),
-closure in silence and on p/b/m (above the rest pose, and absolute: the inner-lip gap under a
-third of the vowels', which a photo smiling with its teeth must leave to pass), the near-black
-share of the lip area in the most open frames, lip rounding, blink rate, identity (SSIM of the
-aligned face outside the mouth) and jitter in still stretches. Besides the variants it renders
-the closed-mouth and small-face portraits and the held-out one (tests/data; made by
-scripts/make_test_portraits.py). Writes out/quality/report.json, report.md and
-contact_sheet.png. Run with .venvs/visual/bin/python; speech comes from .venvs/audio (cached).
+a big wide canvas, greyscale, rotated 15 degrees, and a crop around the face rolled 30 degrees
+or turned 30 degrees away, tests/services/visual/turned.py) through the real engine and the
+visual stage's own render loop (scripts/bench_clip.py), decodes each MP4 with ffmpeg and runs
+the mediapipe face mesh on every decoded frame. From those landmarks alone it measures lip sync
+(mouth opening vs loudness, and the lag that fits best), closure in silence and on p/b/m (above
+the rest pose, and absolute: the inner-lip gap under a third of the vowels', which a photo
+smiling with its teeth must leave to pass), the near-black share of the lip area in the most
+open frames, lip rounding, blink rate, identity (dlib's face recognition descriptors of every
+tenth frame against the photo's, scripts/face_identity.py; and the SSIM of the aligned face
+outside the mouth against the first frame) and jitter in still stretches. Besides the variants
+it renders the closed-mouth and small-face portraits and the held-out one (tests/data; made by
+scripts/make_test_portraits.py). The lips on p/b/m are judged twice: on the frames of Piper's
+own phoneme timings, and from the outside, on the frames of the p/b/m and vowels PocketSphinx's
+phone recogniser hears on each MP4's audio (the speech muxed in as the compositor does;
+services/audio/hear.py in .venvs/audio), with how well the two agree. Writes
+out/quality/report.json, report.md and contact_sheet.png. Run with .venvs/visual/bin/python;
+speech comes from .venvs/audio (cached).
 A benchmark, not a test: it prints figures and flags, it does not fail on them.
 """
 
@@ -21,11 +26,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,12 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_clip import render_clip  # noqa: E402
+from face_identity import IdentityJudge, clip_identity  # noqa: E402
 
 from services.visual.engines.base import RenderSpec  # noqa: E402
 from services.visual.engines.portrait import PortraitEngine  # noqa: E402
 from services.visual.face import FaceAnalyzer  # noqa: E402
 from services.visual.mask import read_frames  # noqa: E402
 from services.visual.progressive import usable_cpus  # noqa: E402
+from shared.ffmpeg import ffmpeg  # noqa: E402
 from tests.services.visual.turned import turned  # noqa: E402
 
 TEXTS = [
@@ -63,6 +72,11 @@ SHUT = 0.02  # inner-lip gap within this (x inter-ocular distance) of the rest p
 NEAR_BLACK = 35  # a pixel with every channel under this is near-black
 OPEN_SHARE = 0.1  # the near-black share is measured on this share of most open frames
 VOWELS = set("aæɑɐɒɔəɜʌɛeiɪoʊuɚɝ")
+# phones heard on the MP4's audio (services/audio/hear.py, CMU symbols)
+HEARD_BILABIAL = {"M", "B", "P"}
+HEARD_VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH",
+                "UW"}
+AGREE_S = 0.06  # a heard p/b/m agrees with Piper's when their centres are this close
 
 _SPEAK = """
 import json, sys
@@ -139,6 +153,37 @@ def render(engine, image, face, clip, video: Path):
     _, anim = render_clip(engine, image, face, audio, rate, phonemes,
                           RenderSpec(fps=FPS, size=SIZE), video, lanes=usable_cpus())
     return anim
+
+
+def with_sound(video: Path, clip) -> None:
+    """Mux the clip's speech into the rendered `video` as the compositor does (AAC 128 kb/s,
+    48 kHz), so the MP4 carries the audio its lips are judged against."""
+    audio, rate, _ = clip
+    wav, muxed = video.with_suffix(".speech.wav"), video.with_suffix(".muxing.mp4")
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    try:
+        ffmpeg(["-i", str(video), "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                "-c:a", "aac", "-b:a", "128k", "-ar", "48000", str(muxed)],
+               f"muxing speech into {video.name}", muxed)
+    finally:
+        wav.unlink(missing_ok=True)
+    os.replace(muxed, video)
+
+
+def heard(videos: list[Path]) -> list[list[dict]]:
+    """The phones PocketSphinx's phone recogniser hears on each MP4's audio (CMU symbols;
+    services/audio/hear.py, run in .venvs/audio), as phoneme dicts."""
+    done = subprocess.run([str(ROOT / ".venvs/audio/bin/python"), "-m", "services.audio.hear",
+                           *map(str, videos)], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"recognising phones on {videos[0].name}...: {done.stderr.strip()}")
+    got = json.loads(done.stdout)
+    return [[{"phoneme": p["phone"], "start": p["start"], "end": p["end"]} for p in got[str(v)]]
+            for v in videos]
 
 
 def decode(video: Path):
@@ -243,6 +288,47 @@ def _phoneme_frames(phonemes: list[dict], n: int, pick) -> list[np.ndarray]:
                 frames = np.array([int(round((a + b) / 2))])
             out.append(frames[(frames >= 0) & (frames < n)])
     return [f for f in out if len(f)]
+
+
+def _centres(phonemes: list[dict], pick) -> np.ndarray:
+    return np.array([(p["start"] + p["end"]) / 2 for p in phonemes if pick(p["phoneme"])])
+
+
+def _nearest(times: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each of `times`, the signed distance to the nearest of `others` (inf if none)."""
+    if not len(others):
+        return np.full(len(times), np.inf)
+    d = others[None, :] - times[:, None]
+    return d[np.arange(len(times)), np.abs(d).argmin(axis=1)]
+
+
+def heard_figures(clips: list[dict]) -> dict:
+    """Lips meet on the p/b/m heard on the MP4s' audio (inner-lip gap under a third of the
+    heard vowels'), and how well the heard p/b/m agree with Piper's timings."""
+    bil_gap, vow_max, recall, precision = [], [], [], []
+    is_bilabial, is_vowel = HEARD_BILABIAL.__contains__, HEARD_VOWELS.__contains__
+    for c in clips:
+        g, ears = c["f"]["opening"], c["heard"]
+        bil_gap += [np.nanmin(g[f]) for f in _phoneme_frames(ears, len(g), is_bilabial)]
+        vow_max += [np.nanmax(g[f]) for f in _phoneme_frames(ears, len(g), is_vowel)]
+        piper = _centres(c["phonemes"], lambda s: s[0] in BILABIAL)
+        said = _centres(ears, is_bilabial)
+        recall.append(_nearest(piper, said))
+        precision.append(_nearest(said, piper))
+    vow_gap = float(np.nanmean(vow_max))
+    recall_d, precision_d = np.concatenate(recall), np.concatenate(precision)
+    matched = recall_d[np.abs(recall_d) <= AGREE_S]
+    return {
+        "n_bilabial_heard": len(bil_gap), "n_vowel_heard": len(vow_max),
+        "gap_bilabial_heard": round(float(np.nanmean(bil_gap)), 4),
+        "gap_vowel_heard": round(vow_gap, 4),
+        "bilabial_meet_pct_heard": round(100 * float(np.mean(np.array(bil_gap) < vow_gap / 3)), 1),
+        "piper_bilabials_heard_pct": round(100 * float(np.mean(np.abs(recall_d) <= AGREE_S)), 1),
+        "heard_bilabials_piper_pct": round(100 * float(np.mean(np.abs(precision_d) <= AGREE_S)),
+                                           1),
+        "heard_offset_ms_median": round(1000 * float(np.median(matched)), 1) if len(matched)
+        else None,
+    }
 
 
 def _drawn(anim) -> np.ndarray:
@@ -392,6 +478,31 @@ def contact_sheet(rows: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndar
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(lines), cv2.COLOR_RGB2BGR))
 
 
+def identity_figures(clips: list[dict]) -> dict[str, float]:
+    """Identity as dlib's face recognition model sees it (scripts/face_identity.py): cosine
+    similarity of every tenth frame's face descriptor to the photo's, and the largest distance
+    (dlib calls two faces one person under 0.6)."""
+    both = np.concatenate([c["identity"] for c in clips])
+    return {"identity_median": round(float(np.median(both[:, 0])), 4),
+            "identity_p5": round(float(np.percentile(both[:, 0], 5)), 4),
+            "identity_distance_max": round(float(np.max(both[:, 1])), 3)}
+
+
+CELLS: dict[str, Any] = {  # report.md cells made of several figures
+    "width": lambda f: f"{f['width_rest']:.3f} / {f['width_rounded']:.3f} / "
+                       f"{f['width_spread']:.3f}",
+    "blinks_seen": lambda f: f"{f['blinks']} / {f['blinks_planned']}",
+    "gaps": lambda f: f"{f['gap_bilabial']:.3f} / {f['gap_vowel']:.3f}",
+    "meet_heard": lambda f: f"{f['bilabial_meet_pct_heard']} ({f['n_bilabial_heard']})",
+    "agree": lambda f: f"{f['piper_bilabials_heard_pct']} / {f['heard_bilabials_piper_pct']} "
+                       f"({f['heard_offset_ms_median']})",
+    "near_black": lambda f: f"{f['near_black_open_pct']} / {f['near_black_open_max_pct']}",
+    "jitter": lambda f: f"{f['jitter_still_px_median']} / {f['jitter_still_px_p95']}",
+    "identity": lambda f: f"{f['identity_median']} / {f['identity_p5']} "
+                          f"({f['identity_distance_max']})",
+}
+
+
 def markdown(figures: dict[str, dict]) -> str:
     cols = [("lip-sync r (lag 0)", "lipsync_r_lag0"),
             ("renderer's own track r (lag 0; ceiling)", "design_r_lag0"),
@@ -401,12 +512,17 @@ def markdown(figures: dict[str, dict]) -> str:
             ("opening: speech", "opening_speech"), ("opening: p/b/m", "opening_bilabial"),
             ("opening: vowels", "opening_vowel"), ("p/b/m closed %", "bilabial_closed_pct"),
             ("vowels open %", "vowel_open_pct"),
-            ("p/b/m lips meet % (gap < vowels' / 3)", "bilabial_meet_pct"),
+            ("p/b/m lips meet %, Piper's timings (gap < vowels' / 3)", "bilabial_meet_pct"),
+            ("p/b/m lips meet %, phones heard on the MP4 (n p/b/m heard)", "meet_heard"),
+            (f"Piper's p/b/m heard within {AGREE_S * 1000:.0f} ms % / heard p/b/m Piper's % "
+             "(median offset ms)", "agree"),
             ("gap: p/b/m / vowels (absolute)", "gaps"),
             ("near-black % of lips, most open 10% (mean / max)", "near_black"),
             ("speech frames narrower than rest %", "speech_below_rest_pct"),
             ("mouth width: rest/rounded/spread", "width"), ("blinks/min", "blinks_per_min"),
-            ("blinks seen/planned", "blinks_seen"), ("SSIM first vs portrait",
+            ("blinks seen/planned", "blinks_seen"),
+            ("identity vs photo: median / 5th pct (largest distance)", "identity"),
+            ("SSIM first vs portrait",
                                                      "ssim_first_vs_portrait"),
             ("SSIM vs first: mean", "ssim_vs_first_mean"), ("SSIM vs first: min",
                                                               "ssim_vs_first_min"),
@@ -417,19 +533,7 @@ def markdown(figures: dict[str, dict]) -> str:
         cells = []
         for n in names:
             f = figures[n]
-            if key == "width":
-                cells.append(f"{f['width_rest']:.3f} / {f['width_rounded']:.3f} / "
-                             f"{f['width_spread']:.3f}")
-            elif key == "blinks_seen":
-                cells.append(f"{f['blinks']} / {f['blinks_planned']}")
-            elif key == "gaps":
-                cells.append(f"{f['gap_bilabial']:.3f} / {f['gap_vowel']:.3f}")
-            elif key == "near_black":
-                cells.append(f"{f['near_black_open_pct']} / {f['near_black_open_max_pct']}")
-            elif key == "jitter":
-                cells.append(f"{f['jitter_still_px_median']} / {f['jitter_still_px_p95']}")
-            else:
-                cells.append(str(f[key]))
+            cells.append(CELLS[key](f) if key in CELLS else str(f[key]))
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += ["", "Openings (inner lips 13-14) and widths (corners 61-291) are fractions of the "
             "inter-ocular distance (33-263); openings are measured above the rest pose's gap "
@@ -453,6 +557,7 @@ def main() -> int:
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
                                            max_num_faces=1, min_detection_confidence=0.5)
     engine, figures, rows = PortraitEngine(), {}, []
+    judge = IdentityJudge()
     with FaceAnalyzer() as analyzer:
         for name, image in portraits(analyzer).items():
             if args.only and name not in args.only:
@@ -463,18 +568,24 @@ def main() -> int:
             if not faces:
                 figures[name] = {"error": "no face found in the portrait"}
                 continue
-            done = []
+            done, reference = [], judge.of_landmarks(image, faces[0].landmarks)
             for k, clip in enumerate(clips):
                 video = args.out / f"{name}_{k}.mp4"
                 anim = render(engine, image, faces[0], clip, video)
+                with_sound(video, clip)
                 m = measure(video, mesh, anim)
                 done.append({"anim": anim, "lm": m["lm"], "ssim": m["ssim"],
                              "ssim0": m["ssim_first_vs_portrait"], "phonemes": clip[2],
                              "near_black": m["near_black"],
                              "f": features(m["lm"]), "rms": frame_rms(clip[0], clip[1],
                                                                       anim.n_frames),
-                             "video": video})
+                             "video": video,
+                             "identity": clip_identity(judge, decode(video), m["lm"], reference)})
+            for c, ears in zip(done, heard([c["video"] for c in done]), strict=True):
+                c["heard"] = ears
             figures[name], picks = summarize(name, done)
+            figures[name].update(heard_figures(done))
+            figures[name].update(identity_figures(done))
             frames, lms = {}, {}
             for label, (k, i) in picks.items():
                 frames[label] = frames_at(done[k]["video"], {i})[i]
