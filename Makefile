@@ -177,8 +177,8 @@ quality: setup test-deps $(VENVS)/visual/.bench ## quality report of the portrai
 	$(VENVS)/visual/bin/python scripts/quality_report.py --out out/quality
 	$(VENVS)/visual/bin/python scripts/recording_lipsync.py --out out/recordings
 
-drill: setup ## crash-recovery drill (scripts/drill/): jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis, Redis restarted by the supervisor, a full disk (root: tmpfs); fails if a job is lost
-	$(VENVS)/orchestrator/bin/python scripts/drill --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json
+drill: setup $(if $(filter s3,$(STORE)),$(STORE_VENV)) ## crash-recovery drill (scripts/drill/): jobs under SIGKILL/SIGSTOP of workers, orchestrator and Redis, Redis restarted by the supervisor, a full disk (root: tmpfs); fails if a job is lost. HOSTS=3 STORE=s3: workers on network-namespace hosts, job files in SeaweedFS, host partitions and store restarts too
+	$(VENVS)/orchestrator/bin/python scripts/drill --jobs 50 --faults 42 --seed $(or $(SEED),1) --timeout 900 --report out/drill.json$(if $(HOSTS), --hosts $(HOSTS))$(if $(filter s3,$(STORE)), --store s3)
 
 clean: ## remove venvs, data and outputs
 	rm -rf $(VENVS) $(DATA_DIR) out models/piper

@@ -2,7 +2,8 @@
 
 An unreachable store is not the job's fault, so it costs no attempt: the stage (shared/stage.py)
 asks the store again once a second while its heartbeat keeps the lease, and goes on when the
-store answers; a cancel or a lost lease still stops it (`StageContext.check`).
+store answers (never sooner than a second after the failure); a cancel or a lost lease still
+stops it (`StageContext.check`).
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ def wait_for_store(ctx: StageContext, exc: StoreUnavailable) -> None:
     audit(ctx.runtime, "store-wait", job=ctx.job.id, stage=ctx.stage, attempt=ctx.attempt,
           exec=ctx.exec_id)
     t0 = time.monotonic()
-    while True:
-        ctx.check()
+    while True:  # asked again after a pause even if it answers at once: a store that has just
+        ctx.check()  # restarted lists before its volumes serve, and the call would fail again
+        time.sleep(STORE_POLL_S)
         try:
             ctx.settings.layout.store.check()
             break
         except StoreUnavailable:
-            time.sleep(STORE_POLL_S)
+            continue
     logger.info("job %s %s#%s: the job-file store answers again after %.1fs", ctx.job.id,
                 ctx.stage, ctx.attempt, time.monotonic() - t0)

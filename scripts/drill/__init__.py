@@ -18,6 +18,11 @@ K faults chosen from `--seed`, each on work in flight:
 * stop-worker: SIGSTOP a worker in the middle of an execution for longer than the lease, then
   SIGCONT.
 
+With `--hosts 3 --store s3` (`make drill HOSTS=3 STORE=s3`, root) the cluster is spread over
+network-namespace hosts with the job files in SeaweedFS (`spread`), and two kinds join:
+cut-host (a worker host's link down mid-render for a few seconds) and kill-store (SeaweedFS
+SIGKILLed and started again); the checker reads the jobs' files from the bucket.
+
 A fault waits for a running stage (a worker fault: one of its own stage), and jobs keep coming
 (past `--jobs`) until every fault has landed. Stages overlap (PIPELINE_OVERLAP): a share of the
 faults of every kind (`--overlap-share`, a third) waits until one job has two stages running at

@@ -272,6 +272,22 @@ def fault_figures(faults: list[Fault]) -> dict[str, Any]:
             "list": [dict(f.__dict__, stages_hit=f.stages_hit) for f in faults]}
 
 
+def outages(faults: list[Fault]) -> dict[str, Any]:
+    """Host partitions and store outages: how long each lasted and how long the work they hit
+    took to move again (`recovery_s`)."""
+    out: dict[str, Any] = {}
+    for kind, lasted in (("cut-host", "down_s"), ("kill-store", "store_back_s")):
+        fs = [f for f in faults if f.kind == kind]
+        down = [float(getattr(f, lasted)) for f in fs if getattr(f, lasted) is not None]
+        rec = [f.recovery_s for f in fs if f.recovery_s is not None]
+        out[kind] = {"n": len(fs), lasted: {"p50": pct(down, 0.5),
+                                            "max": round(max(down), 3) if down else None},
+                     "recovery_s": {"p50": pct(rec, 0.5),
+                                    "max": round(max(rec), 3) if rec else None},
+                     "hit_running_stage": sum(1 for f in fs if f.landed == "running")}
+    return out
+
+
 # ---- the report -----------------------------------------------------------------------------
 
 
@@ -308,7 +324,7 @@ def check(history: History, args: argparse.Namespace, data_dir: Path, orphans: l
     recovery = recovery_times(history.faults, execs, history.audit.execs, records,
                               history.audit.events)
     rec_values = [f.recovery_s for f in history.faults if f.recovery_s is not None]
-    return {
+    report = {
         "ok": (not lost and not dup_publish and not corrupt and len(accepted) > 0
                and not announced["twice"] and not read["out_of_order"] and not left["left"]),
         "seed": args.seed,
@@ -352,6 +368,9 @@ def check(history: History, args: argparse.Namespace, data_dir: Path, orphans: l
         "audit_bad_lines": history.audit.bad_lines,
         "temp_dir": extra["temp_dir"],
     }
+    if "hosts" in extra:
+        report["hosts"] = dict(extra["hosts"], outages=outages(history.faults))
+    return report
 
 
 def summary(r: Report) -> str:
@@ -410,4 +429,25 @@ def summary(r: Report) -> str:
         f"{r['disk']['redis_restarts_by_supervisor']}",
         f"RESULT: {'PASS' if r['ok'] else 'FAIL'}",
     ]
+    if "hosts" in r:
+        lines[-1:-1] = hosts_lines(r)
     return "\n".join(lines)
+
+
+def hosts_lines(r: Report) -> list[str]:
+    """The summary's lines about the hosts, partitions and store outages."""
+    h, by_kind = r["hosts"], r["recovery_s"]["by_kind"]
+    cut, store = h["outages"]["cut-host"], h["outages"]["kill-store"]
+    return [
+        f"hosts: {h['hosts']} (Redis, the store and the API on the main host; workers "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in h["workers_on"].items()) + ")",
+        f"host partitions (link down): {cut['n']}, {cut['hit_running_stage']} mid-render; "
+        f"down p50/max {cut['down_s']['p50']}s / {cut['down_s']['max']}s; recovery p50/max "
+        f"{cut['recovery_s']['p50']}s / {cut['recovery_s']['max']}s",
+        f"store outages (SIGKILL, restart): {store['n']}, {store['hit_running_stage']} with "
+        f"stages running; store answering again p50/max {store['store_back_s']['p50']}s / "
+        f"{store['store_back_s']['max']}s; recovery p50/max {store['recovery_s']['p50']}s / "
+        f"{store['recovery_s']['max']}s",
+        "recovery p50/max by fault kind: " + "; ".join(
+            f"{k} {v['p50']}s/{v['max']}s" for k, v in sorted(by_kind.items())),
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -22,7 +23,8 @@ from .checker import Report, check, summary
 from .cluster import Cluster
 from .generator import Generator
 from .history import TERMINAL, History
-from .nemesis import KINDS, Nemesis
+from .nemesis import HOST_KINDS, KINDS, Nemesis
+from .spread import SpreadCluster
 
 
 def log(msg: str) -> None:
@@ -41,7 +43,12 @@ class Drill:
                "ANALYZE_TIMEOUT_S": "120", "MIN_FREE_MB": str(args.min_free_mb)}
         workers = {"audio": args.audio_workers, "visual": args.visual_workers,
                    "compose": args.compose_workers}
-        self.cluster = Cluster(self.base, env, workers, disk_mb=args.disk_mb)
+        self.cluster: Cluster
+        if args.hosts:
+            self.cluster = SpreadCluster(self.base, env, workers, args.hosts,
+                                         disk_mb=args.disk_mb)
+        else:
+            self.cluster = Cluster(self.base, env, workers, disk_mb=args.disk_mb)
         self.history = History(audit_path)
         self.rconn = redis.Redis.from_url(self.cluster.redis_url, socket_timeout=1,
                                           socket_connect_timeout=1)
@@ -86,7 +93,7 @@ class Drill:
         c.wait_api()
         c.wait_workers()
         portrait = (ROOT / "assets" / "sample_portrait.png").read_bytes()
-        resp = httpx.post(f"{c.api_url}/v1/avatars", timeout=180,
+        resp = httpx.post(f"{c.api_url}/v1/avatars", timeout=180, headers=c.api_headers,
                           files={"portrait": ("portrait.png", portrait, "image/png")})
         if resp.status_code != 201:
             raise RuntimeError(f"avatar creation failed: {resp.status_code} {resp.text}")
@@ -101,7 +108,7 @@ class Drill:
             self.args, self.cluster.api_url, avatar_id, self.history, log,
             faults_landed=lambda: len(self.history.faults),
             faults_done=lambda: self.nemesis.done, in_flight=self.in_flight,
-            redis_up=lambda: self.cluster.alive("redis"))
+            redis_up=lambda: self.cluster.alive("redis"), headers=self.cluster.api_headers)
         sub = threading.Thread(target=gen.run, name="generator", daemon=True)
         sub.start()
         self.nemesis.run()
@@ -114,7 +121,11 @@ class Drill:
         c = self.cluster
         extra = {"workers": c.worker_names, "small_disk": c.disk_note, "temp_dir": str(self.base),
                  "redis_restarts": c.supervisor.services["redis"].restarts}
-        return check(self.history, self.args, c.data_dir, self.orphans(), extra, t_start, t_end)
+        if isinstance(c, SpreadCluster):
+            extra["hosts"] = c.note
+        statuses = {j: r.get("status") for j, r in self.history.records.items()}
+        return check(self.history, self.args, c.results_dir(statuses), self.orphans(), extra,
+                     t_start, t_end)
 
     def wait_terminal(self, deadline: float) -> None:
         """Poll every accepted job until all are terminal and the generator is done (or the
@@ -122,7 +133,8 @@ class Drill:
         self.cluster.wait_api(timeout=60)
         records = self.history.records
         assert self.generator is not None
-        with httpx.Client(base_url=self.cluster.api_url, timeout=15) as client:
+        with httpx.Client(base_url=self.cluster.api_url, timeout=15,
+                          headers=self.cluster.api_headers) as client:
             while True:
                 self.nemesis.tick()
                 pending = [j for j in self.history.job_ids()
@@ -173,8 +185,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--audio-workers", type=int, default=1)
     p.add_argument("--visual-workers", type=int, default=2)
     p.add_argument("--compose-workers", type=int, default=1)
-    p.add_argument("--kinds", default=",".join(KINDS),
-                   help="comma-separated fault kinds to draw from (default: all)")
+    p.add_argument("--kinds", default=None,
+                   help=f"comma-separated fault kinds to draw from (default: all; "
+                        f"{', '.join(HOST_KINDS)} only with --hosts): {', '.join(KINDS)}")
+    p.add_argument("--hosts", type=int, default=0,
+                   help="spread the cluster over this many hosts (network namespaces; root): "
+                        "Redis, the store and the API on one, the workers dealt out over the "
+                        "others; needs --store s3. 0: everything on this machine")
+    p.add_argument("--store", choices=("local", "s3"), default="local",
+                   help="where job files live: local (DATA_DIR) or s3 (SeaweedFS on the main "
+                        "host; needs --hosts)")
     p.add_argument("--overlap-share", type=float, default=1 / 3,
                    help="share of the faults (of every kind) that wait for two stages of one "
                         "job running at once and strike one of them")
@@ -185,18 +205,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="size of the tmpfs holding DATA_DIR and Redis (fill-disk faults); 0: off")
     p.add_argument("--min-free-mb", type=float, default=64.0,
                    help="MIN_FREE_MB of the drill's cluster")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.store == "s3") != bool(args.hosts):
+        p.error("--hosts and --store s3 go together: workers on other hosts share no disk, "
+                "so their files live in the store (e.g. --hosts 3 --store s3)")
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    drill = Drill(args)
+    try:
+        drill = Drill(args)
+    except RuntimeError as exc:
+        log(f"the drill cannot start: {exc}")
+        return 2
+    if args.hosts:  # SIGTERM too ends the run through the cleanup below (hosts, links)
+        signal.signal(signal.SIGTERM, _interrupt)
     report: Report | None = None
     try:
         report = drill.run()
     except (RuntimeError, KeyboardInterrupt) as exc:
         log(f"drill aborted: {exc!r}")
     finally:
+        if args.hosts:  # a second Ctrl-C must not leave namespaces behind
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         drill.cluster.stop(keep_data=report is None or not report["ok"] or args.keep)
         drill.rconn.close()
     if report is None:

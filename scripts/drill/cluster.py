@@ -39,7 +39,11 @@ def mount_small_disk(path: Path, size_mb: int) -> tuple[Path | None, str]:
 
 class Cluster:
     """redis-server, the orchestrator and the workers (`audio-0`, `visual-1`...) as real
-    processes we can kill."""
+    processes we can kill, all on this machine (drill/spread.py spreads them over hosts)."""
+
+    spread = False  # one host, one DATA_DIR: no host partitions, no store of its own
+    worker_hosts: list[str] = []
+    cut_hosts: set[str] = set()
 
     def __init__(self, base: Path, env: dict[str, str], workers: dict[str, int],
                  disk_mb: int = 0) -> None:
@@ -69,6 +73,19 @@ class Cluster:
     def procs(self) -> dict[str, subprocess.Popen[bytes]]:
         """The latest process of each name."""
         return {n: ps[-1] for n, ps in self.processes.started.items() if ps}
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """What every API request carries (nothing: the API listens on loopback only)."""
+        return {}
+
+    def scratch(self, name: str) -> Path:
+        """The DATA_DIR where worker `name` makes its temp dirs."""
+        return self.data_dir
+
+    def results_dir(self, statuses: dict[str, object]) -> Path:
+        """Where the checker reads the jobs' files: the data dir itself."""
+        return self.data_dir
 
     @property
     def stopped(self) -> set[str]:

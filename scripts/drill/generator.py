@@ -42,8 +42,9 @@ class Generator:
     def __init__(self, args: argparse.Namespace, api_url: str, avatar_id: str, history: History,
                  log: Callable[[str], None], faults_landed: Callable[[], int],
                  faults_done: Callable[[], bool], in_flight: Callable[[], int],
-                 redis_up: Callable[[], bool]) -> None:
+                 redis_up: Callable[[], bool], headers: dict[str, str] | None = None) -> None:
         self.args, self.api_url, self.avatar_id = args, api_url, avatar_id
+        self.headers = headers or {}  # the API's token, where it needs one
         self.history, self.log = history, log
         self.faults_landed, self.faults_done = faults_landed, faults_done
         self.in_flight, self.redis_up = in_flight, redis_up
@@ -55,7 +56,8 @@ class Generator:
 
     def run(self) -> None:
         try:
-            with httpx.Client(base_url=self.api_url, timeout=15) as client:
+            with httpx.Client(base_url=self.api_url, timeout=15,
+                              headers=self.headers) as client:
                 i = 0
                 while not self.stop.is_set() and (i < self.args.jobs or not self.faults_done()):
                     self.submit(client, i)

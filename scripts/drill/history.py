@@ -115,6 +115,7 @@ class Fault:
     back_at: float | None = None
     recovery_s: float | None = None
     api_back_s: float | None = None  # orchestrator: fault -> /healthz 200 again
+    store_back_s: float | None = None  # kill-store: fault -> the store answers again
     note: str = ""
 
     @property

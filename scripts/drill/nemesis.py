@@ -12,6 +12,12 @@ speech pieces while audio still speaks, compose muxes chunks while visual draws)
 executions in the audit log and confirmed by `stages[s].status == "running"` in the job record.
 A worker fault then strikes the worker of its stage in that pair (stop-worker: either one), a
 cluster-wide fault strikes while the pair runs.
+
+With the cluster spread over hosts (`--hosts`, drill/spread.py) two more kinds join:
+cut-host takes a worker host's link down while one of its workers renders and brings it up a
+few seconds later (a partition: Redis and the store out of its reach); kill-store SIGKILLs the
+object store while stages run and starts it again after a random delay (`store_back_s`: until
+it answers again).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,9 +33,11 @@ import httpx
 
 from .cluster import Cluster
 from .history import Exec, Fault, History
+from .spread import SpreadCluster
 
 KINDS = ("kill-audio", "kill-visual", "kill-compose", "kill-orchestrator", "kill-redis",
          "stop-worker", "redis-exit", "fill-disk")
+HOST_KINDS = ("cut-host", "kill-store")  # only with the cluster spread over hosts
 WORKER_PHASES = ("before-pickup", "mid-render", "publish")
 OVERLAP = "overlap"  # the aim of a fault that waits for two stages of one job running at once
 GIVE_UP_S = 120.0  # past its aim deadline, a fault that still finds no work in flight is skipped
@@ -58,13 +67,26 @@ class Nemesis:
         self._next_probe = 0.0
         self._min_run = 0.0
         self._min_progress = 0.0
+        self.store_watch: threading.Thread | None = None
         self.done = False  # every fault has been injected (or skipped)
+
+    @property
+    def hosted(self) -> SpreadCluster:
+        """The cluster spread over hosts: only host and store faults ask for it."""
+        assert isinstance(self.cluster, SpreadCluster)
+        return self.cluster
 
     # -- schedule ---------------------------------------------------------------------------
 
     def plan(self) -> list[tuple[str, str]]:
         """K faults: rounds of every kind in a random order, each with the phase it aims at."""
-        allowed = [k for k in KINDS if k in self.args.kinds.split(",")] or list(KINDS)
+        wanted = self.args.kinds.split(",") if self.args.kinds else [*KINDS, *HOST_KINDS]
+        allowed = [k for k in (*KINDS, *HOST_KINDS) if k in wanted] or list(KINDS)
+        if not self.cluster.spread and any(k in HOST_KINDS for k in allowed):
+            if self.args.kinds:
+                self.log("no cut-host or kill-store faults: the cluster runs on one host "
+                         "(give --hosts and --store s3)")
+            allowed = [k for k in allowed if k not in HOST_KINDS] or list(KINDS)
         if self.cluster.disk is None and "fill-disk" in allowed:
             self.log(f"no fill-disk faults: the small disk is {self.cluster.disk_note}")
             allowed.remove("fill-disk")
@@ -82,7 +104,7 @@ class Nemesis:
                 aimed = OVERLAP
             elif stage_of_kind(kind):
                 aimed = self.rng.choice(WORKER_PHASES)
-            elif kind == "stop-worker":
+            elif kind in ("stop-worker", "cut-host"):
                 aimed = "mid-render"
             else:
                 aimed = "any"
@@ -102,7 +124,8 @@ class Nemesis:
                 self.history.faults.append(fault)
         self.done = True
         while (self.pending or self.api_probe is not None  # bring everything back
-               or not self.cluster.alive("redis")):
+               or not self.cluster.alive("redis") or self.cluster.spread and (
+                   self.hosted.store_down or not self.cluster.alive("store"))):
             self.tick()
             time.sleep(0.05)
 
@@ -122,7 +145,9 @@ class Nemesis:
         while True:
             self.tick()
             late = time.monotonic() >= deadline
-            if stage is None:
+            if kind == "cut-host":
+                found = self._host_target(late, aimed == OVERLAP)
+            elif stage is None:
                 found = self._cluster_target(kind, late, aimed == OVERLAP)
             elif aimed == OVERLAP and not late:
                 found = self._overlap_target(stop_stages if kind == "stop-worker" else (stage,))
@@ -149,9 +174,12 @@ class Nemesis:
         """Redis, the orchestrator or the disk, once it is up and some stage is running (with
         `overlap`, until `--aim-s` runs out: while two stages of one job run at once)."""
         c = self.cluster
-        target = {"fill-disk": "disk", "kill-orchestrator": "orchestrator"}.get(kind, "redis")
+        target = {"fill-disk": "disk", "kill-orchestrator": "orchestrator",
+                  "kill-store": "store"}.get(kind, "redis")
         if target == "disk":
             down = c.ballast is not None or not c.alive("redis")
+        elif target == "store":
+            down = self.hosted.store_down or not c.alive("store")
         else:
             down = not c.alive(target)
         if down or not self.audit.open_execs():
@@ -161,6 +189,26 @@ class Nemesis:
             return (target, found[1]) if found is not None else None
         if late or self.rng.random() < 0.2 or (kind == "kill-orchestrator" and self.submitting()):
             return target, ""
+        return None
+
+    def _host_target(self, late: bool, overlap: bool) -> tuple[str, str] | None:
+        """A worker host (none cut already) where a live worker renders: (host, how); with
+        `overlap`, until `--aim-s` runs out, the host of a stage running beside another of
+        its job."""
+        c = self.cluster
+        if c.cut_hosts:
+            return None  # one partition at a time
+        if overlap and not late:
+            found = self._overlap_target(tuple(OUTPUT))
+            return (self.hosted.host_of[found[0]], found[1]) if found is not None else None
+        pids = self._live_pids()
+        hosts = list(c.worker_hosts)
+        self.rng.shuffle(hosts)
+        for host in hosts:
+            for e in self.audit.open_execs():
+                name = pids.get(e.pid)
+                if name in self.hosted.workers_on(host) and (late or self._rendering(e)):
+                    return host, f"{e.stage} exec {e.exec_id} running on {name}"
         return None
 
     def _live_pids(self) -> dict[int, str]:
@@ -226,7 +274,7 @@ class Nemesis:
                     return name, "queue not empty, worker idle"
                 continue
             for e in execs:
-                if want == "publish" and self._catch_publish(e):
+                if want == "publish" and self._catch_publish(e, name):
                     return name, f"{e.stage} exec {e.exec_id} publishing"
                 if want == "mid-render" and self._rendering(e):
                     return name, f"{e.stage} exec {e.exec_id} running"
@@ -243,13 +291,13 @@ class Nemesis:
         prog = self.job_field(e.job, "progress:visual")
         return prog is not None and float(str(prog)) >= self._min_progress
 
-    def _catch_publish(self, e: Exec) -> bool:
+    def _catch_publish(self, e: Exec, name: str) -> bool:
         """True once `e` has written its manifest or renamed its output (and not yet ended).
 
         Once the stage's output file shows up in its temp dir (the last step before the manifest)
         this spins on the manifest and the audit log for up to 3 s: the window is milliseconds.
         """
-        tmp = self.cluster.data_dir / "jobs" / e.job / f"{e.stage}.tmp-{e.exec_id}"
+        tmp = self.cluster.scratch(name) / "jobs" / e.job / f"{e.stage}.tmp-{e.exec_id}"
         if e.publishes or (tmp / "manifest.json").exists():
             return True
         if not (tmp / OUTPUT[e.stage]).exists():
@@ -276,7 +324,12 @@ class Nemesis:
             fault.running[e.stage] = fault.running.get(e.stage, 0) + 1
         if fault.target in c.worker_names:
             fault.pid = c.procs[fault.target].pid
-            fault.phase, execs = self._phase_of(fault.pid, fault.note.startswith("queue not"))
+            fault.phase, execs = self._phase_of(fault.target, fault.note.startswith("queue not"))
+        elif fault.target in c.worker_hosts:
+            names = self.hosted.workers_on(fault.target)
+            pids = {c.procs[n].pid for n in names if n in c.procs}
+            execs = [e for e in running if e.pid in pids]
+            fault.phase = "mid-render" if execs else "idle (no work on the host)"
         else:
             fault.pid = c.procs[fault.target].pid if fault.target in c.procs else None
             fault.phase = f"{len(running)} execution(s) running" if running else "idle"
@@ -294,16 +347,16 @@ class Nemesis:
             fault.landed = "idle-worker" if running else "idle-cluster"
         fault.t = time.time()
 
-    def _phase_of(self, pid: int, queued: bool) -> tuple[str, list[Exec]]:
-        """What a worker was doing: from the audit log and its temp dirs. `queued`: a job was
-        queued for its stage when it was chosen."""
-        execs = self.audit.open_execs(pid=pid)
+    def _phase_of(self, name: str, queued: bool) -> tuple[str, list[Exec]]:
+        """What worker `name` was doing: from the audit log and its temp dirs. `queued`: a job
+        was queued for its stage when it was chosen."""
+        execs = self.audit.open_execs(pid=self.cluster.procs[name].pid)
         if not execs:
             return ("before-pickup (job queued, worker idle)" if queued else "idle (no work)"), []
         e = execs[0]
         if e.publishes:
             return "publish (renamed, not yet advanced)", execs
-        tmp = self.cluster.data_dir / "jobs" / e.job / f"{e.stage}.tmp-{e.exec_id}"
+        tmp = self.cluster.scratch(name) / "jobs" / e.job / f"{e.stage}.tmp-{e.exec_id}"
         if (tmp / "manifest.json").exists():
             return "publish (manifest written, not renamed)", execs
         return "mid-render", execs
@@ -320,6 +373,10 @@ class Nemesis:
         elif kind == "redis-exit":  # the supervisor notices and restarts it, in its own time
             c.signal(target, signal.SIGKILL)
             fault.note = "restarted by the stack's supervisor"
+        elif kind == "cut-host":
+            self.hosted.cut(target)
+            fault.down_s = self.rng.uniform(2.0, 2.0 + 2 * self.args.lease_ttl)
+            self.pending.append((now + fault.down_s, "mend", target))
         elif kind == "stop-worker":
             c.signal(target, signal.SIGSTOP)
             fault.down_s = self.args.lease_ttl + self.rng.uniform(1.0, 3.0)
@@ -362,6 +419,12 @@ class Nemesis:
                 self.cluster.signal(name, signal.SIGCONT)
             elif action == "unfill":
                 self.cluster.free_disk()
+            elif action == "mend":
+                self.hosted.mend(name)
+            elif name == "store":
+                self.hosted.start_store()
+                if f is not None:
+                    self._watch_store(f)
             elif name == "orchestrator":
                 self.cluster.start_orchestrator()
             else:
@@ -374,6 +437,17 @@ class Nemesis:
             f.back_at = time.time()
             if name == "orchestrator":
                 self.api_probe = f
+
+    def _watch_store(self, f: Fault) -> None:
+        """Time the store's return: fault -> it answers again (`store_back_s`)."""
+        t0 = time.monotonic()
+
+        def answered(at: float) -> None:
+            f.store_back_s = round(time.time() - f.t - (time.monotonic() - at), 3)
+            self.log(f"fault {f.n}: the store answers again, {f.store_back_s:.1f}s after it "
+                     f"was killed ({time.monotonic() - t0:.1f}s after its restart)")
+
+        self.store_watch = self.hosted.watch_store(answered)
 
     def _probe_api(self) -> None:
         """Time the orchestrator's return: fault -> /healthz 200 again."""

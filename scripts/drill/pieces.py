@@ -6,7 +6,7 @@
   counted apart.
 * Every consumer read its upstream's pieces in order: within one execution the "piece-read"
   ranges from one upstream start at 0 and each starts where the last one stopped (a stage that
-  waited for disk space runs its handler again, from piece 0).
+  waited for disk space or for the job-file store runs its handler again, from piece 0).
 * A succeeded job's result has every frame the visual stage drew, and its watch stream is
   whole: `compose.pieces/` holds `init.mp4`, `end.json` and every segment it counts, each
   matching its meta, frames end to end, as many as the result.
@@ -74,10 +74,10 @@ def reads(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Every "piece-read" range that does not follow the last one of its execution and
     upstream (or does not start at 0)."""
     expected: dict[tuple[str, str], int] = {}
-    waited: set[str] = set()  # executions that waited for disk space since their last read
+    waited: set[str] = set()  # executions that waited (disk space, store) since their last read
     bad, n_reads = [], 0
     for ev in events:
-        if ev.get("event") == "disk-wait":
+        if ev.get("event") in ("disk-wait", "store-wait"):
             waited.add(ev["exec"])
         if ev.get("event") != "piece-read":
             continue
@@ -85,7 +85,7 @@ def reads(events: list[dict[str, Any]]) -> dict[str, Any]:
         key = (ev["exec"], ev["upstream"])
         want = expected.get(key, 0)
         first, last = int(ev["first"]), int(ev["last"])
-        if first == 0 and ev["exec"] in waited:  # the handler ran again after a full disk
+        if first == 0 and ev["exec"] in waited:  # the handler ran again after the wait
             want = 0
         waited.discard(ev["exec"])
         if first != want or last < first:
