@@ -176,6 +176,8 @@ class LiveMotion:
                     track[-tail:] *= ramp[-tail:]
                 setattr(p, name, track)
             p.n_frames = keep
+            # its line is ended by the stop: what is left of it (a fade) starts and ends no speech
+            p.events_sent, p.last = True, False
         self.pieces = [p for p in self.pieces if p.n_frames > 0]
         for f in [f for f in self._audio if f >= now]:
             if f < now + STOP_FADE_FRAMES:

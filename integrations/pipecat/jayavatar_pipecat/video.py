@@ -24,6 +24,10 @@ from pipecat.frames.frames import (
     StartFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.ai_service import AIService
@@ -40,6 +44,7 @@ MAX_HELD_PICTURES = 6  # pictures waiting for their sound (a stream without audi
 MUTE_AFTER_STOP_S = 0.5  # speech already on its way is muted this long after an interruption,
 # or up to the stopped line's speech.end (and its fade) when that event comes first
 STOP_FADE_S = 0.08
+STATES_AFTER_REPLY = ("idle", "listening")  # what the persona shows once a reply is spoken
 
 
 @dataclass
@@ -56,6 +61,10 @@ class JayAvatarVideoService(AIService):
     and `SpeechOutputAudioRawFrame`s (its sound: the speech, silence between lines). The TTS
     audio itself is not passed on. An `InterruptionFrame` stops the line at once.
 
+    The persona's state follows the conversation: `listening` when the user starts speaking
+    (`UserStartedSpeakingFrame` or `VADUserStartedSpeakingFrame`), `thinking` when they stop
+    (the reply is being made), and `state_after_reply` once the reply's speech is over.
+
     Event handlers: `on_session_event(service, event)` for each JSON event of the session
     (`ready`, `speech.start`, `speech.end`, `state`, `error`, ...).
     """
@@ -68,7 +77,8 @@ class JayAvatarVideoService(AIService):
                  session: aiohttp.ClientSession | None = None, size: int | None = None,
                  fps: int | None = None, aspect: str | None = None,
                  framing: str | None = None, line_end_after_s: float = 1.0,
-                 ready_timeout_s: float = 60.0,
+                 ready_timeout_s: float = 60.0, follow_turns: bool = True,
+                 state_after_reply: str = "idle",
                  settings: JayAvatarVideoSettings | None = None,
                  **kwargs: Any) -> None:
         """Args:
@@ -85,12 +95,20 @@ class JayAvatarVideoService(AIService):
             line_end_after_s: a line still open this long after its last TTS audio is ended
                 (for TTS services that send no `TTSStoppedFrame`).
             ready_timeout_s: how long the session may take to start streaming.
+            follow_turns: set the persona's state from the user's turns (listening while
+                the user speaks, thinking until the reply is heard); False leaves it alone.
+            state_after_reply: the state once a reply has been spoken, "idle" (looks
+                about now and then) or "listening" (eye contact and nods, waiting for the
+                user).
             settings: service settings (none of its own; for Pipecat's common ones).
             **kwargs: passed on to `AIService`.
         """
         if (avatar_id is None) == (portrait is None):
             raise ValueError("give JayAvatarVideoService exactly one of avatar_id (an existing "
                              "avatar) and portrait (a photo to make one from)")
+        if state_after_reply not in STATES_AFTER_REPLY:
+            raise ValueError(f"state_after_reply {state_after_reply!r} is not a state to show "
+                             f"after a reply; expected one of {', '.join(STATES_AFTER_REPLY)}")
         default_settings = ServiceSettings(model=None)
         if settings is not None:
             default_settings.apply_update(settings)
@@ -114,6 +132,9 @@ class JayAvatarVideoService(AIService):
         self._unfinished: set[str] = set()  # lines sent whose speech.end has not come
         self._media_time = 0.0  # of the newest decoded sound
         self._mute_until: float | None = None  # media time up to which speech is muted
+        self._follow_turns = follow_turns
+        self._state_after_reply = state_after_reply
+        self._state = "idle"  # the persona's state as set last (a new session starts idle)
         self._register_event_handler("on_session_event")
 
     @property
@@ -153,6 +174,10 @@ class JayAvatarVideoService(AIService):
             await self._end_line()
         elif isinstance(frame, InterruptionFrame):
             await self._interrupt()
+        elif isinstance(frame, UserStartedSpeakingFrame | VADUserStartedSpeakingFrame):
+            await self._set_state("listening")
+        elif isinstance(frame, UserStoppedSpeakingFrame | VADUserStoppedSpeakingFrame):
+            await self._set_state("thinking")
         await self.push_frame(frame, direction)
 
     # ---- the session ---------------------------------------------------------------------
@@ -238,6 +263,13 @@ class JayAvatarVideoService(AIService):
         if line is not None:
             await self._send(json.dumps({"type": "audio.end", "id": line[0]}))
 
+    async def _set_state(self, state: str) -> None:
+        """Set the persona's state (the server shows it now, or after the line playing)."""
+        if not self._follow_turns or state == self._state or not self._ready.is_set():
+            return
+        self._state = state
+        await self._send(json.dumps({"type": "state", "state": state}))
+
     async def _interrupt(self) -> None:
         """Stop what is spoken and queued; mute the speech already on its way."""
         if not (self._unfinished or self._line):
@@ -269,6 +301,9 @@ class JayAvatarVideoService(AIService):
             self._decoder = StreamDecoder(float(event.get("media_time") or 0.0), self._decoded,
                                           asyncio.get_running_loop())
             self._ready.set()
+        elif kind == "speech.start" and self._state == "thinking":
+            # the reply is heard: the server shows `speaking` until it is over, then this
+            await self._set_state(self._state_after_reply)
         elif kind == "speech.end":
             self._unfinished.discard(str(event.get("id")))
             if event.get("stopped") and self._mute_until is not None:

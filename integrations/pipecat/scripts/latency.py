@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cluster import ROOT, SPEECH, Cluster  # noqa: E402
+from cluster import ROOT, SPEECH, running  # noqa: E402
 from harness import (  # noqa: E402
     OUT_RATE,
     AvatarPipeline,
@@ -31,6 +30,7 @@ from harness import (  # noqa: E402
     collect,
     find_in,
     read_speech,
+    summary,
 )
 from jayavatar_pipecat import JayAvatarVideoService  # noqa: E402
 
@@ -68,8 +68,8 @@ async def measure(url: str, avatar: str, size: int, rounds: int) -> dict[str, An
         offsets = av_offsets(collect(pipe.recorder))
     report: dict[str, Any] = {"size": size, "rounds": rounds}
     for mode, values in latencies.items():
-        report[f"{mode}_latency_ms"] = _summary(values)
-    report["av_offset_ms"] = _summary([1000 * o for o in offsets])
+        report[f"{mode}_latency_ms"] = summary(values)
+    report["av_offset_ms"] = summary([1000 * o for o in offsets])
     return report
 
 
@@ -77,15 +77,6 @@ def _to_out_rate(pcm: np.ndarray) -> np.ndarray:
     import soxr
 
     return np.asarray(soxr.resample(pcm, TTS_RATE, OUT_RATE), dtype=np.int16)
-
-
-def _summary(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    v = np.asarray(values)
-    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 1),
-            "p95": round(float(np.percentile(v, 95)), 1),
-            "min": round(float(v.min()), 1), "max": round(float(v.max()), 1)}
 
 
 def main() -> None:
@@ -96,21 +87,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    cluster = None
-    if args.url is None:
-        cluster = Cluster(Path(tempfile.mkdtemp(prefix="jayavatar-latency-")))
-        cluster.start()
-    try:
-        url = args.url or cluster.url  # type: ignore[union-attr]
-        avatar = args.avatar
-        if avatar is None:
-            assert cluster is not None, "--url needs --avatar"
-            avatar = cluster.create_avatar()
-            cluster.wait_live_workers(avatar)
+    with running(args.url, args.avatar, "jayavatar-latency-") as (url, avatar):
         report = asyncio.run(measure(url, avatar, args.size, args.rounds))
-    finally:
-        if cluster is not None:
-            cluster.stop()
     report["date"] = time.strftime("%Y-%m-%d")
     text = json.dumps(report, indent=2)
     sys.stdout.write(text + "\n")

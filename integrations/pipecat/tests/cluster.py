@@ -7,15 +7,18 @@ This venv (.venvs/pipecat) only talks to it over HTTP and WebSocket.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -124,3 +127,22 @@ class Cluster:
             if status != 503 or time.monotonic() > deadline:
                 raise RuntimeError(f"{method} {path}: {status} {answer}")
             time.sleep(1)
+
+
+@contextlib.contextmanager
+def running(url: str | None, avatar: str | None, prefix: str) -> Iterator[tuple[str, str]]:
+    """(url, avatar) of the JayAvatar at `url` (`avatar` required), or of a cluster started
+    here in a temp dir named `prefix` (its avatar made from PORTRAIT) and stopped after."""
+    if url is not None:
+        if avatar is None:
+            raise ValueError("a JayAvatar given by its URL needs an avatar id too")
+        yield url, avatar
+        return
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        cluster.start()
+        made = cluster.create_avatar()
+        cluster.wait_live_workers(made)
+        yield cluster.url, made
+    finally:
+        cluster.stop()

@@ -124,6 +124,16 @@ def av_offsets(out: Output) -> list[float]:
     return offsets
 
 
+def summary(values: list[float]) -> dict[str, float | int]:
+    """n, p50, p95, min and max of `values`, rounded to 0.1."""
+    if not values:
+        return {"n": 0}
+    v = np.asarray(values)
+    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 1),
+            "p95": round(float(np.percentile(v, 95)), 1),
+            "min": round(float(v.min()), 1), "max": round(float(v.max()), 1)}
+
+
 def find_in(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float]:
     """Where `needle` best matches in `haystack` (normalized cross-correlation, by FFT): the
     index of its first sample there and the correlation (1.0: the same waveform)."""
@@ -159,11 +169,14 @@ class AvatarPipeline:
     comes out of the service, `upstream` what it sends upstream (errors); `say()` feeds TTS
     audio frames the way a streaming TTS service pushes them."""
 
-    def __init__(self, service: JayAvatarVideoService) -> None:
+    def __init__(self, service: JayAvatarVideoService,
+                 sink: FrameProcessor | None = None) -> None:
+        """`sink`: a processor of the caller's in place of `recorder` (a long run keeps less)."""
         self.service = service
         self.upstream = Recorder(FrameDirection.UPSTREAM)
         self.recorder = Recorder(FrameDirection.DOWNSTREAM)
-        self.worker = PipelineWorker(Pipeline([self.upstream, service, self.recorder]),
+        end = self.recorder if sink is None else sink
+        self.worker = PipelineWorker(Pipeline([self.upstream, service, end]),
                                      cancel_on_idle_timeout=False, idle_timeout_secs=None)
         self._runner = WorkerRunner(handle_sigint=False)
         self._task: asyncio.Task[Any] | None = None
@@ -201,7 +214,11 @@ class AvatarPipeline:
         await self.worker.queue_frame(TTSStoppedFrame())
         return t0
 
-    async def interrupt(self) -> float:
+    async def push(self, frame: Frame) -> float:
+        """Queue `frame` into the pipeline (downstream); when it was queued."""
         t = time.monotonic()
-        await self.worker.queue_frame(InterruptionFrame())
+        await self.worker.queue_frame(frame)
         return t
+
+    async def interrupt(self) -> float:
+        return await self.push(InterruptionFrame())

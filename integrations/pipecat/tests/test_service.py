@@ -22,7 +22,14 @@ from harness import (
 )
 from jayavatar_pipecat import JayAvatarVideoService
 from jayavatar_pipecat.video import MEDIA_TIME
-from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
+from pipecat.frames.frames import (
+    ErrorFrame,
+    TTSAudioRawFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 
 TTS_RATE = 24000  # a common TTS output rate; the session's audio is 22.05 kHz
 SILENT_RMS = 30.0  # int16 RMS: under -60 dBFS
@@ -106,6 +113,85 @@ def test_an_interruption_stops_the_line_and_the_idle_stream_goes_on(
     assert all(score > 0.9 for _, score in parts), "the line after the interruption was not heard"
 
 
+def test_the_persona_follows_the_turns(cluster: Cluster, avatar_id: str) -> None:
+    """listening while the user speaks, thinking until the reply is heard, speaking, then idle
+    (the default `state_after_reply`) once the reply is over."""
+    reply = read_speech(SPEECH, TTS_RATE)[:2 * TTS_RATE]
+    states: list[tuple[float, str]] = []
+    ends: list[float] = []
+
+    async def scenario() -> dict[str, float]:
+        service = JayAvatarVideoService(base_url=cluster.url, avatar_id=avatar_id, size=256)
+
+        @service.event_handler("on_session_event")
+        async def _event(_: Any, event: dict[str, Any]) -> None:
+            if event["type"] == "state":
+                states.append((time.monotonic(), event["state"]))
+            elif event["type"] == "speech.end":
+                ends.append(time.monotonic())
+
+        async with AvatarPipeline(service) as pipe:
+            await asyncio.sleep(1.0)
+            marks = {"user": await pipe.push(UserStartedSpeakingFrame())}
+            await asyncio.sleep(1.5)
+            marks["user_done"] = await pipe.push(UserStoppedSpeakingFrame())
+            await asyncio.sleep(1.0)  # the reply is being made
+            marks["reply"] = await pipe.say(reply, TTS_RATE)
+            await asyncio.sleep(2.5)
+            return marks
+
+    marks = run(scenario())
+    assert [s for _, s in states] == ["listening", "thinking", "speaking", "idle"], states
+    (t_listen, _), (t_think, _), (t_speak, _), (t_idle, _) = states
+    assert 0 <= t_listen - marks["user"] < 0.5
+    assert 0 <= t_think - marks["user_done"] < 0.5
+    assert 0 < t_speak - marks["reply"] < 2.0
+    assert len(ends) == 1 and abs(t_idle - ends[0]) < 0.2, (states, ends)
+
+
+def test_the_persona_listens_through_an_interruption(cluster: Cluster, avatar_id: str) -> None:
+    """VAD frames and a barge-in, with `state_after_reply="listening"`: the user speaks over
+    the reply, which is cut at once and the persona listens; the next reply ends listening."""
+    speech = read_speech(SPEECH, TTS_RATE)
+    states: list[tuple[float, str]] = []
+
+    async def scenario() -> tuple[Output, dict[str, float]]:
+        service = JayAvatarVideoService(base_url=cluster.url, avatar_id=avatar_id, size=256,
+                                        state_after_reply="listening")
+
+        @service.event_handler("on_session_event")
+        async def _event(_: Any, event: dict[str, Any]) -> None:
+            if event["type"] == "state":
+                states.append((time.monotonic(), event["state"]))
+
+        async with AvatarPipeline(service) as pipe:
+            await asyncio.sleep(1.0)
+            await pipe.push(VADUserStartedSpeakingFrame())
+            await asyncio.sleep(1.0)
+            await pipe.push(VADUserStoppedSpeakingFrame())
+            await asyncio.sleep(0.5)
+            marks = {"reply": await pipe.say(speech, TTS_RATE, speed=0)}  # 7.7 s at once
+            await asyncio.sleep(2.5)
+            marks["barge_in"] = await pipe.push(VADUserStartedSpeakingFrame())
+            await pipe.interrupt()
+            await asyncio.sleep(1.5)
+            marks["user_done"] = await pipe.push(VADUserStoppedSpeakingFrame())
+            await asyncio.sleep(0.5)
+            marks["reply2"] = await pipe.say(speech[:TTS_RATE], TTS_RATE)
+            await asyncio.sleep(2.0)
+            return collect(pipe.recorder), marks
+
+    out, marks = run(scenario())
+    assert [s for _, s in states] == ["listening", "thinking", "speaking", "listening",
+                                      "thinking", "speaking", "listening"], states
+    t_cut = marks["barge_in"]
+    assert out.rms_between(marks["reply"] + 1.0, t_cut) > SPEECH_RMS
+    assert out.rms_between(t_cut, marks["user_done"]) < SILENT_RMS, "the reply went on"
+    listening = states[3][0]
+    assert 0 < listening - t_cut < 0.5, f"listening {listening - t_cut:.2f} s after the barge-in"
+    assert marks["reply2"] + 1.0 < states[-1][0] < marks["reply2"] + 3.0, states
+
+
 def test_a_portrait_is_uploaded_as_an_avatar(cluster: Cluster, avatar_id: str) -> None:
     async def scenario() -> tuple[Output, str | None]:
         service = JayAvatarVideoService(base_url=cluster.url, portrait=PORTRAIT, size=256)
@@ -182,3 +268,9 @@ def test_one_of_avatar_id_and_portrait() -> None:
         JayAvatarVideoService(base_url="http://127.0.0.1:1")
     with pytest.raises(ValueError, match="exactly one of avatar_id"):
         JayAvatarVideoService(base_url="http://127.0.0.1:1", avatar_id="a", portrait=PORTRAIT)
+
+
+def test_the_state_after_a_reply_is_idle_or_listening() -> None:
+    with pytest.raises(ValueError, match="expected one of idle, listening"):
+        JayAvatarVideoService(base_url="http://127.0.0.1:1", avatar_id="a",
+                              state_after_reply="thinking")

@@ -94,6 +94,19 @@ def test_speech_is_scheduled_back_to_back_and_stop_fades() -> None:
     assert all(p.opening == 0 for p, _ in after[2:])
 
 
+def test_what_a_stop_leaves_of_a_waiting_piece_starts_no_speech() -> None:
+    """A piece starting inside the stop's fade keeps its fade frames but neither starts speech
+    (speech.start, `speaking`) nor ends it again: its line was ended by the stop."""
+    m = _motion()
+    tone = (8000 * np.sin(np.arange(RATE) * 2 * np.pi * 220 / RATE)).astype(np.int16)
+    a = m.schedule(10, "l1", 0, False, tone, RATE, None, "one")
+    b = m.schedule(12, "l1", 1, True, tone, RATE, None, "two")
+    a.events_sent = True  # playing: its events went out
+    m.stop(b.start - 1)
+    assert b in m.pieces and b.n_frames == 1
+    assert b.events_sent and not b.last
+
+
 def test_a_live_line_raises_the_tongue_tip_on_its_alveolars_and_stop_lowers_it() -> None:
     """The live stream draws the tongue track a batch clip draws (t/d/n/l/th), and a stop
     fades it with the rest of the mouth."""
