@@ -35,8 +35,11 @@ COMPONENTS = ("happy", "sad", "surprised", "angry", "concerned", "press", "brows
 Move = tuple[tuple[int, ...], float, float, float]  # landmarks, dx (+ outwards), dy (+ down), sigma
 # per component: (moves in eye distances, anchors held still); dx is mirrored for the left side
 _MOVES: dict[str, tuple[list[Move], tuple[int, ...]]] = {
-    # a Duchenne smile: corners up and out, cheeks up, lower lids up (the eyes narrow)
-    "happy": ([((R_CORNER,), 0.025, -0.065, 0.12), (R_CHEEK, 0.0, -0.045, 0.16),
+    # a Duchenne smile: corners up and out, cheeks up, lower lids up (the eyes narrow); the
+    # corners' pull reaches no further than the lips' anchors hold (sigma 0.08), so the lips'
+    # middle keeps the opening speech draws: a wider pull tilts the lips' sides up with the
+    # corners and the face mesh reads closed lips as parted
+    "happy": ([((R_CORNER,), 0.025, -0.065, 0.08), (R_CHEEK, 0.0, -0.045, 0.16),
                (R_LID_LOW, 0.0, -0.045, 0.07), (R_LID_UP, 0.0, 0.012, 0.07)],
               (UPPER_LIP, LOWER_LIP, *INNER_LIPS, CHIN, NOSE, *R_BROW_MID, *L_BROW_MID)),
     "sad": ([((R_CORNER,), 0.0, 0.055, 0.14), (R_BROW_IN, -0.01, -0.065, 0.09),
