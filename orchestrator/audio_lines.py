@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from shared import keys, live
+from shared import keys, live, persona
 from shared.keys import text
 from shared.live_audio import (
     AUDIO_IN_MAXLEN,
@@ -84,9 +84,14 @@ class AudioLines:
                     f"most {self.max_chars} characters")
         if line_id is not None and not (isinstance(line_id, str) and LINE_ID.match(line_id)):
             return "'id' must be 1-64 characters of letters, digits, '_', '.', ':' or '-'"
+        emotion, intensity = message.get("emotion"), message.get("intensity")
+        if problem := persona.emotion_problem(emotion, intensity):
+            return problem
         await self.close()  # a line a stop cut: closed quietly
+        feeling = persona.feeling_of(emotion, intensity)
         start = AudioStart(id=line_id or uuid.uuid4().hex[:12], rate=rate, channels=channels,
-                           text=transcript.strip())
+                           text=transcript.strip(), emotion=feeling.emotion,
+                           intensity=feeling.intensity)
         ctl_id = await self.aconn.xadd(keys.live_ctl(self.session_id), start.fields(),
                                        maxlen=live.CTL_MAXLEN, approximate=True)
         now = time.monotonic()

@@ -8,7 +8,8 @@ spoken. The types and limits the relay (orchestrator) and the live-audio worker 
           --XADD speech: kind=audio (22.05 kHz mono, no phonemes)--> live-visual
 
 A line's audio is heard as sent (resampled, never re-synthesized); the mouth follows its
-loudness and spectrum. A `stop` cuts an audio line as it cuts a text line.
+loudness and spectrum, and the face shows the emotion its audio.start names. A `stop` cuts an
+audio line as it cuts a text line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from shared.keys import text
+from shared.persona import Feeling
 
 STREAM_RATE = 22050  # the live stream's audio rate (Piper's): audio lines are resampled to it
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -38,19 +40,27 @@ class AudioStart(BaseModel):
     rate: int
     channels: int = 1
     text: str = ""  # the transcript, for captions; may be empty
+    emotion: str = "neutral"  # the face it is shown with (the voice is left as sent)
+    intensity: float = 0.0
+
+    @property
+    def feeling(self) -> Feeling:
+        return Feeling.of(self.emotion, self.intensity)
 
     def fields(self) -> dict[Any, Any]:  # redis-py types its mapping keys invariantly
         return {"type": "audio.start", "id": self.id, "rate": self.rate,
-                "channels": self.channels, "text": self.text}
+                "channels": self.channels, "text": self.text, **self.feeling.fields()}
 
     @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> AudioStart:
         """From a stream entry's fields (str or bytes keys and values); KeyError or ValueError
         if it is not one."""
         fields = {text(k): v for k, v in raw.items()}
+        feeling = Feeling.from_fields(fields)
         return cls(id=text(fields["id"]), rate=int(text(fields["rate"])),
                    channels=int(text(fields.get("channels", b"1"))),
-                   text=text(fields.get("text", b"")))
+                   text=text(fields.get("text", b"")), emotion=feeling.emotion,
+                   intensity=feeling.intensity)
 
 
 class AudioIn(BaseModel):

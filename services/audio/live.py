@@ -263,13 +263,26 @@ class AudioSession:
             self._new_line(ctl_id, start)
         self.queue.append(Line(ctl_id, fields, time.monotonic()))
 
+    def _start_of(self, entry: AudioIn) -> AudioStart:
+        """A line whose audio came before (or, after a takeover, without) its audio.start: what
+        its audio names, with the emotion its start entry on the ctl stream gives, if there."""
+        start = AudioStart(id=entry.line, rate=entry.rate, channels=entry.channels)
+        found: Any = self.conn.xrange(keys.live_ctl(self.rec.id), entry.ctl, entry.ctl)
+        if found:
+            try:
+                said = AudioStart.from_fields(dict(found[0][1]))
+            except (KeyError, ValueError):
+                return start
+            return start.model_copy(update={"emotion": said.emotion,
+                                            "intensity": said.intensity})
+        return start
+
     def _audio_in(self, entry_id: str, entry: AudioIn) -> None:
         if stream_id(entry.ctl) < self.cut_before:
             return  # audio of a line that was stopped or is over
         line = self.lines.get(entry.ctl)
         if line is None:
-            start = AudioStart(id=entry.line, rate=entry.rate, channels=entry.channels)
-            line = self._new_line(entry.ctl, start)
+            line = self._new_line(entry.ctl, self._start_of(entry))
         if stream_id(entry_id) <= stream_id(line.upto):
             return  # forwarded by a worker before this one
         if entry.kind == "end":
@@ -287,7 +300,8 @@ class AudioSession:
             live.xadd(self.conn, keys.live_speech(self.rec.id), {
                 "kind": "audio", "ctl": head.ctl, "line": line.start.id, "seq": line.seq,
                 "last": int(line.ended), "rate": STREAM_RATE, "pcm": to_pcm16(samples),
-                "text": line.start.text if line.seq == 0 else "", "upto": upto},
+                "text": line.start.text if line.seq == 0 else "", "upto": upto,
+                **line.start.feeling.fields()},
                 live.SPEECH_MAXLEN, self.ttl)
             line.seq, line.upto = line.seq + 1, upto
             self._played(len(samples), STREAM_RATE)

@@ -241,6 +241,8 @@ class VisualSession:
         samples = pcm.astype(np.float32) / 32768
         now = self.encoder.frames
         placed = line.add(now, samples, last, entry_id, into)
+        for piece in placed:
+            piece.feeling = Feeling.from_fields(fields)
         if last and not placed and not line.finish(now) and self.speaking == line_id:
             # the end came after the line's audio had run out: it ends now
             t = round(self.motion.media_time(now), 3)

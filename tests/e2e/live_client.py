@@ -73,12 +73,12 @@ class LiveClient:
 
     def push_audio(self, pcm: bytes, rate: int, channels: int = 1, *, line_id: str,
                    text: str | None = None, piece_ms: int = 20, speed: float = 1.0,
-                   end: bool = True) -> float:
-        """Send an audio line: audio.start, binary messages of `piece_ms`, each when its audio
-        starts at `speed` x real time (0: at once), then audio.end (unless `end` is False).
-        Returns when the first binary message left."""
+                   end: bool = True, **fields: Any) -> float:
+        """Send an audio line: audio.start (with `fields`, e.g. emotion), binary messages of
+        `piece_ms`, each when its audio starts at `speed` x real time (0: at once), then
+        audio.end (unless `end` is False). Returns when the first binary message left."""
         start: dict[str, Any] = {"type": "audio.start", "id": line_id, "sample_rate": rate,
-                                 "format": "s16le", "channels": channels}
+                                 "format": "s16le", "channels": channels, **fields}
         if text is not None:
             start["text"] = text
         self.send(start)

@@ -130,6 +130,30 @@ def test_audio_line_is_heard_as_sent_with_its_events(live_cluster, session, tmp_
     assert rms(audio[:int((start["media_time"] - offset) * 16000) - 800]) < 1e-3  # idle before
 
 
+def test_an_audio_line_shows_the_emotion_its_start_names(live_cluster, session) -> None:  # type: ignore[no-untyped-def]
+    """audio.start's `emotion` shows on the face while the line plays: an emotion event at its
+    speech.start, neutral again at its speech.end; an unknown emotion gets an error event that
+    names the accepted ones, and no line."""
+    _, pcm = speech("I am so glad you could come today.", 16000)
+    c = LiveClient(live_cluster.url, session)
+    try:
+        c.wait_event("ready")
+        c.send({"type": "audio.start", "id": "odd", "sample_rate": 16000, "emotion": "ecstatic"})
+        refused = c.wait_event("error")
+        assert "unknown emotion" in refused["message"] and "happy" in refused["message"]
+        c.push_audio(pcm, 16000, line_id="glad", speed=0, emotion="happy", intensity=0.6)
+        start = c.wait_event("speech.start", id="glad")
+        happy = c.wait_event("emotion", emotion="happy")
+        end = c.wait_event("speech.end", timeout=30, id="glad")
+        neutral = c.wait_event("emotion", emotion="neutral")
+    finally:
+        c.close()
+    assert happy["intensity"] == 0.6
+    assert abs(happy["media_time"] - start["media_time"]) < 0.1
+    assert neutral["media_time"] == pytest.approx(end["media_time"], abs=0.1)
+    assert not [m for _, m in c.events("speech.start") if m["id"] == "odd"]
+
+
 def test_a_burst_is_buffered_and_plays_without_gaps(live_cluster, session, tmp_path: Path
                                                     ) -> None:
     """A TTS burst (the whole line at once, 500 ms messages) plays at real time, in one piece,
