@@ -2,7 +2,8 @@
 gap the photo shows) and a painted mouth interior (services/visual/mouth_paint.py), in a
 mouth-aligned frame. The lip and chin landmarks are MediaPipe Face Mesh indices.
 
-`opening` above 0 drops the jaw by that share of `MAX_GAP`; below 0 presses the lips together:
+`opening` above 0 drops the jaw by that share of `MAX_GAP` (`CLOSED_GAP` where the photo's lips
+are closed); below 0 presses the lips together:
 -1 closes the photo's own open lips (an open smile) fully, the upper lip coming down over the
 teeth and the lower lip up, the skin around them following."""
 
@@ -15,6 +16,10 @@ from services.visual.mouth_paint import UPPER_LIP_SHARE, Interior, palette, phot
 from services.visual.warp import Frame, even_box, pixel_grid, smoothstep
 
 MAX_GAP = 0.24  # lip gap at opening 1, as a fraction of mouth width
+# lips closed in the photo part as far as an open smile's do from relaxed: the three quarters of
+# its own gap hidden when relaxed (0.16 of the mouth's width on tests/data/portrait.png), then
+# the jaw's MAX_GAP with the upper lip rising UPPER_LIP_SHARE of it: (0.12 + 1.2 x 0.24) / 1.2
+CLOSED_GAP = 0.34
 MEET = 0.55  # pressed lips meet this far down the photo's gap (the upper lip moves more)
 RELAXED, PART = -0.75, 2.0  # parted lips relaxed for speech; how fast the jaw parts them
 CLOSED_PART = 0.6  # a closed photo's lips part sooner than the jaw drops (MouthRig.lips)
@@ -41,13 +46,15 @@ class MouthRig:
         self.u_hat = u / self.mw
         self.v_hat = np.array([-self.u_hat[1], self.u_hat[0]])
         hw = self.hw = self.mw / 2
-        self.gap_px = MAX_GAP * self.mw
         uv = self._uv(lm.astype(np.float64))
 
         # teeth the photo shows (light between the lips, a gap) are its own; else painted
         rest_gap = float(uv[14, 1] - uv[13, 1])
         outer, inner = lm[OUTER_LIPS], lm[UPPER_INNER + LOWER_INNER[::-1]]
         shown = photo_teeth(base_rgb, outer, inner) is not None
+        parted = shown or rest_gap > 0.08 * self.mw
+        # parted lips open by their own gap and then the jaw's; closed ones by CLOSED_GAP alone
+        self.gap_px = (MAX_GAP if parted else CLOSED_GAP) * self.mw
         self.teeth = float(np.clip(1.0 - rest_gap / (0.08 * self.mw), 0.0, 1.0)) if shown else 1.0
         # the jaw opens below the upper teeth: where they show, split near the lower lip
         low = 0.5 + TEETH_SPLIT * (1.0 - self.teeth)
@@ -109,7 +116,6 @@ class MouthRig:
                       slice(int(cols[0]), int(cols[-1]) + 1))
         self.colours = palette(base_rgb, outer, inner, lm[CHEEKS])
         self.interior = Interior(self.colours, self.mw, self.gap_px, self.teeth)
-        parted = shown or rest_gap > 0.08 * self.mw
         self._seam: tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None = None
         self._press = self._press_field(uv, U, V, nose + v0, chin + v0) if parted else None
         self.pU = U[self.paint].astype(np.float32)

@@ -15,6 +15,7 @@ from services.visual.engines.portrait import PortraitEngine
 from services.visual.face import FaceAnalyzer
 from services.visual.motion import speaking_lips
 from services.visual.mouth import LOWER_INNER, UPPER_INNER
+from services.visual.mouth_paint import UPPER_LIP_SHARE
 from services.visual.visemes import press_track
 from shared.phonemes import Phoneme
 
@@ -115,15 +116,17 @@ def test_lower_teeth_show_on_open_vowels_only(photos, analyzer):
     anim = _anim(photos["closed"], analyzer, 1024)
     m = anim._mouth
     teeth = m.colours["teeth"]
+    split = int(m.center[1] + np.interp(0.0, *m._split))  # where the lips part, mid-mouth
 
     def light_rows(opening: float) -> tuple[int, int]:
+        """Teeth-coloured rows mid-mouth in the upper and the lower half of the painted
+        opening (from UPPER_LIP_SHARE of the gap above the split to the gap below it)."""
         frame = _pose(anim, opening).astype(float)
-        x, y, w, h = anim.mouth_box
-        cx = int(m.center[0])
-        col = frame[y:y + h, cx - 2:cx + 3].mean(axis=1)
+        cx, gap = int(m.center[0]), m.lips(opening) * m.gap_px
+        top, mid = split - int(UPPER_LIP_SHARE * gap), split + int((1 - UPPER_LIP_SHARE) * gap / 2)
+        col = frame[top:split + int(gap) + 1, cx - 2:cx + 3].mean(axis=1)
         near = np.abs(col - teeth).max(axis=1) < 40
-        mid = int(m.center[1]) - y + int(0.5 * opening * m.gap_px)
-        return int(near[:mid].sum()), int(near[mid:].sum())
+        return int(near[:mid - top].sum()), int(near[mid - top:].sum())
 
     up_small, low_small = light_rows(0.3)
     up_wide, low_wide = light_rows(0.95)
