@@ -262,7 +262,7 @@ class VisualSession:
     def _frame(self, frame: int) -> None:
         self._events_at(frame)
         params, audio = self.motion.frame(frame)
-        image = self.animation.draw(*params.astuple(), look=params.look)
+        image = self.animation.draw(*params.astuple(), look=params.look, relax=params.relax)
         key, self.want_key = self.want_key, False
         self._publish(self.encoder.add(image, audio, key=key))
 

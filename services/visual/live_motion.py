@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from services.visual.expression import Look
-from services.visual.motion import audio_features, build_tracks, motion_energy
+from services.visual.motion import (
+    RELAX_BEFORE_S,
+    RELAX_EASE_S,
+    RELAX_HOLD_S,
+    audio_features,
+    build_tracks,
+    motion_energy,
+)
 from services.visual.persona_motion import PersonaMotion
 from services.visual.visemes import visemes_of
 from shared.persona import Feeling
@@ -66,6 +73,7 @@ class FrameParams:
     breath: float
     tongue: float = 0.0
     look: Look | None = None  # emotion, state and gaze (services/visual/persona_motion.py)
+    relax: float = 0.0  # parted lips relaxed together around speech (motion.speaking_lips)
 
     def astuple(self) -> tuple[float, float, float, float, float, float, float, float]:
         """In the order of `LiveAnimation.draw`'s parameters."""
@@ -116,6 +124,7 @@ class LiveMotion:
         self.persona = PersonaMotion(seed, offset)
         self.pieces: list[Scheduled] = []
         self._audio: dict[int, np.ndarray] = {}  # frame -> its int16 samples, while speaking
+        self._spoke: int | None = None  # the last frame that played speech
 
     def media_time(self, frame: int) -> float:
         return self.offset + frame / self.fps
@@ -219,7 +228,7 @@ class LiveMotion:
             rot=float(np.deg2rad(1.0)) * sway[2] * amount,
             breath=0.012 * fw * (0.6 + 0.4 * energy)
             * (0.5 - 0.5 * float(np.cos(2 * np.pi * t / period + phase))),
-            tongue=tongue, look=look)
+            tongue=tongue, look=look, relax=self._relax_at(frame, piece is not None))
         a, b = self.samples_of(frame)
         audio = self._audio.pop(frame, None)
         if audio is None or len(audio) != b - a:
@@ -227,10 +236,27 @@ class LiveMotion:
         self.pieces = [p for p in self.pieces if p.end > frame - KEEP_FRAMES]
         return params, audio
 
+    def _relax_at(self, frame: int, speaking: bool) -> float:
+        """How far lips the photo shows parted relax together, as a batch clip's do
+        (motion.speaking_lips): fully while a line plays and from RELAX_BEFORE_S before the next
+        one scheduled, easing back to the photo's own lips RELAX_HOLD_S after speech ends."""
+        if speaking:
+            self._spoke = frame
+            return 1.0
+        ahead = [p.start for p in self.pieces if p.start > frame]
+        until = (min(ahead) - frame) / self.fps if ahead else np.inf
+        since = np.inf if self._spoke is None else (frame - self._spoke) / self.fps
+        return max(_ease(until, RELAX_BEFORE_S), _ease(since, RELAX_HOLD_S))
+
     def _sway_at(self, t: float) -> np.ndarray:
         f, phase, amp = self._sway[..., 0], self._sway[..., 1], self._sway[..., 2]
         out: np.ndarray = (amp * np.sin(2 * np.pi * f * t + phase)).sum(axis=1) / 1.6
         return out
+
+
+def _ease(seconds: float, hold: float) -> float:
+    """1 up to `hold` seconds, then down to 0 over RELAX_EASE_S (a raised cosine)."""
+    return 0.5 + 0.5 * float(np.cos(np.pi * np.clip((seconds - hold) / RELAX_EASE_S, 0.0, 1.0)))
 
 
 def viseme_items(phonemes: list[Phoneme] | None, start: float) -> list[list[Any]]:

@@ -82,9 +82,10 @@ class LiveAnimation(Animation, Protocol):
         ...
 
     def draw(self, opening: float, lateral: float, blink: float, tx: float, ty: float,
-             rot: float, breath: float, tongue: float = 0.0, look: Look | None = None
-             ) -> np.ndarray:
-        """The portrait posed by one set of frame parameters, as `frame` returns it."""
+             rot: float, breath: float, tongue: float = 0.0, look: Look | None = None,
+             relax: float = 0.0) -> np.ndarray:
+        """The portrait posed by one set of frame parameters, as `frame` returns it (`relax`:
+        parted lips relaxed together for speech, 0..1)."""
         ...
 
 

@@ -126,3 +126,27 @@ def test_a_live_line_raises_the_tongue_tip_on_its_alveolars_and_stop_lowers_it()
         m.frame(i)
     m.stop(51)  # during the second line's t
     assert all(m.frame(i)[0].tongue == 0.0 for i in range(53, 70))
+
+
+def test_parted_lips_relax_around_a_live_line_as_in_a_batch_clip() -> None:
+    """`relax` (lips a photo shows parted, relaxed together for speech) is 0 at rest, rises over
+    RELAX_EASE_S to 1 at RELAX_BEFORE_S before a scheduled line, is 1 while it plays and for
+    RELAX_HOLD_S after, then eases back to the photo's own lips over RELAX_EASE_S."""
+    from services.visual.motion import RELAX_BEFORE_S, RELAX_EASE_S, RELAX_HOLD_S
+
+    m = _motion()
+    tone = (8000 * np.sin(np.arange(RATE) * 2 * np.pi * 220 / RATE)).astype(np.int16)
+    start = 3 * FPS
+    piece = m.schedule(start, "l1", 0, True, tone, RATE, None, "one")
+    relax = [m.frame(i)[0].relax for i in range(piece.end + 5 * FPS)]
+    before, ease = round(RELAX_BEFORE_S * FPS), round(RELAX_EASE_S * FPS)
+    assert max(relax[:start - before - ease]) == 0.0
+    assert 0.0 < relax[start - before - ease // 2] < 1.0
+    assert min(relax[start - before + 1:start]) == 1.0
+    assert np.all(np.diff(relax[:start]) >= -1e-9)
+    assert min(relax[start:piece.end]) == 1.0
+    hold = piece.end - 1 + round(RELAX_HOLD_S * FPS)
+    assert min(relax[piece.end:hold]) == 1.0
+    assert 0.0 < relax[hold + ease // 2] < 1.0
+    assert relax[hold + ease + 1] == 0.0
+    assert np.all(np.diff(relax[piece.end:]) <= 1e-9)  # back to the photo's lips, never jumping
