@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 MEDIA_TIME = "jayavatar_media_time"  # frame.metadata key: the frame's time on the session's clock
 MAX_MESSAGE_BYTES = 64 * 1024  # per binary message (JayAvatar takes up to 256 KiB)
-MAX_HELD_PICTURES = 12  # pictures waiting for their sound, ~0.5 s (a stream without audio: let go)
+MAX_HELD_PICTURES = 6  # pictures waiting for their sound (a stream without audio: let go)
 MUTE_AFTER_STOP_S = 0.5  # speech already on its way is muted this long after an interruption,
 # or up to the stopped line's speech.end (and its fade) when that event comes first
 STOP_FADE_S = 0.08
