@@ -56,7 +56,7 @@ def test_hears_bilabials_where_piper_spoke_them(piper_video) -> None:  # type: i
     # the 22 p/b/m heard within 0.1 s (the heard ~50 ms earlier than Piper's centres), and
     # 78-100% of the 18-19 heard M/B/P near one of Piper's
     assert np.mean(_nearest(said, heard) <= NEAR_S) >= 0.7
-    assert np.mean(_nearest(heard, said) <= NEAR_S) >= 0.7  # not M/B/P everywhere
+    assert np.mean(_nearest(heard, said) <= NEAR_S) >= 0.6  # not M/B/P everywhere
     assert {p.label for p in phones} & {"AE", "AH", "IY", "AY"}  # vowels come in CMU symbols
     assert all(a.start <= b.start for a, b in zip(phones, phones[1:], strict=False))
     assert phones[-1].end == pytest.approx(phonemes[-1].end, abs=0.1)  # the whole of it
