@@ -100,15 +100,26 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
     return app
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
 def _die_with_parent() -> None:
     """One of API_WORKERS processes: die with uvicorn's supervisor, even when it is killed
     with SIGKILL, so a killed orchestrator never leaves processes serving its port (a crash of
-    the whole orchestrator, as for one process: accepted jobs are already in Redis). A thread
-    watches for this process being handed to another parent."""
+    the whole orchestrator, as for one process: accepted jobs are already in Redis). The kernel
+    sends this process SIGKILL when its parent dies (PR_SET_PDEATHSIG), and a thread also
+    watches for it being handed to another parent (a parent that died before the first)."""
+    import ctypes
     import os
+    import signal
     import threading
 
     parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        logger.warning("no parent-death signal on this system; a thread watches the parent")
 
     def alive() -> bool:
         try:
