@@ -125,6 +125,7 @@ def test_stage_waits_for_space_uploads_get_507(tmp_path: Path) -> None:  # noqa:
                      pred=lambda j: j["stage"] == "visual" and j["status"] != "failed")
             ballast = fill(vol)
             assert free_mb(vol) < 1
+            time.sleep(CHECK_EVERY_S + 0.1)  # the guard's last reading of free space is stale
 
             h = health(c.url).json()
             assert h["status"] == "degraded" and h["disk"]["status"] == "low", h
