@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -101,25 +102,31 @@ def create_app(settings: OrchestratorSettings | None = None) -> FastAPI:
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+SUPERVISOR_ENV = "JAYAVATAR_API_SUPERVISOR"  # the pid of the API processes' supervisor
 
 
 def _die_with_parent() -> None:
     """One of API_WORKERS processes: die with uvicorn's supervisor, even when it is killed
     with SIGKILL, so a killed orchestrator never leaves processes serving its port (a crash of
     the whole orchestrator, as for one process: accepted jobs are already in Redis). The kernel
-    sends this process SIGKILL when its parent dies (PR_SET_PDEATHSIG), and a thread also
-    watches for it being handed to another parent (a parent that died before the first)."""
+    sends this process SIGKILL when its parent dies (PR_SET_PDEATHSIG), a thread also watches
+    for it being handed to another parent, and one that finds the supervisor gone already (it
+    died while this process was starting) leaves at once."""
     import ctypes
-    import os
     import signal
     import threading
 
-    parent = os.getppid()
+    # the supervisor's pid, as it said it (a process still starting when the supervisor died
+    # has been handed to another parent already, so its own parent pid would not tell)
+    parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         logger.warning("no parent-death signal on this system; a thread watches the parent")
+    if os.getppid() != parent:  # it died before the signal was asked for
+        logger.warning("the API supervisor (pid %d) is gone; this API process stops", parent)
+        os._exit(1)
 
     def alive() -> bool:
         try:
@@ -156,6 +163,7 @@ def main() -> None:
         max_header_bytes=settings.http_max_header_kb * 1024,
         max_connections=serving.connection_cap(settings.http_max_connections, fd_limit))
     several = settings.api_workers > 1  # then each process builds its app from the environment
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # what the API processes die with
     uvicorn.run("orchestrator.app:create_app" if several else create_app(settings),
                 factory=several, workers=settings.api_workers, host=settings.host,
                 port=settings.port, access_log=settings.access_log,
