@@ -447,7 +447,10 @@ class Nemesis:
             self.log(f"fault {f.n}: the store answers again, {f.store_back_s:.1f}s after it "
                      f"was killed ({time.monotonic() - t0:.1f}s after its restart)")
 
-        self.store_watch = self.hosted.watch_store(answered)
+        def lost(why: str) -> None:
+            self.log(f"fault {f.n}: the store did not come back: {why}")
+
+        self.store_watch = self.hosted.watch_store(answered, lost)
 
     def _probe_api(self) -> None:
         """Time the orchestrator's return: fault -> /healthz 200 again."""

@@ -160,15 +160,17 @@ class SpreadCluster(Cluster):
         """Start the store's process (again): it serves the same bucket at the same address."""
         self.processes.start("store", [*self._prefix(None), *self.store.command()])
 
-    def watch_store(self, answered: Callable[[float], None]) -> threading.Thread:
-        """Wait, in a thread, until the store answers again; `answered(monotonic time)` then.
-        `store_down` holds until it does."""
+    def watch_store(self, answered: Callable[[float], None],
+                    lost: Callable[[str], None]) -> threading.Thread:
+        """Wait, in a thread, until the store answers again; `answered(monotonic time)` then,
+        or `lost(why)` if it exits or does not answer within 300 s. `store_down` holds until
+        either."""
         def wait() -> None:
             try:
                 self.store.wait(lambda: self.alive("store"), self.processes.log_of("store"), 300)
                 answered(time.monotonic())
-            except RuntimeError:
-                pass  # exited or late: the nemesis starts it again
+            except RuntimeError as exc:
+                lost(str(exc))
             finally:
                 self.store_down = False
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cluster import ROOT, running  # noqa: E402
-from harness import OUT_RATE, AvatarPipeline, find_in, read_speech, summary  # noqa: E402
+from harness import (  # noqa: E402
+    OUT_RATE,
+    AvatarPipeline,
+    find_in,
+    read_speech,
+    summary,
+    write_report,
+)
 from jayavatar_pipecat import JayAvatarVideoService  # noqa: E402
 from jayavatar_pipecat.video import MEDIA_TIME  # noqa: E402
 from pipecat.frames.frames import (  # noqa: E402
@@ -246,12 +252,8 @@ def main() -> None:
     with running(args.url, args.avatar, "jayavatar-conversation-") as (url, avatar):
         measured, tally = asyncio.run(converse(url, avatar, args.size, args.minutes, replies))
     result = report(measured, tally, args.edge)
-    result.update(size=args.size, minutes=args.minutes, date=time.strftime("%Y-%m-%d"))
-    text = json.dumps(result, indent=2)
-    sys.stdout.write(text + "\n")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    result.update(size=args.size, minutes=args.minutes)
+    write_report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from harness import (  # noqa: E402
     find_in,
     read_speech,
     summary,
+    write_report,
 )
 from jayavatar_pipecat import JayAvatarVideoService  # noqa: E402
 
@@ -89,12 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     with running(args.url, args.avatar, "jayavatar-latency-") as (url, avatar):
         report = asyncio.run(measure(url, avatar, args.size, args.rounds))
-    report["date"] = time.strftime("%Y-%m-%d")
-    text = json.dumps(report, indent=2)
-    sys.stdout.write(text + "\n")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

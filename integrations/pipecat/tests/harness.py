@@ -5,6 +5,8 @@ at the end of the pipeline keeps every frame that came out, with its arrival tim
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 import wave
 from dataclasses import dataclass, field
@@ -122,6 +124,16 @@ def av_offsets(out: Output) -> list[float]:
         if match is not None:
             offsets.append(arrival - match)
     return offsets
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """A benchmark's report, dated, as JSON on stdout and in `out` if given."""
+    report["date"] = time.strftime("%Y-%m-%d")
+    text = json.dumps(report, indent=2)
+    sys.stdout.write(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 def summary(values: list[float]) -> dict[str, float | int]:
